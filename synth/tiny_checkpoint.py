@@ -149,7 +149,6 @@ def build_tiny_checkpoint(
     )
     torch.manual_seed(seed)
     model = CsmForConditionalGeneration(config).eval()
-    model.generation_config.max_length = max_positions
     model.generation_config.do_sample = False
     model.depth_decoder.generation_config.do_sample = False
 

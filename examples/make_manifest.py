@@ -1,0 +1,51 @@
+"""Write examples/dialogues.parquet, the demo manifest (run from the repo root).
+
+Two scripted dialogues whose first turns carry recorded context clips (espeak-ng,
+22.05 kHz: a real resampling case), plus one-turn scripts with no context.
+"""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+TURN = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("turns", pa.list_(TURN)), ("seed", pa.int64()), ("max_audio_seconds", pa.float64())]
+)
+
+ROWS = [
+    {
+        "id": "podcast-001",
+        "turns": [
+            {"speaker": 0, "text": "Good evening. This is the narrator speaking, slowly and clearly.",
+             "audio": "voices/narrator.wav"},
+            {"speaker": 1, "text": "Hi! Thanks for having me on the show.", "audio": "voices/guest.wav"},
+            {"speaker": 0, "text": "So tell us, how did the project start?", "audio": None},
+            {"speaker": 1, "text": "It started with a single script and a lot of coffee.", "audio": None},
+        ],
+        "seed": 7,
+        "max_audio_seconds": None,
+    },
+    {
+        "id": "podcast-002",
+        "turns": [
+            {"speaker": 1, "text": "Hi! Thanks for having me on the show.", "audio": "voices/guest.wav"},
+            {"speaker": 1, "text": "Numbers like 1999 and 42 are read out loud.", "audio": None},
+        ],
+        "seed": None,
+        "max_audio_seconds": 3.0,
+    },
+    {"id": "line-001", "turns": [{"speaker": 0, "text": "Call me Ishmael.", "audio": None}],
+     "seed": None, "max_audio_seconds": None},
+    {"id": "line-002", "turns": [{"speaker": 2, "text": "It was the best of times, it was the worst of times.",
+                                  "audio": None}], "seed": 3, "max_audio_seconds": None},
+    {"id": "line-003", "turns": [{"speaker": 3, "text": "The quick brown fox jumps over the lazy dog.",
+                                  "audio": None}], "seed": None, "max_audio_seconds": 2.0},
+]
+
+if __name__ == "__main__":
+    pq.write_table(pa.Table.from_pylist(ROWS, schema=SCHEMA), os.path.join(HERE, "dialogues.parquet"))
+    print("wrote", os.path.join(HERE, "dialogues.parquet"))

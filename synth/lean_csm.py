@@ -1,0 +1,401 @@
+"""A lean CSM (backbone + depth decoder) in plain torch, with static KV caches.
+
+This module owns the model math of Sesame's CSM as transformers implements it
+(`transformers.models.csm`), rewritten gpt-fast style for batched, slot-based
+decoding: every KV cache is a preallocated buffer of `[num_slots, kv_heads,
+max_positions, head_dim]`, each slot (batch row) carries its own position, so rows
+at different lengths share one decode step with static shapes. It also owns reading
+the weights from the checkpoint files `from_pretrained` reads (config.json +
+safetensors). It knows nothing about tokenizers, the Mimi codec, scheduling,
+sampling or files beyond the checkpoint.
+
+Shapes: B = slots, T = prompt length, Db/Dd = backbone/depth widths,
+K = num_codebooks, V = audio vocab per codebook.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DecoderArgs:
+    """One Llama-style decoder stack (the backbone or the depth decoder)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    max_positions: int
+    rope: dict  # transformers' `rope_parameters`: rope_type, rope_theta, llama3 fields
+
+    @classmethod
+    def from_hf(cls, cfg) -> "DecoderArgs":
+        rope = dict(getattr(cfg, "rope_parameters", None) or {})
+        if "rope_theta" not in rope:  # pre-5.x configs keep theta and scaling apart
+            rope = {**(getattr(cfg, "rope_scaling", None) or {}), "rope_theta": cfg.rope_theta}
+        rope.setdefault("rope_type", rope.pop("type", "default"))
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={cfg.hidden_act!r}: the lean CSM implements silu only")
+        if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+            raise ValueError("attention_bias/mlp_bias=True: the lean CSM implements bias-free layers only")
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_hidden_layers,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads or cfg.num_attention_heads,
+            head_dim=head_dim,
+            intermediate_size=cfg.intermediate_size,
+            rms_norm_eps=cfg.rms_norm_eps,
+            max_positions=cfg.max_position_embeddings,
+            rope=rope,
+        )
+
+
+@dataclass(frozen=True)
+class CsmArgs:
+    backbone: DecoderArgs
+    depth: DecoderArgs
+    num_codebooks: int
+    audio_vocab_size: int  # V: codes + specials per codebook (2051 for csm-1b)
+    text_vocab_size: int
+    codebook_eos_token_id: int
+    codebook_pad_token_id: int
+    audio_token_id: int
+    audio_eos_token_id: int
+
+    @classmethod
+    def from_hf(cls, config) -> "CsmArgs":
+        """From a transformers `CsmConfig`."""
+        return cls(
+            backbone=DecoderArgs.from_hf(config),
+            depth=DecoderArgs.from_hf(config.depth_decoder_config),
+            num_codebooks=config.num_codebooks,
+            audio_vocab_size=config.vocab_size,
+            text_vocab_size=config.text_vocab_size,
+            codebook_eos_token_id=config.codebook_eos_token_id,
+            codebook_pad_token_id=config.codebook_pad_token_id,
+            audio_token_id=config.audio_token_id,
+            audio_eos_token_id=config.audio_eos_token_id,
+        )
+
+
+def rope_inv_freq(rope: dict, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies [head_dim // 2] in float32, as transformers computes them."""
+    base = rope["rope_theta"]
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "default":
+        return inv_freq
+    if rope_type != "llama3":
+        raise ValueError(f"rope_type={rope_type!r}: the lean CSM implements 'default' and 'llama3'")
+    factor = rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_len = rope["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Upcast like transformers' CsmRMSNorm, so bf16 rows match the reference closely.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, S, Dh]; cos, sin: [B, 1, S, Dh] (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Static per-slot cache: k, v: [B, Hkv, P, Dh]. Plain buffers, never reallocated."""
+
+    def __init__(self, num_slots: int, num_kv_heads: int, max_positions: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (num_slots, num_kv_heads, max_positions, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, a: DecoderArgs):
+        super().__init__()
+        self.a = a
+        self.q_proj = nn.Linear(a.hidden_size, a.num_heads * a.head_dim, bias=False)
+        self.k_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=False)
+        self.v_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=False)
+        self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=False)
+        self.cache: KVCache | None = None
+
+    def _qkv(self, x, cos, sin):
+        B, S, _ = x.shape
+        q = self.q_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)  # [B, H, S, Dh]
+        k = self.k_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)  # [B, Hkv, S, Dh]
+        v = self.v_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _attend(self, q, k, v, mask, is_causal=False):
+        rep = self.a.num_heads // self.a.num_kv_heads
+        if rep > 1:  # [B, Hkv, P, Dh] -> [B, H, P, Dh]
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        B, H, S, Dh = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, H * Dh))
+
+    def prefill(self, x, cos, sin, slots):
+        """x: [N, T, D] right-padded prompts written into cache rows `slots` [N] at 0..T-1."""
+        q, k, v = self._qkv(x, cos, sin)
+        T = x.shape[1]
+        self.cache.k[slots, :, :T] = k
+        self.cache.v[slots, :, :T] = v
+        # Causal attention over the prompt only: padding sits after every valid position.
+        return self._attend(q, k, v, None, is_causal=True)
+
+    def step(self, x, cos, sin, rows, pos, mask):
+        """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, P] (True = attend)."""
+        q, k, v = self._qkv(x, cos, sin)
+        self.cache.k[rows, :, pos] = k[:, :, 0]
+        self.cache.v[rows, :, pos] = v[:, :, 0]
+        return self._attend(q, self.cache.k, self.cache.v, mask)
+
+
+class MLP(nn.Module):
+    def __init__(self, a: DecoderArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(a.intermediate_size, a.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, a: DecoderArgs):
+        super().__init__()
+        self.self_attn = Attention(a)
+        self.mlp = MLP(a)
+        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+
+    def _finish(self, x, h):
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def prefill(self, x, cos, sin, slots):
+        return self._finish(x, self.self_attn.prefill(self.input_layernorm(x), cos, sin, slots))
+
+    def step(self, x, cos, sin, rows, pos, mask):
+        return self._finish(x, self.self_attn.step(self.input_layernorm(x), cos, sin, rows, pos, mask))
+
+
+class Decoder(nn.Module):
+    """A Llama decoder stack with its RoPE tables and static caches; output is final-normed."""
+
+    def __init__(self, a: DecoderArgs):
+        super().__init__()
+        self.a = a
+        self.layers = nn.ModuleList(Block(a) for _ in range(a.num_layers))
+        self.norm = RMSNorm(a.hidden_size, a.rms_norm_eps)
+        self.register_buffer("inv_freq", rope_inv_freq(a.rope, a.head_dim), persistent=False)
+        self.num_slots = 0
+        self.cache_positions = 0
+
+    def setup_caches(self, num_slots: int, max_positions: int) -> None:
+        """Allocate caches and RoPE tables once; a repeated call with the same sizes is a no-op."""
+        if (self.num_slots, self.cache_positions) == (num_slots, max_positions):
+            return
+        w = self.norm.weight
+        for layer in self.layers:
+            layer.self_attn.cache = KVCache(
+                num_slots, self.a.num_kv_heads, max_positions, self.a.head_dim, w.dtype, w.device
+            )
+        # Same float32 product transformers forms, then cast: cos/sin: [P, Dh].
+        freqs = torch.arange(max_positions, device=w.device).float()[:, None] * self.inv_freq.float()[None]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos().to(w.dtype), persistent=False)
+        self.register_buffer("sin", emb.sin().to(w.dtype), persistent=False)
+        self.register_buffer("rows", torch.arange(num_slots, device=w.device), persistent=False)
+        self.register_buffer("positions", torch.arange(max_positions, device=w.device), persistent=False)
+        self.num_slots, self.cache_positions = num_slots, max_positions
+
+    def prefill(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """x: [N, T, D] -> normed hidden [N, T, D]; fills cache rows `slots` at 0..T-1."""
+        T = x.shape[1]
+        cos, sin = self.cos[None, None, :T], self.sin[None, None, :T]
+        for layer in self.layers:
+            x = layer.prefill(x, cos, sin, slots)
+        return self.norm(x)
+
+    def step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x: [B, D] one token per slot at positions pos [B] -> normed hidden [B, D]."""
+        cos = self.cos[pos][:, None, None]  # [B, 1, 1, Dh]
+        sin = self.sin[pos][:, None, None]
+        mask = (self.positions[None] <= pos[:, None])[:, None, None]  # [B, 1, 1, P]
+        h = x[:, None]
+        for layer in self.layers:
+            h = layer.step(h, cos, sin, self.rows, pos, mask)
+        return self.norm(h[:, 0])
+
+
+class LeanCsm(nn.Module):
+    """CSM's two decoders and their embeddings/heads, parameter names as in transformers."""
+
+    def __init__(self, args: CsmArgs):
+        super().__init__()
+        self.args = args
+        K, V = args.num_codebooks, args.audio_vocab_size
+        Db, Dd = args.backbone.hidden_size, args.depth.hidden_size
+        self.embed_text_tokens = nn.Embedding(args.text_vocab_size, Db)
+        # One table for both decoders (CSM ties them): row k*V + code embeds codebook k.
+        self.embed_audio_tokens = nn.Embedding(K * V, Db)
+        self.backbone = Decoder(args.backbone)
+        self.lm_head = nn.Linear(Db, V, bias=False)
+        self.inputs_embeds_projector = nn.Linear(Db, Dd, bias=False)
+        self.depth = Decoder(args.depth)
+        self.codebooks_head = nn.Parameter(torch.empty(K - 1, Dd, V))  # [K-1, Dd, V]
+        self.register_buffer("audio_offsets", torch.arange(K) * V, persistent=False)
+
+    def setup_caches(self, num_slots: int, max_positions: int) -> None:
+        if max_positions > self.args.backbone.max_positions:
+            raise ValueError(
+                f"max_positions={max_positions} exceeds the model's {self.args.backbone.max_positions}"
+            )
+        self.backbone.setup_caches(num_slots, max_positions)
+        self.depth.setup_caches(num_slots, self.args.num_codebooks)
+
+    def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings."""
+        return self.embed_audio_tokens(codes + self.audio_offsets).sum(dim=-2)
+
+    def embed_codebook(self, codes: torch.Tensor, codebook: int) -> torch.Tensor:
+        """codes: [B] of codebook `codebook` -> [B, Db]."""
+        return self.embed_audio_tokens(codes + codebook * self.args.audio_vocab_size)
+
+    def prefill(self, embeds: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Backbone over right-padded prompts. embeds: [N, T, Db], lengths: [N], slots: [N].
+
+        Returns the normed hidden state at each prompt's last position: [N, Db].
+        """
+        h = self.backbone.prefill(embeds, slots)
+        return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+
+    def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]."""
+        return self.backbone.step(frame_embeds, pos)
+
+    def depth_step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Depth decoder at position pos ([B], all equal): x [B, Db] -> normed hidden [B, Dd].
+
+        Position 0 takes the backbone hidden state, position p >= 1 codebook p-1's embedding.
+        """
+        return self.depth.step(self.inputs_embeds_projector(x), pos)
+
+    def codebook_logits(self, depth_hidden: torch.Tensor, codebook: int) -> torch.Tensor:
+        """Logits [B, V] of codebook `codebook` (>= 1) from the depth output at that position."""
+        return depth_hidden @ self.codebooks_head[codebook - 1]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_safetensors(path: Path, keep) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    out = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():
+                if keep(key):
+                    out[key] = f.get_tensor(key)
+    return out
+
+
+def resolve_checkpoint(model_path: str) -> Path:
+    """A local checkpoint directory, or a hub id resolved through the local HF cache/download."""
+    p = Path(model_path)
+    if p.is_dir():
+        return p
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
+
+
+def lean_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map transformers CSM parameter names to LeanCsm's; resolves the tied audio table.
+
+    Checkpoints may store the audio table under the backbone name, the depth decoder
+    name, or both (transformers ties them; a reported bug leaves one random after
+    loading). Either stored copy is the trained one; if both are stored they must agree.
+    """
+    backbone_key = "backbone_model.embed_tokens.embed_audio_tokens.weight"
+    depth_key = "depth_decoder.model.embed_tokens.weight"
+    tables = [raw[k] for k in (backbone_key, depth_key) if k in raw]
+    if not tables:
+        raise ValueError(f"checkpoint holds neither {backbone_key} nor {depth_key}")
+    if len(tables) == 2 and not torch.equal(tables[0], tables[1]):
+        raise ValueError(f"checkpoint's {backbone_key} and {depth_key} differ; CSM ties them")
+    out = {"embed_audio_tokens.weight": tables[-1]}
+    renames = [
+        ("embed_text_tokens.", "embed_text_tokens."),
+        ("lm_head.", "lm_head."),
+        ("backbone_model.layers.", "backbone.layers."),
+        ("backbone_model.norm.", "backbone.norm."),
+        ("depth_decoder.model.layers.", "depth.layers."),
+        ("depth_decoder.model.norm.", "depth.norm."),
+        ("depth_decoder.model.inputs_embeds_projector.", "inputs_embeds_projector."),
+        ("depth_decoder.codebooks_head.weight", "codebooks_head"),
+    ]
+    for key, value in raw.items():
+        for src, dst in renames:
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+                break
+    return out
+
+
+def load_lean_csm(model_path: str, *, device="cpu", dtype=torch.float32) -> tuple[LeanCsm, object]:
+    """Load a LeanCsm from a transformers CSM checkpoint; returns (model, CsmConfig)."""
+    from transformers import CsmConfig
+
+    path = resolve_checkpoint(model_path)
+    config = CsmConfig.from_pretrained(str(path))
+    raw = _read_safetensors(path, lambda k: not k.startswith("codec_model."))
+    with torch.device("meta"):
+        model = LeanCsm(CsmArgs.from_hf(config))
+    state = lean_state_dict(raw)
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype)
+    # Non-persistent buffers were created on meta: rebuild them on the target device.
+    model.audio_offsets = torch.arange(config.num_codebooks, device=device) * config.vocab_size
+    for dec in (model.backbone, model.depth):
+        dec.inv_freq = rope_inv_freq(dec.a.rope, dec.a.head_dim).to(device)
+    return model.eval().requires_grad_(False), config

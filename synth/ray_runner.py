@@ -1,0 +1,338 @@
+"""The Ray layer: a pool of actors, each holding one loaded model, working through the plan.
+
+This module owns the driver's side of a run: planning (via `synth.plan`), the output
+directory's run record, starting actors with the configured resources, handing out
+shards, retrying shards whose actor died, progress output, and the final summary in
+`run.json`. It holds no model math: actors wrap `synth.worker.ShardWorker`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from synth import storage
+from synth.config import SynthConfig
+from synth.manifest import Manifest, ManifestError, RowError, Script, iter_ids, open_manifest, read_scripts
+from synth.plan import Plan, Shard, plan_shards
+
+
+class RunError(RuntimeError):
+    """The run cannot start or must stop; the message says why."""
+
+
+def shard_done_marker(out: storage.Location, shard: int) -> storage.Location:
+    return out.join("_progress", f"shard-{shard:05d}.done.json")
+
+
+class SynthActor:
+    """One model per process for the actor's whole life; `run_shard` does the work."""
+
+    def __init__(self, config_dict: dict, input_uri: str, output_uri: str):
+        import torch
+
+        from synth.worker import ShardWorker, load_engine
+
+        config = SynthConfig.model_validate(config_dict)
+        torch.set_num_threads(config.actors.torch_threads or max(1, math.ceil(config.actors.num_cpus)))
+        self.engine = load_engine(config)
+        self.out = storage.resolve(output_uri)
+        manifest = open_manifest(input_uri)
+        self.worker = ShardWorker(config, self.engine, manifest, self.out, log=lambda m: print(m, flush=True))
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), **(self.engine.describe() if hasattr(self.engine, "describe") else {})}
+
+    def run_shard(self, shard: dict) -> dict:
+        s = Shard(**shard)
+        commits = self.worker.run_shard(s)
+        summary = {
+            "shard": s.index,
+            "rows": sum(c.rows for c in commits),
+            "errors": sum(c.errors for c in commits),
+            "error_scripts": sum(c.error_scripts for c in commits),
+            "scripts": sum(c.scripts for c in commits),
+            "audio_seconds": sum(c.audio_seconds for c in commits),
+        }
+        storage.write_bytes_atomic(shard_done_marker(self.out, s.index), json.dumps(summary).encode())
+        return summary
+
+
+# -- planning and the run record -------------------------------------------------------
+
+
+@dataclass
+class DryRunReport:
+    shards: int
+    scripts: int
+    bad_rows: int
+    turns_to_generate: int
+    context_turns: int
+    est_audio_hours: float
+    max_audio_hours: float
+    errors: list[RowError] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [
+            f"plan: {self.shards} shards, {self.scripts} scripts ({self.bad_rows} with errors)",
+            f"turns to generate: {self.turns_to_generate} (context turns with audio: {self.context_turns})",
+            f"audio: ~{self.est_audio_hours:.3f} h at a typical speaking rate, "
+            f"at most {self.max_audio_hours:.3f} h under the length caps",
+        ]
+        lines += [f"  bad row: {e}" for e in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"  ... and {len(self.errors) - 20} more")
+        return "\n".join(lines)
+
+
+def check_unique_ids(manifest: Manifest) -> None:
+    """Duplicate ids would make output ids ambiguous: refuse before anything runs."""
+    seen: dict[str, int] = {}
+    dupes = []
+    for row, value in iter_ids(manifest):
+        if value in seen:
+            dupes.append(f"id {value!r} at rows {seen[value]} and {row}")
+        else:
+            seen[value] = row
+    if dupes:
+        more = f" (and {len(dupes) - 5} more)" if len(dupes) > 5 else ""
+        raise ManifestError("duplicate ids in the manifest: " + "; ".join(dupes[:5]) + more)
+
+
+def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport:
+    """Validate every row and estimate the work, streaming one shard at a time."""
+    gen, rate = config.generation, config.job.speaking_rate_chars_per_second
+    report = DryRunReport(len(plan.shards), manifest.num_rows, 0, 0, 0, 0.0, 0.0)
+    for shard in plan.shards:
+        for item in read_scripts(manifest, shard.file_index, shard.start, shard.stop):
+            if isinstance(item, RowError):
+                report.bad_rows += 1
+                report.errors.append(item)
+                continue
+            assert isinstance(item, Script)
+            for turn in item.turns:
+                if turn.audio is not None:
+                    report.context_turns += 1
+                    continue
+                report.turns_to_generate += 1
+                cap = item.max_audio_seconds or max(gen.min_audio_seconds, len(turn.text) / gen.chars_per_second)
+                cap = min(cap, gen.max_audio_seconds)
+                report.max_audio_hours += cap / 3600
+                report.est_audio_hours += min(cap, len(turn.text) / rate) / 3600
+    return report
+
+
+def _run_identity(config: SynthConfig, plan: Plan) -> dict:
+    """What must not change between a run and its relaunch on the same output."""
+    return {
+        "model": config.model.resolved_id,
+        "engine": config.model.engine,
+        "dtype": config.model.dtype,
+        "sampling": config.sampling.model_dump(),
+        "generation": config.generation.model_dump(exclude={"batch_size"}),
+        "output": config.output.model_dump(),
+        "plan": plan.to_dict(),
+    }
+
+
+def prepare_output(out: storage.Location, config: SynthConfig, plan: Plan, *, allow_changes: bool) -> None:
+    """Record the run's identity in OUT/plan.json, or check a relaunch against it."""
+    record = out.join("plan.json")
+    identity = _run_identity(config, plan)
+    if storage.exists(record):
+        previous = json.loads(storage.read_bytes(record))
+        diffs = [k for k in identity if previous.get(k) != identity[k]]
+        if diffs and not allow_changes:
+            details = "; ".join(
+                f"{k}: was {json.dumps(previous.get(k))[:200]}, now {json.dumps(identity[k])[:200]}"
+                for k in diffs
+            )
+            raise RunError(
+                f"{out.uri} holds a run with different settings ({details}). Use a new --output, "
+                "or pass --allow-changes to continue it anyway."
+            )
+        if not diffs:
+            return
+    storage.makedirs(out)
+    storage.write_bytes_atomic(record, json.dumps(identity, indent=2).encode())
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def _init_ray(config: SynthConfig):
+    import ray
+
+    if not ray.is_initialized():
+        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=True, logging_level="warning")
+    return ray
+
+
+def _check_resources(ray, config: SynthConfig) -> None:
+    total = ray.cluster_resources()
+    need_cpu, need_gpu = config.actors.num_cpus, config.actors.num_gpus
+    if total.get("CPU", 0) < need_cpu or total.get("GPU", 0) < need_gpu:
+        raise RunError(
+            f"the Ray cluster has {total.get('CPU', 0)} CPUs and {total.get('GPU', 0)} GPUs; one actor needs "
+            f"{need_cpu} CPUs and {need_gpu} GPUs (actors.num_cpus / actors.num_gpus)"
+        )
+    fits = int(total.get("CPU", 0) // need_cpu)
+    if need_gpu:
+        fits = min(fits, int(total.get("GPU", 0) // need_gpu))
+    if fits < config.actors.num_actors:
+        print(
+            f"warning: the cluster fits {fits} of the {config.actors.num_actors} actors asked for; "
+            "the others wait for resources",
+            flush=True,
+        )
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: bool = False, log=print) -> dict:
+    """Synthesize the whole manifest into `output_uri`; returns the run summary (run.json)."""
+    t_start = time.time()
+    manifest = open_manifest(input_uri)
+    check_unique_ids(manifest)
+    plan = plan_shards(manifest, config.output.scripts_per_shard)
+    out = storage.resolve(output_uri)
+    prepare_output(out, config, plan, allow_changes=allow_changes)
+
+    done: dict[int, dict] = {}
+    for shard in plan.shards:
+        marker = shard_done_marker(out, shard.index)
+        if storage.exists(marker):
+            done[shard.index] = json.loads(storage.read_bytes(marker))
+    todo = [s for s in plan.shards if s.index not in done]
+    log(
+        f"synth: {manifest.num_rows} scripts in {len(plan.shards)} shards; "
+        f"{len(done)} already done, {len(todo)} to run on {config.actors.num_actors} actor(s)"
+    )
+
+    failed: dict[int, str] = {}
+    if todo:
+        failed = _run_shards(config, input_uri, output_uri, todo, done, log=log, t_start=t_start)
+
+    rows = sum(d["rows"] for d in done.values())
+    errors = sum(d["errors"] for d in done.values())
+    error_scripts = sum(d["error_scripts"] for d in done.values())
+    audio_s = sum(d["audio_seconds"] for d in done.values())
+    failed_scripts = sum(s.num_scripts for s in plan.shards if s.index in failed)
+    wall = time.time() - t_start
+    summary = {
+        "input": input_uri,
+        "output": output_uri,
+        "config": config.model_dump(),
+        "scripts": manifest.num_rows,
+        "shards": len(plan.shards),
+        "shards_done": len(done),
+        "shards_failed": {str(k): v for k, v in failed.items()},
+        "turns_generated": rows,
+        "error_rows": errors,
+        "scripts_with_errors": error_scripts,
+        "scripts_in_failed_shards": failed_scripts,
+        "audio_seconds": audio_s,
+        "audio_hours": audio_s / 3600,
+        "wall_seconds": wall,
+        "x_real_time": audio_s / wall if wall else 0.0,
+    }
+    storage.write_bytes_atomic(out.join("run.json"), json.dumps(summary, indent=2).encode())
+    log(
+        f"synth: done in {_fmt_duration(wall)}: {rows} turns, {audio_s / 3600:.3f} h audio "
+        f"({summary['x_real_time']:.2f}x real time), {errors} error rows, {len(failed)} failed shards -> {output_uri}"
+    )
+    bad_fraction = (error_scripts + failed_scripts) / max(1, manifest.num_rows)
+    summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate
+    return summary
+
+
+def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *, log, t_start) -> dict[int, str]:
+    """Hand shards to actors until all are done or failed; returns {shard: reason} failed."""
+    ray = _init_ray(config)
+    from ray.exceptions import RayActorError, RayTaskError
+
+    _check_resources(ray, config)
+    actor_cls = ray.remote(
+        num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus, max_restarts=-1, max_task_retries=0
+    )(SynthActor)
+    actors = [
+        actor_cls.remote(config.model_dump(), input_uri, output_uri) for _ in range(config.actors.num_actors)
+    ]
+    pending = {a.ready.remote(): a for a in actors}  # ref -> actor, until the actor has loaded its model
+    idle: list = []
+    queue = list(todo)
+    attempts: dict[int, int] = {}
+    running: dict = {}  # ref -> (actor, shard)
+    failed: dict[int, str] = {}
+    total_shards = len(todo) + len(done)
+    rows_before = sum(d["rows"] for d in done.values())
+    audio_before = sum(d["audio_seconds"] for d in done.values())
+    t_run = time.time()
+    last_report = time.time()
+
+    while queue or running:
+        while idle and queue:
+            actor, shard = idle.pop(), queue.pop(0)
+            attempts[shard.index] = attempts.get(shard.index, 0) + 1
+            running[actor.run_shard.remote(shard.__dict__)] = (actor, shard)
+        refs = list(running) + list(pending)
+        if not refs:
+            raise RunError("no actor could be started")
+        ready, _ = ray.wait(refs, num_returns=1, timeout=30)
+        if not ready:
+            if time.time() - last_report > 60:
+                log(f"  ... {len(running)} shards in flight, {len(pending)} actors still starting")
+                last_report = time.time()
+            continue
+        ref = ready[0]
+        if ref in pending:
+            actor = pending.pop(ref)
+            try:
+                info = ray.get(ref)
+                log(f"actor ready: pid {info.get('pid')}, {info.get('engine')} engine on {info.get('device')}")
+                idle.append(actor)
+            except (RayActorError, RayTaskError) as e:
+                raise RunError(f"an actor failed to load the model: {e}") from None
+            continue
+        actor, shard = running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except (RayActorError, RayTaskError) as e:
+            reason = str(e).strip().splitlines()[-1][:500]
+            if attempts[shard.index] >= config.job.max_shard_attempts:
+                failed[shard.index] = reason
+                log(f"shard {shard.index} FAILED after {attempts[shard.index]} attempts: {reason}")
+            else:
+                log(f"shard {shard.index} attempt {attempts[shard.index]} failed ({reason}); retrying")
+                queue.append(shard)
+            if isinstance(e, RayActorError):
+                # The actor restarts on its own (max_restarts=-1); wait for it to reload.
+                pending[actor.ready.remote()] = actor
+            else:
+                idle.append(actor)
+            continue
+        idle.append(actor)
+        done[shard.index] = result
+        rows = sum(d["rows"] for d in done.values())
+        audio = sum(d["audio_seconds"] for d in done.values())
+        elapsed = time.time() - t_run
+        rate = (audio - audio_before) / max(elapsed, 1e-9)
+        left = total_shards - len(done) - len(failed)
+        per_shard = elapsed / max(1, len(done) - (total_shards - len(todo)))
+        log(
+            f"[{len(done)}/{total_shards} shards] {rows} turns, {audio:.1f} s audio "
+            f"({rate:.2f}x real time, {(rows - rows_before) / max(elapsed, 1e-9):.2f} turns/s), "
+            f"ETA {_fmt_duration(left * per_shard)}"
+        )
+        sys.stdout.flush()
+    return failed

@@ -1,0 +1,86 @@
+"""Paths on any filesystem pyarrow supports (local, s3://, gs://, hdfs://, file://).
+
+This module owns turning a user's path or URI into a (filesystem, path) pair and the
+few file operations the pipeline needs on top of it: read bytes, write bytes
+atomically, list, exists. It knows nothing about manifests, models or Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+
+@dataclass(frozen=True)
+class Location:
+    """A directory or file on some filesystem; `path` is in that filesystem's own syntax."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str  # what the user wrote, for messages
+
+    def join(self, *parts: str) -> "Location":
+        path = "/".join([self.path.rstrip("/"), *parts])
+        uri = "/".join([self.uri.rstrip("/"), *parts])
+        return Location(self.fs, path, uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def resolve(path_or_uri: str) -> Location:
+    """Resolve a local path (relative paths against the cwd) or a URI with a scheme."""
+    if "://" in path_or_uri:
+        fs, path = pafs.FileSystem.from_uri(path_or_uri)
+        return Location(fs, path, path_or_uri)
+    path = os.path.abspath(os.path.expanduser(path_or_uri))
+    return Location(pafs.LocalFileSystem(), path, path_or_uri)
+
+
+def exists(loc: Location) -> bool:
+    return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
+
+
+def is_dir(loc: Location) -> bool:
+    return loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
+
+
+def read_bytes(loc: Location) -> bytes:
+    with loc.fs.open_input_stream(loc.path) as f:
+        return f.read()
+
+
+def makedirs(loc: Location) -> None:
+    loc.fs.create_dir(loc.path, recursive=True)
+
+
+def write_bytes_atomic(loc: Location, data: bytes) -> None:
+    """Write `data` so that readers see either nothing or the whole file.
+
+    Local: temp file in the same directory, fsync, os.replace. Object stores: a single
+    PUT is already atomic, so write the final key directly.
+    """
+    parent = loc.path.rsplit("/", 1)[0]
+    if loc.is_local:
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, loc.path)
+        return
+    loc.fs.create_dir(parent, recursive=True)
+    with loc.fs.open_output_stream(loc.path) as f:
+        f.write(data)
+
+
+def list_files(loc: Location, suffix: str = "") -> list[str]:
+    """Paths of the files below `loc` (recursive) ending in `suffix`, sorted."""
+    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
+    infos = loc.fs.get_file_info(selector)
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
