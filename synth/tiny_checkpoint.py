@@ -73,33 +73,20 @@ def _build_tokenizer():
     )
 
 
-def build_tiny_checkpoint(
-    out_dir: str | os.PathLike,
+def tiny_model_and_processor(
     *,
     num_codebooks: int = 32,
     hidden_size: int = 64,
     num_layers: int = 2,
     max_positions: int = 1024,
     seed: int = 0,
-) -> Path:
-    """Write a tiny random CSM checkpoint (model + processor) to `out_dir`.
-
-    The write goes to a temporary sibling directory that is renamed into place, so a
-    concurrent or interrupted build never leaves a half-written checkpoint behind.
-    """
+):
+    """A tiny random `CsmForConditionalGeneration` and its `CsmProcessor`, in memory."""
     import torch
-    from transformers import (
-        CsmConfig,
-        CsmForConditionalGeneration,
-        CsmProcessor,
-        EncodecFeatureExtractor,
-    )
+    from transformers import CsmConfig, CsmForConditionalGeneration, CsmProcessor, EncodecFeatureExtractor
 
-    out = Path(out_dir)
     tokenizer = _build_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
-    bos_id, eos_id, audio_id, audio_eos_id = ids
-
+    bos_id, _eos_id, audio_id, audio_eos_id = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
     audio_vocab_size = 2051  # 2048 codes + specials, as in csm-1b
     codec_config = dict(
         model_type="mimi",
@@ -111,7 +98,7 @@ def build_tiny_checkpoint(
         num_quantizers=num_codebooks,
         num_semantic_quantizers=1,
         upsample_groups=32,
-        upsampling_ratios=[8, 6, 5, 4],  # 1920 samples per frame at 24 kHz
+        upsampling_ratios=[8, 6, 5, 4],  # with Mimi's 2x downsample: 1920 samples per frame at 24 kHz
         num_hidden_layers=1,
         intermediate_size=64,
         num_attention_heads=2,
@@ -151,20 +138,31 @@ def build_tiny_checkpoint(
     model = CsmForConditionalGeneration(config).eval()
     model.generation_config.do_sample = False
     model.depth_decoder.generation_config.do_sample = False
-
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
     processor = CsmProcessor(feature_extractor, tokenizer, chat_template=CHAT_TEMPLATE)
+    return model, processor
 
+
+def build_tiny_checkpoint(out_dir: str | os.PathLike, **kwargs) -> Path:
+    """Write a tiny random CSM checkpoint (model + processor) to `out_dir`.
+
+    kwargs go to `tiny_model_and_processor`. The write goes to a temporary sibling
+    directory that is renamed into place, so a concurrent or interrupted build never
+    leaves a half-written checkpoint behind.
+    """
+    import shutil
+
+    out = Path(out_dir)
+    model, processor = tiny_model_and_processor(**kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    if out.exists():  # another process won the race: keep theirs
-        import shutil
-
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process won the race: keep theirs
         shutil.rmtree(tmp)
-        return out
-    os.replace(tmp, out)
     return out
 
 

@@ -1,0 +1,115 @@
+"""The shard worker without Ray: real checkpoint, real files, the reference engine."""
+
+import io
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import write_mixed_manifest
+from synth import storage
+from synth.config import load_config
+from synth.manifest import Script, open_manifest, read_scripts
+from synth.plan import plan_shards
+from synth.reference_engine import conversation
+from synth.worker import ShardWorker, load_engine
+
+
+@pytest.fixture(scope="module")
+def greedy_config(tiny_checkpoint):
+    return load_config(None, [
+        f"model.id={tiny_checkpoint}", "model.engine=transformers", "model.dtype=float32", "model.device=cpu",
+        "sampling.do_sample=false", "generation.batch_size=4", "generation.max_audio_seconds=1.6",
+        "output.commit_every_scripts=3", "output.scripts_per_shard=100",
+    ])
+
+
+@pytest.fixture(scope="module")
+def engine(greedy_config):
+    return load_engine(greedy_config)
+
+
+@pytest.fixture(scope="module")
+def shard_output(tmp_path_factory, speech_clip, greedy_config, engine):
+    """Run the one shard of the mixed manifest; return (out dir, good ids, bad ids, commits)."""
+    work = tmp_path_factory.mktemp("worker")
+    path, good, bad = write_mixed_manifest(str(work / "in"), speech_clip)
+    manifest = open_manifest(path)
+    (shard,) = plan_shards(manifest, 100).shards
+    out = storage.resolve(str(work / "out"))
+    worker = ShardWorker(greedy_config, engine, manifest, out, log=lambda m: None)
+    commits = worker.run_shard(shard)
+    return work / "out", good, bad, commits, worker, shard
+
+
+def _rows(out):
+    tables = [pq.read_table(os.path.join(out, "data", f)) for f in sorted(os.listdir(os.path.join(out, "data")))]
+    return [r for t in tables for r in t.to_pylist()]
+
+
+def test_good_rows_present_bad_rows_recorded(shard_output):
+    out, good, bad, commits, _, _ = shard_output
+    rows = _rows(out)
+    assert {r["id"] for r in rows} == good
+    assert len(rows) == len(good)
+    errors = [r for f in sorted(os.listdir(out / "errors")) for r in pq.read_table(out / "errors" / f).to_pylist()]
+    assert {e["id"]: e for e in errors}.keys() == bad.keys()
+    for e in errors:
+        assert bad[e["id"]] in e["reason"], e
+        assert e["row"] is not None and e["stage"] in {"validate", "audio"}
+    assert sum(c.rows for c in commits) == len(good)
+    assert sum(c.scripts for c in commits) == 7
+    assert [c.part for c in commits] == [0, 1, 2]
+
+
+def test_audio_is_24k_mono_and_matches_frames_and_codes(shard_output):
+    out, *_ = shard_output
+    for row in _rows(out):
+        samples, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert rate == 24000 and row["sampling_rate"] == 24000 and samples.ndim == 1
+        assert len(samples) == row["num_frames"] * 1920
+        codes = np.array(row["codes"])
+        assert codes.shape == (row["num_frames"], 32)
+        assert row["duration_s"] == pytest.approx(row["num_frames"] * 0.08)
+        with open(out / row["audio"]["path"], "rb") as f:
+            assert f.read() == row["audio"]["bytes"]
+        assert row["num_frames"] <= 20  # 1.6 s cap at 12.5 frames/s
+
+
+def test_context_turns_are_the_audio_turns_before(shard_output):
+    out, *_ = shard_output
+    by_id = {r["id"]: r for r in _rows(out)}
+    assert by_id["dialogue-a:1"]["context_turns"] == [0]
+    assert by_id["dialogue-a:2"]["context_turns"] == [0]  # generated turn 1 is not context (yet)
+    assert by_id["single-b:0"]["context_turns"] == []
+    assert by_id["dialogue-a:1"]["seed"] == 12 and by_id["dialogue-a:2"]["seed"] == 13
+
+
+def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, speech_clip):
+    """The job's codes are what CsmForConditionalGeneration.generate gives, row by row."""
+    out, _, _, _, worker, shard = shard_output
+    items = read_scripts(worker.manifest, shard.file_index, shard.start, shard.stop)
+    scripts = {s.id: s for s in items if isinstance(s, Script)}
+    for row in _rows(out):
+        script = scripts[row["script_id"]]
+        pending, _ = worker._requests(script)
+        (request,) = [p.request for p in pending if p.turn == row["turn"]]
+        inputs = engine.processor.apply_chat_template([conversation(request)], tokenize=True, return_dict=True)
+        with torch.inference_mode():
+            codes = engine.model.generate(**inputs, max_new_tokens=request.max_frames, do_sample=False,
+                                          depth_decoder_do_sample=False)[0]
+        eos = (codes[:, :-1] == 0).all(-1).nonzero()
+        if len(eos):
+            codes = codes[: int(eos[0, 0])]
+        assert codes.tolist() == row["codes"], row["id"]
+
+
+def test_committed_parts_are_not_redone(shard_output):
+    out, _, _, commits, worker, shard = shard_output
+    before = {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")}
+    again = worker.run_shard(shard)
+    assert again == commits
+    assert {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")} == before
