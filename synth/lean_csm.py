@@ -391,11 +391,12 @@ def load_lean_csm(model_path: str, *, device="cpu", dtype=torch.float32) -> tupl
     raw = _read_safetensors(path, lambda k: not k.startswith("codec_model."))
     with torch.device("meta"):
         model = LeanCsm(CsmArgs.from_hf(config))
-    state = lean_state_dict(raw)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(lean_state_dict(raw), strict=True, assign=True)
+    # Non-persistent buffers were made on meta; the RoPE frequencies stay float32 whatever `dtype`.
+    model.audio_offsets = torch.arange(config.num_codebooks) * config.vocab_size
+    for dec in (model.backbone, model.depth):
+        dec.inv_freq = rope_inv_freq(dec.a.rope, dec.a.head_dim)
     model = model.to(device=device, dtype=dtype)
-    # Non-persistent buffers were created on meta: rebuild them on the target device.
-    model.audio_offsets = torch.arange(config.num_codebooks, device=device) * config.vocab_size
     for dec in (model.backbone, model.depth):
         dec.inv_freq = rope_inv_freq(dec.a.rope, dec.a.head_dim).to(device)
     return model.eval().requires_grad_(False), config

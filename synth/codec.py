@@ -1,0 +1,119 @@
+"""Batched Mimi encode/decode for the fast engine, with a content-hash cache of clip codes.
+
+This module owns the codec side of generation: context clips are encoded in batches
+(clips of equal length together, so each clip's codes are exactly what encoding it
+alone gives, as transformers does) and their codes are cached by the sha256 of the
+clip's float32 bytes, since one voice prompt recurs across thousands of rows;
+finished rows are decoded in batches padded at the end, which is exact for each
+row's own frames because Mimi's decoder is causal (checked in the tests). It uses
+transformers' `MimiModel` and knows nothing about the language model or scheduling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, defaultdict
+
+import numpy as np
+import torch
+
+
+def clip_key(audio: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+
+
+def load_mimi(path, config, *, device, dtype):
+    """Mimi weights from a CSM checkpoint (its `codec_model.*` tensors) as a MimiModel."""
+    from transformers import MimiModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the CSM weights show up as "unexpected" for Mimi
+    try:
+        mimi, info = MimiModel.from_pretrained(
+            str(path), config=config.codec_config, key_mapping={r"^codec_model\.": ""},
+            output_loading_info=True,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info.get("missing_keys"):
+        raise ValueError(f"Mimi weights missing from checkpoint {path}: {sorted(info['missing_keys'])[:5]}")
+    return mimi.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+class MimiCodec:
+    """Encode clips to codes [T, K] and decode codes to audio, both batched."""
+
+    def __init__(self, mimi, *, num_codebooks: int, max_batch: int = 16, max_decode_frames: int = 8192,
+                 cache_size: int = 4096):
+        self.mimi = mimi
+        self.num_codebooks = num_codebooks
+        cfg = mimi.config
+        self.sample_rate_hz = int(cfg.sampling_rate)
+        self.samples_per_frame = int(round(cfg.sampling_rate / cfg.frame_rate))
+        self.max_batch = max_batch
+        self.max_decode_frames = max_decode_frames  # frames per decode batch (rows x padded length)
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_size = cache_size
+        self.cache_hits = 0
+        self.encoded_clips = 0
+
+    @property
+    def device(self):
+        return next(self.mimi.parameters()).device
+
+    @property
+    def dtype(self):
+        return next(self.mimi.parameters()).dtype
+
+    @torch.inference_mode()
+    def encode(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
+        """clips: float32 mono at `sample_rate_hz` -> codes [T_i, K] long (CPU), cached by content."""
+        keys = [clip_key(c) for c in clips]
+        todo: dict[int, dict[str, np.ndarray]] = defaultdict(dict)  # length -> key -> clip
+        for key, clip in zip(keys, clips):
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                self.cache_hits += 1
+            else:
+                todo[len(clip)][key] = clip
+        for group in todo.values():
+            items = list(group.items())
+            for i in range(0, len(items), self.max_batch):
+                chunk = items[i : i + self.max_batch]
+                x = torch.from_numpy(np.stack([c for _, c in chunk]).astype(np.float32))
+                x = x[:, None].to(device=self.device, dtype=self.dtype)  # [N, 1, S]
+                codes = self.mimi.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [N, K, T]
+                for (key, _), c in zip(chunk, codes.transpose(1, 2).long().cpu()):
+                    self.cache[key] = c
+                    self.encoded_clips += 1
+        out = [self.cache[k] for k in keys]
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return out
+
+    @torch.inference_mode()
+    def decode(self, codes: list[np.ndarray]) -> list[np.ndarray]:
+        """codes: [T_i, K] each -> float32 audio [T_i * samples_per_frame] each, same order."""
+        out: list[np.ndarray | None] = [None] * len(codes)
+        order = sorted(range(len(codes)), key=lambda i: -len(codes[i]))
+        spf = self.samples_per_frame
+        i = 0
+        while i < len(order):
+            longest = max(len(codes[order[i]]), 1)
+            n = max(1, min(self.max_batch, self.max_decode_frames // longest))
+            batch = order[i : i + n]
+            i += n
+            nonempty = [j for j in batch if len(codes[j])]
+            for j in batch:
+                if not len(codes[j]):
+                    out[j] = np.zeros(0, dtype=np.float32)
+            if not nonempty:
+                continue
+            x = torch.zeros(len(nonempty), self.num_codebooks, longest, dtype=torch.long)  # pad code 0
+            for r, j in enumerate(nonempty):
+                x[r, :, : len(codes[j])] = torch.as_tensor(np.asarray(codes[j]), dtype=torch.long).T
+            audio = self.mimi.decode(x.to(self.device)).audio_values[:, 0].float().cpu().numpy()
+            for r, j in enumerate(nonempty):
+                out[j] = np.ascontiguousarray(audio[r, : len(codes[j]) * spf])
+        return out

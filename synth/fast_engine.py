@@ -1,0 +1,218 @@
+"""The fast engine: lean static-cache CSM, one graph per frame, continuous batching.
+
+This module owns `FastEngine`, the default `Engine` (see `synth.engine`): it turns
+`GenerationRequest`s into prompts exactly as CSM's processor and chat template do
+(context turns, then the target turn as a text-only message), encodes context clips
+through the batched, cached Mimi codec, runs them through the `Scheduler`, and
+decodes finished rows in batches. It knows nothing about manifests, Ray or output
+files; the model math lives in `synth.lean_csm`, the frame step in
+`synth.frame_step`, the batching in `synth.scheduler`.
+
+    engine = FastEngine.load("sesame/csm-1b", device="cuda", dtype="bfloat16", num_slots=64)
+    results = engine.generate(requests, SamplingParams())
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from synth.codec import MimiCodec, load_mimi
+from synth.engine import GenerationRequest, GenerationResult, SamplingParams, Segment
+from synth.frame_step import FrameStep, StopRules
+from synth.lean_csm import load_lean_csm, resolve_checkpoint
+from synth.scheduler import Finished, Job, Scheduler
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+class FastEngine:
+    """Continuous-batching CSM engine implementing the `Engine` protocol."""
+
+    name = "fast"
+
+    def __init__(self, model, config, processor, codec: MimiCodec, *, num_slots: int, max_positions: int,
+                 compile: bool = False, cuda_graph: bool | None = None, stop_rules: StopRules = StopRules(),
+                 top_k_max: int | None = None, decode_batch: int = 16):
+        if num_slots < 1:
+            raise ValueError(f"num_slots={num_slots} must be >= 1")
+        self.model, self.config, self.processor, self.codec = model, config, processor, codec
+        self.tokenizer = processor.tokenizer
+        self.num_codebooks = config.num_codebooks
+        self.sample_rate_hz = codec.sample_rate_hz
+        self.samples_per_frame = codec.samples_per_frame
+        self.max_positions = max_positions
+        self.num_slots = num_slots
+        self.decode_batch = decode_batch
+        self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max)
+        self.compile_s = 0.0
+        if compile:
+            self.step.compile_steps()
+        self.scheduler = Scheduler(model, self.step, use_cuda_graph=cuda_graph)
+        self.audio_token_id = config.audio_token_id
+        self.audio_eos_token_id = config.audio_eos_token_id
+
+    @classmethod
+    def load(cls, model_path: str, *, device: str = "cuda", dtype: str | torch.dtype = "bfloat16",
+             num_slots: int = 32, max_positions: int | None = None, compile: bool | None = None,
+             codec_dtype: str | torch.dtype | None = None, stop_rules: StopRules = StopRules(),
+             top_k_max: int | None = None, warmup: bool = True) -> "FastEngine":
+        """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
+
+        The codec runs in float32 (float64 when dtype is float64) unless codec_dtype says otherwise.
+        """
+        from transformers import AutoProcessor
+
+        dtype = parse_dtype(dtype)
+        path = resolve_checkpoint(model_path)
+        model, config = load_lean_csm(str(path), device=device, dtype=dtype)
+        max_positions = max_positions or config.max_position_embeddings
+        if codec_dtype is None:
+            codec_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        mimi = load_mimi(path, config, device=device, dtype=parse_dtype(codec_dtype))
+        codec = MimiCodec(mimi, num_codebooks=config.num_codebooks)
+        processor = AutoProcessor.from_pretrained(str(path))
+        compile = (torch.device(device).type == "cuda") if compile is None else compile
+        engine = cls(model, config, processor, codec, num_slots=num_slots, max_positions=max_positions,
+                     compile=compile, stop_rules=stop_rules, top_k_max=top_k_max)
+        if warmup:
+            engine.warmup()
+        return engine
+
+    def warmup(self) -> float:
+        """Compile/capture the frame step on a throwaway row; returns (and records) the seconds spent."""
+        t0 = time.perf_counter()
+        req = GenerationRequest(request_id="warmup", text="warm up", speaker=0, max_frames=3)
+        for do_sample in (False, True):
+            self.generate([req], SamplingParams(do_sample=do_sample), decode=False)
+        if self.model.lm_head.weight.is_cuda:
+            torch.cuda.synchronize()
+        self.compile_s = time.perf_counter() - t0
+        return self.compile_s
+
+    # ------------------------------------------------------------------ prompts
+
+    def _render_ids(self, request: GenerationRequest) -> tuple[list[int], list[np.ndarray]]:
+        """Token ids with one `<|AUDIO|>` per context clip (not yet expanded), and those clips."""
+        conversation, clips = [], []
+        for seg in request.context:
+            content = [{"type": "text", "text": seg.text}]
+            if seg.audio is not None:
+                content.append({"type": "audio"})
+                clips.append(np.asarray(seg.audio, dtype=np.float32))
+            conversation.append({"role": str(seg.speaker), "content": content})
+        conversation.append({"role": str(request.speaker), "content": [{"type": "text", "text": request.text}]})
+        text = self.processor.apply_chat_template(conversation, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False).input_ids, clips
+
+    def _job(self, request: GenerationRequest, sampling: SamplingParams, clip_codes: list[torch.Tensor]) -> Job:
+        ids, _ = self._render_ids(request)
+        K = self.num_codebooks
+        out_ids, out_codes, out_audio = [], [], []
+        clip_iter = iter(clip_codes)
+        eos_frame = torch.full((1, K), self.config.codebook_eos_token_id, dtype=torch.long)
+        for tok in ids:
+            if tok == self.audio_token_id:
+                codes = next(clip_iter)  # [T_clip, K]
+                out_ids += [tok] * len(codes)
+                out_codes.append(codes)
+                out_audio += [True] * len(codes)
+            elif tok == self.audio_eos_token_id:
+                out_ids.append(tok)
+                out_codes.append(eos_frame)
+                out_audio.append(True)
+            else:
+                out_ids.append(tok)
+                out_codes.append(torch.zeros(1, K, dtype=torch.long))
+                out_audio.append(False)
+        s = sampling
+        return Job(
+            key=request.request_id,
+            input_ids=torch.tensor(out_ids, dtype=torch.long),
+            audio_codes=torch.cat(out_codes),
+            is_audio=torch.tensor(out_audio),
+            max_frames=request.max_frames,
+            seed=request.seed,
+            sampling=(float(s.do_sample), s.temperature, float(s.top_k), s.depth_temperature, float(s.depth_top_k)),
+        )
+
+    def _jobs(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Job]:
+        rendered = [self._render_ids(r) for r in requests]
+        all_clips = [c for _, clips in rendered for c in clips]
+        codes = self.codec.encode(all_clips) if all_clips else []
+        jobs, i = [], 0
+        for r, (_, clips) in zip(requests, rendered):
+            jobs.append(self._job(r, sampling, codes[i : i + len(clips)]))
+            i += len(clips)
+        return jobs
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        ids, clips = self._render_ids(request)
+        frames = sum(-(-len(c) // self.samples_per_frame) for c in clips)  # Mimi: ceil(samples / frame)
+        return len(ids) - len(clips) + frames
+
+    # ------------------------------------------------------------------ generation
+
+    def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
+            on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+            decode: bool = True) -> list[GenerationResult]:
+        """Generate `requests`; `on_result` sees each result as it is ready and may return follow-up
+        requests (e.g. the next turn of a conversation), which join the queue. Results come in
+        completion order."""
+        t0 = time.perf_counter()
+        results: list[GenerationResult] = []
+        to_decode: list[Finished] = []
+
+        def emit(batch: list[Finished]) -> None:
+            audio = self.codec.decode([f.codes for f in batch]) if decode else [
+                np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
+            now = time.perf_counter()
+            for f, a in zip(batch, audio):
+                res = GenerationResult(
+                    request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
+                    num_prompt_tokens=f.num_prompt_tokens,
+                    info={"engine": self.name, "slot": f.slot, "queued_s": f.started_s - f.submitted_s,
+                          "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
+                )
+                results.append(res)
+                if on_result is not None:
+                    more = on_result(res)
+                    if more:
+                        for job in self._jobs(list(more), sampling):
+                            self.scheduler.submit(job)
+
+        def on_finished(f: Finished) -> None:
+            to_decode.append(f)
+            if len(to_decode) >= self.decode_batch:
+                emit(to_decode[:])
+                to_decode.clear()
+
+        for job in self._jobs(requests, sampling):
+            self.scheduler.submit(job)
+        while True:
+            self.scheduler.run(on_finished)
+            if not to_decode:
+                break
+            emit(to_decode[:])  # may submit follow-ups: run again until nothing is left
+            to_decode.clear()
+        return results
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
+                 decode: bool = True) -> list[GenerationResult]:
+        """Generate every request; results in the order of `requests`."""
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request_id values must be unique within one generate() call")
+        by_id = {r.request_id: r for r in self.run(requests, sampling, decode=decode)}
+        return [by_id[i] for i in ids]

@@ -1,0 +1,256 @@
+"""One CSM audio frame for every slot at once: a static-shape step with no host sync.
+
+This module owns the per-slot decoding state (`SlotState`: positions, caps, seeds,
+sampling settings, stop codes, a device-side history of generated frames) and the
+frame function that advances all slots by one 80 ms frame: codebook 0 from the
+backbone's last hidden state, 31 depth-decoder steps for codebooks 1..K-1, per-row
+sampling, the stop rules, and the backbone step that consumes the new frame. The
+function only reads and writes fixed buffers, so on CUDA it is captured once as a
+CUDA graph (optionally over `torch.compile`d steps) and each frame is one replay.
+It knows nothing about requests, prompts, queues or audio.
+
+Sampling needs no generator state: the Gumbel noise for (seed, frame, codebook,
+token) comes from an integer hash, so a row's samples depend only on its own seed
+and logits, never on its slot or on the other rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from synth.lean_csm import LeanCsm
+
+# stop_code values; 0 means still running.
+RUNNING, STOP_EOS, STOP_MAX_LENGTH, STOP_SILENCE, STOP_LOOP = 0, 1, 2, 3, 4
+STOP_REASONS = {STOP_EOS: "eos", STOP_MAX_LENGTH: "max_length", STOP_SILENCE: "silence", STOP_LOOP: "loop"}
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash on int64 tensors in [0, 2^32); multipliers < 2^31 never overflow."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _M32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(row_keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """row_keys: [B] hashed (seed, frame, codebook); token_ids: [B, N] -> Gumbel noise [B, N] float32."""
+    h = _mix32((row_keys[:, None] ^ token_ids) & _M32)
+    u = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # (0, 1), 24 bits
+    return -torch.log(-torch.log(u))
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """Early stops on generated frames, beyond EOS and the length cap (0 disables each).
+
+    silence_frames: stop when codebook 0 has repeated one value this many frames in a
+      row (the base model's silence is a held token); the repeated tail is dropped.
+    loop_frames: stop when codebook 0 has repeated with some period 2..loop_max_period
+      for this many frames; the repeating tail is dropped.
+    """
+
+    silence_frames: int = 0
+    loop_frames: int = 0
+    loop_max_period: int = 8
+
+    def __post_init__(self):
+        for name in ("silence_frames", "loop_frames"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.loop_frames and self.loop_max_period < 2:
+            raise ValueError(f"loop_max_period={self.loop_max_period} must be >= 2")
+
+
+class SlotState(torch.nn.Module):
+    """Per-slot decoding state as fixed device buffers (B = slots, P = positions, K = codebooks)."""
+
+    def __init__(self, num_slots: int, max_positions: int, num_codebooks: int, hidden_size: int, dtype, device):
+        super().__init__()
+        B, P, K = num_slots, max_positions, num_codebooks
+        long = dict(dtype=torch.long, device=device)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.register_buffer("hidden", torch.zeros(B, hidden_size, dtype=dtype, device=device))  # [B, Db]
+        self.register_buffer("pos", torch.zeros(B, **long))  # backbone position the next frame is fed at
+        self.register_buffer("frame", torch.zeros(B, **long))  # index of the frame being generated
+        self.register_buffer("cap", torch.zeros(B, **long))  # max frames for the row
+        self.register_buffer("active", torch.zeros(B, dtype=torch.bool, device=device))
+        self.register_buffer("seed", torch.zeros(B, **long))
+        self.register_buffer("do_sample", torch.zeros(B, dtype=torch.bool, device=device))
+        self.register_buffer("temperature", torch.ones(B, **f32))
+        self.register_buffer("top_k", torch.zeros(B, **long))
+        self.register_buffer("depth_temperature", torch.ones(B, **f32))
+        self.register_buffer("depth_top_k", torch.zeros(B, **long))
+        self.register_buffer("stop_code", torch.zeros(B, **long))
+        self.register_buffer("result_len", torch.zeros(B, **long))
+        self.register_buffer("c0_run", torch.zeros(B, **long))  # frames codebook 0 has held its value
+        self.register_buffer("history", torch.zeros(B, P, K, dtype=torch.int32, device=device))  # [B, P, K]
+        self.register_buffer("status", torch.zeros(2, B, **long))  # [stop_code; result_len] snapshot
+        self.register_buffer("rows", torch.arange(B, device=device))
+
+
+class FrameStep:
+    """Builds and runs the per-frame function over a LeanCsm with caches set up."""
+
+    def __init__(self, model: LeanCsm, num_slots: int, max_positions: int, *, stop_rules: StopRules = StopRules(),
+                 top_k_max: int | None = None):
+        args = model.args
+        self.model = model
+        self.num_slots, self.max_positions = num_slots, max_positions
+        self.K, self.V = args.num_codebooks, args.audio_vocab_size
+        self.eos = args.codebook_eos_token_id
+        self.stop_rules = stop_rules
+        self.top_k_max = min(top_k_max or self.V, self.V)
+        device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
+        model.setup_caches(num_slots, max_positions)
+        self.state = SlotState(num_slots, max_positions, self.K, args.backbone.hidden_size, dtype, device)
+        # Depth positions as ready-made [B] tensors: no allocation inside the frame.
+        self.depth_pos = [torch.full((num_slots,), p, dtype=torch.long, device=device) for p in range(self.K)]
+        loop_periods = max(stop_rules.loop_max_period - 1, 1)
+        self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
+        self.backbone_step = model.backbone_step
+        self.depth_step = model.depth_step
+
+    def compile_steps(self) -> None:
+        """torch.compile the backbone and depth steps (one graph each; depth position is a tensor)."""
+        self.backbone_step = torch.compile(self.model.backbone_step, fullgraph=True, dynamic=False)
+        self.depth_step = torch.compile(self.model.depth_step, fullgraph=True, dynamic=False)
+
+    # ------------------------------------------------------------------ the frame
+
+    def _choose(self, logits, temperature, top_k, keys, sample: bool):
+        """logits: [B, V] float32 -> codes [B]; greedy rows take the argmax."""
+        greedy = logits.argmax(dim=-1)
+        if not sample:
+            return greedy
+        vals, idx = logits.topk(self.top_k_max, dim=-1)  # [B, k], sorted
+        rank = torch.arange(self.top_k_max, device=logits.device)
+        keep = (rank[None] < top_k[:, None]) | (top_k[:, None] <= 0)
+        score = vals / temperature[:, None] + gumbel_noise(keys, idx)
+        score = score.masked_fill(~keep, float("-inf"))
+        sampled = idx.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
+        return torch.where(self.state.do_sample, sampled, greedy)
+
+    def frame(self, sample: bool) -> None:
+        """Advance every slot by one frame, in place. Static shapes, no host sync."""
+        s, m = self.state, self.model
+        base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
+        key = (lambda k: _mix32((base + k * 0x9E3779B1) & _M32)) if sample else (lambda k: None)
+
+        h = s.hidden
+        c = self._choose(m.lm_head(h).float(), s.temperature, s.top_k, key(0), sample)
+        codes = [c]
+        self.depth_step(h, self.depth_pos[0])
+        for k in range(1, self.K):
+            d = self.depth_step(m.embed_codebook(c, k - 1), self.depth_pos[k])
+            c = self._choose(m.codebook_logits(d, k).float(), s.depth_temperature, s.depth_top_k, key(k), sample)
+            codes.append(c)
+        frame = torch.stack(codes, dim=1)  # [B, K]
+
+        live = s.active & (s.stop_code == RUNNING)
+        at = s.frame.clamp(max=self.max_positions - 1)
+        s.history[s.rows, at] = frame.to(torch.int32)
+
+        # Stop rules, in priority order: EOS, silence/loop, length cap.
+        stop = torch.zeros_like(s.stop_code)
+        length = s.frame + 1
+        reached_cap = s.frame + 1 >= s.cap
+        stop = torch.where(reached_cap, STOP_MAX_LENGTH, stop)
+        rules = self.stop_rules
+        if rules.silence_frames or rules.loop_frames:
+            prev = s.history[s.rows, (at - 1).clamp(min=0), 0]
+            same = (frame[:, 0] == prev.long()) & (s.frame > 0)
+            s.c0_run.copy_(torch.where(same, s.c0_run + 1, torch.zeros_like(s.c0_run)))
+        if rules.loop_frames:
+            periods = torch.arange(2, rules.loop_max_period + 1, device=frame.device)  # [Q]
+            back = (at[:, None] - periods[None]).clamp(min=0)  # [B, Q]
+            past = s.history[s.rows[:, None], back, 0].long()
+            match = (frame[:, :1] == past) & (s.frame[:, None] >= periods[None])
+            self.loop_run.copy_(torch.where(match, self.loop_run + 1, torch.zeros_like(self.loop_run)))
+            run = self.loop_run.max(dim=1).values
+            looping = run >= rules.loop_frames
+            stop = torch.where(looping, STOP_LOOP, stop)
+            length = torch.where(looping, s.frame + 1 - run, length)
+        if rules.silence_frames:
+            silent = s.c0_run + 1 >= rules.silence_frames
+            stop = torch.where(silent, STOP_SILENCE, stop)
+            length = torch.where(silent, s.frame - s.c0_run + 1, length)
+        is_eos = (frame[:, :-1] == self.eos).all(dim=-1)
+        stop = torch.where(is_eos, STOP_EOS, stop)
+        length = torch.where(is_eos, s.frame, length)
+
+        ends = live & (stop != RUNNING)
+        s.stop_code.copy_(torch.where(ends, stop, s.stop_code))
+        s.result_len.copy_(torch.where(ends, length, s.result_len))
+        s.status[0].copy_(s.stop_code)
+        s.status[1].copy_(s.result_len)
+
+        # Feed the frame to the backbone for the next one; frozen rows stay put.
+        s.hidden.copy_(self.backbone_step(m.embed_frames(frame), s.pos.clamp(max=self.max_positions - 1)))
+        s.pos.copy_(torch.where(live, s.pos + 1, s.pos).clamp(max=self.max_positions - 1))
+        s.frame.copy_(torch.where(live, s.frame + 1, s.frame))
+
+    # ------------------------------------------------------------------ admission
+
+    def admit(self, slots: torch.Tensor, hidden: torch.Tensor, prompt_lens: torch.Tensor, caps: torch.Tensor,
+              seeds: torch.Tensor, sampling: torch.Tensor) -> None:
+        """Start rows in `slots` [N] after their prefill. hidden: [N, Db]; sampling: [N, 5]
+        float (do_sample, temperature, top_k, depth_temperature, depth_top_k)."""
+        s = self.state
+        s.hidden[slots] = hidden.to(s.hidden.dtype)
+        s.pos[slots] = prompt_lens
+        s.frame[slots] = 0
+        s.cap[slots] = caps
+        s.seed[slots] = seeds
+        s.do_sample[slots] = sampling[:, 0] > 0
+        s.temperature[slots] = sampling[:, 1]
+        s.top_k[slots] = sampling[:, 2].long()
+        s.depth_temperature[slots] = sampling[:, 3]
+        s.depth_top_k[slots] = sampling[:, 4].long()
+        s.stop_code[slots] = RUNNING
+        s.result_len[slots] = 0
+        s.c0_run[slots] = 0
+        self.loop_run[slots] = 0
+        s.active[slots] = True
+
+    def release(self, slots: torch.Tensor) -> None:
+        self.state.active[slots] = False
+
+
+class GraphedFrame:
+    """The frame function captured as one CUDA graph per sampling mode (greedy / sampled)."""
+
+    def __init__(self, step: FrameStep):
+        self.step = step
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+
+    def _capture(self, sample: bool) -> torch.cuda.CUDAGraph:
+        # Warm up on a side stream (lazy init, autotuning), then capture. Warm-up frames mutate
+        # slot state, so snapshot and restore it: capture must not advance live rows.
+        snapshot = {k: v.clone() for k, v in self.step.state.state_dict().items()}
+        loop_run = self.step.loop_run.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.step.frame(sample)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.step.frame(sample)
+        self.pool = graph.pool()
+        self.step.state.load_state_dict(snapshot)
+        self.step.loop_run.copy_(loop_run)
+        torch.cuda.synchronize()
+        return graph
+
+    def __call__(self, sample: bool) -> None:
+        if sample not in self.graphs:
+            self.graphs[sample] = self._capture(sample)
+        self.graphs[sample].replay()
