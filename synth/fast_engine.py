@@ -44,7 +44,12 @@ class FastEngine:
 
     def __init__(self, model, config, processor, codec: MimiCodec, *, num_slots: int, max_positions: int,
                  compile: bool = False, cuda_graph: bool | None = None, stop_rules: StopRules = StopRules(),
-                 top_k_max: int | None = None, decode_batch: int = 16):
+                 top_k_max: int | None = 64, decode_batch: int = 16,
+                 decode_interval_frames: int = 12):
+        """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
+        None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
+        Finished rows are decoded in batches of `decode_batch`, or sooner once the oldest has
+        waited `decode_interval_frames` frames."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
@@ -55,8 +60,10 @@ class FastEngine:
         self.max_positions = max_positions
         self.num_slots = num_slots
         self.decode_batch = decode_batch
+        self.decode_interval_frames = decode_interval_frames
         self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max)
         self.compile_s = 0.0
+        self.compiled = compile
         if compile:
             self.step.compile_steps()
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=cuda_graph)
@@ -67,7 +74,7 @@ class FastEngine:
     def load(cls, model_path: str, *, device: str = "cuda", dtype: str | torch.dtype = "bfloat16",
              num_slots: int = 32, max_positions: int | None = None, compile: bool | None = None,
              codec_dtype: str | torch.dtype | None = None, stop_rules: StopRules = StopRules(),
-             top_k_max: int | None = None, warmup: bool = True) -> "FastEngine":
+             top_k_max: int | None = 64, warmup: bool = True) -> "FastEngine":
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
 
         The codec runs in float32 (float64 when dtype is float64) unless codec_dtype says otherwise.
@@ -164,12 +171,28 @@ class FastEngine:
 
     # ------------------------------------------------------------------ generation
 
+    def _check_sampling(self, sampling: SamplingParams) -> None:
+        if not sampling.do_sample or self.step.top_k_max >= self.step.V:
+            return
+        for name in ("top_k", "depth_top_k"):
+            k = getattr(sampling, name)
+            if k <= 0 or k > self.step.top_k_max:
+                raise ValueError(f"SamplingParams.{name}={k}: this engine samples among at most "
+                                 f"top_k_max={self.step.top_k_max} tokens (build it with top_k_max=None for any)")
+
+    def describe(self) -> dict:
+        w = self.model.lm_head.weight
+        return {"engine": self.name, "dtype": str(w.dtype).removeprefix("torch."), "device": str(w.device),
+                "num_slots": self.num_slots, "max_positions": self.max_positions,
+                "compiled": self.compiled, "warmup_s": round(self.compile_s, 3)}
+
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
             on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
             decode: bool = True) -> list[GenerationResult]:
         """Generate `requests`; `on_result` sees each result as it is ready and may return follow-up
         requests (e.g. the next turn of a conversation), which join the queue. Results come in
         completion order."""
+        self._check_sampling(sampling)
         t0 = time.perf_counter()
         results: list[GenerationResult] = []
         to_decode: list[Finished] = []
@@ -192,20 +215,31 @@ class FastEngine:
                         for job in self._jobs(list(more), sampling):
                             self.scheduler.submit(job)
 
+        oldest = [0]  # scheduler frame count when the oldest undecoded row finished
+
         def on_finished(f: Finished) -> None:
+            if not to_decode:
+                oldest[0] = self.scheduler.stats.frames
             to_decode.append(f)
             if len(to_decode) >= self.decode_batch:
-                emit(to_decode[:])
-                to_decode.clear()
+                flush()
+
+        def on_frame() -> None:
+            if to_decode and self.scheduler.stats.frames - oldest[0] >= self.decode_interval_frames:
+                flush()
+
+        def flush() -> None:
+            batch = to_decode[:]
+            to_decode.clear()
+            emit(batch)
 
         for job in self._jobs(requests, sampling):
             self.scheduler.submit(job)
         while True:
-            self.scheduler.run(on_finished)
+            self.scheduler.run(on_finished, on_frame)
             if not to_decode:
                 break
-            emit(to_decode[:])  # may submit follow-ups: run again until nothing is left
-            to_decode.clear()
+            flush()  # may submit follow-ups: run again until nothing is left
         return results
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,

@@ -160,11 +160,9 @@ class Attention(nn.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _attend(self, q, k, v, mask, is_causal=False):
-        rep = self.a.num_heads // self.a.num_kv_heads
-        if rep > 1:  # [B, Hkv, P, Dh] -> [B, H, P, Dh]
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        # Grouped-query attention without copying the cache: [B, Hkv, P, Dh] serves [B, H, S, Dh].
+        gqa = self.a.num_heads != self.a.num_kv_heads
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
         B, H, S, Dh = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, S, H * Dh))
 

@@ -180,10 +180,12 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
 
     @torch.inference_mode()
-    def run(self, on_finished: Callable[[Finished], None] | None = None) -> list[Finished]:
+    def run(self, on_finished: Callable[[Finished], None] | None = None,
+            on_frame: Callable[[], None] | None = None) -> list[Finished]:
         """Run until the queue is empty and every slot is idle; returns results in finishing order.
 
-        `on_finished(result)` is called as each row completes and may `submit()` more jobs.
+        `on_finished(result)` is called as each row completes and may `submit()` more jobs;
+        `on_frame()` after every frame (e.g. to decode finished rows now and then).
         """
         results: list[Finished] = []
         pending_snapshot = None  # (event, pinned) of the previous frame on CUDA
@@ -228,4 +230,6 @@ class Scheduler:
             new = []
             self._drain_copies(new, wait=False)
             deliver(new)
+            if on_frame is not None:
+                on_frame()
         return results

@@ -18,6 +18,7 @@ from synth.engine import GenerationRequest, SamplingParams, Segment
 from synth.fast_engine import FastEngine
 from synth.frame_step import StopRules
 from synth.lean_csm import load_lean_csm, rope_inv_freq
+from synth.reference_engine import conversation
 
 GREEDY = SamplingParams(do_sample=False)
 
@@ -39,17 +40,6 @@ REQUESTS = [
 ]
 
 
-def _conversation(req: GenerationRequest) -> list[dict]:
-    conv = []
-    for seg in req.context:
-        content = [{"type": "text", "text": seg.text}]
-        if seg.audio is not None:
-            content.append({"type": "audio", "path": seg.audio})
-        conv.append({"role": str(seg.speaker), "content": content})
-    conv.append({"role": str(req.speaker), "content": [{"type": "text", "text": req.text}]})
-    return conv
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_checkpoint):
     from transformers import AutoProcessor, CsmForConditionalGeneration
@@ -61,7 +51,7 @@ def reference(tiny_checkpoint):
 def _reference_codes(reference, req: GenerationRequest, dtype=torch.float64) -> np.ndarray:
     model, processor = reference
     model = model.to(dtype)
-    inputs = processor.apply_chat_template(_conversation(req), tokenize=True, return_dict=True)
+    inputs = processor.apply_chat_template(conversation(req), tokenize=True, return_dict=True)
     inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=req.max_frames, do_sample=False, depth_decoder_do_sample=False)
@@ -137,7 +127,7 @@ def test_greedy_codes_equal_transformers_generate(tiny_checkpoint, reference_cod
 def test_prompt_token_count_matches_processor(engine64, reference):
     _, processor = reference
     for req in REQUESTS:
-        inputs = processor.apply_chat_template(_conversation(req), tokenize=True, return_dict=True)
+        inputs = processor.apply_chat_template(conversation(req), tokenize=True, return_dict=True)
         assert engine64.count_prompt_tokens(req) == inputs["input_ids"].shape[1]
 
 
@@ -226,6 +216,13 @@ def test_sampling_seeded_reproducible_and_slot_independent(tiny_checkpoint):
     np.testing.assert_array_equal(k1.codes, greedy.codes)
 
 
+def test_top_k_beyond_sampler_width_is_refused(engine64):
+    req = [GenerationRequest("a", "Hello.", 0, 2)]
+    for bad in (SamplingParams(top_k=0), SamplingParams(depth_top_k=engine64.step.top_k_max + 1)):
+        with pytest.raises(ValueError, match="top_k"):
+            engine64.generate(req, bad)
+
+
 def test_follow_up_requests_join_while_running(engine64, reference_codes):
     first = REQUESTS[0]
     follow = REQUESTS[2]
@@ -288,13 +285,17 @@ def test_tied_audio_table_loaded_from_either_name(tiny_checkpoint, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_matches_eager(tiny_checkpoint):
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_matches_eager(tiny_checkpoint, compile):
+    """One CUDA-graph replay per frame (over compiled steps or not) gives the eager codes."""
     reqs = REQUESTS + [GenerationRequest(f"x{i}", "Pack my box.", i, 4 + i) for i in range(4)]
     kw = dict(device="cuda", dtype="float32", num_slots=3, max_positions=256, warmup=False)
-    graphed = FastEngine.load(tiny_checkpoint, compile=False, **kw).generate(reqs, GREEDY)
+    graphed = FastEngine.load(tiny_checkpoint, compile=compile, **kw).generate(reqs, GREEDY)
     engine = FastEngine.load(tiny_checkpoint, compile=False, **kw)
     engine.scheduler.run_frame = engine.step.frame  # eager on the same device
     eager = engine.generate(reqs, GREEDY)
-    for g, e in zip(graphed, eager):
-        np.testing.assert_array_equal(g.codes, e.codes)
-        assert g.stop_reason == e.stop_reason
+    same = [np.mean(g.codes == e.codes) for g, e in zip(graphed, eager) if g.codes.shape == e.codes.shape]
+    assert len(same) == len(reqs)
+    # Eager ops replayed from a graph are bitwise the same; fused (compiled) kernels may round differently.
+    assert min(same) == 1.0 if not compile else np.mean(same) > 0.95
+    assert [g.stop_reason for g in graphed] == [e.stop_reason for e in eager]
