@@ -62,6 +62,8 @@ class Row:
     ttfa_s: float
     peak_mem_gib: float
     warmup_s: float = 0.0
+    frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
+    decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine)
 
     @property
     def fps(self):
@@ -127,7 +129,17 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     setting = f"{num_slots} slots" + (", compiled" if compile else "")
     row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
               engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
-              _peak_gib(device), engine.compile_s)
+              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s)
+    # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
+    with torch.inference_mode():
+        sample = sampling.do_sample
+        engine.scheduler.run_frame(sample)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            engine.scheduler.run_frame(sample)
+        _sync(device)
+        row.frame_ms = (time.perf_counter() - t0) / 20 * 1000
     del engine, results
     gc.collect()
     return row
@@ -155,7 +167,10 @@ def build_csm1b_random(out_dir: Path, device: str) -> Path:
     torch.manual_seed(0)
     with torch.device(device):
         model = CsmForConditionalGeneration(config).to(torch.bfloat16).eval()
-    with torch.no_grad():  # Mimi has 2048 codes: keep codes 2048..2050 out of reach of sampling/argmax
+    with torch.no_grad():
+        # Tie the audio tables by hand: some transformers versions build them untied.
+        model.backbone_model.embed_tokens.embed_audio_tokens.weight.copy_(model.depth_decoder.model.embed_tokens.weight)
+        # Mimi has 2048 codes: keep codes 2048..2050 out of reach of sampling/argmax.
         model.lm_head.weight[2048:] = 0
         model.depth_decoder.codebooks_head.weight[:, :, 2048:] = 0
     model.save_pretrained(out_dir)
@@ -249,14 +264,14 @@ def main(argv=None):
             torch.cuda.empty_cache()
 
     print()
-    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s |"
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s |"
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = r.as_dict(frame_rate)
         print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
               f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
-              f"{r.warmup_s:.1f} |")
+              f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
     if refs and fast:

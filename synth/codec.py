@@ -12,6 +12,7 @@ transformers' `MimiModel` and knows nothing about the language model or scheduli
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict, defaultdict
 
 import numpy as np
@@ -57,6 +58,7 @@ class MimiCodec:
         self.cache_size = cache_size
         self.cache_hits = 0
         self.encoded_clips = 0
+        self.decode_s = 0.0  # wall seconds spent decoding, for benchmarks
 
     @property
     def device(self):
@@ -95,6 +97,7 @@ class MimiCodec:
     @torch.inference_mode()
     def decode(self, codes: list[np.ndarray]) -> list[np.ndarray]:
         """codes: [T_i, K] each -> float32 audio [T_i * samples_per_frame] each, same order."""
+        t0 = time.perf_counter()
         out: list[np.ndarray | None] = [None] * len(codes)
         order = sorted(range(len(codes)), key=lambda i: -len(codes[i]))
         spf = self.samples_per_frame
@@ -116,4 +119,5 @@ class MimiCodec:
             audio = self.mimi.decode(x.to(self.device)).audio_values[:, 0].float().cpu().numpy()
             for r, j in enumerate(nonempty):
                 out[j] = np.ascontiguousarray(audio[r, : len(codes[j]) * spf])
+        self.decode_s += time.perf_counter() - t0
         return out

@@ -45,11 +45,13 @@ class FastEngine:
     def __init__(self, model, config, processor, codec: MimiCodec, *, num_slots: int, max_positions: int,
                  compile: bool = False, cuda_graph: bool | None = None, stop_rules: StopRules = StopRules(),
                  top_k_max: int | None = 64, decode_batch: int = 16,
-                 decode_interval_frames: int = 12):
+                 decode_interval_frames: int = 12, longest_first: bool = True):
         """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
         None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
         Finished rows are decoded in batches of `decode_batch`, or sooner once the oldest has
-        waited `decode_interval_frames` frames."""
+        waited `decode_interval_frames` frames. longest_first: queue each call's rows by
+        descending `max_frames`, so short rows fill the tail and slots rarely sit idle
+        (better packing, later first audio)."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
@@ -61,6 +63,7 @@ class FastEngine:
         self.num_slots = num_slots
         self.decode_batch = decode_batch
         self.decode_interval_frames = decode_interval_frames
+        self.longest_first = longest_first
         self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max)
         self.compile_s = 0.0
         self.compiled = compile
@@ -233,7 +236,10 @@ class FastEngine:
             to_decode.clear()
             emit(batch)
 
-        for job in self._jobs(requests, sampling):
+        jobs = self._jobs(requests, sampling)
+        if self.longest_first:
+            jobs.sort(key=lambda j: -j.max_frames)
+        for job in jobs:
             self.scheduler.submit(job)
         while True:
             self.scheduler.run(on_finished, on_frame)

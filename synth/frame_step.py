@@ -114,12 +114,16 @@ class FrameStep:
         loop_periods = max(stop_rules.loop_max_period - 1, 1)
         self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
         self.backbone_step = model.backbone_step
-        self.depth_step = model.depth_step
+        self.first_codebook = self._first_codebook
+        self.next_codebook = self._next_codebook
 
     def compile_steps(self) -> None:
-        """torch.compile the backbone and depth steps (one graph each; depth position is a tensor)."""
-        self.backbone_step = torch.compile(self.model.backbone_step, fullgraph=True, dynamic=False)
-        self.depth_step = torch.compile(self.model.depth_step, fullgraph=True, dynamic=False)
+        """torch.compile the three per-frame pieces: codebook 0 (+ depth position 0), one depth
+        codebook (reused for all 31, its position a tensor) and the backbone step."""
+        opts = dict(fullgraph=True, dynamic=False)
+        self.backbone_step = torch.compile(self.model.backbone_step, **opts)
+        self.first_codebook = torch.compile(self._first_codebook, **opts)
+        self.next_codebook = torch.compile(self._next_codebook, **opts)
 
     # ------------------------------------------------------------------ the frame
 
@@ -136,19 +140,35 @@ class FrameStep:
         sampled = idx.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
         return torch.where(self.state.do_sample, sampled, greedy)
 
+    def _keys(self, base, codebook):
+        """Per-row hash of (seed, frame, codebook); codebook: int or [B] tensor."""
+        return _mix32((base + codebook * 0x9E3779B1) & _M32) if base is not None else None
+
+    def _first_codebook(self, h, pos0, base, sample: bool):
+        """h: [B, Db] backbone hidden -> codebook 0 [B] and the depth input for position 1."""
+        s, m = self.state, self.model
+        c = self._choose(m.lm_head(h).float(), s.temperature, s.top_k, self._keys(base, 0), sample)
+        m.depth_step(h, pos0)  # depth position 0 only fills the depth cache
+        return c, m.embed_audio_tokens(c)
+
+    def _next_codebook(self, x, pos, base, sample: bool):
+        """x: [B, Db] embedding of codebook pos-1, at depth position pos ([B], all equal)
+        -> codebook pos [B] and the depth input for position pos+1."""
+        s, m = self.state, self.model
+        d = m.depth_step(x, pos)  # [B, Dd]
+        head = m.codebooks_head.index_select(0, pos[:1] - 1)[0]  # [Dd, V] of codebook pos
+        logits = (d @ head).float()  # [B, V]
+        c = self._choose(logits, s.depth_temperature, s.depth_top_k, self._keys(base, pos), sample)
+        return c, m.embed_audio_tokens(c + pos * self.V)
+
     def frame(self, sample: bool) -> None:
         """Advance every slot by one frame, in place. Static shapes, no host sync."""
         s, m = self.state, self.model
         base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
-        key = (lambda k: _mix32((base + k * 0x9E3779B1) & _M32)) if sample else (lambda k: None)
-
-        h = s.hidden
-        c = self._choose(m.lm_head(h).float(), s.temperature, s.top_k, key(0), sample)
+        c, x = self.first_codebook(s.hidden, self.depth_pos[0], base, sample)
         codes = [c]
-        self.depth_step(h, self.depth_pos[0])
         for k in range(1, self.K):
-            d = self.depth_step(m.embed_codebook(c, k - 1), self.depth_pos[k])
-            c = self._choose(m.codebook_logits(d, k).float(), s.depth_temperature, s.depth_top_k, key(k), sample)
+            c, x = self.next_codebook(x, self.depth_pos[k], base, sample)
             codes.append(c)
         frame = torch.stack(codes, dim=1)  # [B, K]
 

@@ -351,16 +351,15 @@ def lean_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map transformers CSM parameter names to LeanCsm's; resolves the tied audio table.
 
     Checkpoints may store the audio table under the backbone name, the depth decoder
-    name, or both (transformers ties them; a reported bug leaves one random after
-    loading). Either stored copy is the trained one; if both are stored they must agree.
+    name, or both (a reported transformers bug saves or loads them untied). CSM ties
+    them with the depth decoder's as the source (`_tied_weights_keys`), so that copy
+    wins when both are stored, as it does in transformers' `from_pretrained`.
     """
     backbone_key = "backbone_model.embed_tokens.embed_audio_tokens.weight"
     depth_key = "depth_decoder.model.embed_tokens.weight"
     tables = [raw[k] for k in (backbone_key, depth_key) if k in raw]
     if not tables:
         raise ValueError(f"checkpoint holds neither {backbone_key} nor {depth_key}")
-    if len(tables) == 2 and not torch.equal(tables[0], tables[1]):
-        raise ValueError(f"checkpoint's {backbone_key} and {depth_key} differ; CSM ties them")
     out = {"embed_audio_tokens.weight": tables[-1]}
     renames = [
         ("embed_text_tokens.", "embed_text_tokens."),
