@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict, defaultdict
+from contextlib import nullcontext as _nullcontext
 
 import numpy as np
 import torch
@@ -58,7 +59,8 @@ class MimiCodec:
         self.cache_size = cache_size
         self.cache_hits = 0
         self.encoded_clips = 0
-        self.decode_s = 0.0  # wall seconds spent decoding, for benchmarks
+        self.decode_s = 0.0  # host seconds spent launching/awaiting decodes, for benchmarks
+        self._stream = None
 
     @property
     def device(self):
@@ -97,27 +99,62 @@ class MimiCodec:
     @torch.inference_mode()
     def decode(self, codes: list[np.ndarray]) -> list[np.ndarray]:
         """codes: [T_i, K] each -> float32 audio [T_i * samples_per_frame] each, same order."""
+        return self.decode_async(codes).result()
+
+    @torch.inference_mode()
+    def decode_async(self, codes: list[np.ndarray]) -> "PendingAudio":
+        """Start decoding; on CUDA the work runs on a side stream, overlapping generation,
+        and lands in pinned host memory. `.ready()` polls, `.result()` waits."""
         t0 = time.perf_counter()
-        out: list[np.ndarray | None] = [None] * len(codes)
-        order = sorted(range(len(codes)), key=lambda i: -len(codes[i]))
-        spf = self.samples_per_frame
+        cuda = self.device.type == "cuda"
+        if cuda and self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        parts: list[tuple[list[int], torch.Tensor]] = []  # (row indices, audio [N, S] on host)
+        order = sorted((i for i in range(len(codes)) if len(codes[i])), key=lambda i: -len(codes[i]))
         i = 0
-        while i < len(order):
-            longest = max(len(codes[order[i]]), 1)
-            n = max(1, min(self.max_batch, self.max_decode_frames // longest))
-            batch = order[i : i + n]
-            i += n
-            nonempty = [j for j in batch if len(codes[j])]
-            for j in batch:
-                if not len(codes[j]):
-                    out[j] = np.zeros(0, dtype=np.float32)
-            if not nonempty:
-                continue
-            x = torch.zeros(len(nonempty), self.num_codebooks, longest, dtype=torch.long)  # pad code 0
-            for r, j in enumerate(nonempty):
-                x[r, :, : len(codes[j])] = torch.as_tensor(np.asarray(codes[j]), dtype=torch.long).T
-            audio = self.mimi.decode(x.to(self.device)).audio_values[:, 0].float().cpu().numpy()
-            for r, j in enumerate(nonempty):
-                out[j] = np.ascontiguousarray(audio[r, : len(codes[j]) * spf])
+        with torch.cuda.stream(self._stream) if cuda else _nullcontext():
+            while i < len(order):
+                longest = len(codes[order[i]])
+                n = max(1, min(self.max_batch, self.max_decode_frames // longest))
+                rows = order[i : i + n]
+                i += n
+                x = torch.zeros(len(rows), self.num_codebooks, longest, dtype=torch.long)  # pad code 0
+                for r, j in enumerate(rows):
+                    x[r, :, : len(codes[j])] = torch.as_tensor(np.asarray(codes[j]), dtype=torch.long).T
+                if cuda:
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                audio = self.mimi.decode(x).audio_values[:, 0].float()  # [N, S]
+                if cuda:
+                    host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
+                    host.copy_(audio, non_blocking=True)
+                    audio = host
+                parts.append((rows, audio))
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record(self._stream)
         self.decode_s += time.perf_counter() - t0
+        return PendingAudio(self, [len(c) for c in codes], parts, event)
+
+
+class PendingAudio:
+    """Audio being decoded: rows in the order they were given."""
+
+    def __init__(self, codec: MimiCodec, num_frames: list[int], parts, event):
+        self.codec, self.num_frames, self.parts, self.event = codec, num_frames, parts, event
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def result(self) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        if self.event is not None:
+            self.event.synchronize()
+        spf = self.codec.samples_per_frame
+        out = [np.zeros(0, dtype=np.float32) for _ in self.num_frames]
+        for rows, audio in self.parts:
+            audio = audio.numpy()
+            for r, j in enumerate(rows):
+                out[j] = np.ascontiguousarray(audio[r, : self.num_frames[j] * spf])
+        self.codec.decode_s += time.perf_counter() - t0
         return out

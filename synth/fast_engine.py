@@ -80,7 +80,8 @@ class FastEngine:
              top_k_max: int | None = 64, warmup: bool = True) -> "FastEngine":
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
 
-        The codec runs in float32 (float64 when dtype is float64) unless codec_dtype says otherwise.
+        The codec runs in the model's dtype (on CPU: float32, or float64 for float64 models)
+        unless codec_dtype says otherwise.
         """
         from transformers import AutoProcessor
 
@@ -88,8 +89,9 @@ class FastEngine:
         path = resolve_checkpoint(model_path)
         model, config = load_lean_csm(str(path), device=device, dtype=dtype)
         max_positions = max_positions or config.max_position_embeddings
-        if codec_dtype is None:
-            codec_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if codec_dtype is None:  # like the reference: Mimi in the model's dtype (float32 or wider on CPU)
+            cpu = torch.device(device).type == "cpu"
+            codec_dtype = dtype if (not cpu or dtype == torch.float64) else torch.float32
         mimi = load_mimi(path, config, device=device, dtype=parse_dtype(codec_dtype))
         codec = MimiCodec(mimi, num_codebooks=config.num_codebooks)
         processor = AutoProcessor.from_pretrained(str(path))
@@ -200,25 +202,32 @@ class FastEngine:
         results: list[GenerationResult] = []
         to_decode: list[Finished] = []
 
-        def emit(batch: list[Finished]) -> None:
-            audio = self.codec.decode([f.codes for f in batch]) if decode else [
-                np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
-            now = time.perf_counter()
-            for f, a in zip(batch, audio):
-                res = GenerationResult(
-                    request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
-                    num_prompt_tokens=f.num_prompt_tokens,
-                    info={"engine": self.name, "slot": f.slot, "queued_s": f.started_s - f.submitted_s,
-                          "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
-                )
-                results.append(res)
-                if on_result is not None:
-                    more = on_result(res)
-                    if more:
-                        for job in self._jobs(list(more), sampling):
-                            self.scheduler.submit(job)
+        decoding: list[tuple[list[Finished], object]] = []  # (rows, PendingAudio or None)
+
+        def deliver(wait: bool) -> None:
+            while decoding and (wait or decoding[0][1] is None or decoding[0][1].ready()):
+                batch, pending = decoding.pop(0)
+                audio = pending.result() if pending is not None else [
+                    np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
+                now = time.perf_counter()
+                for f, a in zip(batch, audio):
+                    res = GenerationResult(
+                        request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
+                        num_prompt_tokens=f.num_prompt_tokens,
+                        info={"engine": self.name, "slot": f.slot, "queued_s": f.started_s - f.submitted_s,
+                              "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
+                    )
+                    results.append(res)
+                    more = on_result(res) if on_result is not None else None
+                    for job in self._jobs(list(more or ()), sampling):
+                        self.scheduler.submit(job)
 
         oldest = [0]  # scheduler frame count when the oldest undecoded row finished
+
+        def flush() -> None:
+            batch = to_decode[:]
+            to_decode.clear()
+            decoding.append((batch, self.codec.decode_async([f.codes for f in batch]) if decode else None))
 
         def on_finished(f: Finished) -> None:
             if not to_decode:
@@ -230,11 +239,7 @@ class FastEngine:
         def on_frame() -> None:
             if to_decode and self.scheduler.stats.frames - oldest[0] >= self.decode_interval_frames:
                 flush()
-
-        def flush() -> None:
-            batch = to_decode[:]
-            to_decode.clear()
-            emit(batch)
+            deliver(wait=False)
 
         jobs = self._jobs(requests, sampling)
         if self.longest_first:
@@ -243,9 +248,11 @@ class FastEngine:
             self.scheduler.submit(job)
         while True:
             self.scheduler.run(on_finished, on_frame)
-            if not to_decode:
+            if to_decode:
+                flush()
+            if not decoding:
                 break
-            flush()  # may submit follow-ups: run again until nothing is left
+            deliver(wait=True)  # may submit follow-ups: run again until nothing is left
         return results
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,

@@ -146,17 +146,16 @@ class Attention(nn.Module):
     def __init__(self, a: DecoderArgs):
         super().__init__()
         self.a = a
-        self.q_proj = nn.Linear(a.hidden_size, a.num_heads * a.head_dim, bias=False)
-        self.k_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=False)
-        self.v_proj = nn.Linear(a.hidden_size, a.num_kv_heads * a.head_dim, bias=False)
+        # q, k and v projections as one matmul (fewer kernels per step): [D] -> [(H + 2 Hkv) Dh]
+        self.qkv_proj = nn.Linear(a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=False)
         self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=False)
         self.cache: KVCache | None = None
 
     def _qkv(self, x, cos, sin):
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)  # [B, H, S, Dh]
-        k = self.k_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)  # [B, Hkv, S, Dh]
-        v = self.v_proj(x).view(B, S, -1, self.a.head_dim).transpose(1, 2)
+        a = self.a
+        qkv = self.qkv_proj(x).view(B, S, a.num_heads + 2 * a.num_kv_heads, a.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([a.num_heads, a.num_kv_heads, a.num_kv_heads], dim=1)  # [B, H|Hkv, S, Dh]
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _attend(self, q, k, v, mask, is_causal=False):
@@ -186,12 +185,12 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, a: DecoderArgs):
         super().__init__()
-        self.gate_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(a.hidden_size, a.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(a.hidden_size, 2 * a.intermediate_size, bias=False)  # gate, then up
         self.down_proj = nn.Linear(a.intermediate_size, a.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -376,6 +375,14 @@ def lean_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if key.startswith(src):
                 out[dst + key[len(src):]] = value
                 break
+    # Fuse q/k/v and gate/up weights (row blocks of one matrix, in this order).
+    for key in [k for k in out if k.endswith("self_attn.q_proj.weight")]:
+        stem = key[: -len("q_proj.weight")]
+        out[stem + "qkv_proj.weight"] = torch.cat([out.pop(stem + f"{n}_proj.weight") for n in "qkv"])
+    for key in [k for k in out if k.endswith("mlp.gate_proj.weight")]:
+        stem = key[: -len("gate_proj.weight")]
+        out[stem + "gate_up_proj.weight"] = torch.cat([out.pop(stem + "gate_proj.weight"),
+                                                       out.pop(stem + "up_proj.weight")])
     return out
 
 

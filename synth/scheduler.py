@@ -69,7 +69,9 @@ class Scheduler:
     """Runs jobs through a FrameStep with `num_slots` rows decoding concurrently."""
 
     def __init__(self, model: LeanCsm, step: FrameStep, *, use_cuda_graph: bool | None = None,
-                 max_prefill_rows: int | None = None):
+                 max_prefill_rows: int | None = None, min_admit: int | None = None):
+        """min_admit: while rows are decoding, wait until this many slots are free before a
+        prefill (default num_slots // 32, at least 1): fewer, larger prefills."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -77,6 +79,8 @@ class Scheduler:
         use_cuda_graph = self.is_cuda if use_cuda_graph is None else use_cuda_graph
         self.run_frame = GraphedFrame(step) if use_cuda_graph else step.frame
         self.max_prefill_rows = max_prefill_rows or self.num_slots
+        self.min_admit = min_admit or max(1, self.num_slots // 32)
+        self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
         self.queue: deque[Job] = deque()
         self.slot_job: list[Job | None] = [None] * self.num_slots
         self.slot_started: list[float] = [0.0] * self.num_slots
@@ -99,6 +103,9 @@ class Scheduler:
     @torch.inference_mode()
     def _admit(self, finished: list[Finished]) -> None:
         free = [i for i, j in enumerate(self.slot_job) if j is None]
+        busy = len(free) < self.num_slots
+        if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
+            return
         while free and self.queue:
             batch: list[tuple[int, Job]] = []
             while free and self.queue and len(batch) < self.max_prefill_rows:
@@ -112,6 +119,12 @@ class Scheduler:
             if batch:
                 self._prefill(batch)
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host -> device without a sync: a pageable copy would wait for the queued frames."""
+        if not self.is_cuda:
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _prefill(self, batch: list[tuple[int, Job]]) -> None:
         m, dev = self.model, self.device
         lens = [int(j.input_ids.shape[0]) for _, j in batch]
@@ -124,15 +137,16 @@ class Scheduler:
             ids[r, : lens[r]] = j.input_ids
             codes[r, : lens[r]] = j.audio_codes
             is_audio[r, : lens[r]] = j.is_audio
-        ids, codes, is_audio = ids.to(dev), codes.to(dev), is_audio.to(dev)
+        ids, codes, is_audio = self._to_device(ids), self._to_device(codes), self._to_device(is_audio)
         embeds = torch.where(is_audio[..., None], m.embed_frames(codes), m.embed_text_tokens(ids))  # [N, T, Db]
-        slots = torch.tensor([s for s, _ in batch], device=dev)
-        lengths = torch.tensor(lens, device=dev)
+        slots = self._to_device(torch.tensor([s for s, _ in batch]))
+        lengths = self._to_device(torch.tensor(lens))
         hidden = m.prefill(embeds, lengths, slots)
         caps = torch.tensor([min(j.max_frames, self.max_positions - n) for (_, j), n in zip(batch, lens)])
         seeds = torch.tensor([j.seed for _, j in batch])
         sampling = torch.tensor([j.sampling for _, j in batch], dtype=torch.float32)
-        self.step.admit(slots, hidden, lengths, caps.to(dev), seeds.to(dev), sampling.to(dev))
+        self.step.admit(slots, hidden, lengths, self._to_device(caps), self._to_device(seeds),
+                        self._to_device(sampling))
         now = time.perf_counter()
         for s, j in batch:
             self.slot_job[s] = j
@@ -160,7 +174,7 @@ class Scheduler:
                 event = torch.cuda.Event()
                 event.record()
             self._pending_copies.append((event, out, job, slot, STOP_REASONS[codes_now[slot]], self.slot_started[slot]))
-            self.step.release(torch.tensor([slot], device=self.device))
+            self.step.release(self._slot_index[slot])
             self.slot_job[slot] = None
             self.stats.useful_frames += n
 
