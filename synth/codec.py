@@ -103,8 +103,8 @@ class MimiCodec:
 
     @torch.inference_mode()
     def decode_async(self, codes: list[np.ndarray]) -> "PendingAudio":
-        """Start decoding; on CUDA the work runs on a side stream, overlapping generation,
-        and lands in pinned host memory. `.ready()` polls, `.result()` waits."""
+        """Start decoding; on CUDA the work runs on a side stream, overlapping generation.
+        `.ready()` polls, `.result()` waits and brings the audio to the host."""
         t0 = time.perf_counter()
         cuda = self.device.type == "cuda"
         if cuda and self._stream is None:
@@ -123,12 +123,9 @@ class MimiCodec:
                     x[r, :, : len(codes[j])] = torch.as_tensor(np.asarray(codes[j]), dtype=torch.long).T
                 if cuda:
                     x = x.pin_memory().to(self.device, non_blocking=True)
-                audio = self.mimi.decode(x).audio_values[:, 0].float()  # [N, S]
-                if cuda:
-                    host = torch.empty(audio.shape, dtype=torch.float32, pin_memory=True)
-                    host.copy_(audio, non_blocking=True)
-                    audio = host
-                parts.append((rows, audio))
+                # Stays on the device until ready: a pinned host buffer here would mean a
+                # cudaHostAlloc, which synchronizes the device and stalls generation.
+                parts.append((rows, self.mimi.decode(x).audio_values[:, 0].float()))  # [N, S]
             event = None
             if cuda:
                 event = torch.cuda.Event()
@@ -152,7 +149,11 @@ class PendingAudio:
             self.event.synchronize()
         spf = self.codec.samples_per_frame
         out = [np.zeros(0, dtype=np.float32) for _ in self.num_frames]
+        stream = self.codec._stream
         for rows, audio in self.parts:
+            if audio.is_cuda:  # copy on the (now idle) decode stream, not behind queued frames
+                with torch.cuda.stream(stream):
+                    audio = audio.cpu()
             audio = audio.numpy()
             for r, j in enumerate(rows):
                 out[j] = np.ascontiguousarray(audio[r, : self.num_frames[j] * spf])
