@@ -80,8 +80,7 @@ class FastEngine:
              top_k_max: int | None = 64, warmup: bool = True) -> "FastEngine":
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
 
-        The codec runs in the model's dtype (on CPU: float32, or float64 for float64 models)
-        unless codec_dtype says otherwise.
+        The codec runs in float32 (float64 for float64 models) unless codec_dtype says otherwise.
         """
         from transformers import AutoProcessor
 
@@ -89,9 +88,8 @@ class FastEngine:
         path = resolve_checkpoint(model_path)
         model, config = load_lean_csm(str(path), device=device, dtype=dtype)
         max_positions = max_positions or config.max_position_embeddings
-        if codec_dtype is None:  # like the reference: Mimi in the model's dtype (float32 or wider on CPU)
-            cpu = torch.device(device).type == "cpu"
-            codec_dtype = dtype if (not cpu or dtype == torch.float64) else torch.float32
+        if codec_dtype is None:  # bf16 Mimi decoded ~3x slower than float32 on an H100 (BENCHMARKS.md)
+            codec_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         mimi = load_mimi(path, config, device=device, dtype=parse_dtype(codec_dtype))
         codec = MimiCodec(mimi, num_codebooks=config.num_codebooks)
         processor = AutoProcessor.from_pretrained(str(path))
