@@ -107,8 +107,22 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
     """Validate every row and estimate the work, streaming one shard at a time."""
     gen, rate = config.generation, config.job.speaking_rate_chars_per_second
     report = DryRunReport(len(plan.shards), manifest.num_rows, 0, 0, 0, 0.0, 0.0)
+    clip_exists: dict[str, bool] = {}  # voice prompts recur: one look-up per distinct clip
+
+    def missing_clip(script: Script) -> RowError | None:
+        for i, turn in enumerate(script.turns):
+            if turn.audio is None:
+                continue
+            if turn.audio not in clip_exists:
+                clip_exists[turn.audio] = storage.exists(storage.resolve(turn.audio))
+            if not clip_exists[turn.audio]:
+                return RowError(script.row, script.id, "audio", f"audio file not found: {turn.audio}", i)
+        return None
+
     for shard in plan.shards:
         for item in read_scripts(manifest, shard.file_index, shard.start, shard.stop):
+            if isinstance(item, Script):
+                item = missing_clip(item) or item
             if isinstance(item, RowError):
                 report.bad_rows += 1
                 report.errors.append(item)
@@ -168,7 +182,7 @@ def _init_ray(config: SynthConfig):
     import ray
 
     if not ray.is_initialized():
-        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        address = config.ray.address or os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, log_to_driver=True, logging_level="warning")
     return ray
 
