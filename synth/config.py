@@ -34,7 +34,7 @@ class ModelConfig(_Section):
         "(demo and tests; never for real data).",
     )
     engine: Literal["fast", "transformers"] = Field(
-        "transformers", description="`fast`: continuous batching; `transformers`: reference generate."
+        "fast", description="`fast`: continuous batching; `transformers`: reference generate."
     )
     dtype: Literal["float32", "bfloat16", "float16", "float64"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -25,6 +25,7 @@ from synth.config import SynthConfig
 from synth.engine import Engine, GenerationRequest, Segment
 from synth.manifest import Manifest, RowError, Script, read_scripts
 from synth.plan import Shard
+from synth.reference_engine import checkpoint_fingerprint
 from synth.writer import DatasetWriter, PartCommit, codes_to_list
 
 MIN_FRAMES_TO_GENERATE = 1
@@ -44,21 +45,26 @@ def load_engine(config: SynthConfig) -> Engine:
         from synth.tiny_checkpoint import ensure_tiny_checkpoint
 
         ensure_tiny_checkpoint(model_id)
+    from synth.reference_engine import TransformersEngine, resolve_device
+
+    device = resolve_device(model_cfg.device)
     if model_cfg.engine == "fast":
         from synth.fast_engine import FastEngine
 
+        sampling = config.sampling
+        widest_top_k = max(sampling.top_k, sampling.depth_top_k)
         return FastEngine.load(
             model_id,
-            device=model_cfg.device,
+            device=device,
             dtype=model_cfg.dtype,
             num_slots=config.generation.batch_size,
             compile=model_cfg.compile,
+            # the sampler's static width; top-k 0 (no filter) needs the full-vocabulary path
+            top_k_max=None if min(sampling.top_k, sampling.depth_top_k) == 0 else widest_top_k,
         )
-    from synth.reference_engine import TransformersEngine
-
     return TransformersEngine.load(
         model_id,
-        device=model_cfg.device,
+        device=device,
         dtype=model_cfg.dtype,
         compile=model_cfg.compile,
         batch_size=config.generation.batch_size,
@@ -89,7 +95,8 @@ class ShardWorker:
         )
         self.frame_rate_hz = engine.sample_rate_hz / engine.samples_per_frame
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._describe = engine.describe() if hasattr(engine, "describe") else {"engine": engine.name}
+        self.model_id = config.model.resolved_id
+        self.model_weights = checkpoint_fingerprint(self.model_id)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -196,8 +203,8 @@ class ShardWorker:
                     "seed": p.request.seed,
                     "context_turns": p.context_turns,
                     "num_prompt_tokens": result.num_prompt_tokens,
-                    "model": self._describe.get("model", ""),
-                    "model_weights": self._describe.get("weights", ""),
+                    "model": self.model_id,
+                    "model_weights": self.model_weights,
                     "engine": self.engine.name,
                     "generation": json.dumps({**settings, "max_frames": p.request.max_frames}, sort_keys=True),
                 }

@@ -113,3 +113,25 @@ def test_committed_parts_are_not_redone(shard_output):
     again = worker.run_shard(shard)
     assert again == commits
     assert {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")} == before
+
+
+def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_config, tmp_path):
+    """engine: fast (the default for real runs) gives the same schema and, greedy, the same codes."""
+    out, good, bad, _, worker, shard = shard_output
+    fast_config = greedy_config.model_copy(
+        update={"model": greedy_config.model.model_copy(update={"engine": "fast"})}
+    )
+    fast_engine = load_engine(fast_config)
+    assert fast_engine.name == "fast"
+    fast_out = storage.resolve(str(tmp_path / "fast"))
+    ShardWorker(fast_config, fast_engine, worker.manifest, fast_out, log=lambda m: None).run_shard(shard)
+    reference = {r["id"]: r for r in _rows(out)}
+    fast = {r["id"]: r for r in _rows(tmp_path / "fast")}
+    assert fast.keys() == reference.keys() == good
+    for key, row in fast.items():
+        assert row["engine"] == "fast" and reference[key]["engine"] == "transformers"
+        assert row["codes"] == reference[key]["codes"], key
+        assert row["num_frames"] == reference[key]["num_frames"]
+        assert row["stop_reason"] == reference[key]["stop_reason"]
+    assert pq.read_schema(next((tmp_path / "fast" / "data").iterdir())) == pq.read_schema(
+        next((out / "data").iterdir()))
