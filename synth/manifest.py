@@ -219,6 +219,18 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
     return Script(script_id, tuple(turns), row, seed, max_s)
 
 
+def iter_scripts(manifest: Manifest, batch_rows: int = 4096) -> Iterator[Script | RowError]:
+    """Every row of the manifest, validated, streamed a batch at a time (bounded memory)."""
+    for mf in manifest.files:
+        base = storage.Location(manifest.location.fs, mf.path, mf.uri)
+        pf = pq.ParquetFile(manifest.location.fs.open_input_file(mf.path))
+        row = mf.first_row
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for raw in batch.to_pylist():
+                yield parse_row(raw, row, manifest.form, base)
+                row += 1
+
+
 def read_scripts(manifest: Manifest, file_index: int, start: int, stop: int) -> list[Script | RowError]:
     """Validated scripts for file-local rows [start, stop) of one manifest file."""
     mf = manifest.files[file_index]

@@ -8,6 +8,7 @@ shards, retrying shards whose actor died, progress output, and the final summary
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 from synth import storage
 from synth.config import SynthConfig
-from synth.manifest import Manifest, ManifestError, RowError, Script, iter_ids, open_manifest, read_scripts
+from synth.manifest import Manifest, ManifestError, RowError, Script, iter_ids, iter_scripts, open_manifest
 from synth.plan import Plan, Shard, plan_shards
 
 
@@ -65,6 +66,9 @@ class SynthActor:
 # -- planning and the run record -------------------------------------------------------
 
 
+MAX_ERRORS_SHOWN = 20
+
+
 @dataclass
 class DryRunReport:
     shards: int
@@ -83,24 +87,64 @@ class DryRunReport:
             f"audio: ~{self.est_audio_hours:.3f} h at a typical speaking rate, "
             f"at most {self.max_audio_hours:.3f} h under the length caps",
         ]
-        lines += [f"  bad row: {e}" for e in self.errors[:20]]
-        if len(self.errors) > 20:
-            lines.append(f"  ... and {len(self.errors) - 20} more")
+        lines += [f"  bad row: {e}" for e in self.errors]
+        if self.bad_rows > len(self.errors):
+            lines.append(f"  ... and {self.bad_rows - len(self.errors)} more")
         return "\n".join(lines)
 
 
+def _id_hash(value) -> int:
+    digest = hashlib.blake2b(str(value).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def check_unique_ids(manifest: Manifest) -> None:
-    """Duplicate ids would make output ids ambiguous: refuse before anything runs."""
-    seen: dict[str, int] = {}
+    """Duplicate ids would make output ids ambiguous: refuse before anything runs.
+
+    Memory stays at 8 bytes per row: ids are hashed to 64 bits and sorted; only rows whose
+    hash collides are looked at again, by id, in a second streaming pass."""
+    import numpy as np
+
+    hashes = np.fromiter((_id_hash(v) for _, v in iter_ids(manifest)), dtype=np.int64, count=manifest.num_rows)
+    ordered = np.sort(hashes)
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del hashes, ordered
+    if len(repeated) == 0:
+        return
+    suspects = set(repeated.tolist())
+    first_row: dict[str, int] = {}
     dupes = []
     for row, value in iter_ids(manifest):
-        if value in seen:
-            dupes.append(f"id {value!r} at rows {seen[value]} and {row}")
+        if _id_hash(value) not in suspects:
+            continue
+        if value in first_row:
+            dupes.append(f"id {value!r} at rows {first_row[value]} and {row}")
         else:
-            seen[value] = row
+            first_row[value] = row
     if dupes:
         more = f" (and {len(dupes) - 5} more)" if len(dupes) > 5 else ""
         raise ManifestError("duplicate ids in the manifest: " + "; ".join(dupes[:5]) + more)
+
+
+def remove_uncommitted(out: storage.Location) -> int:
+    """Delete part files whose commit marker is missing, and leftover temp files, so that
+    nothing a crash half-wrote is ever read as data. Run only while no actor writes."""
+    committed = {
+        path.rsplit("/", 1)[-1].removesuffix(".json")
+        for path in storage.list_files(out.join("_progress"), ".json")
+    }
+    removed = 0
+    for sub in ("data", "errors"):
+        for path in storage.list_files(out.join(sub)):
+            name = path.rsplit("/", 1)[-1]
+            if ".tmp-" in name or name.removesuffix(".parquet") not in committed:
+                out.fs.delete_file(path)
+                removed += 1
+    for path in storage.list_files(out.join("_progress")):
+        if ".tmp-" in path.rsplit("/", 1)[-1]:
+            out.fs.delete_file(path)
+            removed += 1
+    return removed
 
 
 def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport:
@@ -119,24 +163,24 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
                 return RowError(script.row, script.id, "audio", f"audio file not found: {turn.audio}", i)
         return None
 
-    for shard in plan.shards:
-        for item in read_scripts(manifest, shard.file_index, shard.start, shard.stop):
-            if isinstance(item, Script):
-                item = missing_clip(item) or item
-            if isinstance(item, RowError):
-                report.bad_rows += 1
+    for item in iter_scripts(manifest):
+        if isinstance(item, Script):
+            item = missing_clip(item) or item
+        if isinstance(item, RowError):
+            report.bad_rows += 1
+            if len(report.errors) < MAX_ERRORS_SHOWN:
                 report.errors.append(item)
+            continue
+        assert isinstance(item, Script)
+        for turn in item.turns:
+            if turn.audio is not None:
+                report.context_turns += 1
                 continue
-            assert isinstance(item, Script)
-            for turn in item.turns:
-                if turn.audio is not None:
-                    report.context_turns += 1
-                    continue
-                report.turns_to_generate += 1
-                cap = item.max_audio_seconds or max(gen.min_audio_seconds, len(turn.text) / gen.chars_per_second)
-                cap = min(cap, gen.max_audio_seconds)
-                report.max_audio_hours += cap / 3600
-                report.est_audio_hours += min(cap, len(turn.text) / rate) / 3600
+            report.turns_to_generate += 1
+            cap = item.max_audio_seconds or max(gen.min_audio_seconds, len(turn.text) / gen.chars_per_second)
+            cap = min(cap, gen.max_audio_seconds)
+            report.max_audio_hours += cap / 3600
+            report.est_audio_hours += min(cap, len(turn.text) / rate) / 3600
     return report
 
 
@@ -221,11 +265,15 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     plan = plan_shards(manifest, config.output.scripts_per_shard)
     out = storage.resolve(output_uri)
     prepare_output(out, config, plan, allow_changes=allow_changes)
+    removed = remove_uncommitted(out)
+    if removed:
+        log(f"synth: removed {removed} uncommitted file(s) left by an interrupted run")
 
     done: dict[int, dict] = {}
+    done_paths = set(storage.list_files(out.join("_progress"), ".done.json"))  # one listing, not a stat per shard
     for shard in plan.shards:
         marker = shard_done_marker(out, shard.index)
-        if storage.exists(marker):
+        if marker.path in done_paths:
             done[shard.index] = json.loads(storage.read_bytes(marker))
     todo = [s for s in plan.shards if s.index not in done]
     log(
@@ -237,6 +285,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     if todo:
         failed = _run_shards(config, input_uri, output_uri, todo, done, log=log, t_start=t_start)
 
+    remove_uncommitted(out)  # a shard that failed for good may have left a half-written part
     rows = sum(d["rows"] for d in done.values())
     errors = sum(d["errors"] for d in done.values())
     error_scripts = sum(d["error_scripts"] for d in done.values())
@@ -248,6 +297,8 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
         "output": output_uri,
         "config": config.model_dump(),
         "scripts": manifest.num_rows,
+        # scripts_ok + scripts_with_errors + scripts_in_failed_shards == scripts
+        "scripts_ok": sum(d["scripts"] - d["error_scripts"] for d in done.values()),
         "shards": len(plan.shards),
         "shards_done": len(done),
         "shards_failed": {str(k): v for k, v in failed.items()},
@@ -268,6 +319,10 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     bad_fraction = (error_scripts + failed_scripts) / max(1, manifest.num_rows)
     summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate
     return summary
+
+
+READY_RETRY_DELAY_S = 2.0
+MAX_READY_FAILURES = 30  # consecutive failed `ready` calls (about a minute) before an actor is given up
 
 
 def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *, log, t_start) -> dict[int, str]:
@@ -293,16 +348,30 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
     audio_before = sum(d["audio_seconds"] for d in done.values())
     t_run = time.time()
     last_report = time.time()
+    # Actors whose `ready` call failed while Ray restarts them: (when to ask again, actor).
+    # A call made just after a crash can fail with "the actor is restarting" before Ray
+    # queues calls for the restarted process.
+    ask_again: list[tuple[float, object]] = []
+    ready_failures: dict = {}  # actor -> consecutive failed `ready` calls
 
     while queue or running:
+        now = time.time()
+        for entry in [e for e in ask_again if e[0] <= now]:
+            ask_again.remove(entry)
+            pending[entry[1].ready.remote()] = entry[1]
         while idle and queue:
             actor, shard = idle.pop(), queue.pop(0)
             attempts[shard.index] = attempts.get(shard.index, 0) + 1
             running[actor.run_shard.remote(shard.__dict__)] = (actor, shard)
         refs = list(running) + list(pending)
-        if not refs:
+        if not refs and not ask_again:
             raise RunError("no actor could be started")
-        ready, _ = ray.wait(refs, num_returns=1, timeout=30)
+        timeout = min([30.0] + [max(0.0, t - now) for t, _ in ask_again])
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        else:
+            time.sleep(timeout)
+            ready = []
         if not ready:
             if time.time() - last_report > 60:
                 log(f"  ... {len(running)} shards in flight, {len(pending)} actors still starting")
@@ -313,10 +382,22 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
             actor = pending.pop(ref)
             try:
                 info = ray.get(ref)
-                log(f"actor ready: pid {info.get('pid')}, {info.get('engine')} engine on {info.get('device')}")
-                idle.append(actor)
-            except (RayActorError, RayTaskError) as e:
+            except RayActorError as e:
+                if e.actor_init_failed:
+                    raise RunError(f"an actor failed to load the model: {e}") from None
+                # Died or lost its node while loading, or is restarting: Ray restarts it
+                # (max_restarts=-1); ask again shortly, and give up on it only if it keeps failing.
+                ready_failures[actor] = ready_failures.get(actor, 0) + 1
+                if ready_failures[actor] > MAX_READY_FAILURES:
+                    log(f"an actor failed {ready_failures[actor]} times to come back; going on without it: {e}")
+                else:
+                    ask_again.append((time.time() + READY_RETRY_DELAY_S, actor))
+                continue
+            except RayTaskError as e:
                 raise RunError(f"an actor failed to load the model: {e}") from None
+            ready_failures.pop(actor, None)
+            log(f"actor ready: pid {info.get('pid')}, {info.get('engine')} engine on {info.get('device')}")
+            idle.append(actor)
             continue
         actor, shard = running.pop(ref)
         try:

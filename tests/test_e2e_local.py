@@ -44,6 +44,7 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     summary = json.load(open(os.path.join(out, "run.json")))
     assert summary["turns_generated"] == len(good)
     assert summary["scripts_with_errors"] == len(bad)
+    assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
     assert summary["audio_seconds"] > 0 and summary["wall_seconds"] > 0
     ds = load_output(out)
     assert sorted(ds["id"]) == sorted(good)

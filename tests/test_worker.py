@@ -135,3 +135,21 @@ def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_
         assert row["stop_reason"] == reference[key]["stop_reason"]
     assert pq.read_schema(next((tmp_path / "fast" / "data").iterdir())) == pq.read_schema(
         next((out / "data").iterdir()))
+
+
+def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output, tmp_path):
+    import shutil
+
+    from synth.ray_runner import remove_uncommitted
+
+    out, *_ = shard_output
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    committed = sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors"))
+    # what a crash leaves: a part whose marker never came, and a half-written temp file
+    shutil.copy(copy / "data" / "shard-00000-part-0000.parquet", copy / "data" / "shard-00000-part-0007.parquet")
+    (copy / "errors" / "shard-00000-part-0001.parquet.tmp-1a2b3c4d").write_bytes(b"half")
+    (copy / "_progress" / "shard-00000-part-0009.json.tmp-00000000").write_bytes(b"{")
+    assert remove_uncommitted(storage.resolve(str(copy))) == 3
+    assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
+    assert not any(".tmp-" in f for f in os.listdir(copy / "_progress"))
