@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from synth import storage
 from synth.audio_io import AudioError, decode_clip, encode_audio
@@ -105,12 +106,11 @@ class ShardWorker:
         if ref in self._clips:
             self._clips.move_to_end(ref)
             return self._clips[ref]
-        loc = storage.resolve(ref)
         try:
-            data = storage.read_bytes(loc)
+            data = storage.read_bytes(storage.resolve(ref))
         except FileNotFoundError:
             raise AudioError(f"audio file not found: {ref}") from None
-        except OSError as e:
+        except (OSError, pa.ArrowException) as e:  # unreachable host, unknown scheme, denied
             raise AudioError(f"cannot read audio {ref}: {e}") from None
         clip = decode_clip(data, self.engine.sample_rate_hz, name=ref)
         self._clips[ref] = clip

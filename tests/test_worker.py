@@ -153,3 +153,25 @@ def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output
     assert remove_uncommitted(storage.resolve(str(copy))) == 3
     assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
     assert not any(".tmp-" in f for f in os.listdir(copy / "_progress"))
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("nosuchscheme://bucket/clip.wav", "cannot read audio"),
+    ("/definitely/not/here.wav", "audio file not found"),
+])
+def test_unreadable_clip_references_become_audio_errors(shard_output, ref, reason):
+    from synth.audio_io import AudioError
+
+    worker = shard_output[4]
+    with pytest.raises(AudioError, match=reason):
+        worker._clip(ref)
+
+
+def test_nan_audio_is_refused(shard_output, tmp_path):
+    from synth.audio_io import AudioError
+
+    worker = shard_output[4]
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.full(2400, np.nan, dtype=np.float32), 24000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        worker._clip(str(path))
