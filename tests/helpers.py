@@ -80,3 +80,126 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
         eos = (codes[:, :-1] == model.config.codebook_eos_token_id).all(-1).nonzero()
         expected[row["id"]] = (codes[: int(eos[0, 0])] if len(eos) else codes).tolist()
     return expected
+
+
+def write_scripts_manifest(directory: str, clip_path, num_scripts: int = 16) -> tuple[str, list[str]]:
+    """A manifest of short scripts: one-turn, two generated turns, or a recorded context
+    turn then a generated one. Returns (path, the output ids it must produce)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.join(directory, "clips"), exist_ok=True)
+    shutil.copy(clip_path, os.path.join(directory, "clips", "voice.wav"))
+    context = {"speaker": 0, "text": "Hello there, this is a recorded voice prompt.", "audio": "clips/voice.wav"}
+    rows, ids = [], []
+    for i in range(num_scripts):
+        kind = i % 3
+        if kind == 0:
+            turns = [context, {"speaker": 1, "text": f"Reply number {i}.", "audio": None}]
+            ids.append(f"s{i:02d}:1")
+        elif kind == 1:
+            turns = [{"speaker": i % 4, "text": f"Line {i}, said once.", "audio": None}]
+            ids.append(f"s{i:02d}:0")
+        else:
+            turns = [{"speaker": 0, "text": f"First {i}.", "audio": None},
+                     {"speaker": 1, "text": f"Second {i}.", "audio": None}]
+            ids += [f"s{i:02d}:0", f"s{i:02d}:1"]
+        rows.append({"id": f"s{i:02d}", "turns": turns})
+    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
+    path = os.path.join(directory, "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("turns", pa.list_(turn))])),
+                   path)
+    return path, ids
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`, read from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp session ...
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            pids.append(int(name))
+    return pids
+
+
+def kill_session(sid: int, timeout: float = 60) -> None:
+    """SIGKILL every process of session `sid` (a job started with start_new_session=True and
+    the local Ray it started) until none is left."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while pids := session_pids(sid):
+        if time.time() > deadline:
+            raise AssertionError(f"processes of session {sid} survive SIGKILL: {pids}")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
+class JobProcess:
+    """A job script running in its own session, output to a log file; `kill` takes down
+    the session (the driver and a local Ray it started) with SIGKILL."""
+
+    def __init__(self, args: list[str], env: dict, log_path: str):
+        self.log_path = log_path
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-u", *args], cwd=REPO, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def wait_until(self, predicate, timeout: float, what: str) -> None:
+        """Poll `predicate` until true; fail if the job exits first or time runs out."""
+        import time
+
+        deadline = time.time() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"job exited ({self.proc.returncode}) before {what}:\n{self.output()[-4000:]}")
+            if time.time() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{self.output()[-4000:]}")
+            time.sleep(0.1)
+
+    def finish(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"job still running after {timeout} s:\n{self.output()[-4000:]}") from None
+
+    def kill(self) -> None:
+        kill_session(self.proc.pid)
+        self.proc.wait()
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text` (e.g. a private Ray temp dir)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            pids.append(int(name))
+    return pids
