@@ -119,8 +119,8 @@ class RayConfig(_Section):
     """How to reach Ray."""
 
     address: str | None = Field(
-        None, description="Cluster address; None = the running cluster if any (RAY_ADDRESS / ray job submit), "
-        "else a new local one.",
+        None, description="Cluster address ('auto' = the cluster `ray start` runs here); None = "
+        "RAY_ADDRESS (set by `ray job submit`), else a new local cluster.",
     )
 
 

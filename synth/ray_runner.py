@@ -140,10 +140,14 @@ def remove_uncommitted(out: storage.Location) -> int:
             if ".tmp-" in name or name.removesuffix(".parquet") not in committed:
                 out.fs.delete_file(path)
                 removed += 1
-    for path in storage.list_files(out.join("_progress")):
-        if ".tmp-" in path.rsplit("/", 1)[-1]:
-            out.fs.delete_file(path)
-            removed += 1
+    temp_dirs = ["_progress"]
+    if out.is_local:  # object-store writes leave no temp objects; listing every clip there is costly
+        temp_dirs += ["wav", "flac"]
+    for sub in temp_dirs:
+        for path in storage.list_files(out.join(sub)):
+            if ".tmp-" in path.rsplit("/", 1)[-1]:
+                out.fs.delete_file(path)
+                removed += 1
     return removed
 
 
@@ -226,7 +230,9 @@ def _init_ray(config: SynthConfig):
     import ray
 
     if not ray.is_initialized():
-        address = config.ray.address or os.environ.get("RAY_ADDRESS") or None
+        # Never join a cluster by accident (ray.init() with no address joins whatever
+        # `ray start` last recorded on this machine): no address means a new local one.
+        address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True, logging_level="warning")
     return ray
 

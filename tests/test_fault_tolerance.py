@@ -402,8 +402,6 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     assert summary["turns_generated"] == len(ids) and not summary["shards_failed"]
 
 
-@pytest.mark.xfail(strict=True, reason="remove_uncommitted clears temp files in data/, errors/ and _progress/ "
-                   "only; a kill while an audio file is written leaves wav/…/*.tmp-* behind")
 def test_cleanup_removes_temp_audio_files(tmp_path):
     from synth import storage
     from synth.ray_runner import remove_uncommitted
