@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from synth.codec import MimiCodec, load_mimi
-from synth.engine import GenerationRequest, GenerationResult, SamplingParams, Segment
+from synth.engine import GenerationRequest, GenerationResult, SamplingParams
 from synth.frame_step import FrameStep, StopRules
 from synth.lean_csm import load_lean_csm, resolve_checkpoint
 from synth.scheduler import Finished, Job, Scheduler
@@ -88,7 +88,7 @@ class FastEngine:
         path = resolve_checkpoint(model_path)
         model, config = load_lean_csm(str(path), device=device, dtype=dtype)
         max_positions = max_positions or config.max_position_embeddings
-        if codec_dtype is None:  # bf16 Mimi decoded ~3x slower than float32 on an H100 (BENCHMARKS.md)
+        if codec_dtype is None:  # bf16 Mimi decoding was the slower one in the H100 runs (BENCHMARKS.md)
             codec_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         mimi = load_mimi(path, config, device=device, dtype=parse_dtype(codec_dtype))
         codec = MimiCodec(mimi, num_codebooks=config.num_codebooks)
