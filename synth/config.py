@@ -70,6 +70,18 @@ class GenerationConfig(_Section):
         "cap = max(min_audio_seconds, len(text) / chars_per_second), then clipped to max_audio_seconds.",
     )
     seed: int = Field(0, description="Base seed; a row's seed is its `seed` column or derived from this and its id.")
+    max_positions: int | None = Field(
+        None, ge=16, description="Fast engine: KV-cache positions per slot (prompt + generated frames); "
+        "None = the model's maximum. Smaller is faster: every step attends over all of them.",
+    )
+    silence_stop_frames: int = Field(
+        0, ge=0, description="Fast engine: stop a row whose codebook 0 holds one value this many frames (0 = off).",
+    )
+    loop_stop_frames: int = Field(
+        0, ge=0, description="Fast engine: stop a row whose codebook 0 repeats with a short period this many "
+        "frames (0 = off).",
+    )
+    loop_max_period: int = Field(8, ge=2, description="Longest repeat period the loop stop looks for.")
 
     @model_validator(mode="after")
     def _min_below_max(self) -> "GenerationConfig":

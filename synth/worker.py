@@ -51,15 +51,22 @@ def load_engine(config: SynthConfig) -> Engine:
     device = resolve_device(model_cfg.device)
     if model_cfg.engine == "fast":
         from synth.fast_engine import FastEngine
+        from synth.frame_step import StopRules
 
-        sampling = config.sampling
+        sampling, gen = config.sampling, config.generation
         widest_top_k = max(sampling.top_k, sampling.depth_top_k)
         return FastEngine.load(
             model_id,
             device=device,
             dtype=model_cfg.dtype,
-            num_slots=config.generation.batch_size,
+            num_slots=gen.batch_size,
+            max_positions=gen.max_positions,
             compile=model_cfg.compile,
+            stop_rules=StopRules(
+                silence_frames=gen.silence_stop_frames,
+                loop_frames=gen.loop_stop_frames,
+                loop_max_period=gen.loop_max_period,
+            ),
             # the sampler's static width; top-k 0 (no filter) needs the full-vocabulary path
             top_k_max=None if min(sampling.top_k, sampling.depth_top_k) == 0 else widest_top_k,
         )
