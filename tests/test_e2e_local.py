@@ -69,3 +69,23 @@ def test_demo_example_manifest_is_valid():
                       "--input", os.path.join(REPO, "examples/dialogues.parquet"), "--dry-run"])
     assert result.returncode == 0, result.stderr
     assert "(0 with errors)" in result.stdout
+
+
+def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, tiny_checkpoint, tmp_path):
+    """Shard 0's first output name is taken by a directory: every attempt fails to write."""
+    path, good, bad = mixed
+    out = tmp_path / "out"
+    (out / "data" / "shard-00000-part-0000.parquet").mkdir(parents=True)
+    result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
+                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
+                     {"RAY_ADDRESS": None})
+    assert result.returncode == 1, result.stdout + result.stderr  # a failed shard: non-zero whatever the rate
+    assert "shard 0 attempt 1 failed" in result.stdout and "shard 0 FAILED after 2 attempts" in result.stdout
+    summary = json.load(open(out / "run.json"))
+    assert list(summary["shards_failed"]) == ["0"]
+    assert "directory" in summary["shards_failed"]["0"].lower(), summary["shards_failed"]
+    assert summary["scripts_in_failed_shards"] == 2
+    assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
+    ds = load_output(str(out))
+    # shard 0 holds rows 0-1 (dialogue-a, single-b); every other good row is there
+    assert sorted(ds["id"]) == sorted(good - {"dialogue-a:1", "dialogue-a:2", "single-b:0"})
