@@ -136,6 +136,13 @@ def tiny_model_and_processor(
     )
     torch.manual_seed(seed)
     model = CsmForConditionalGeneration(config).eval()
+    backbone_audio = model.backbone_model.embed_tokens.embed_audio_tokens.weight
+    depth_audio = model.depth_decoder.model.embed_tokens.weight
+    if backbone_audio.data_ptr() != depth_audio.data_ptr():
+        # Some transformers 5.x releases (5.17) construct CSM with untied audio tables;
+        # make the values equal so every loader sees a consistent checkpoint.
+        with torch.no_grad():
+            backbone_audio.copy_(depth_audio)
     model.generation_config.do_sample = False
     model.depth_decoder.generation_config.do_sample = False
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
