@@ -97,15 +97,13 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
     from synth.reference_engine import TransformersEngine
 
     engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
-    lengths = {r.request_id: engine.count_prompt_tokens(r) for r in requests}
-    # The reference's own batching: rows of similar prompt and target length together.
-    order = sorted(requests, key=lambda r: (lengths[r.request_id], r.max_frames))
+    batches = engine.batches(requests)  # the reference's own batching, timed batch by batch below
     _reset_peak(device)
     frames = slot_frames = 0
     ttfa = None
     c0, t0 = time.process_time(), time.perf_counter()
-    for i in range(0, len(order), batch_size):
-        results = engine.generate_batch(order[i : i + batch_size], sampling)
+    for batch in batches:
+        results = engine.generate_batch(batch, sampling)
         _sync(device)
         ttfa = ttfa if ttfa is not None else time.perf_counter() - t0
         frames += sum(r.num_frames for r in results)

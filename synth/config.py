@@ -83,6 +83,13 @@ class GenerationConfig(_Section):
     )
     loop_max_period: int = Field(8, ge=2, description="Longest repeat period the loop stop looks for.")
 
+    def turn_cap_seconds(self, text: str, row_max_seconds: float | None) -> float:
+        """The length cap of one generated turn: the row's own cap, else one derived from
+        the text at the slowest assumed speaking rate; never above max_audio_seconds."""
+        if row_max_seconds is not None:
+            return min(row_max_seconds, self.max_audio_seconds)
+        return min(max(self.min_audio_seconds, len(text) / self.chars_per_second), self.max_audio_seconds)
+
     @model_validator(mode="after")
     def _min_below_max(self) -> "GenerationConfig":
         if self.min_audio_seconds > self.max_audio_seconds:

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from synth import storage
@@ -152,7 +153,7 @@ def remove_uncommitted(out: storage.Location) -> int:
 
 
 def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport:
-    """Validate every row and estimate the work, streaming one shard at a time."""
+    """Validate every row and estimate the work, streaming the manifest in batches."""
     gen, rate = config.generation, config.job.speaking_rate_chars_per_second
     report = DryRunReport(len(plan.shards), manifest.num_rows, 0, 0, 0, 0.0, 0.0)
     clip_exists: dict[str, bool] = {}  # voice prompts recur: one look-up per distinct clip
@@ -181,8 +182,7 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
                 report.context_turns += 1
                 continue
             report.turns_to_generate += 1
-            cap = item.max_audio_seconds or max(gen.min_audio_seconds, len(turn.text) / gen.chars_per_second)
-            cap = min(cap, gen.max_audio_seconds)
+            cap = gen.turn_cap_seconds(turn.text, item.max_audio_seconds)
             report.max_audio_hours += cap / 3600
             report.est_audio_hours += min(cap, len(turn.text) / rate) / 3600
     return report
@@ -345,13 +345,14 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
     ]
     pending = {a.ready.remote(): a for a in actors}  # ref -> actor, until the actor has loaded its model
     idle: list = []
-    queue = list(todo)
+    queue = deque(todo)
     attempts: dict[int, int] = {}
     running: dict = {}  # ref -> (actor, shard)
     failed: dict[int, str] = {}
     total_shards = len(todo) + len(done)
-    rows_before = sum(d["rows"] for d in done.values())
-    audio_before = sum(d["audio_seconds"] for d in done.values())
+    rows_before = rows_total = sum(d["rows"] for d in done.values())
+    audio_before = audio_total = sum(d["audio_seconds"] for d in done.values())
+    done_before = len(done)
     t_run = time.time()
     last_report = time.time()
     # Actors whose `ready` call failed while Ray restarts them: (when to ask again, actor).
@@ -366,7 +367,7 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
             ask_again.remove(entry)
             pending[entry[1].ready.remote()] = entry[1]
         while idle and queue:
-            actor, shard = idle.pop(), queue.pop(0)
+            actor, shard = idle.pop(), queue.popleft()
             attempts[shard.index] = attempts.get(shard.index, 0) + 1
             running[actor.run_shard.remote(shard.__dict__)] = (actor, shard)
         refs = list(running) + list(pending)
@@ -424,15 +425,15 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
             continue
         idle.append(actor)
         done[shard.index] = result
-        rows = sum(d["rows"] for d in done.values())
-        audio = sum(d["audio_seconds"] for d in done.values())
+        rows_total += result["rows"]
+        audio_total += result["audio_seconds"]
         elapsed = time.time() - t_run
-        rate = (audio - audio_before) / max(elapsed, 1e-9)
+        rate = (audio_total - audio_before) / max(elapsed, 1e-9)
         left = total_shards - len(done) - len(failed)
-        per_shard = elapsed / max(1, len(done) - (total_shards - len(todo)))
+        per_shard = elapsed / max(1, len(done) - done_before)
         log(
-            f"[{len(done)}/{total_shards} shards] {rows} turns, {audio:.1f} s audio "
-            f"({rate:.2f}x real time, {(rows - rows_before) / max(elapsed, 1e-9):.2f} turns/s), "
+            f"[{len(done)}/{total_shards} shards] {rows_total} turns, {audio_total:.1f} s audio "
+            f"({rate:.2f}x real time, {(rows_total - rows_before) / max(elapsed, 1e-9):.2f} turns/s), "
             f"ETA {_fmt_duration(left * per_shard)}"
         )
         sys.stdout.flush()

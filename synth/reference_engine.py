@@ -151,14 +151,12 @@ class TransformersEngine:
         return kw
 
     @torch.inference_mode()
-    def generate_codes(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> torch.Tensor:
+    def generate_codes(self, inputs, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> torch.Tensor:
         """Raw `generate` output for one padded batch: [B, max_new_frames, num_codebooks]."""
-        inputs = self._inputs(requests)
         torch.manual_seed(requests[0].seed)
         max_new = max(r.max_frames for r in requests)
-        codes = self.model.generate(**inputs, max_new_tokens=max_new, **self._sampling_kwargs(sampling))
-        # Depth-decoder kwargs persist in its generation config; nothing else relies on them.
-        return codes
+        # Depth-decoder kwargs persist in its generation config; every call passes them all.
+        return self.model.generate(**inputs, max_new_tokens=max_new, **self._sampling_kwargs(sampling))
 
     def cut(self, codes: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, str]:
         """Frames before the EOS frame or the row's cap. codes: [T, K] -> [T', K]."""
@@ -176,16 +174,17 @@ class TransformersEngine:
         audio = self.model.codec_model.decode(codes.T.unsqueeze(0)).audio_values  # [1, 1, samples]
         return audio[0, 0].float().cpu().numpy()
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[GenerationResult]:
+    def batches(self, requests: Sequence[GenerationRequest]) -> list[list[GenerationRequest]]:
         """Batches of `batch_size` rows of similar prompt and target length, so padding
         (in the prompt) and finished rows riding along (in the frames) waste little."""
         lengths = {r.request_id: self.count_prompt_tokens(r) for r in requests}
         order = sorted(requests, key=lambda r: (lengths[r.request_id], r.max_frames))
-        by_id = {}
-        for i in range(0, len(order), self.batch_size):
-            for result in self.generate_batch(order[i : i + self.batch_size], sampling):
-                result.num_prompt_tokens = lengths[result.request_id]
-                by_id[result.request_id] = result
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[GenerationResult]:
+        by_id = {
+            res.request_id: res for batch in self.batches(requests) for res in self.generate_batch(batch, sampling)
+        }
         return [by_id[r.request_id] for r in requests]
 
     def generate_batch(
@@ -194,10 +193,11 @@ class TransformersEngine:
         """One padded `generate` call over `requests`."""
         if not requests:
             return []
-        inputs_len = self._inputs(requests)["input_ids"].shape[1]
-        batch_codes = self.generate_codes(requests, sampling)
+        inputs = self._inputs(requests)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # [B]: left padding is masked out
+        batch_codes = self.generate_codes(inputs, requests, sampling)
         results = []
-        for request, row_codes in zip(requests, batch_codes):
+        for request, row_codes, num_prompt_tokens in zip(requests, batch_codes, prompt_tokens):
             codes, stop = self.cut(row_codes, request.max_frames)
             results.append(
                 GenerationResult(
@@ -205,7 +205,7 @@ class TransformersEngine:
                     codes=codes.to(torch.int16).cpu().numpy(),
                     audio=self.decode(codes),
                     stop_reason=stop,
-                    num_prompt_tokens=int(inputs_len),
+                    num_prompt_tokens=int(num_prompt_tokens),
                     info={"batch_frames": int(batch_codes.shape[1]), "batch_size": len(requests)},
                 )
             )
@@ -215,7 +215,6 @@ class TransformersEngine:
         return {
             "engine": self.name,
             "model": self.model_id,
-            "weights": checkpoint_fingerprint(self.model_id),
             "dtype": self.dtype,
             "device": self.device,
             "compiled": self.compiled,

@@ -126,7 +126,7 @@ class Scheduler:
         return t.pin_memory().to(self.device, non_blocking=True)
 
     def _prefill(self, batch: list[tuple[int, Job]]) -> None:
-        m, dev = self.model, self.device
+        m = self.model
         lens = [int(j.input_ids.shape[0]) for _, j in batch]
         T = max(lens)
         N, K = len(batch), self.step.K

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -126,11 +126,7 @@ class ShardWorker:
         return clip
 
     def max_frames_for(self, script: Script, text: str) -> int:
-        gen = self.config.generation
-        if script.max_audio_seconds is not None:
-            seconds = min(script.max_audio_seconds, gen.max_audio_seconds)
-        else:
-            seconds = min(max(gen.min_audio_seconds, len(text) / gen.chars_per_second), gen.max_audio_seconds)
+        seconds = self.config.generation.turn_cap_seconds(text, script.max_audio_seconds)
         return max(MIN_FRAMES_TO_GENERATE, math.ceil(seconds * self.frame_rate_hz))
 
     def _requests(self, script: Script) -> tuple[list[_Pending], list[RowError]]:
@@ -170,7 +166,7 @@ class ShardWorker:
                 )
                 continue
             if request.max_frames > room:
-                request = GenerationRequest(**{**request.__dict__, "max_frames": room})
+                request = replace(request, max_frames=room)
             pending.append(_Pending(script, i, request, context_turns))
         return pending, errors
 

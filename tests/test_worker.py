@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 
 from conftest import write_mixed_manifest
+from helpers import load_errors
 from synth import storage
 from synth.config import load_config
 from synth.manifest import Script, open_manifest, read_scripts
@@ -55,7 +56,7 @@ def test_good_rows_present_bad_rows_recorded(shard_output):
     rows = _rows(out)
     assert {r["id"] for r in rows} == good
     assert len(rows) == len(good)
-    errors = [r for f in sorted(os.listdir(out / "errors")) for r in pq.read_table(out / "errors" / f).to_pylist()]
+    errors = load_errors(out)
     assert {e["id"]: e for e in errors}.keys() == bad.keys()
     for e in errors:
         assert bad[e["id"]] in e["reason"], e
@@ -133,6 +134,7 @@ def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_
         assert row["codes"] == reference[key]["codes"], key
         assert row["num_frames"] == reference[key]["num_frames"]
         assert row["stop_reason"] == reference[key]["stop_reason"]
+        assert row["num_prompt_tokens"] == reference[key]["num_prompt_tokens"]
     assert pq.read_schema(next((tmp_path / "fast" / "data").iterdir())) == pq.read_schema(
         next((out / "data").iterdir()))
 
