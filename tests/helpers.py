@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,6 +31,21 @@ def run_job(args: list[str], env: dict | None = None, timeout: int = 300) -> sub
     full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_errors(out) -> list[dict]:
+    """Every row of OUT/errors/*.parquet, in file order."""
+    import pyarrow.parquet as pq
+
+    directory = os.path.join(out, "errors")
+    return [r for f in sorted(os.listdir(directory)) for r in pq.read_table(os.path.join(directory, f)).to_pylist()]
 
 
 def load_output(out: str):

@@ -2,32 +2,25 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from conftest import write_mixed_manifest
-from helpers import REPO, check_audio_rows, job_args, load_output, reference_codes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import REPO, check_audio_rows, free_port, job_args, load_errors, load_output, reference_codes
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A 2-CPU head node, as on the CI machine; stopped after the module."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     start = subprocess.run(
-        [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(_free_port()),
+        [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
          "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
         env=env, capture_output=True, text=True, timeout=120,
     )
@@ -71,13 +64,6 @@ def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(
     assert all(bad[e["id"]] in e["reason"] for e in errors)
     wav_files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(out, "wav")) for f in fs]
     assert len(wav_files) == len(good)
-
-
-def load_errors(out):
-    import pyarrow.parquet as pq
-
-    directory = os.path.join(out, "errors")
-    return [r for f in sorted(os.listdir(directory)) for r in pq.read_table(os.path.join(directory, f)).to_pylist()]
 
 
 def test_tiny_checkpoint_is_built_on_first_use_by_the_actor(ray_cluster, tmp_path):

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import (
-    REPO, JobProcess, check_audio_rows, job_args, kill_session, load_output, pids_mentioning, run_job, session_pids,
-    write_scripts_manifest,
+    REPO, JobProcess, check_audio_rows, free_port, job_args, kill_session, load_output, pids_mentioning, run_job,
+    session_pids, write_scripts_manifest,
 )
 
 NUM_SCRIPTS = 16
@@ -34,12 +33,6 @@ SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_ev
 PART_MARKER = re.compile(r"shard-\d{5}-part-\d{4}\.json$")
 ALL_PARTS = {f"shard-{shard:05d}-part-{part:04d}" for shard in range(4) for part in range(4)}
 JOB_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -313,7 +306,7 @@ def s3(manifest):
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
