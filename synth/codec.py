@@ -57,6 +57,7 @@ class MimiCodec:
         self.max_decode_frames = max_decode_frames  # frames per decode batch (rows x padded length)
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
+        self.pinned: dict[str, torch.Tensor] = {}  # codes known from elsewhere (voice prompts): never evicted
         self.cache_hits = 0
         self.encoded_clips = 0
         self.decode_s = 0.0  # host seconds spent launching/awaiting decodes, for benchmarks
@@ -91,7 +92,7 @@ class MimiCodec:
                 for (key, _), c in zip(chunk, codes.transpose(1, 2).long().cpu()):
                     self.cache[key] = c
                     self.encoded_clips += 1
-        out = [self.cache[k] for k in keys]
+        out = [self.pinned[k] if k in self.pinned else self.cache[k] for k in keys]
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return out

@@ -134,6 +134,18 @@ class JobConfig(_Section):
     )
 
 
+class VoiceConfig(_Section):
+    """One named voice: a clean reference clip of the speaker and its transcript.
+
+    CSM does best with roughly 5-15 s of clean reference speech; a turn or script that
+    names the voice is conditioned on it (the clip is Mimi-encoded once per run).
+    """
+
+    audio: str = Field(description="Path or URI of the reference clip (relative: to the working directory).")
+    text: str = Field(min_length=1, description="What the clip says, word for word.")
+    speaker: int = Field(ge=0, description="The speaker id the voice's turns are generated as.")
+
+
 class RayConfig(_Section):
     """How to reach Ray."""
 
@@ -153,6 +165,15 @@ class SynthConfig(_Section):
     output: OutputConfig = OutputConfig()
     job: JobConfig = JobConfig()
     ray: RayConfig = RayConfig()
+    voices: dict[str, VoiceConfig] = Field(default_factory=dict, description="The voice library, by name.")
+
+    @field_validator("voices")
+    @classmethod
+    def _voice_names(cls, voices: dict[str, VoiceConfig]) -> dict[str, VoiceConfig]:
+        for name in voices:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"voice name {name!r} must be non-empty without surrounding spaces")
+        return voices
 
     @field_validator("model")
     @classmethod

@@ -10,7 +10,7 @@ manifests, Ray or output files; engines know nothing about them either.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -99,4 +99,20 @@ class Engine(Protocol):
         self, requests: Sequence[GenerationRequest], sampling: SamplingParams
     ) -> list[GenerationResult]:
         """Generate every request; results come back in the order of `requests`."""
+        ...
+
+    def run(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
+        on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate `requests`; `on_result` sees each result when it is ready and may return
+        follow-up requests (a conversation's next turn), which are generated too."""
+        ...
+
+    def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codec codes [T_i, num_codebooks] int16 of float32 clips at `sample_rate_hz`."""
+        ...
+
+    def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
+        """Use `codes` whenever `clip` appears as context, instead of encoding it again."""
         ...

@@ -168,6 +168,14 @@ class FastEngine:
             i += len(clips)
         return jobs
 
+    def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mimi codes [T_i, K] int16 of 24 kHz float32 clips (batched, cached by content)."""
+        return [c.numpy().astype(np.int16) for c in self.codec.encode(list(clips))]
+
+    def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
+        """Use `codes` [T, K] whenever `clip` is context, instead of encoding it."""
+        self.codec.remember(clip, codes)
+
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         ids, clips = self._render_ids(request)
         frames = sum(-(-len(c) // self.samples_per_frame) for c in clips)  # Mimi: ceil(samples / frame)
@@ -236,22 +244,29 @@ class FastEngine:
                 flush()
 
         def on_frame() -> None:
-            if to_decode and self.scheduler.stats.frames - oldest[0] >= self.decode_interval_frames:
+            # With nothing queued, a finished row's follow-up is all that can refill its slot: decode now.
+            waiting_for_follow_up = on_result is not None and not self.scheduler.queue
+            if to_decode and (waiting_for_follow_up
+                              or self.scheduler.stats.frames - oldest[0] >= self.decode_interval_frames):
                 flush()
             deliver(wait=False)
 
         jobs = self._jobs(requests, sampling)
         if self.longest_first:
             jobs.sort(key=lambda j: -j.max_frames)
-        for job in jobs:
-            self.scheduler.submit(job)
-        while True:
-            self.scheduler.run(on_finished, on_frame)
-            if to_decode:
-                flush()
-            if not decoding:
-                break
-            deliver(wait=True)  # may submit follow-ups: run again until nothing is left
+        try:
+            for job in jobs:
+                self.scheduler.submit(job)
+            while True:
+                self.scheduler.run(on_finished, on_frame)
+                if to_decode:
+                    flush()
+                if not decoding:
+                    break
+                deliver(wait=True)  # may submit follow-ups: run again until nothing is left
+        except BaseException:
+            self.scheduler.abort()  # the next call starts clean
+            raise
         return results
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,

@@ -8,12 +8,14 @@ It knows nothing about models, Ray or output files.
 Two forms are accepted:
 
 - scripts: `id` (unique string), `turns` (list of {speaker: int, text: str,
-  audio: optional path/URI}), optional `seed` (int) and `max_audio_seconds` (float).
-- flat: `id`, `text`, `speaker` (+ the same optional columns): a one-turn script.
+  audio: optional path/URI, voice: optional name}), optional `seed` (int),
+  `max_audio_seconds` (float) and `voice` (name).
+- flat: `id`, `text`, `speaker` and/or `voice` (+ the same optional columns): a one-turn script.
 
-Turns that carry audio are context; every turn without audio is generated,
-conditioned on the context turns before it. Relative audio paths resolve against the
-directory of the manifest file that names them.
+Turns that carry audio are context; every turn without audio is generated in order,
+conditioned on the turns before it, given or generated. `voice` names an entry of the
+config's voice library (`synth.voices`); a turn may then leave out `speaker`. Relative
+audio paths resolve against the directory of the manifest file that names them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 
 from synth import storage
 
-OPTIONAL_COLUMNS = ("seed", "max_audio_seconds")
+OPTIONAL_COLUMNS = ("seed", "max_audio_seconds", "voice")
 
 
 class ManifestError(ValueError):
@@ -36,9 +38,10 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Turn:
-    speaker: int
+    speaker: int | None  # None: the speaker of the turn's (or the script's) voice
     text: str
     audio: str | None = None  # resolved path/URI of a context clip, or None to generate
+    voice: str | None = None  # voice-library name this generated turn speaks in
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Script:
     row: int  # global row number in the manifest (files in sorted order)
     seed: int | None = None
     max_audio_seconds: float | None = None
+    voice: str | None = None  # default voice of the turns that name neither voice nor speaker
 
     @property
     def turns_to_generate(self) -> list[int]:
@@ -96,11 +100,11 @@ def _form_of(schema: pa.Schema, uri: str) -> str:
         raise ManifestError(f"{uri}: manifest needs an `id` column; columns are {sorted(names)}")
     if "turns" in names:
         return "scripts"
-    if {"text", "speaker"} <= names:
+    if "text" in names and names & {"speaker", "voice"}:
         return "flat"
     raise ManifestError(
         f"{uri}: manifest needs either a `turns` column (scripts) or `text` and `speaker` "
-        f"columns (flat); columns are {sorted(names)}"
+        f"(or `voice`) columns (flat); columns are {sorted(names)}"
     )
 
 
@@ -187,14 +191,22 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
     raw_turns = raw.get("turns") if form == "scripts" else [
         {"speaker": raw.get("speaker"), "text": raw.get("text"), "audio": raw.get("audio")}
     ]
+    script_voice = raw.get("voice")
+    if script_voice is not None and (not isinstance(script_voice, str) or not script_voice.strip()):
+        return bad(f"voice must be a voice name, got {script_voice!r}")
     if not isinstance(raw_turns, list) or not raw_turns:
         return bad(f"`turns` must be a non-empty list, got {raw_turns!r}")
     turns = []
     for i, t in enumerate(raw_turns):
         if not isinstance(t, dict):
             return bad(f"turn must be a struct of speaker/text/audio, got {t!r}", i)
+        voice = t.get("voice")
+        if voice is not None and (not isinstance(voice, str) or not voice.strip()):
+            return bad(f"voice must be a voice name, got {voice!r}", i)
         speaker = _as_int(t.get("speaker"))
-        if speaker is None or speaker < 0:
+        if t.get("speaker") is None and (voice or script_voice) and not t.get("audio"):
+            speaker = None  # the voice says who speaks
+        elif speaker is None or speaker < 0:
             return bad(f"speaker must be a non-negative integer, got {t.get('speaker')!r}", i)
         text = t.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -202,7 +214,10 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
         audio = t.get("audio")
         if audio is not None and (not isinstance(audio, str) or not audio.strip()):
             return bad(f"audio must be a path or URI string, got {audio!r}", i)
-        turns.append(Turn(speaker, text.strip(), _resolve_audio(audio, manifest_file) if audio else None))
+        if audio and voice:
+            return bad("a turn with audio is context; `voice` applies to generated turns only", i)
+        turns.append(Turn(speaker, text.strip(), _resolve_audio(audio, manifest_file) if audio else None,
+                          voice.strip() if voice else None))
     if all(t.audio is not None for t in turns):
         return bad("no turn to generate: every turn carries audio")
 
@@ -216,7 +231,7 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
         if isinstance(max_s, bool) or not isinstance(max_s, (int, float)) or not (max_s > 0) or math.isinf(max_s):
             return bad(f"max_audio_seconds must be a positive number, got {max_s!r}")
         max_s = float(max_s)
-    return Script(script_id, tuple(turns), row, seed, max_s)
+    return Script(script_id, tuple(turns), row, seed, max_s, script_voice.strip() if script_voice else None)
 
 
 def iter_scripts(manifest: Manifest, batch_rows: int = 4096) -> Iterator[Script | RowError]:

@@ -21,6 +21,7 @@ from synth import storage
 from synth.config import SynthConfig
 from synth.manifest import Manifest, ManifestError, RowError, Script, iter_ids, iter_scripts, open_manifest
 from synth.plan import Plan, Shard, plan_shards
+from synth.writer import PartCommit
 
 
 class RunError(RuntimeError):
@@ -125,6 +126,18 @@ def check_unique_ids(manifest: Manifest) -> None:
     if dupes:
         more = f" (and {len(dupes) - 5} more)" if len(dupes) > 5 else ""
         raise ManifestError("duplicate ids in the manifest: " + "; ".join(dupes[:5]) + more)
+
+
+def committed_parts(out: storage.Location, shards: set[int]) -> list[PartCommit]:
+    """The commit records of every committed part of `shards`."""
+    if not shards:
+        return []
+    commits = []
+    for path in storage.list_files(out.join("_progress"), ".json"):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("shard-") and "-part-" in name and int(name[6:11]) in shards:
+            commits.append(PartCommit(**json.loads(storage.read_bytes(storage.Location(out.fs, path, path)))))
+    return commits
 
 
 def remove_uncommitted(out: storage.Location) -> int:
@@ -292,11 +305,14 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
         failed = _run_shards(config, input_uri, output_uri, todo, done, log=log, t_start=t_start)
 
     remove_uncommitted(out)  # a shard that failed for good may have left a half-written part
-    rows = sum(d["rows"] for d in done.values())
-    errors = sum(d["errors"] for d in done.values())
-    error_scripts = sum(d["error_scripts"] for d in done.values())
-    audio_s = sum(d["audio_seconds"] for d in done.values())
-    failed_scripts = sum(s.num_scripts for s in plan.shards if s.index in failed)
+    # A failed shard keeps the parts it committed: they count as done, the rest as failed.
+    salvaged = committed_parts(out, set(failed))
+    counted = list(done.values()) + [c.__dict__ for c in salvaged]
+    rows = sum(d["rows"] for d in counted)
+    errors = sum(d["errors"] for d in counted)
+    error_scripts = sum(d["error_scripts"] for d in counted)
+    audio_s = sum(d["audio_seconds"] for d in counted)
+    failed_scripts = sum(s.num_scripts for s in plan.shards if s.index in failed) - sum(c.scripts for c in salvaged)
     wall = time.time() - t_start
     summary = {
         "input": input_uri,
@@ -304,7 +320,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
         "config": config.model_dump(),
         "scripts": manifest.num_rows,
         # scripts_ok + scripts_with_errors + scripts_in_failed_shards == scripts
-        "scripts_ok": sum(d["scripts"] - d["error_scripts"] for d in done.values()),
+        "scripts_ok": sum(d["scripts"] - d["error_scripts"] for d in counted),
         "shards": len(plan.shards),
         "shards_done": len(done),
         "shards_failed": {str(k): v for k, v in failed.items()},

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +139,20 @@ class TransformersEngine:
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return int(self._inputs([request])["input_ids"].shape[1])
 
+    @torch.inference_mode()
+    def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mimi codes [T_i, K] int16 of 24 kHz float32 clips, one at a time."""
+        codec = self.model.codec_model
+        out = []
+        for clip in clips:
+            x = torch.as_tensor(np.asarray(clip, np.float32))[None, None].to(self.device, codec.dtype)  # [1, 1, S]
+            codes = codec.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [1, K, T]
+            out.append(codes[0].T.to(torch.int16).cpu().numpy())
+        return out
+
+    def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
+        """The reference re-encodes context through its processor on every call: nothing to keep."""
+
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict:
         kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample}
         if sampling.do_sample:
@@ -180,6 +194,21 @@ class TransformersEngine:
         lengths = {r.request_id: self.count_prompt_tokens(r) for r in requests}
         order = sorted(requests, key=lambda r: (lengths[r.request_id], r.max_frames))
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
+            on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+            ) -> list[GenerationResult]:
+        """Generate `requests` in rounds: each round is `generate` over what is waiting, and the
+        follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round."""
+        results: list[GenerationResult] = []
+        waiting = list(requests)
+        while waiting:
+            follow_ups: list[GenerationRequest] = []
+            for result in self.generate(waiting, sampling):
+                results.append(result)
+                follow_ups += list((on_result(result) if on_result is not None else None) or ())
+            waiting = follow_ups
+        return results
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[GenerationResult]:
         by_id = {

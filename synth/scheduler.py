@@ -98,6 +98,15 @@ class Scheduler:
             raise ValueError(f"job {job.key!r}: prompt of {T} tokens leaves no room in {self.max_positions} positions")
         self.queue.append(job)
 
+    def abort(self) -> None:
+        """Drop every queued and running job (after an error mid-run), leaving the slots free."""
+        self.queue.clear()
+        for slot, job in enumerate(self.slot_job):
+            if job is not None:
+                self.step.release(self._slot_index[slot])
+                self.slot_job[slot] = None
+        self._pending_copies.clear()
+
     # ------------------------------------------------------------------ admission
 
     @torch.inference_mode()

@@ -1,9 +1,11 @@
 """One worker's job: turn a shard of the manifest into committed output parts.
 
 This module owns what happens between reading a shard's rows and committing its
-output: loading context clips (with a per-worker cache), deriving per-turn seeds and
-length caps, checking the context budget, handing requests to the engine, and turning
-results and per-row problems into output rows and error rows. It holds one loaded
+output: loading context clips (with a per-worker cache) and voices, deriving per-turn
+seeds and length caps, running each script as a chain (every generated turn becomes
+context for the next, within the budget `synth.context_plan` chooses) while the
+engine interleaves the turns of all the shard's scripts, and turning results and
+per-row problems into output rows and error rows. It holds one loaded
 engine for its whole life. It knows nothing about Ray: `synth.ray_runner` wraps it in
 an actor, and tests drive it directly.
 """
@@ -15,7 +17,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -23,13 +25,13 @@ import pyarrow as pa
 from synth import storage
 from synth.audio_io import AudioError, decode_clip, encode_audio
 from synth.config import SynthConfig
-from synth.engine import Engine, GenerationRequest, Segment
+from synth.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, ContextPlan, ContextTooLong, plan_context
+from synth.engine import Engine, GenerationRequest, GenerationResult, Segment
 from synth.manifest import Manifest, RowError, Script, read_scripts
 from synth.plan import Shard
 from synth.reference_engine import checkpoint_fingerprint
+from synth.voices import VoiceLibrary
 from synth.writer import DatasetWriter, PartCommit, codes_to_list
-
-MIN_FRAMES_TO_GENERATE = 1
 
 
 def derive_seed(base_seed: int, script_id: str) -> int:
@@ -80,11 +82,27 @@ def load_engine(config: SynthConfig) -> Engine:
 
 
 @dataclass
-class _Pending:
+class _Chain:
+    """One script being synthesized turn by turn; each generated turn joins the context of the next."""
+
     script: Script
-    turn: int
-    request: GenerationRequest
-    context_turns: list[int]
+    part: int
+    base_seed: int
+    speakers: list[int]
+    given: dict[int, Segment]  # turn -> recorded context clip
+    candidates: list[ContextItem]  # context so far: voice prompts, then turns with audio in order
+    cursor: int = 0  # next turn to look at
+    plan: ContextPlan | None = None  # the context of the turn being generated
+
+
+@dataclass
+class _Part:
+    """A part being synthesized: committed once every one of its scripts is done."""
+
+    scripts: int
+    rows: list[dict] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    running: int = 0  # chains not yet finished
 
 
 class ShardWorker:
@@ -103,8 +121,10 @@ class ShardWorker:
         )
         self.frame_rate_hz = engine.sample_rate_hz / engine.samples_per_frame
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.voices = VoiceLibrary(config.voices, out, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
+        self._probe_cost: dict[tuple[int, str], int] = {}
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -129,111 +149,162 @@ class ShardWorker:
         seconds = self.config.generation.turn_cap_seconds(text, script.max_audio_seconds)
         return max(MIN_FRAMES_TO_GENERATE, math.ceil(seconds * self.frame_rate_hz))
 
-    def _requests(self, script: Script) -> tuple[list[_Pending], list[RowError]]:
-        """One request per turn to generate, or the errors that stop the script."""
-        base_seed = script.seed if script.seed is not None else derive_seed(self.config.generation.seed, script.id)
-        segments: list[Segment | None] = []
+    def _cost(self, segment: Segment) -> int:
+        """Backbone positions `segment` adds to any prompt (the chat template is additive per turn)."""
+        probe = GenerationRequest(request_id="cost", text=".", speaker=segment.speaker, max_frames=1)
+        key = (segment.speaker, "")
+        if key not in self._probe_cost:
+            self._probe_cost[key] = self.engine.count_prompt_tokens(probe)
+        return self.engine.count_prompt_tokens(replace(probe, context=(segment,))) - self._probe_cost[key]
+
+    def _start(self, script: Script, part: int) -> _Chain | RowError:
+        """A chain for the script, or the error that stops all of it (a bad voice or context clip)."""
+        resolved = self.voices.resolve(script)
+        if isinstance(resolved, RowError):
+            return resolved
+        speakers, voices = resolved
+        given = {}
         for i, turn in enumerate(script.turns):
-            if turn.audio is None:
-                segments.append(None)
+            if turn.audio is not None:
+                try:
+                    given[i] = Segment(speakers[i], turn.text, self._clip(turn.audio))
+                except AudioError as e:
+                    return RowError(script.row, script.id, "audio", str(e), i)
+        base_seed = script.seed if script.seed is not None else derive_seed(self.config.generation.seed, script.id)
+        prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
+                   for v in voices]
+        return _Chain(script, part, base_seed, speakers, given, prompts)
+
+    def _next(self, chain: _Chain, errors: list[RowError]) -> GenerationRequest | None:
+        """The chain's next turn to generate (context planned), or None when it is done.
+        Turns that cannot be generated are recorded in `errors` and skipped."""
+        script = chain.script
+        while chain.cursor < len(script.turns):
+            i = chain.cursor
+            chain.cursor += 1
+            if i in chain.given:  # recorded turns before the first generated one stay pinned
+                pinned = all(j in chain.given for j in range(i))
+                segment = chain.given[i]
+                chain.candidates.append(ContextItem(f"{script.id}:{i}", i, segment, self._cost(segment), pinned))
                 continue
-            try:
-                segments.append(Segment(turn.speaker, turn.text, self._clip(turn.audio)))
-            except AudioError as e:
-                return [], [RowError(script.row, script.id, "audio", str(e), i)]
-        pending, errors = [], []
-        for i in script.turns_to_generate:
             turn = script.turns[i]
-            context_turns = [j for j in range(i) if segments[j] is not None]
             request = GenerationRequest(
-                request_id=f"{script.id}:{i}",
-                text=turn.text,
-                speaker=turn.speaker,
-                max_frames=self.max_frames_for(script, turn.text),
-                context=tuple(segments[j] for j in context_turns),
-                seed=base_seed + i,
+                request_id=f"{script.id}:{i}", text=turn.text, speaker=chain.speakers[i],
+                max_frames=self.max_frames_for(script, turn.text), seed=chain.base_seed + i,
             )
-            prompt = self.engine.count_prompt_tokens(request)
-            room = self.engine.max_positions - prompt
-            if room < MIN_FRAMES_TO_GENERATE:
-                errors.append(
-                    RowError(
-                        script.row, script.id, "validate",
-                        f"prompt needs {prompt} positions (text + context audio frames), leaving no room "
-                        f"to generate within the model's {self.engine.max_positions}",
-                        i,
-                    )
-                )
+            try:
+                plan = plan_context(chain.candidates, target_cost=self.engine.count_prompt_tokens(request),
+                                    max_frames=request.max_frames, max_positions=self.engine.max_positions)
+            except ContextTooLong as e:
+                errors.append(RowError(script.row, script.id, "validate", str(e), i))
                 continue
-            if request.max_frames > room:
-                request = replace(request, max_frames=room)
-            pending.append(_Pending(script, i, request, context_turns))
-        return pending, errors
+            request = replace(request, context=tuple(item.segment for item in plan.items))
+            room = self.engine.max_positions - self.engine.count_prompt_tokens(request)  # exact, not summed
+            if room < MIN_FRAMES_TO_GENERATE:
+                errors.append(RowError(script.row, script.id, "validate",
+                                       f"prompt leaves no room to generate within {self.engine.max_positions}", i))
+                continue
+            chain.plan = plan
+            return replace(request, max_frames=min(plan.max_frames, room))
+        return None
 
-    # -- one part -------------------------------------------------------------------
+    # -- one shard ------------------------------------------------------------------
 
-    def _synthesize(self, items: list[Script | RowError], shard: Shard) -> tuple[list[dict], list[RowError]]:
-        errors = [it for it in items if isinstance(it, RowError)]
-        pending: list[_Pending] = []
-        for script in (it for it in items if isinstance(it, Script)):
-            p, e = self._requests(script)
-            pending.extend(p)
-            errors.extend(e)
-        sampling = self.config.sampling.to_params()
-        results = self.engine.generate([p.request for p in pending], sampling)
-        settings = {
-            **self.config.sampling.model_dump(),
-            "dtype": self.config.model.dtype,
+    def _row(self, chain: _Chain, result: GenerationResult, shard: Shard, max_frames: int) -> dict:
+        turn_index = int(result.request_id.rsplit(":", 1)[1])
+        script, turn = chain.script, chain.script.turns[turn_index]
+        assert chain.plan is not None
+        audio_bytes = encode_audio(result.audio, self.engine.sample_rate_hz, self.config.output.audio_format)
+        settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": max_frames}
+        return {
+            "id": result.request_id,
+            "script_id": script.id,
+            "turn": turn_index,
+            "speaker": chain.speakers[turn_index],
+            "text": turn.text,
+            "audio": {"bytes": audio_bytes, "path": self.writer.audio_path(shard.index, script.id, turn_index)},
+            "sampling_rate": self.engine.sample_rate_hz,
+            "duration_s": len(result.audio) / self.engine.sample_rate_hz,
+            "num_frames": result.num_frames,
+            "codes": codes_to_list(result.codes),
+            "stop_reason": result.stop_reason,
+            "seed": chain.base_seed + turn_index,
+            "voice": turn.voice or script.voice,
+            "context_turns": [item.turn for item in chain.plan.items if item.turn is not None],
+            "context_ids": [item.key for item in chain.plan.items],
+            "num_prompt_tokens": result.num_prompt_tokens,
+            "model": self.model_id,
+            "model_weights": self.model_weights,
+            "engine": self.engine.name,
+            "generation": json.dumps(settings, sort_keys=True),
         }
-        rows = []
-        for p, result in zip(pending, results):
-            assert result.request_id == p.request.request_id, "engine returned results out of order"
-            turn = p.script.turns[p.turn]
-            audio_bytes = encode_audio(result.audio, self.engine.sample_rate_hz, self.config.output.audio_format)
-            rows.append(
-                {
-                    "id": p.request.request_id,
-                    "script_id": p.script.id,
-                    "turn": p.turn,
-                    "speaker": turn.speaker,
-                    "text": turn.text,
-                    "audio": {"bytes": audio_bytes, "path": self.writer.audio_path(shard.index, p.script.id, p.turn)},
-                    "sampling_rate": self.engine.sample_rate_hz,
-                    "duration_s": len(result.audio) / self.engine.sample_rate_hz,
-                    "num_frames": result.num_frames,
-                    "codes": codes_to_list(result.codes),
-                    "stop_reason": result.stop_reason,
-                    "seed": p.request.seed,
-                    "context_turns": p.context_turns,
-                    "num_prompt_tokens": result.num_prompt_tokens,
-                    "model": self.model_id,
-                    "model_weights": self.model_weights,
-                    "engine": self.engine.name,
-                    "generation": json.dumps({**settings, "max_frames": p.request.max_frames}, sort_keys=True),
-                }
-            )
-        return rows, errors
 
     def run_shard(self, shard: Shard) -> list[PartCommit]:
-        """Synthesize one shard, committing every `commit_every_scripts` scripts; parts
-        already committed (by an earlier attempt) are skipped."""
+        """Synthesize one shard. Every script of the shard's uncommitted parts runs at once
+        (each as a chain of turns), and a part is committed as soon as its scripts are done;
+        parts committed by an earlier attempt are skipped."""
         items = read_scripts(self.manifest, shard.file_index, shard.start, shard.stop)
         per_part = self.config.output.commit_every_scripts
-        commits = []
         num_parts = math.ceil(len(items) / per_part)
-        for part in range(num_parts):
-            if self.writer.is_committed(shard.index, part):
-                commits.append(self.writer.read_commit(shard.index, part))
-                continue
-            chunk = items[part * per_part : (part + 1) * per_part]
-            t0 = time.perf_counter()
-            rows, errors = self._synthesize(chunk, shard)
-            commit = self.writer.commit_part(shard.index, part, rows, errors, scripts=len(chunk))
+        commits: dict[int, PartCommit] = {}
+        parts: dict[int, _Part] = {}
+        t0 = time.perf_counter()
+
+        def commit(index: int) -> None:
+            part = parts.pop(index)
+            part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
+            done = self.writer.commit_part(shard.index, index, part.rows, part.errors, scripts=part.scripts)
             wall = time.perf_counter() - t0
             self.log(
-                f"shard {shard.index} part {part + 1}/{num_parts}: {commit.rows} turns, "
-                f"{commit.audio_seconds:.1f} s audio in {wall:.1f} s "
-                f"({commit.audio_seconds / max(wall, 1e-9):.2f}x real time), {commit.errors} errors"
+                f"shard {shard.index} part {index + 1}/{num_parts}: {done.rows} turns, "
+                f"{done.audio_seconds:.1f} s audio, {done.errors} errors ({wall:.1f} s into the shard)"
             )
-            commits.append(commit)
-        return commits
+            commits[index] = done
+
+        chains: dict[str, tuple[_Chain, GenerationRequest]] = {}  # request id -> (chain, request)
+        first: list[GenerationRequest] = []
+
+        def advance(chain: _Chain) -> GenerationRequest | None:
+            part = parts[chain.part]
+            request = self._next(chain, part.errors)
+            if request is None:
+                part.running -= 1
+                if part.running == 0:
+                    commit(chain.part)
+                return None
+            chains[request.request_id] = (chain, request)
+            return request
+
+        for index in range(num_parts):
+            if self.writer.is_committed(shard.index, index):
+                commits[index] = self.writer.read_commit(shard.index, index)
+                continue
+            chunk = items[index * per_part : (index + 1) * per_part]
+            part = parts[index] = _Part(scripts=len(chunk))
+            started = []
+            for item in chunk:
+                chain = self._start(item, index) if isinstance(item, Script) else item
+                if isinstance(chain, RowError):
+                    part.errors.append(chain)
+                else:
+                    started.append(chain)
+            part.running = len(started) + 1  # +1 until every chain has started
+            first += [r for r in map(advance, started) if r is not None]
+            part.running -= 1
+            if part.running == 0:
+                commit(index)
+
+        def on_result(result: GenerationResult) -> list[GenerationRequest]:
+            chain, request = chains.pop(result.request_id)
+            parts[chain.part].rows.append(self._row(chain, result, shard, request.max_frames))
+            generated = Segment(request.speaker, request.text, result.audio)
+            if result.num_frames:
+                chain.candidates.append(ContextItem(result.request_id, int(result.request_id.rsplit(":", 1)[1]),
+                                                    generated, self._cost(generated)))
+            follow_up = advance(chain)
+            return [follow_up] if follow_up is not None else []
+
+        if first:
+            self.engine.run(first, self.config.sampling.to_params(), on_result=on_result)
+        assert not parts and not chains, "a part was left uncommitted"
+        return [commits[i] for i in range(num_parts)]

@@ -67,7 +67,8 @@ def check_audio_rows(ds) -> None:
 
 
 def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
-    """Codes from calling transformers' generate directly on each output row's inputs."""
+    """Codes from calling transformers' generate directly on each output row's inputs: the
+    recorded context clips and the audio of the generated turns that conditioned it."""
     import pyarrow.parquet as pq
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
@@ -78,12 +79,18 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
     processor.tokenizer.pad_token = processor.tokenizer.eos_token
     scripts = {r["id"]: r for r in pq.read_table(manifest_path).to_pylist()}
     base = os.path.dirname(manifest_path)
+    rows = {row["id"]: row for row in ds}
     expected = {}
     for row in ds:
         turns = scripts[row["script_id"]]["turns"]
         messages = []
         for j in row["context_turns"]:
-            clip = decode_clip(open(os.path.join(base, turns[j]["audio"]), "rb").read(), 24000)
+            if turns[j]["audio"]:  # a recorded turn
+                clip = decode_clip(open(os.path.join(base, turns[j]["audio"]), "rb").read(), 24000)
+            else:  # a generated turn: its own codes, Mimi-decoded
+                codes = torch.tensor(rows[f"{row['script_id']}:{j}"]["codes"]).T[None]  # [1, K, T]
+                with torch.inference_mode():
+                    clip = model.codec_model.decode(codes).audio_values[0, 0].numpy()
             messages.append({"role": str(int(turns[j]["speaker"])), "content": [
                 {"type": "text", "text": turns[j]["text"]}, {"type": "audio", "path": clip}]})
         me = turns[row["turn"]]

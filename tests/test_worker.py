@@ -1,6 +1,7 @@
 """The shard worker without Ray: real checkpoint, real files, the reference engine."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from conftest import write_mixed_manifest
 from helpers import load_errors
 from synth import storage
 from synth.config import load_config
+from synth.engine import GenerationRequest, Segment
 from synth.manifest import Script, open_manifest, read_scripts
 from synth.plan import plan_shards
 from synth.reference_engine import conversation
@@ -80,27 +82,42 @@ def test_audio_is_24k_mono_and_matches_frames_and_codes(shard_output):
         assert row["num_frames"] <= 20  # 1.6 s cap at 12.5 frames/s
 
 
-def test_context_turns_are_the_audio_turns_before(shard_output):
+def test_every_generated_turn_is_conditioned_on_the_turns_before(shard_output):
     out, *_ = shard_output
     by_id = {r["id"]: r for r in _rows(out)}
     assert by_id["dialogue-a:1"]["context_turns"] == [0]
-    assert by_id["dialogue-a:2"]["context_turns"] == [0]  # generated turn 1 is not context (yet)
-    assert by_id["single-b:0"]["context_turns"] == []
+    assert by_id["dialogue-a:2"]["context_turns"] == [0, 1]  # the recorded turn, then generated turn 1
+    assert by_id["dialogue-a:2"]["context_ids"] == ["dialogue-a:0", "dialogue-a:1"]
+    assert by_id["single-b:0"]["context_turns"] == [] and by_id["single-b:0"]["context_ids"] == []
     assert by_id["dialogue-a:1"]["seed"] == 12 and by_id["dialogue-a:2"]["seed"] == 13
+    # the prompt grew by turn 1's text and its generated frames
+    assert by_id["dialogue-a:2"]["num_prompt_tokens"] > (
+        by_id["dialogue-a:1"]["num_prompt_tokens"] + by_id["dialogue-a:1"]["num_frames"])
 
 
 def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, speech_clip):
-    """The job's codes are what CsmForConditionalGeneration.generate gives, row by row."""
+    """Each row's codes are what CsmForConditionalGeneration.generate gives for its context:
+    the recorded clips, and the earlier generated turns' audio (their codes, Mimi-decoded)."""
     out, _, _, _, worker, shard = shard_output
     items = read_scripts(worker.manifest, shard.file_index, shard.start, shard.stop)
     scripts = {s.id: s for s in items if isinstance(s, Script)}
-    for row in _rows(out):
+    rows = {r["id"]: r for r in _rows(out)}
+    for row in rows.values():
         script = scripts[row["script_id"]]
-        pending, _ = worker._requests(script)
-        (request,) = [p.request for p in pending if p.turn == row["turn"]]
+        context = []
+        for j in row["context_turns"]:
+            turn = script.turns[j]
+            if turn.audio is not None:
+                audio = worker._clip(turn.audio)
+            else:
+                audio = engine.decode(torch.tensor(rows[f"{script.id}:{j}"]["codes"]))
+            context.append(Segment(turn.speaker, turn.text, audio))
+        me = script.turns[row["turn"]]
+        request = GenerationRequest("check", me.text, me.speaker, 0, tuple(context))
         inputs = engine.processor.apply_chat_template([conversation(request)], tokenize=True, return_dict=True)
+        max_frames = json.loads(row["generation"])["max_frames"]
         with torch.inference_mode():
-            codes = engine.model.generate(**inputs, max_new_tokens=request.max_frames, do_sample=False,
+            codes = engine.model.generate(**inputs, max_new_tokens=max_frames, do_sample=False,
                                           depth_decoder_do_sample=False)[0]
         eos = (codes[:, :-1] == 0).all(-1).nonzero()
         if len(eos):
