@@ -71,13 +71,19 @@ class MimiCodec:
     def dtype(self):
         return next(self.mimi.parameters()).dtype
 
+    def remember(self, clip: np.ndarray, codes: np.ndarray) -> None:
+        """Take `codes` [T, K] as the clip's encoding from now on (e.g. read from a run's voice cache)."""
+        self.pinned[clip_key(clip)] = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+
     @torch.inference_mode()
     def encode(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """clips: float32 mono at `sample_rate_hz` -> codes [T_i, K] long (CPU), cached by content."""
         keys = [clip_key(c) for c in clips]
         todo: dict[int, dict[str, np.ndarray]] = defaultdict(dict)  # length -> key -> clip
         for key, clip in zip(keys, clips):
-            if key in self.cache:
+            if key in self.pinned:
+                self.cache_hits += 1
+            elif key in self.cache:
                 self.cache.move_to_end(key)
                 self.cache_hits += 1
             else:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from synth.engine import SamplingParams
 
-TINY_CHECKPOINT_DEFAULT = "~/.cache/synth/tiny-csm-v1"
+TINY_CHECKPOINT_DEFAULT = "~/.cache/synth/tiny-csm-v2"
 
 
 class _Section(BaseModel):

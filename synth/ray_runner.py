@@ -50,6 +50,10 @@ class SynthActor:
     def ready(self) -> dict:
         return {"pid": os.getpid(), **(self.engine.describe() if hasattr(self.engine, "describe") else {})}
 
+    def prepare_voices(self) -> dict:
+        """Encode every configured voice that OUT/_voices lacks (once per run, on one actor)."""
+        return self.worker.voices.prepare()
+
     def run_shard(self, shard: dict) -> dict:
         s = Shard(**shard)
         commits = self.worker.run_shard(s)
@@ -171,19 +175,31 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
     report = DryRunReport(len(plan.shards), manifest.num_rows, 0, 0, 0, 0.0, 0.0)
     clip_exists: dict[str, bool] = {}  # voice prompts recur: one look-up per distinct clip
 
-    def missing_clip(script: Script) -> RowError | None:
+    def exists(ref: str) -> bool:
+        if ref not in clip_exists:
+            clip_exists[ref] = storage.exists(storage.resolve(ref))
+        return clip_exists[ref]
+
+    def problem(script: Script) -> RowError | None:
         for i, turn in enumerate(script.turns):
-            if turn.audio is None:
-                continue
-            if turn.audio not in clip_exists:
-                clip_exists[turn.audio] = storage.exists(storage.resolve(turn.audio))
-            if not clip_exists[turn.audio]:
+            if turn.audio is not None and not exists(turn.audio):
                 return RowError(script.row, script.id, "audio", f"audio file not found: {turn.audio}", i)
+            name = turn.voice or (script.voice if i == 0 else None)
+            if name is None:
+                continue
+            voice = config.voices.get(name)
+            if voice is None:
+                known = ", ".join(sorted(config.voices)) or "none"
+                return RowError(script.row, script.id, "voice", f"unknown voice {name!r} (the config's voices: "
+                                f"{known})", i)
+            if not exists(voice.audio):
+                return RowError(script.row, script.id, "voice", f"voice {name!r}: reference clip not found: "
+                                f"{voice.audio}", i)
         return None
 
     for item in iter_scripts(manifest):
         if isinstance(item, Script):
-            item = missing_clip(item) or item
+            item = problem(item) or item
         if isinstance(item, RowError):
             report.bad_rows += 1
             if len(report.errors) < MAX_ERRORS_SHOWN:
@@ -301,8 +317,9 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     )
 
     failed: dict[int, str] = {}
+    voices: dict = {}
     if todo:
-        failed = _run_shards(config, input_uri, output_uri, todo, done, log=log, t_start=t_start)
+        failed = _run_shards(config, input_uri, output_uri, todo, done, voices, log=log, t_start=t_start)
 
     remove_uncommitted(out)  # a shard that failed for good may have left a half-written part
     # A failed shard keeps the parts it committed: they count as done, the rest as failed.
@@ -328,6 +345,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
         "error_rows": errors,
         "scripts_with_errors": error_scripts,
         "scripts_in_failed_shards": failed_scripts,
+        "voices": voices,
         "audio_seconds": audio_s,
         "audio_hours": audio_s / 3600,
         "wall_seconds": wall,
@@ -347,8 +365,11 @@ READY_RETRY_DELAY_S = 2.0
 MAX_READY_FAILURES = 30  # consecutive failed `ready` calls (about a minute) before an actor is given up
 
 
-def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *, log, t_start) -> dict[int, str]:
-    """Hand shards to actors until all are done or failed; returns {shard: reason} failed."""
+def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, voices: dict, *, log,
+                t_start) -> dict[int, str]:
+    """Hand shards to actors until all are done or failed; returns {shard: reason} failed.
+    With a voice library, the first actor ready encodes the voices before any shard starts
+    (what it did lands in `voices`), so no voice is encoded twice."""
     ray = _init_ray(config)
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -376,17 +397,22 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
     # queues calls for the restarted process.
     ask_again: list[tuple[float, object]] = []
     ready_failures: dict = {}  # actor -> consecutive failed `ready` calls
+    preparing: dict = {}  # the prepare_voices call in flight: ref -> actor
+    voices_ready = not config.voices
 
     while queue or running:
         now = time.time()
         for entry in [e for e in ask_again if e[0] <= now]:
             ask_again.remove(entry)
             pending[entry[1].ready.remote()] = entry[1]
-        while idle and queue:
+        if not voices_ready and not preparing and idle:
+            actor = idle.pop()
+            preparing[actor.prepare_voices.remote()] = actor
+        while idle and queue and voices_ready:
             actor, shard = idle.pop(), queue.popleft()
             attempts[shard.index] = attempts.get(shard.index, 0) + 1
             running[actor.run_shard.remote(shard.__dict__)] = (actor, shard)
-        refs = list(running) + list(pending)
+        refs = list(running) + list(pending) + list(preparing)
         if not refs and not ask_again:
             raise RunError("no actor could be started")
         timeout = min([30.0] + [max(0.0, t - now) for t, _ in ask_again])
@@ -401,6 +427,21 @@ def _run_shards(config, input_uri, output_uri, todo: list[Shard], done: dict, *,
                 last_report = time.time()
             continue
         ref = ready[0]
+        if ref in preparing:
+            actor = preparing.pop(ref)
+            try:
+                voices.update(ray.get(ref))
+            except RayActorError:  # died while encoding: the next actor ready does it
+                pending[actor.ready.remote()] = actor
+                continue
+            except RayTaskError as e:
+                raise RunError(f"preparing the voice library failed: {e}") from None
+            voices_ready = True
+            broken = {k: v["error"] for k, v in voices["voices"].items() if "error" in v}
+            log(f"voices: {len(voices['voices'])} ready ({voices['encoded']} encoded now, the rest from "
+                f"{output_uri}/_voices)" + "".join(f"; {msg}" for msg in broken.values()))
+            idle.append(actor)
+            continue
         if ref in pending:
             actor = pending.pop(ref)
             try:

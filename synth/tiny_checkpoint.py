@@ -143,6 +143,16 @@ def tiny_model_and_processor(
         # make the values equal so every loader sees a consistent checkpoint.
         with torch.no_grad():
             backbone_audio.copy_(depth_audio)
+    with torch.no_grad():
+        # Mimi's codebooks start as zeros (learned by k-means in training): every code would
+        # decode to the same audio and every clip encode to code 0. Random codebooks make
+        # audio depend on codes and codes on audio, so context really conditions the output.
+        for name, buffer in model.codec_model.named_buffers():
+            if name.endswith("codebook.embed_sum"):
+                buffer.copy_(0.02 * torch.randn_like(buffer))  # decodes to roughly +-1
+                # Codes past the 2048 real ones (room for sampled special ids) sit far away,
+                # so encoding never picks them: CSM embeds only the first 2051.
+                buffer[2048:] += 10.0
     model.generation_config.do_sample = False
     model.depth_decoder.generation_config.do_sample = False
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
