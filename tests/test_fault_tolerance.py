@@ -35,25 +35,6 @@ ALL_PARTS = {f"shard-{shard:05d}-part-{part:04d}" for shard in range(4) for part
 JOB_TIMEOUT_S = 240
 
 
-@pytest.fixture
-def ray_env():
-    """The environment of a job with its own Ray: no RAY_ADDRESS, a private RAY_TMPDIR (short:
-    Ray's socket paths must fit in 107 bytes). Afterwards whatever still names it is killed."""
-    ray_tmp = tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")  # every progress line
-    yield env
-    deadline = time.time() + 30  # a finished job's Ray shuts down on its own, not at once
-    while pids_mentioning(ray_tmp) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid in pids_mentioning(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory, speech_clip):
     return write_scripts_manifest(str(tmp_path_factory.mktemp("in")), speech_clip, NUM_SCRIPTS)

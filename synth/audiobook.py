@@ -1,0 +1,110 @@
+"""Rendering a book: chapters as chains of chunks through the synthesis run, then chapter files.
+
+A book becomes a scripts manifest with one script per chapter (`chapter-NNN`), each
+chunk a turn spoken in the narrator's voice, so a chapter renders as one chain with
+rolling context (the voice prompt, then the newest chunks that fit) and chapters render
+in parallel, on as many actors as there are. The run is an ordinary synthesis run into
+the same output (per-chunk dataset, commits, resume); this module owns writing that
+manifest and, once the chunks exist, assembling each chapter from them:
+
+    OUT/book/manifest.parquet          the chapters as scripts (rewritten identically on resume)
+    OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
+    OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
+    OUT/chapters/chapter-001.json      timing: each chunk's start/end and text
+    OUT/chapters/chapter-001.srt|vtt   the same as subtitles
+
+It knows nothing about Ray or the model: `jobs/render_book.py` runs the pieces.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from synth import storage
+from synth.book import Chapter
+from synth.config import SynthConfig
+from synth.stitch import StitchSettings, stitch, timing_json, to_srt, to_vtt, write_audio
+
+TURN = pa.struct([("text", pa.string())])
+MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("voice", pa.string()), ("turns", pa.list_(TURN))])
+
+
+def chapter_id(chapter: Chapter) -> str:
+    return f"chapter-{chapter.index + 1:03d}"
+
+
+def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location) -> str:
+    """Write the chapters as a scripts manifest under OUT/book/; returns its URI."""
+    rows = [{"id": chapter_id(c), "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks]}
+            for c in chapters]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
+    location = out.join("book", "manifest.parquet")
+    storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
+    return location.uri
+
+
+def book_run_config(config: SynthConfig, num_chapters: int) -> SynthConfig:
+    """The run's config for a book: chapters spread evenly over the actors (each actor renders
+    its chapters at once, one chain each), and every chapter committed as soon as it is done."""
+    per_shard = max(1, math.ceil(num_chapters / config.actors.num_actors))
+    output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
+    return config.model_copy(update={"output": output})
+
+
+@dataclass(frozen=True)
+class ChapterFiles:
+    chapter: int
+    title: str
+    duration_s: float
+    chunks: int
+    missing_chunks: int
+    files: tuple[str, ...]
+
+
+def _chunk_audio(out: storage.Location) -> dict[str, dict[int, np.ndarray]]:
+    """script id -> turn -> audio [num_samples] float32, from every committed data part."""
+    audio: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for path in storage.list_files(out.join("data"), ".parquet"):
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio"])
+        for script_id, turn, clip in zip(*(table.column(c).to_pylist() for c in ("script_id", "turn", "audio"))):
+            samples, _ = sf.read(io.BytesIO(clip["bytes"]), dtype="float32")
+            audio[script_id][turn] = samples
+    return audio
+
+
+def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sample_rate_hz: int,
+                      formats: Sequence[str], settings: StitchSettings = StitchSettings(),
+                      log=print) -> list[ChapterFiles]:
+    """Stitch every chapter's chunks into OUT/chapters/ (audio, timing JSON, SRT, VTT).
+    A chunk that failed is left out and marked `missing` in the timing file."""
+    audio = _chunk_audio(out)
+    written = []
+    for chapter in chapters:
+        clips = audio.get(chapter_id(chapter), {})
+        pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
+        samples, timed = stitch(pieces, sample_rate_hz, settings)
+        stem = out.join("chapters", chapter_id(chapter))
+        files = write_audio(stem.uri, samples, sample_rate_hz, formats)
+        timing = timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed)
+        for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
+                             (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
+            location = out.join("chapters", chapter_id(chapter) + suffix)
+            storage.write_bytes_atomic(location, text.encode())
+            files.append(location.uri)
+        missing = sum(t.missing for t in timed)
+        written.append(ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz,
+                                    len(timed), missing, tuple(files)))
+        log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
+            f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
+    return written
