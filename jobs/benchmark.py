@@ -4,11 +4,19 @@ Runs in one process, without Ray or pydantic (importable on a bare GPU box):
 
     python jobs/benchmark.py --config tiny-cpu            # tiny checkpoint, 32 codebooks, CPU
     python jobs/benchmark.py --config csm1b-cuda          # random weights at CSM-1B dims, bf16, CUDA
+    python jobs/benchmark.py --config tiny-cpu --workload dialogue --turns 4   # chained turns vs flat
 
 The workload is many scripts with a spread of text lengths and per-row frame caps
 derived from the text (a random model never emits EOS, so caps decide lengths).
 Prints a table (frames/s, x real time, useful / computed slot-frames, time to first
 audio, peak memory) and the fast / reference ratios; `--json PATH` saves the rows.
+
+`--workload dialogue` groups the same turns into dialogues of `--turns` turns, each
+turn conditioned on the generated audio of the turns before it (the context planner
+keeps the newest that fit), and runs them as chains: the fast engine with every
+dialogue in flight at once, the reference in rounds (`run`); the flat rows are the
+same turns with no context. The table then also shows dialogues in flight (mean busy
+slots) and the dialogue / flat throughput ratio.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from synth.engine import GenerationRequest, SamplingParams  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from synth.context_plan import ContextItem, plan_context  # noqa: E402
+from synth.engine import GenerationRequest, SamplingParams, Segment  # noqa: E402
 
 WORDS = (
     "it was the best of times worst age wisdom call me ishmael some years ago never mind how long precisely "
@@ -64,6 +75,7 @@ class Row:
     frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
     decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine)
     cpu_s: float = 0.0  # process CPU time inside wall_s: a fairer basis on a shared CPU box
+    in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
 
     @property
     def fps(self):
@@ -146,6 +158,79 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     return row
 
 
+def as_dialogues(requests: list[GenerationRequest], turns: int) -> list[list[GenerationRequest]]:
+    """Consecutive requests as dialogues of `turns` turns, speakers alternating 0/1."""
+    return [[replace(r, request_id=f"d{i // turns:04d}:{i % turns}", speaker=(i % turns) % 2)
+             for i, r in list(enumerate(requests))[start : start + turns]]
+            for start in range(0, len(requests) - turns + 1, turns)]
+
+
+def run_dialogues(engine, dialogues, sampling) -> list:
+    """Each dialogue as a chain: a turn is submitted when the one before it is done, with the
+    newest earlier turns that fit as context. Returns the results in completion order."""
+    index = {r.request_id: (d, t) for d, turns in enumerate(dialogues) for t, r in enumerate(turns)}
+    history: list[list[ContextItem]] = [[] for _ in dialogues]
+    probe_cost: dict[int, int] = {}
+
+    def cost(segment: Segment) -> int:
+        probe = GenerationRequest("cost", ".", segment.speaker, 1)
+        if segment.speaker not in probe_cost:
+            probe_cost[segment.speaker] = engine.count_prompt_tokens(probe)
+        return engine.count_prompt_tokens(replace(probe, context=(segment,))) - probe_cost[segment.speaker]
+
+    def with_context(request: GenerationRequest, d: int) -> GenerationRequest:
+        plan = plan_context(history[d], target_cost=engine.count_prompt_tokens(request),
+                            max_frames=request.max_frames, max_positions=engine.max_positions)
+        return replace(request, context=tuple(i.segment for i in plan.items), max_frames=plan.max_frames)
+
+    def on_result(result):
+        d, t = index[result.request_id]
+        done = dialogues[d][t]
+        segment = Segment(done.speaker, done.text, result.audio)
+        history[d].append(ContextItem(result.request_id, t, segment, cost(segment)))
+        return [with_context(dialogues[d][t + 1], d)] if t + 1 < len(dialogues[d]) else []
+
+    return engine.run([turns[0] for turns in dialogues], sampling, on_result=on_result)
+
+
+def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile) -> Row:
+    from synth.fast_engine import FastEngine
+
+    _reset_peak(device)
+    engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                             compile=compile, warmup=True)
+    before = engine.scheduler.stats.slot_frames
+    frames_before = engine.scheduler.stats.frames
+    c0, t0 = time.process_time(), time.perf_counter()
+    results = run_dialogues(engine, dialogues, sampling)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    useful = sum(r.num_frames for r in results)
+    row = Row("fast", f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns", len(results),
+              useful, wall, engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
+              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0)
+    row.in_flight = useful / max(1, engine.scheduler.stats.frames - frames_before)
+    del engine, results
+    gc.collect()
+    return row
+
+
+def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_size) -> Row:
+    from synth.reference_engine import TransformersEngine
+
+    engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
+    _reset_peak(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    results = run_dialogues(engine, dialogues, sampling)
+    wall = time.perf_counter() - t0
+    slot_frames = sum(r.info["batch_frames"] for r in results)  # each row rides its batch to the end
+    row = Row("transformers", f"batch {batch_size}, {len(dialogues)} dialogues x {len(dialogues[0])} turns, rounds",
+              len(results), sum(r.num_frames for r in results), wall, slot_frames, float("nan"), _peak_gib(device),
+              cpu_s=time.process_time() - c0)
+    del engine
+    return row
+
+
 def build_csm1b_random(out_dir: Path, device: str) -> Path:
     """Random weights at csm-1b's dimensions (CsmConfig defaults; Mimi defaults), saved with
     save_pretrained next to the tiny tokenizer/processor, so both engines load from disk."""
@@ -205,6 +290,9 @@ def main(argv=None):
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--workload", choices=["flat", "dialogue"], default="flat",
+                        help="dialogue: the same turns chained into dialogues (see the module docstring)")
+    parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS[args.config])
@@ -244,7 +332,9 @@ def main(argv=None):
           f"threads {torch.get_num_threads()}, {'greedy' if args.greedy else 'sampling'}", flush=True)
 
     rows: list[Row] = []
-    if not args.skip_reference:
+    if args.workload == "dialogue":
+        rows = dialogue_rows(args, cfg, path, requests, sampling, compile)
+    elif not args.skip_reference:
         n1 = cfg["batch1"]
         if n1:
             rows.append(run_reference(path, requests[:n1], sampling, device=device, dtype=dtype, batch_size=1))
@@ -253,7 +343,7 @@ def main(argv=None):
         rows.append(run_reference(path, requests[:n_ref], sampling, device=device, dtype=dtype,
                                   batch_size=cfg["ref_batch"]))
         print("done:", rows[-1].as_dict(frame_rate), flush=True)
-    for slots in cfg["slots"]:
+    for slots in cfg["slots"] if args.workload == "flat" else []:
         try:
             reqs = requests if slots > 1 else requests[: max(cfg["batch1"], 2)]
             rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
@@ -264,6 +354,32 @@ def main(argv=None):
             gc.collect()
             torch.cuda.empty_cache()
 
+    print_table(rows, frame_rate)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
+
+
+def dialogue_rows(args, cfg, path, requests, sampling, compile) -> list[Row]:
+    """Flat (no context) and chained runs of the same turns, at the largest slot count."""
+    device, dtype, slots = cfg["device"], cfg["dtype"], max(cfg["slots"])
+    dialogues = as_dialogues(requests, args.turns)
+    turns = [r for d in dialogues for r in d]
+    kw = dict(device=device, dtype=dtype, num_slots=slots, max_positions=cfg["max_positions"], compile=compile)
+    rows = []
+    if not args.skip_reference:
+        n = max(1, (args.ref_requests or len(turns)) // args.turns)
+        rows.append(run_reference_dialogues(path, dialogues[:n], sampling, device=device, dtype=dtype,
+                                            batch_size=cfg["ref_batch"]))
+        print("done:", rows[-1].__dict__, flush=True)
+    rows.append(run_fast(path, turns, sampling, **kw))
+    rows[-1].setting += f", flat {len(turns)} turns"
+    print("done:", rows[-1].__dict__, flush=True)
+    rows.append(run_fast_dialogues(path, dialogues, sampling, **kw))
+    print("done:", rows[-1].__dict__, flush=True)
+    return rows
+
+
+def print_table(rows: list[Row], frame_rate: float) -> None:
     print()
     header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | frames per CPU s |"
     print(header)
@@ -275,15 +391,18 @@ def main(argv=None):
               f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {d['frames_per_cpu_s']:.1f} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
+    chained = [r for r in fast if r.in_flight == r.in_flight]  # not NaN: a dialogue run
+    flat = [r for r in fast if r.in_flight != r.in_flight]
     if refs and fast:
-        best = max(fast, key=lambda r: r.fps)
+        best = chained[0] if chained else max(fast, key=lambda r: r.fps)  # like for like
         print()
         for ref in refs:
             print(f"best fast ({best.setting}) / transformers {ref.setting}: throughput x{best.fps / ref.fps:.1f}, "
-                  f"per CPU second x{(best.frames / best.cpu_s) / (ref.frames / ref.cpu_s):.1f}, "
-                  f"first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner")
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
+                  f"per CPU second x{(best.frames / best.cpu_s) / (ref.frames / ref.cpu_s):.1f}"
+                  + (f", first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner" if ref.ttfa_s == ref.ttfa_s else ""))
+    if chained and flat:
+        print(f"dialogue / flat throughput (fast engine, same turns): x{chained[0].fps / flat[0].fps:.2f}; "
+              f"dialogues in flight per frame: {chained[0].in_flight:.1f} of {chained[0].setting.split(' ')[0]} slots")
 
 
 if __name__ == "__main__":

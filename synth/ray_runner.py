@@ -226,6 +226,7 @@ def _run_identity(config: SynthConfig, plan: Plan) -> dict:
         "sampling": config.sampling.model_dump(),
         "generation": config.generation.model_dump(exclude={"batch_size"}),
         "output": config.output.model_dump(),
+        "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "plan": plan.to_dict(),
     }
 

@@ -40,6 +40,24 @@ def test_flat_form_is_a_one_turn_script(tmp_path):
     assert b.seed is None and b.turns[0].text == "World."
 
 
+def test_voices_stand_in_for_speakers_in_both_forms(tmp_path):
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["Hello.", "World."], "voice": ["narrator", None]}),
+                   tmp_path / "flat.parquet")
+    a, b = read_scripts(open_manifest(str(tmp_path / "flat.parquet")), 0, 0, 2)
+    assert isinstance(a, Script) and a.voice == "narrator" and a.turns[0].speaker is None
+    assert isinstance(b, RowError) and "speaker must be a non-negative integer" in b.reason  # no voice, no speaker
+
+    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string()), ("voice", pa.string())])
+    rows = [{"id": "d", "turns": [{"speaker": None, "text": "Hi.", "audio": None, "voice": "guest"},
+                                  {"speaker": 0, "text": "Hey.", "audio": None, "voice": None}]},
+            {"id": "e", "turns": [{"speaker": 0, "text": "Hi.", "audio": "a.wav", "voice": "guest"}]}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("turns", pa.list_(turn))])),
+                   tmp_path / "s.parquet")
+    d, e = read_scripts(open_manifest(str(tmp_path / "s.parquet")), 0, 0, 2)
+    assert [t.voice for t in d.turns] == ["guest", None] and [t.speaker for t in d.turns] == [None, 0]
+    assert isinstance(e, RowError) and "applies to generated turns only" in e.reason and e.turn == 0
+
+
 def test_bad_rows_get_errors_naming_row_and_problem(tmp_path):
     table = pa.table(
         {
