@@ -56,6 +56,7 @@ class SynthActor:
 
     def run_shard(self, shard: dict) -> dict:
         s = Shard(**shard)
+        encoded_before = self.worker.voices.encoded
         commits = self.worker.run_shard(s)
         summary = {
             "shard": s.index,
@@ -64,6 +65,7 @@ class SynthActor:
             "error_scripts": sum(c.error_scripts for c in commits),
             "scripts": sum(c.scripts for c in commits),
             "audio_seconds": sum(c.audio_seconds for c in commits),
+            "voice_encodes": self.worker.voices.encoded - encoded_before,  # 0 unless OUT/_voices lacked one
         }
         storage.write_bytes_atomic(shard_done_marker(self.out, s.index), json.dumps(summary).encode())
         return summary
@@ -346,7 +348,8 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
         "error_rows": errors,
         "scripts_with_errors": error_scripts,
         "scripts_in_failed_shards": failed_scripts,
-        "voices": voices,
+        # encoded: by the actor that prepared the voices; by_workers: by shards (0 when the cache works)
+        "voices": {**voices, "encoded_by_workers": sum(d.get("voice_encodes", 0) for d in done.values())},
         "audio_seconds": audio_s,
         "audio_hours": audio_s / 3600,
         "wall_seconds": wall,

@@ -92,6 +92,7 @@ def test_the_voice_is_encoded_once_per_run_and_not_again_on_resume(rendered):
     assert "voices: 2 ready (2 encoded now" in first_log  # narrator and guest, by the first actor ready
     summary = json.loads((out / "run.json").read_text())
     assert summary["voices"]["encoded"] == 0  # the resumed run read them from OUT/_voices
+    assert summary["voices"]["encoded_by_workers"] == 0  # and no actor encoded one, in either run
     assert len(os.listdir(out / "_voices")) == 2
 
 
