@@ -208,6 +208,18 @@ class ShardWorker:
             return replace(request, max_frames=min(plan.max_frames, room))
         return None
 
+    def _forget_unreachable(self, chain: _Chain) -> None:
+        """Drop recent turns that no later context can reach (those past `max_positions` of newer
+        turns), so a long chain, e.g. a book chapter, holds only a window of audio."""
+        reach, keep = 0, []
+        for item in reversed(chain.candidates):
+            if not item.pinned:
+                reach += item.cost
+                if reach > self.engine.max_positions:
+                    continue
+            keep.append(item)
+        chain.candidates = keep[::-1]
+
     # -- one shard ------------------------------------------------------------------
 
     def _row(self, chain: _Chain, result: GenerationResult, shard: Shard, max_frames: int) -> dict:
@@ -301,6 +313,7 @@ class ShardWorker:
             if result.num_frames:
                 chain.candidates.append(ContextItem(result.request_id, int(result.request_id.rsplit(":", 1)[1]),
                                                     generated, self._cost(generated)))
+                self._forget_unreachable(chain)
             follow_up = advance(chain)
             return [follow_up] if follow_up is not None else []
 
