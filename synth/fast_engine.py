@@ -91,8 +91,8 @@ class FastEngine:
         if codec_dtype is None:  # bf16 Mimi decoding was the slower one in the H100 runs (BENCHMARKS.md)
             codec_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         mimi = load_mimi(path, config, device=device, dtype=parse_dtype(codec_dtype))
-        # Small decode batches suit CPU caches (4 rows decoded fastest on 2 cores); GPUs want width.
-        codec = MimiCodec(mimi, num_codebooks=config.num_codebooks, max_batch=16 if mimi.device.type == "cuda" else 4)
+        # Small decode batches suit CPU caches (2 rows decoded fastest on 2 cores); GPUs want width.
+        codec = MimiCodec(mimi, num_codebooks=config.num_codebooks, max_batch=16 if mimi.device.type == "cuda" else 2)
         processor = AutoProcessor.from_pretrained(str(path))
         compile = (torch.device(device).type == "cuda") if compile is None else compile
         engine = cls(model, config, processor, codec, num_slots=num_slots, max_positions=max_positions,

@@ -129,10 +129,10 @@ class FrameStep:
 
     def _choose(self, logits, temperature, top_k, keys, sample: bool):
         """logits: [B, V] float32 -> codes [B]; greedy rows take the argmax."""
-        greedy = logits.argmax(dim=-1)
         if not sample:
-            return greedy
+            return logits.argmax(dim=-1)
         vals, idx = logits.topk(self.top_k_max, dim=-1)  # [B, k], sorted
+        greedy = idx[:, 0]  # the argmax, for rows that do not sample
         rank = torch.arange(self.top_k_max, device=logits.device)
         keep = (rank[None] < top_k[:, None]) | (top_k[:, None] <= 0)
         score = vals / temperature[:, None] + gumbel_noise(keys, idx)
