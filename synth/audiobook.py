@@ -43,13 +43,25 @@ def chapter_id(chapter: Chapter) -> str:
     return f"chapter-{chapter.index + 1:03d}"
 
 
-def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location) -> str:
-    """Write the chapters as a scripts manifest under OUT/book/; returns its URI."""
+class BookChanged(ValueError):
+    """The output holds a render of a different book text or narrator."""
+
+
+def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location, *,
+                        allow_changes: bool = False) -> str:
+    """Write the chapters as a scripts manifest under OUT/book/; returns its URI. A relaunch
+    on an output rendered from different text or another voice is refused unless allowed."""
     rows = [{"id": chapter_id(c), "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks]}
             for c in chapters]
+    location = out.join("book", "manifest.parquet")
+    if storage.exists(location) and not allow_changes:
+        previous = pq.read_table(out.fs.open_input_file(location.path)).to_pylist()
+        if previous != rows:
+            changed = [r["id"] for r, p in zip(rows, previous) if r != p] or ["the number of chapters"]
+            raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
+                              f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
-    location = out.join("book", "manifest.parquet")
     storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
     return location.uri
 

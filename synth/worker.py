@@ -124,7 +124,7 @@ class ShardWorker:
         self.voices = VoiceLibrary(config.voices, out, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
-        self._probe_cost: dict[tuple[int, str], int] = {}
+        self._probe_cost: dict[int, int] = {}  # speaker -> positions of a bare one-word prompt
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -152,10 +152,9 @@ class ShardWorker:
     def _cost(self, segment: Segment) -> int:
         """Backbone positions `segment` adds to any prompt (the chat template is additive per turn)."""
         probe = GenerationRequest(request_id="cost", text=".", speaker=segment.speaker, max_frames=1)
-        key = (segment.speaker, "")
-        if key not in self._probe_cost:
-            self._probe_cost[key] = self.engine.count_prompt_tokens(probe)
-        return self.engine.count_prompt_tokens(replace(probe, context=(segment,))) - self._probe_cost[key]
+        if segment.speaker not in self._probe_cost:
+            self._probe_cost[segment.speaker] = self.engine.count_prompt_tokens(probe)
+        return self.engine.count_prompt_tokens(replace(probe, context=(segment,))) - self._probe_cost[segment.speaker]
 
     def _start(self, script: Script, part: int) -> _Chain | RowError:
         """A chain for the script, or the error that stops all of it (a bad voice or context clip)."""

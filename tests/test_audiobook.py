@@ -101,3 +101,14 @@ def test_an_unknown_narrator_is_refused_before_anything_runs(tmp_path, tiny_chec
     assert result.returncode == 2
     assert "'nobody' is not in the config's voices (guest, narrator)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_different_book_on_the_same_output_is_refused(rendered, tiny_checkpoint, tmp_path):
+    out = rendered[0]
+    changed = tmp_path / "book.md"
+    changed.write_text(open(BOOK).read().replace("Alice was beginning", "Bob was beginning"))
+    args = render_args(out, tiny_checkpoint)
+    args[args.index("--book") + 1] = str(changed)
+    result = run_job(args)
+    assert result.returncode == 2
+    assert "different book text or voice (changed: chapter-001)" in result.stderr
