@@ -1,7 +1,9 @@
 """Write examples/dialogues.parquet, the demo manifest (run from the repo root).
 
 Two scripted dialogues whose first turns carry recorded context clips (espeak-ng,
-22.05 kHz: a real resampling case), plus one-turn scripts with no context.
+22.05 kHz: a real resampling case), one whose turns name voices from the config's
+library, plus one-turn scripts with no context. Every generated turn of a script is
+conditioned on the turns before it.
 """
 
 import os
@@ -11,9 +13,10 @@ import pyarrow.parquet as pq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-TURN = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
+TURN = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string()), ("voice", pa.string())])
 SCHEMA = pa.schema(
-    [("id", pa.string()), ("turns", pa.list_(TURN)), ("seed", pa.int64()), ("max_audio_seconds", pa.float64())]
+    [("id", pa.string()), ("turns", pa.list_(TURN)), ("seed", pa.int64()), ("max_audio_seconds", pa.float64()),
+     ("voice", pa.string())]
 )
 
 ROWS = [
@@ -38,6 +41,17 @@ ROWS = [
         "seed": None,
         "max_audio_seconds": 3.0,
     },
+    {
+        "id": "interview-003",  # voices from the config's library (configs/demo.yaml) instead of clips
+        "turns": [
+            {"speaker": None, "text": "Welcome back. Today we talk about synthetic speech.", "audio": None,
+             "voice": "narrator"},
+            {"speaker": None, "text": "Glad to be here. It is a fascinating topic.", "audio": None, "voice": "guest"},
+            {"speaker": None, "text": "Let us start with the basics.", "audio": None, "voice": "narrator"},
+        ],
+        "seed": 11,
+        "max_audio_seconds": None,
+    },
     {"id": "line-001", "turns": [{"speaker": 0, "text": "Call me Ishmael.", "audio": None}],
      "seed": None, "max_audio_seconds": None},
     {"id": "line-002", "turns": [{"speaker": 2, "text": "It was the best of times, it was the worst of times.",
@@ -47,5 +61,9 @@ ROWS = [
 ]
 
 if __name__ == "__main__":
+    for row in ROWS:
+        row.setdefault("voice", None)
+        for turn in row["turns"]:
+            turn.setdefault("voice", None)
     pq.write_table(pa.Table.from_pylist(ROWS, schema=SCHEMA), os.path.join(HERE, "dialogues.parquet"))
     print("wrote", os.path.join(HERE, "dialogues.parquet"))

@@ -206,3 +206,22 @@ def test_many_dialogues_are_in_flight_at_once(tiny_checkpoint, voices_dir, tmp_p
     frames = engine.scheduler.stats.frames - frames_before
     assert frames * 4 < useful, (frames, useful)  # serial would need frames == useful
     assert np.mean([len(r["context_ids"]) for r in rows.values() if r["turn"] == 3]) == 3
+
+
+def test_dry_run_reports_unknown_voices_and_missing_reference_clips(tiny_checkpoint, voices_dir, tmp_path):
+    from synth.ray_runner import dry_run
+
+    config = _config(tiny_checkpoint, voices_dir)
+    config = config.model_copy(update={"voices": {
+        **config.voices, "gone": config.voices["guest"].model_copy(update={"audio": str(tmp_path / "gone.wav")})}})
+    manifest_path = _write(tmp_path / "m.parquet", [
+        {"id": "ok", "voice": "narrator", "turns": [{"text": "Fine."}]},
+        {"id": "unknown", "turns": [{"speaker": 0, "text": "Hi."}, {"voice": "nobody", "text": "Who?"}]},
+        {"id": "gone", "turns": [{"voice": "gone", "text": "Where?"}]},
+    ])
+    manifest = open_manifest(manifest_path)
+    report = dry_run(config, manifest, plan_shards(manifest, 10))
+    assert report.bad_rows == 2 and report.turns_to_generate == 1
+    reasons = {e.script_id: (e.stage, e.turn, e.reason) for e in report.errors}
+    assert reasons["unknown"][:2] == ("voice", 1) and "unknown voice 'nobody'" in reasons["unknown"][2]
+    assert reasons["gone"][:2] == ("voice", 0) and "reference clip not found" in reasons["gone"][2]
