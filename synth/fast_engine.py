@@ -217,6 +217,7 @@ class FastEngine:
                 audio = pending.result() if pending is not None else [
                     np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
                 now = time.perf_counter()
+                follow_ups: list[GenerationRequest] = []
                 for f, a in zip(batch, audio):
                     res = GenerationResult(
                         request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
@@ -225,9 +226,9 @@ class FastEngine:
                               "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
                     )
                     results.append(res)
-                    more = on_result(res) if on_result is not None else None
-                    for job in self._jobs(list(more or ()), sampling):
-                        self.scheduler.submit(job)
+                    follow_ups += list((on_result(res) if on_result is not None else None) or ())
+                for job in self._jobs(follow_ups, sampling):  # their context clips: one batched encode
+                    self.scheduler.submit(job)
 
         oldest = [0]  # scheduler frame count when the oldest undecoded row finished
 

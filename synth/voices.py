@@ -95,8 +95,7 @@ class VoiceLibrary:
 
     def resolve(self, script: Script) -> tuple[list[int], list[Voice]] | RowError:
         """Every turn's speaker, and the script's voice prompts in first-mention order."""
-        names = [script.voice] if script.voice else []
-        names += [t.voice for t in script.turns if t.voice and t.voice not in names]
+        names = list(dict.fromkeys(([script.voice] if script.voice else []) + [t.voice for t in script.turns if t.voice]))
         voices: list[Voice] = []
         for name in names:
             voice = self.get(name)

@@ -104,7 +104,8 @@ def voiced(tmp_path_factory, tiny_checkpoint, voices_dir, engine):
     manifest = _write(d / "m.parquet", [
         {"id": "interview", "turns": [{"voice": "narrator", "text": "Welcome to the show."},
                                       {"voice": "guest", "text": "Thanks for having me."},
-                                      {"speaker": 0, "text": "Let us begin."}]},
+                                      {"speaker": 0, "text": "Let us begin."},
+                                      {"voice": "narrator", "text": "First question."}]},
         {"id": "told", "voice": "narrator", "turns": [{"text": "Once upon a time."}, {"text": "The end."}]},
         {"id": "unknown", "turns": [{"voice": "nobody", "text": "Who am I?"}]},
         {"id": "broken", "turns": [{"voice": "broken", "text": "I cannot be heard."}]},
@@ -118,10 +119,12 @@ def voiced(tmp_path_factory, tiny_checkpoint, voices_dir, engine):
 
 def test_voice_prompts_condition_every_turn_of_their_script(voiced):
     _, _, _, _, rows, _ = voiced
-    assert set(rows) == {"interview:0", "interview:1", "interview:2", "told:0", "told:1"}
+    assert set(rows) == {"interview:0", "interview:1", "interview:2", "interview:3", "told:0", "told:1"}
     assert rows["interview:0"]["context_ids"] == ["voice:narrator", "voice:guest"]
     assert rows["interview:2"]["context_ids"] == ["voice:narrator", "voice:guest", "interview:0", "interview:1"]
     assert rows["interview:1"]["speaker"] == 1 and rows["interview:1"]["voice"] == "guest"
+    assert rows["interview:3"]["speaker"] == 0 and rows["interview:3"]["context_ids"][:2] == [
+        "voice:narrator", "voice:guest"]  # a voice named twice is one prompt
     assert rows["told:1"]["context_ids"] == ["voice:narrator", "told:0"]
     assert rows["told:1"]["speaker"] == 0 and rows["told:1"]["voice"] == "narrator"
 
@@ -142,8 +145,8 @@ def test_each_voice_is_encoded_once_and_then_read_from_the_run_cache(voiced, eng
     assert sorted(os.listdir(d / "out" / VOICES_DIR)) == sorted(
         f"{k}.npy" for k in engine.codec.pinned)  # what the engine uses is what was stored
     # the engine never encoded a voice itself: its encodes are the voices (via the library) and
-    # the generated turns that became context (interview:0, interview:1, told:0)
-    assert engine_encodes == 2 + 3, (engine_encodes, engine.codec.cache_hits, len(engine.codec.cache))
+    # the generated turns that became context (interview:0, :1, :2 and told:0)
+    assert engine_encodes == 2 + 4
     # a second worker on the same output (another actor, or a resumed run) encodes nothing
     again = ShardWorker(config, engine, worker.manifest, storage.resolve(str(d / "out")), log=lambda m: None)
     assert again.voices.prepare()["encoded"] == 0

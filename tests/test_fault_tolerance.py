@@ -29,7 +29,11 @@ from helpers import (
 
 NUM_SCRIPTS = 16
 NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
-SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1"]
+# One slot per actor: a shard's scripts then run one after another and its parts commit
+# one by one, which leaves a crash room to land mid-shard (with more slots every script
+# of a shard runs at once and its parts all commit within a fraction of a second).
+SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
+               "--set", "generation.batch_size=1"]
 PART_MARKER = re.compile(r"shard-\d{5}-part-\d{4}\.json$")
 ALL_PARTS = {f"shard-{shard:05d}-part-{part:04d}" for shard in range(4) for part in range(4)}
 JOB_TIMEOUT_S = 240
