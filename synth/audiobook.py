@@ -84,14 +84,24 @@ class ChapterFiles:
     files: tuple[str, ...]
 
 
-def _chunk_audio(out: storage.Location) -> dict[str, dict[int, np.ndarray]]:
-    """script id -> turn -> audio [num_samples] float32, from every committed data part."""
-    audio: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
+    """script id -> the data part files holding its rows (reads only the `script_id` column)."""
+    parts: dict[str, list[str]] = defaultdict(list)
     for path in storage.list_files(out.join("data"), ".parquet"):
-        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio"])
-        for script_id, turn, clip in zip(*(table.column(c).to_pylist() for c in ("script_id", "turn", "audio"))):
-            samples, _ = sf.read(io.BytesIO(clip["bytes"]), dtype="float32")
-            audio[script_id][turn] = samples
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id"])
+        for script_id in set(table.column(0).to_pylist()):
+            parts[script_id].append(path)
+    return parts
+
+
+def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dict[int, np.ndarray]:
+    """turn -> audio [num_samples] float32 of one script (chapter), from its part files."""
+    audio = {}
+    for path in paths:
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio"],
+                              filters=[("script_id", "=", script_id)])
+        for turn, clip in zip(table.column("turn").to_pylist(), table.column("audio").to_pylist()):
+            audio[turn], _ = sf.read(io.BytesIO(clip["bytes"]), dtype="float32")
     return audio
 
 
@@ -100,10 +110,10 @@ def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sam
                       log=print) -> list[ChapterFiles]:
     """Stitch every chapter's chunks into OUT/chapters/ (audio, timing JSON, SRT, VTT).
     A chunk that failed is left out and marked `missing` in the timing file."""
-    audio = _chunk_audio(out)
+    parts = _parts_by_script(out)
     written = []
-    for chapter in chapters:
-        clips = audio.get(chapter_id(chapter), {})
+    for chapter in chapters:  # one chapter's audio in memory at a time
+        clips = _chunk_audio(out, parts.get(chapter_id(chapter), []), chapter_id(chapter))
         pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
         samples, timed = stitch(pieces, sample_rate_hz, settings)
         stem = out.join("chapters", chapter_id(chapter))
