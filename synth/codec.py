@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext as _nullcontext
 from collections import OrderedDict, defaultdict
 
 import numpy as np
@@ -105,7 +105,8 @@ class MimiCodec:
                 chunk = items[i : i + self.max_batch]
                 x = torch.from_numpy(np.stack([c for _, c in chunk]).astype(np.float32))
                 x = x[:, None].to(device=self.device, dtype=self.dtype)  # [N, 1, S]
-                codes = self.mimi.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [N, K, T]
+                with _nullcontext() if x.is_cuda else _without_onednn():
+                    codes = self.mimi.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [N, K, T]
                 for (key, _), c in zip(chunk, codes.transpose(1, 2).long().cpu()):
                     self.cache[key] = c
                     self.encoded_clips += 1
