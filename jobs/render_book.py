@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {args.book}", flush=True)
         out = storage.resolve(args.output)
         manifest = write_book_manifest(chapters, args.voice, out, allow_changes=args.allow_changes)
-        summary = run(book_run_config(config, len(chapters)), manifest, args.output, allow_changes=args.allow_changes)
+        summary = run(book_run_config(config, len(chapters), out), manifest, args.output, allow_changes=args.allow_changes)
         written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats, settings=settings)
     except (ConfigError, ManifestError, RunError, BookError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -66,10 +66,14 @@ def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Lo
     return location.uri
 
 
-def book_run_config(config: SynthConfig, num_chapters: int) -> SynthConfig:
+def book_run_config(config: SynthConfig, num_chapters: int, out: storage.Location) -> SynthConfig:
     """The run's config for a book: chapters spread evenly over the actors (each actor renders
-    its chapters at once, one chain each), and every chapter committed as soon as it is done."""
+    its chapters at once, one chain each), and every chapter committed as soon as it is done.
+    A resumed render keeps the shard size it started with, whatever the actor count now."""
     per_shard = max(1, math.ceil(num_chapters / config.actors.num_actors))
+    record = out.join("plan.json")
+    if storage.exists(record):
+        per_shard = json.loads(storage.read_bytes(record))["plan"]["scripts_per_shard"]
     output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
     return config.model_copy(update={"output": output})
 

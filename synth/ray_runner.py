@@ -240,6 +240,15 @@ def prepare_output(out: storage.Location, config: SynthConfig, plan: Plan, *, al
     if storage.exists(record):
         previous = json.loads(storage.read_bytes(record))
         diffs = [k for k in identity if previous.get(k) != identity[k]]
+        per_part = "commit_every_scripts"
+        if previous.get("plan") != identity["plan"] or (
+            previous.get("output", {}).get(per_part) != identity["output"][per_part]
+        ):
+            raise RunError(
+                f"{out.uri} was planned differently (the manifest files, output.scripts_per_shard or "
+                f"output.commit_every_scripts changed): committed parts are numbered by that plan, so this "
+                "output cannot be continued with another one, not even with --allow-changes. Use a new --output."
+            )
         if diffs and not allow_changes:
             details = "; ".join(
                 f"{k}: was {json.dumps(previous.get(k))[:200]}, now {json.dumps(identity[k])[:200]}"

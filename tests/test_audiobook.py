@@ -30,7 +30,8 @@ def committed_parts(out):
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, tiny_checkpoint):
-    """A render killed (SIGKILL, driver and its local Ray) after its first chapter committed, then resumed."""
+    """A render on two actors killed (SIGKILL, driver and its local Ray) after its first chapter
+    committed, then resumed on one actor."""
     import tempfile
 
     out = tmp_path_factory.mktemp("book") / "out"
@@ -43,7 +44,8 @@ def rendered(tmp_path_factory, tiny_checkpoint):
     before_kill = {f: os.path.getmtime(os.path.join(out, "data", f.replace(".json", ".parquet")))
                    for f in committed_parts(out)}
     first_log = job.output()
-    resumed = run_job(render_args(out, tiny_checkpoint), env, timeout=300)
+    # resumed on one actor: the render keeps the shard plan it started with
+    resumed = run_job(render_args(out, tiny_checkpoint, "--set", "actors.num_actors=1"), env, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return out, before_kill, first_log, resumed.stdout
 

@@ -63,6 +63,12 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     assert changed.returncode == 2
     assert "different settings" in changed.stderr and "sampling" in changed.stderr
 
+    # parts are numbered by the plan: another shard size is refused even with --allow-changes
+    replanned = run_job(job_args(path, out, tiny_checkpoint, "--set", "output.scripts_per_shard=3",
+                                 "--allow-changes"), env)
+    assert replanned.returncode == 2 and "planned differently" in replanned.stderr
+    assert sorted(os.listdir(os.path.join(out, "data"))) == files
+
 
 def test_demo_example_manifest_is_valid():
     result = run_job(["jobs/synthesize.py", "--config", "configs/demo.yaml",
