@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import resource
 import sys
 import tempfile
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from dataclasses import replace  # noqa: E402
 
-from synth.context_plan import ContextItem, plan_context  # noqa: E402
+from synth.context_plan import ContextItem, SegmentCost, plan_context  # noqa: E402
 from synth.engine import GenerationRequest, SamplingParams, Segment  # noqa: E402
 
 WORDS = (
@@ -170,13 +171,7 @@ def run_dialogues(engine, dialogues, sampling) -> list:
     newest earlier turns that fit as context. Returns the results in completion order."""
     index = {r.request_id: (d, t) for d, turns in enumerate(dialogues) for t, r in enumerate(turns)}
     history: list[list[ContextItem]] = [[] for _ in dialogues]
-    probe_cost: dict[int, int] = {}
-
-    def cost(segment: Segment) -> int:
-        probe = GenerationRequest("cost", ".", segment.speaker, 1)
-        if segment.speaker not in probe_cost:
-            probe_cost[segment.speaker] = engine.count_prompt_tokens(probe)
-        return engine.count_prompt_tokens(replace(probe, context=(segment,))) - probe_cost[segment.speaker]
+    cost = SegmentCost(engine)
 
     def with_context(request: GenerationRequest, d: int) -> GenerationRequest:
         plan = plan_context(history[d], target_cost=engine.count_prompt_tokens(request),
@@ -391,15 +386,15 @@ def print_table(rows: list[Row], frame_rate: float) -> None:
               f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {d['frames_per_cpu_s']:.1f} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
-    chained = [r for r in fast if r.in_flight == r.in_flight]  # not NaN: a dialogue run
-    flat = [r for r in fast if r.in_flight != r.in_flight]
+    chained = [r for r in fast if not math.isnan(r.in_flight)]  # a dialogue run
+    flat = [r for r in fast if math.isnan(r.in_flight)]
     if refs and fast:
         best = chained[0] if chained else max(fast, key=lambda r: r.fps)  # like for like
         print()
         for ref in refs:
             print(f"best fast ({best.setting}) / transformers {ref.setting}: throughput x{best.fps / ref.fps:.1f}, "
                   f"per CPU second x{(best.frames / best.cpu_s) / (ref.frames / ref.cpu_s):.1f}"
-                  + (f", first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner" if ref.ttfa_s == ref.ttfa_s else ""))
+                  + ("" if math.isnan(ref.ttfa_s) else f", first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner"))
     if chained and flat:
         print(f"dialogue / flat throughput (fast engine, same turns): x{chained[0].fps / flat[0].fps:.2f}; "
               f"dialogues in flight per frame: {chained[0].in_flight:.1f} of {chained[0].setting.split(' ')[0]} slots")

@@ -146,6 +146,11 @@ class VoiceConfig(_Section):
     speaker: int = Field(ge=0, description="The speaker id the voice's turns are generated as.")
 
 
+def unknown_voice(name: str, voices: dict[str, VoiceConfig]) -> str:
+    """The error for a voice name the config does not define."""
+    return f"unknown voice {name!r} (the config's voices: {', '.join(sorted(voices)) or 'none'})"
+
+
 class RayConfig(_Section):
     """How to reach Ray."""
 

@@ -4,16 +4,17 @@ CSM holds `max_positions` backbone positions per row (2048 for csm-1b): the prom
 text tokens, one position per context audio frame, and the frames being generated.
 This module owns the choice of context under that budget: keep the pinned items (voice
 prompts and a script's opening recorded turns), then the most recent turns that fit,
-always leaving room for the turn's own length cap. It works on costs alone and knows
-nothing about tokenizers, engines or manifests; `synth.worker` measures the costs.
+always leaving room for the turn's own length cap. The plan works on costs alone;
+`SegmentCost` measures them through an engine's `count_prompt_tokens`. It knows nothing
+about tokenizers or manifests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from synth.engine import Segment
+from synth.engine import Engine, GenerationRequest, Segment
 
 MIN_FRAMES_TO_GENERATE = 1
 
@@ -40,6 +41,21 @@ class ContextPlan:
     items: tuple[ContextItem, ...]  # in prompt order: pinned (their order), then recent (oldest first)
     max_frames: int  # the turn's cap, lowered only when even an empty context leaves less room
     left_out: int  # candidates that did not fit
+
+
+class SegmentCost:
+    """Backbone positions a context segment adds to any prompt, measured with the engine's own
+    prompt counter: CSM's chat template renders each turn on its own, so costs add up."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._bare: dict[int, int] = {}  # speaker -> positions of a one-word prompt with no context
+
+    def __call__(self, segment: Segment) -> int:
+        probe = GenerationRequest(request_id="cost", text=".", speaker=segment.speaker, max_frames=1)
+        if segment.speaker not in self._bare:
+            self._bare[segment.speaker] = self.engine.count_prompt_tokens(probe)
+        return self.engine.count_prompt_tokens(replace(probe, context=(segment,))) - self._bare[segment.speaker]
 
 
 class ContextTooLong(ValueError):

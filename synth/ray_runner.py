@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from synth import storage
-from synth.config import SynthConfig
+from synth.config import SynthConfig, unknown_voice
 from synth.manifest import Manifest, ManifestError, RowError, Script, iter_ids, iter_scripts, open_manifest
 from synth.plan import Plan, Shard, plan_shards
-from synth.writer import PartCommit
+from synth.writer import committed_parts
 
 
 class RunError(RuntimeError):
@@ -134,18 +134,6 @@ def check_unique_ids(manifest: Manifest) -> None:
         raise ManifestError("duplicate ids in the manifest: " + "; ".join(dupes[:5]) + more)
 
 
-def committed_parts(out: storage.Location, shards: set[int]) -> list[PartCommit]:
-    """The commit records of every committed part of `shards`."""
-    if not shards:
-        return []
-    commits = []
-    for path in storage.list_files(out.join("_progress"), ".json"):
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith("shard-") and "-part-" in name and int(name[6:11]) in shards:
-            commits.append(PartCommit(**json.loads(storage.read_bytes(storage.Location(out.fs, path, path)))))
-    return commits
-
-
 def remove_uncommitted(out: storage.Location) -> int:
     """Delete part files whose commit marker is missing, and leftover temp files, so that
     nothing a crash half-wrote is ever read as data. Run only while no actor writes."""
@@ -191,9 +179,7 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
                 continue
             voice = config.voices.get(name)
             if voice is None:
-                known = ", ".join(sorted(config.voices)) or "none"
-                return RowError(script.row, script.id, "voice", f"unknown voice {name!r} (the config's voices: "
-                                f"{known})", i)
+                return RowError(script.row, script.id, "voice", unknown_voice(name, config.voices), i)
             if not exists(voice.audio):
                 return RowError(script.row, script.id, "voice", f"voice {name!r}: reference clip not found: "
                                 f"{voice.audio}", i)

@@ -19,7 +19,7 @@ import numpy as np
 from synth import storage
 from synth.audio_io import AudioError
 from synth.codec import clip_key
-from synth.config import VoiceConfig
+from synth.config import VoiceConfig, unknown_voice
 from synth.engine import Segment
 from synth.manifest import RowError, Script
 
@@ -71,8 +71,7 @@ class VoiceLibrary:
             return self._loaded[name]
         config = self.configs.get(name)
         if config is None:
-            known = ", ".join(sorted(self.configs)) or "none"
-            loaded: Voice | str = f"unknown voice {name!r} (the config's voices: {known})"
+            loaded: Voice | str = unknown_voice(name, self.configs)
         else:
             try:
                 clip = self.read_clip(config.audio)

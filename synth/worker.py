@@ -25,7 +25,9 @@ import pyarrow as pa
 from synth import storage
 from synth.audio_io import AudioError, decode_clip, encode_audio
 from synth.config import SynthConfig
-from synth.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, ContextPlan, ContextTooLong, plan_context
+from synth.context_plan import (
+    MIN_FRAMES_TO_GENERATE, ContextItem, ContextPlan, ContextTooLong, SegmentCost, plan_context,
+)
 from synth.engine import Engine, GenerationRequest, GenerationResult, Segment
 from synth.manifest import Manifest, RowError, Script, read_scripts
 from synth.plan import Shard
@@ -92,7 +94,9 @@ class _Chain:
     given: dict[int, Segment]  # turn -> recorded context clip
     candidates: list[ContextItem]  # context so far: voice prompts, then turns with audio in order
     cursor: int = 0  # next turn to look at
-    plan: ContextPlan | None = None  # the context of the turn being generated
+    turn: int = -1  # the turn being generated (one at a time),
+    request: GenerationRequest | None = None  # its request
+    plan: ContextPlan | None = None  # and the context chosen for it
 
 
 @dataclass
@@ -124,7 +128,7 @@ class ShardWorker:
         self.voices = VoiceLibrary(config.voices, out, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
-        self._probe_cost: dict[int, int] = {}  # speaker -> positions of a bare one-word prompt
+        self._cost = SegmentCost(engine)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -148,13 +152,6 @@ class ShardWorker:
     def max_frames_for(self, script: Script, text: str) -> int:
         seconds = self.config.generation.turn_cap_seconds(text, script.max_audio_seconds)
         return max(MIN_FRAMES_TO_GENERATE, math.ceil(seconds * self.frame_rate_hz))
-
-    def _cost(self, segment: Segment) -> int:
-        """Backbone positions `segment` adds to any prompt (the chat template is additive per turn)."""
-        probe = GenerationRequest(request_id="cost", text=".", speaker=segment.speaker, max_frames=1)
-        if segment.speaker not in self._probe_cost:
-            self._probe_cost[segment.speaker] = self.engine.count_prompt_tokens(probe)
-        return self.engine.count_prompt_tokens(replace(probe, context=(segment,))) - self._probe_cost[segment.speaker]
 
     def _start(self, script: Script, part: int) -> _Chain | RowError:
         """A chain for the script, or the error that stops all of it (a bad voice or context clip)."""
@@ -203,8 +200,9 @@ class ShardWorker:
                 errors.append(RowError(script.row, script.id, "validate",
                                        f"prompt leaves no room to generate within {self.engine.max_positions}", i))
                 continue
-            chain.plan = plan
-            return replace(request, max_frames=min(plan.max_frames, room))
+            chain.turn, chain.plan = i, plan
+            chain.request = replace(request, max_frames=min(plan.max_frames, room))
+            return chain.request
         return None
 
     def _forget_unreachable(self, chain: _Chain) -> None:
@@ -221,17 +219,18 @@ class ShardWorker:
 
     # -- one shard ------------------------------------------------------------------
 
-    def _row(self, chain: _Chain, result: GenerationResult, shard: Shard, max_frames: int) -> dict:
-        turn_index = int(result.request_id.rsplit(":", 1)[1])
+    def _row(self, chain: _Chain, result: GenerationResult, shard: Shard) -> dict:
+        """The output row of the chain's current turn."""
+        turn_index, request, plan = chain.turn, chain.request, chain.plan
+        assert request is not None and plan is not None
         script, turn = chain.script, chain.script.turns[turn_index]
-        assert chain.plan is not None
         audio_bytes = encode_audio(result.audio, self.engine.sample_rate_hz, self.config.output.audio_format)
-        settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": max_frames}
+        settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": request.max_frames}
         return {
             "id": result.request_id,
             "script_id": script.id,
             "turn": turn_index,
-            "speaker": chain.speakers[turn_index],
+            "speaker": request.speaker,
             "text": turn.text,
             "audio": {"bytes": audio_bytes, "path": self.writer.audio_path(shard.index, script.id, turn_index)},
             "sampling_rate": self.engine.sample_rate_hz,
@@ -239,10 +238,10 @@ class ShardWorker:
             "num_frames": result.num_frames,
             "codes": codes_to_list(result.codes),
             "stop_reason": result.stop_reason,
-            "seed": chain.base_seed + turn_index,
+            "seed": request.seed,
             "voice": turn.voice or script.voice,
-            "context_turns": [item.turn for item in chain.plan.items if item.turn is not None],
-            "context_ids": [item.key for item in chain.plan.items],
+            "context_turns": [item.turn for item in plan.items if item.turn is not None],
+            "context_ids": [item.key for item in plan.items],
             "num_prompt_tokens": result.num_prompt_tokens,
             "model": self.model_id,
             "model_weights": self.model_weights,
@@ -272,7 +271,7 @@ class ShardWorker:
             )
             commits[index] = done
 
-        chains: dict[str, tuple[_Chain, GenerationRequest]] = {}  # request id -> (chain, request)
+        chains: dict[str, _Chain] = {}  # request id -> the chain generating it
         first: list[GenerationRequest] = []
 
         def advance(chain: _Chain) -> GenerationRequest | None:
@@ -283,7 +282,7 @@ class ShardWorker:
                 if part.running == 0:
                     commit(chain.part)
                 return None
-            chains[request.request_id] = (chain, request)
+            chains[request.request_id] = chain
             return request
 
         for index in range(num_parts):
@@ -306,12 +305,11 @@ class ShardWorker:
                 commit(index)
 
         def on_result(result: GenerationResult) -> list[GenerationRequest]:
-            chain, request = chains.pop(result.request_id)
-            parts[chain.part].rows.append(self._row(chain, result, shard, request.max_frames))
-            generated = Segment(request.speaker, request.text, result.audio)
+            chain = chains.pop(result.request_id)
+            parts[chain.part].rows.append(self._row(chain, result, shard))
+            generated = Segment(chain.request.speaker, chain.request.text, result.audio)
             if result.num_frames:
-                chain.candidates.append(ContextItem(result.request_id, int(result.request_id.rsplit(":", 1)[1]),
-                                                    generated, self._cost(generated)))
+                chain.candidates.append(ContextItem(result.request_id, chain.turn, generated, self._cost(generated)))
                 self._forget_unreachable(chain)
             follow_up = advance(chain)
             return [follow_up] if follow_up is not None else []

@@ -74,6 +74,9 @@ def part_name(shard: int, part: int) -> str:
     return f"shard-{shard:05d}-part-{part:04d}"
 
 
+PART_MARKER = re.compile(r"shard-(\d{5})-part-\d{4}\.json")  # a committed part_name's marker
+
+
 def safe_name(script_id: str) -> str:
     """A filesystem-safe, collision-free file stem for a script id."""
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", script_id)[:80]
@@ -162,3 +165,15 @@ class DatasetWriter:
 def codes_to_list(codes: np.ndarray) -> list[list[int]]:
     """[num_frames, num_codebooks] int array -> nested lists for Arrow."""
     return codes.astype(np.int16).tolist()
+
+
+def committed_parts(out: storage.Location, shards: set[int]) -> list[PartCommit]:
+    """The commit records of every committed part of `shards` (one listing of OUT/_progress)."""
+    if not shards:
+        return []
+    commits = []
+    for path in storage.list_files(out.join("_progress"), ".json"):
+        match = PART_MARKER.fullmatch(path.rsplit("/", 1)[-1])
+        if match and int(match.group(1)) in shards:
+            commits.append(PartCommit(**json.loads(storage.read_bytes(storage.Location(out.fs, path, path)))))
+    return commits
