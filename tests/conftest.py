@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import tempfile
-import time
 
 import pytest
 
-from helpers import pids_mentioning
+from helpers import private_ray
 from synth.tiny_checkpoint import build_tiny_checkpoint
 
 
@@ -23,21 +19,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def ray_env():
-    """The environment of a job with its own Ray: no RAY_ADDRESS, a private RAY_TMPDIR (short:
-    Ray's socket paths must fit in 107 bytes). Afterwards whatever still names it is killed."""
-    ray_tmp = tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")  # every progress line
-    yield env
-    deadline = time.time() + 30  # a finished job's Ray shuts down on its own, not at once
-    while pids_mentioning(ray_tmp) and time.time() < deadline:
-        time.sleep(0.5)
-    for pid in pids_mentioning(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    """The environment of a job with its own Ray (see `helpers.private_ray`)."""
+    with private_ray() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

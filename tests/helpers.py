@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import soundfile as sf
@@ -208,6 +209,33 @@ class JobProcess:
     def kill(self) -> None:
         kill_session(self.proc.pid)
         self.proc.wait()
+
+
+@contextmanager
+def private_ray():
+    """The environment of a job with its own Ray: no RAY_ADDRESS, a private RAY_TMPDIR (short:
+    Ray's socket paths must fit in 107 bytes), so that it neither joins nor is joined by another
+    Ray on the machine. Afterwards whatever still names that directory is killed."""
+    import shutil
+    import signal
+    import tempfile
+    import time
+
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")  # every progress line
+    try:
+        yield env
+    finally:
+        deadline = time.time() + 30  # a finished job's Ray shuts down on its own, not at once
+        while pids_mentioning(ray_tmp) and time.time() < deadline:
+            time.sleep(0.5)
+        for pid in pids_mentioning(ray_tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def pids_mentioning(text: str) -> list[int]:

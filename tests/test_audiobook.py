@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from helpers import REPO, JobProcess, run_job
+from helpers import REPO, JobProcess, private_ray, run_job
 from synth.book import load_book
 
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
@@ -32,20 +32,17 @@ def committed_parts(out):
 def rendered(tmp_path_factory, tiny_checkpoint):
     """A render on two actors killed (SIGKILL, driver and its local Ray) after its first chapter
     committed, then resumed on one actor."""
-    import tempfile
-
     out = tmp_path_factory.mktemp("book") / "out"
-    ray_tmp = tempfile.mkdtemp(prefix="bk-ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0")
-    job = JobProcess(render_args(out, tiny_checkpoint), env, str(out) + ".log")
-    job.wait_until(lambda: committed_parts(out), 240, "the first chapter committed")
-    job.kill()
-    before_kill = {f: os.path.getmtime(os.path.join(out, "data", f.replace(".json", ".parquet")))
-                   for f in committed_parts(out)}
-    first_log = job.output()
-    # resumed on one actor: the render keeps the shard plan it started with
-    resumed = run_job(render_args(out, tiny_checkpoint, "--set", "actors.num_actors=1"), env, timeout=300)
+    with private_ray() as env:
+        job = JobProcess(render_args(out, tiny_checkpoint), env, str(out) + ".log")
+        job.wait_until(lambda: committed_parts(out), 240, "the first chapter committed")
+        job.kill()
+        before_kill = {f: os.path.getmtime(os.path.join(out, "data", f.replace(".json", ".parquet")))
+                       for f in committed_parts(out)}
+        first_log = job.output()
+        # resumed on one actor: the render keeps the shard plan it started with
+        resumed = run_job(render_args(out, tiny_checkpoint, "--set", "actors.num_actors=1"),
+                          {**env, "RAY_ADDRESS": None}, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     return out, before_kill, first_log, resumed.stdout
 

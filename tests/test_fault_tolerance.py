@@ -11,11 +11,9 @@ import collections
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pyarrow.fs as pafs
@@ -23,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import (
-    REPO, JobProcess, check_audio_rows, free_port, job_args, kill_session, load_output, pids_mentioning, run_job,
-    session_pids, write_scripts_manifest,
+    REPO, JobProcess, check_audio_rows, free_port, job_args, kill_session, load_output, pids_mentioning,
+    private_ray, run_job, session_pids, write_scripts_manifest,
 )
 
 NUM_SCRIPTS = 16
@@ -49,12 +47,9 @@ def reference(manifest, tiny_checkpoint, tmp_path_factory):
     """Codes per output id from one uninterrupted run of the same job."""
     path, ids = manifest
     out = str(tmp_path_factory.mktemp("reference") / "out")
-    ray_tmp = tempfile.mkdtemp(prefix="ft-ray-", dir="/tmp")
-    env = {"RAY_ADDRESS": None, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0"}
-    try:
-        result = run_job(job_args(path, out, tiny_checkpoint, *SMALL_PARTS), env, timeout=JOB_TIMEOUT_S)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    with private_ray() as env:
+        result = run_job(job_args(path, out, tiny_checkpoint, *SMALL_PARTS), {**env, "RAY_ADDRESS": None},
+                         timeout=JOB_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     ds = load_output(out)
     assert sorted(ds["id"]) == sorted(ids)
