@@ -74,7 +74,8 @@ class Row:
     peak_mem_gib: float
     warmup_s: float = 0.0
     frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
-    decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine)
+    decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine; on its worker thread when threaded)
+    loop_result_s: float = 0.0  # of wall_s, the frame loop's own time on finished rows (fast engine)
     cpu_s: float = 0.0  # process CPU time inside wall_s: a fairer basis on a shared CPU box
     in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
 
@@ -128,22 +129,29 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
     return row
 
 
-def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile) -> Row:
+def _loop_setting(engine) -> str:
+    """How the frame loop handles finished rows, when it is not the CPU's synchronous default."""
+    lag, threaded = engine.scheduler.status_lag, engine.result_thread
+    return (", results thread" if threaded else "") + (f", flags {lag} late" if lag else "")
+
+
+def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
     from synth.fast_engine import FastEngine
 
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
-                             compile=compile, warmup=True)
+                             compile=compile, warmup=True, **(options or {}))
     before = engine.scheduler.stats.slot_frames
     c0, t0 = time.process_time(), time.perf_counter()
     results = engine.generate(requests, sampling)
     _sync(device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    setting = f"{num_slots} slots" + (", compiled" if compile else "")
+    setting = f"{num_slots} slots" + (", compiled" if compile else "") + _loop_setting(engine)
     row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
               engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
-              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu)
+              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu,
+              loop_result_s=engine.loop_result_s)
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -188,12 +196,13 @@ def run_dialogues(engine, dialogues, sampling) -> list:
     return engine.run([turns[0] for turns in dialogues], sampling, on_result=on_result)
 
 
-def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile) -> Row:
+def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
+                       options=None) -> Row:
     from synth.fast_engine import FastEngine
 
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
-                             compile=compile, warmup=True)
+                             compile=compile, warmup=True, **(options or {}))
     before = engine.scheduler.stats.slot_frames
     frames_before = engine.scheduler.stats.frames
     c0, t0 = time.process_time(), time.perf_counter()
@@ -203,7 +212,8 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     useful = sum(r.num_frames for r in results)
     row = Row("fast", f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns", len(results),
               useful, wall, engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
-              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0)
+              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
+              loop_result_s=engine.loop_result_s)
     row.in_flight = useful / max(1, engine.scheduler.stats.frames - frames_before)
     del engine, results
     gc.collect()
@@ -288,6 +298,9 @@ def main(argv=None):
     parser.add_argument("--workload", choices=["flat", "dialogue"], default="flat",
                         help="dialogue: the same turns chained into dialogues (see the module docstring)")
     parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
+    parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
+                        help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
+    parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS[args.config])
@@ -302,6 +315,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
+    options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
+               "status_lag": args.status_lag}
 
     tmp = Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:
@@ -328,7 +343,7 @@ def main(argv=None):
 
     rows: list[Row] = []
     if args.workload == "dialogue":
-        rows = dialogue_rows(args, cfg, path, requests, sampling, compile)
+        rows = dialogue_rows(args, cfg, path, requests, sampling, compile, options)
     elif not args.skip_reference:
         n1 = cfg["batch1"]
         if n1:
@@ -342,7 +357,7 @@ def main(argv=None):
         try:
             reqs = requests if slots > 1 else requests[: max(cfg["batch1"], 2)]
             rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
-                                 max_positions=cfg["max_positions"], compile=compile))
+                                 max_positions=cfg["max_positions"], compile=compile, options=options))
             print("done:", rows[-1].as_dict(frame_rate), flush=True)
         except torch.OutOfMemoryError as err:
             print(f"fast {slots} slots: out of memory ({err})", flush=True)
@@ -354,12 +369,13 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
 
 
-def dialogue_rows(args, cfg, path, requests, sampling, compile) -> list[Row]:
+def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list[Row]:
     """Flat (no context) and chained runs of the same turns, at the largest slot count."""
     device, dtype, slots = cfg["device"], cfg["dtype"], max(cfg["slots"])
     dialogues = as_dialogues(requests, args.turns)
     turns = [r for d in dialogues for r in d]
-    kw = dict(device=device, dtype=dtype, num_slots=slots, max_positions=cfg["max_positions"], compile=compile)
+    kw = dict(device=device, dtype=dtype, num_slots=slots, max_positions=cfg["max_positions"], compile=compile,
+              options=options)
     rows = []
     if not args.skip_reference:
         n = max(1, (args.ref_requests or len(turns)) // args.turns)
@@ -376,14 +392,15 @@ def dialogue_rows(args, cfg, path, requests, sampling, compile) -> list[Row]:
 
 def print_table(rows: list[Row], frame_rate: float) -> None:
     print()
-    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | frames per CPU s |"
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | frames per CPU s |"
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = r.as_dict(frame_rate)
         print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
               f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
-              f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {d['frames_per_cpu_s']:.1f} |")
+              f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
+              f"{d['frames_per_cpu_s']:.1f} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
     chained = [r for r in fast if not math.isnan(r.in_flight)]  # a dialogue run

@@ -120,19 +120,25 @@ class MimiCodec:
         """codes: [T_i, K] each -> float32 audio [T_i * samples_per_frame] each, same order."""
         return self.decode_async(codes).result()
 
+    def side_stream(self):
+        """A context running CUDA work on the codec's own stream, beside generation (CPU: no-op)."""
+        if self.device.type != "cuda":
+            return _nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._stream)
+
     @torch.inference_mode()
     def decode_async(self, codes: list[np.ndarray]) -> "PendingAudio":
         """Start decoding; on CUDA the work runs on a side stream, overlapping generation.
         `.ready()` polls, `.result()` waits and brings the audio to the host."""
         t0 = time.perf_counter()
         cuda = self.device.type == "cuda"
-        if cuda and self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
         parts: list[tuple[list[int], torch.Tensor]] = []  # (row indices, audio [N, S] on host)
         order = sorted((i for i in range(len(codes)) if len(codes[i])), key=lambda i: -len(codes[i]))
         i = 0
         # On CPU, Mimi's narrow, long convolutions run faster on ATen's own kernels than on oneDNN's.
-        with torch.cuda.stream(self._stream) if cuda else _without_onednn():
+        with self.side_stream() if cuda else _without_onednn():
             while i < len(order):
                 longest = len(codes[order[i]])
                 n = max(1, min(self.max_batch, self.max_decode_frames // longest))

@@ -15,6 +15,8 @@ files; the model math lives in `synth.lean_csm`, the frame step in
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,13 +47,17 @@ class FastEngine:
     def __init__(self, model, config, processor, codec: MimiCodec, *, num_slots: int, max_positions: int,
                  compile: bool = False, cuda_graph: bool | None = None, stop_rules: StopRules = StopRules(),
                  top_k_max: int | None = 64, decode_batch: int = 16,
-                 decode_interval_frames: int = 12, longest_first: bool = True):
+                 decode_interval_frames: int = 12, longest_first: bool = True,
+                 result_thread: bool | None = None, status_lag: int | None = None):
         """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
         None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
         Finished rows are decoded in batches of `decode_batch`, or sooner once the oldest has
         waited `decode_interval_frames` frames. longest_first: queue each call's rows by
         descending `max_frames`, so short rows fill the tail and slots rarely sit idle
-        (better packing, later first audio)."""
+        (better packing, later first audio). result_thread: finish rows (Mimi decode, the
+        `on_result` callback, follow-ups' prompts and context encodes) on a worker thread
+        while the frame loop goes on; default on CUDA only (on a small CPU the two threads
+        fight over the cores). status_lag: see `Scheduler`."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
@@ -69,7 +75,9 @@ class FastEngine:
         self.compiled = compile
         if compile:
             self.step.compile_steps()
-        self.scheduler = Scheduler(model, self.step, use_cuda_graph=cuda_graph)
+        self.scheduler = Scheduler(model, self.step, use_cuda_graph=cuda_graph, status_lag=status_lag)
+        self.result_thread = self.scheduler.is_cuda if result_thread is None else result_thread
+        self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
         self.audio_token_id = config.audio_token_id
         self.audio_eos_token_id = config.audio_eos_token_id
 
@@ -77,10 +85,11 @@ class FastEngine:
     def load(cls, model_path: str, *, device: str = "cuda", dtype: str | torch.dtype = "bfloat16",
              num_slots: int = 32, max_positions: int | None = None, compile: bool | None = None,
              codec_dtype: str | torch.dtype | None = None, stop_rules: StopRules = StopRules(),
-             top_k_max: int | None = 64, warmup: bool = True) -> "FastEngine":
+             top_k_max: int | None = 64, warmup: bool = True, **options) -> "FastEngine":
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
 
         The codec runs in float32 (float64 for float64 models) unless codec_dtype says otherwise.
+        `options` go to the constructor (result_thread, status_lag, decode_batch, ...).
         """
         from transformers import AutoProcessor
 
@@ -96,7 +105,7 @@ class FastEngine:
         processor = AutoProcessor.from_pretrained(str(path))
         compile = (torch.device(device).type == "cuda") if compile is None else compile
         engine = cls(model, config, processor, codec, num_slots=num_slots, max_positions=max_positions,
-                     compile=compile, stop_rules=stop_rules, top_k_max=top_k_max)
+                     compile=compile, stop_rules=stop_rules, top_k_max=top_k_max, **options)
         if warmup:
             engine.warmup()
         return engine
@@ -196,46 +205,76 @@ class FastEngine:
         w = self.model.lm_head.weight
         return {"engine": self.name, "dtype": str(w.dtype).removeprefix("torch."), "device": str(w.device),
                 "num_slots": self.num_slots, "max_positions": self.max_positions,
-                "compiled": self.compiled, "warmup_s": round(self.compile_s, 3)}
+                "compiled": self.compiled, "warmup_s": round(self.compile_s, 3),
+                "result_thread": self.result_thread, "status_lag": self.scheduler.status_lag}
+
+    def _finish_rows(self, batch: list[Finished], audio: list[np.ndarray] | None, sampling: SamplingParams,
+                     on_result, t0: float) -> tuple[list[GenerationResult], list[Job]]:
+        """Results of decoded rows, in order, and the jobs of the follow-ups `on_result` returns
+        for them (their context clips encoded in one batch). audio=None: silence (no decode)."""
+        if audio is None:
+            audio = [np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
+        now = time.perf_counter()
+        results, follow_ups = [], []
+        for f, a in zip(batch, audio):
+            res = GenerationResult(
+                request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
+                num_prompt_tokens=f.num_prompt_tokens,
+                info={"engine": self.name, "slot": f.slot, "queued_s": f.started_s - f.submitted_s,
+                      "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
+            )
+            results.append(res)
+            follow_ups += list((on_result(res) if on_result is not None else None) or ())
+        return results, self._jobs(follow_ups, sampling)
+
+    @torch.inference_mode()
+    def _finish_rows_in_thread(self, batch: list[Finished], decode: bool, sampling: SamplingParams,
+                               on_result, t0: float) -> tuple[list[GenerationResult], list[Job]]:
+        # Grad mode and the current CUDA stream are per thread: set both here.
+        with self.codec.side_stream():
+            audio = self.codec.decode([f.codes for f in batch]) if decode else None
+            return self._finish_rows(batch, audio, sampling, on_result, t0)
 
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
             on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
             decode: bool = True) -> list[GenerationResult]:
         """Generate `requests`; `on_result` sees each result as it is ready and may return follow-up
         requests (e.g. the next turn of a conversation), which join the queue. Results come in
-        completion order."""
+        completion order. With `result_thread`, `on_result` runs on the engine's worker thread
+        (one call at a time, in completion order)."""
         self._check_sampling(sampling)
         t0 = time.perf_counter()
         results: list[GenerationResult] = []
         to_decode: list[Finished] = []
-
-        decoding: list[tuple[list[Finished], object]] = []  # (rows, PendingAudio or None)
+        # Batches of finished rows on their way to results: (is it ready?, take its results and jobs).
+        finishing: deque[tuple[Callable[[], bool], Callable[[], tuple[list[GenerationResult], list[Job]]]]] = deque()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="synth-results") if self.result_thread else None
 
         def deliver(wait: bool) -> None:
-            while decoding and (wait or decoding[0][1] is None or decoding[0][1].ready()):
-                batch, pending = decoding.pop(0)
-                audio = pending.result() if pending is not None else [
-                    np.zeros(len(f.codes) * self.samples_per_frame, np.float32) for f in batch]
-                now = time.perf_counter()
-                follow_ups: list[GenerationRequest] = []
-                for f, a in zip(batch, audio):
-                    res = GenerationResult(
-                        request_id=f.key, codes=f.codes, audio=a, stop_reason=f.stop_reason,
-                        num_prompt_tokens=f.num_prompt_tokens,
-                        info={"engine": self.name, "slot": f.slot, "queued_s": f.started_s - f.submitted_s,
-                              "generate_s": f.finished_s - f.started_s, "ready_s": now - t0},
-                    )
-                    results.append(res)
-                    follow_ups += list((on_result(res) if on_result is not None else None) or ())
-                for job in self._jobs(follow_ups, sampling):  # their context clips: one batched encode
+            t = time.perf_counter()
+            while finishing and (wait or finishing[0][0]()):
+                _, take = finishing.popleft()
+                done, jobs = take()
+                results.extend(done)
+                for job in jobs:
                     self.scheduler.submit(job)
+            self.loop_result_s += time.perf_counter() - t
 
         oldest = [0]  # scheduler frame count when the oldest undecoded row finished
 
         def flush() -> None:
+            t = time.perf_counter()
             batch = to_decode[:]
             to_decode.clear()
-            decoding.append((batch, self.codec.decode_async([f.codes for f in batch]) if decode else None))
+            if pool is not None:
+                future = pool.submit(self._finish_rows_in_thread, batch, decode, sampling, on_result, t0)
+                finishing.append((future.done, future.result))
+            else:
+                pending = self.codec.decode_async([f.codes for f in batch]) if decode else None
+                finishing.append((pending.ready if pending is not None else (lambda: True),
+                                  lambda: self._finish_rows(batch, pending.result() if pending is not None else None,
+                                                            sampling, on_result, t0)))
+            self.loop_result_s += time.perf_counter() - t
 
         def on_finished(f: Finished) -> None:
             if not to_decode:
@@ -262,12 +301,15 @@ class FastEngine:
                 self.scheduler.run(on_finished, on_frame)
                 if to_decode:
                     flush()
-                if not decoding:
+                if not finishing:
                     break
                 deliver(wait=True)  # may submit follow-ups: run again until nothing is left
         except BaseException:
             self.scheduler.abort()  # the next call starts clean
             raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return results
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,

@@ -3,8 +3,9 @@
 This module owns the per-slot decoding state (`SlotState`: positions, caps, seeds,
 sampling settings, stop codes, a device-side history of generated frames) and the
 frame function that advances all slots by one 80 ms frame: codebook 0 from the
-backbone's last hidden state, 31 depth-decoder steps for codebooks 1..K-1, per-row
-sampling, the stop rules, and the backbone step that consumes the new frame. The
+backbone's last hidden state, then the depth decoder for codebooks 1..K-1 (positions
+0 and 1, the backbone state and codebook 0, in one two-token pass, so K-1 passes in
+all), per-row sampling, the stop rules, and the backbone step that consumes the new frame. The
 function only reads and writes fixed buffers, so on CUDA it is captured once as a
 CUDA graph (optionally over `torch.compile`d steps) and each frame is one replay.
 It knows nothing about requests, prompts, queues or audio.
@@ -110,19 +111,21 @@ class FrameStep:
         model.setup_caches(num_slots, max_positions)
         self.state = SlotState(num_slots, max_positions, self.K, args.backbone.hidden_size, dtype, device)
         # Depth positions as ready-made [B] tensors: no allocation inside the frame.
+        if self.K < 2:
+            raise ValueError(f"num_codebooks={self.K}: CSM's depth decoder needs at least 2")
         self.depth_pos = [torch.full((num_slots,), p, dtype=torch.long, device=device) for p in range(self.K)]
         loop_periods = max(stop_rules.loop_max_period - 1, 1)
         self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
         self.backbone_step = model.backbone_step
-        self.first_codebook = self._first_codebook
+        self.first_codebooks = self._first_codebooks
         self.next_codebook = self._next_codebook
 
     def compile_steps(self) -> None:
-        """torch.compile the three per-frame pieces: codebook 0 (+ depth position 0), one depth
-        codebook (reused for all 31, its position a tensor) and the backbone step."""
+        """torch.compile the three per-frame pieces: codebooks 0 and 1, one further depth
+        codebook (reused for all 30, its position a tensor) and the backbone step."""
         opts = dict(fullgraph=True, dynamic=False)
         self.backbone_step = torch.compile(self.model.backbone_step, **opts)
-        self.first_codebook = torch.compile(self._first_codebook, **opts)
+        self.first_codebooks = torch.compile(self._first_codebooks, **opts)
         self.next_codebook = torch.compile(self._next_codebook, **opts)
 
     # ------------------------------------------------------------------ the frame
@@ -144,12 +147,18 @@ class FrameStep:
         """Per-row hash of (seed, frame, codebook); codebook: int or [B] tensor."""
         return _mix32((base + codebook * 0x9E3779B1) & _M32) if base is not None else None
 
-    def _first_codebook(self, h, pos0, base, sample: bool):
-        """h: [B, Db] backbone hidden -> codebook 0 [B] and the depth input for position 1."""
+    def _first_codebooks(self, h, base, sample: bool):
+        """h: [B, Db] backbone hidden -> codebooks 0 and 1 [B] each, and the depth input for position 2.
+
+        Depth position 0 (the backbone state) only fills the depth cache, and position 1's input
+        (codebook 0) does not depend on it: both run as one causal two-token pass."""
         s, m = self.state, self.model
-        c = self._choose(m.lm_head(h).float(), s.temperature, s.top_k, self._keys(base, 0), sample)
-        m.depth_step(h, pos0)  # depth position 0 only fills the depth cache
-        return c, m.embed_audio_tokens(c)
+        c0 = self._choose(m.lm_head(h).float(), s.temperature, s.top_k, self._keys(base, 0), sample)
+        x = torch.stack([h, m.embed_audio_tokens(c0)], dim=1)  # [B, 2, Db]
+        d = m.depth.prefill(m.inputs_embeds_projector(x), m.depth.rows)[:, 1]  # [B, Dd] at position 1
+        logits = (d @ m.codebooks_head[0]).float()  # [B, V] of codebook 1
+        c1 = self._choose(logits, s.depth_temperature, s.depth_top_k, self._keys(base, 1), sample)
+        return c0, c1, m.embed_audio_tokens(c1 + self.V)
 
     def _next_codebook(self, x, pos, base, sample: bool):
         """x: [B, Db] embedding of codebook pos-1, at depth position pos ([B], all equal)
@@ -165,9 +174,9 @@ class FrameStep:
         """Advance every slot by one frame, in place. Static shapes, no host sync."""
         s, m = self.state, self.model
         base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
-        c, x = self.first_codebook(s.hidden, self.depth_pos[0], base, sample)
-        codes = [c]
-        for k in range(1, self.K):
+        c0, c, x = self.first_codebooks(s.hidden, base, sample)
+        codes = [c0, c]
+        for k in range(2, self.K):
             c, x = self.next_codebook(x, self.depth_pos[k], base, sample)
             codes.append(c)
         frame = torch.stack(codes, dim=1)  # [B, K]

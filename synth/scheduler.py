@@ -5,9 +5,10 @@ of newly admitted rows into free slots while other slots keep decoding, and pull
 finished rows out as soon as their stop rule fires (EOS frame, length cap, silence,
 loop), so their slots are refilled on the next frame. Jobs may be submitted while it
 runs (from the `on_finished` callback), e.g. a conversation's next turn. On CUDA the
-host reads each frame's stop flags one frame late from pinned memory, so the GPU
-always has the next frame queued and never waits on the host. It knows nothing about
-text, tokenizers, audio or the `Engine` records.
+host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
+memory, so the GPU always has frames queued and never waits on the host; a finished
+row then sits frozen in its slot for that many frames. It knows nothing about text,
+tokenizers, audio or the `Engine` records.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ class Scheduler:
     """Runs jobs through a FrameStep with `num_slots` rows decoding concurrently."""
 
     def __init__(self, model: LeanCsm, step: FrameStep, *, use_cuda_graph: bool | None = None,
-                 max_prefill_rows: int | None = None, min_admit: int | None = None):
+                 max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None):
         """min_admit: while rows are decoding, wait until this many slots are free before a
-        prefill (default num_slots // 32, at least 1): fewer, larger prefills."""
+        prefill (default num_slots // 32, at least 1): fewer, larger prefills.
+        status_lag: frames the host reads the stop flags behind the newest queued frame
+        (default 2 on CUDA, 0 on CPU, where frames run synchronously anyway)."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -87,9 +90,14 @@ class Scheduler:
         self.slot_sampling: list[bool] = [False] * self.num_slots
         self.slot_first_frame: list[int] = [0] * self.num_slots  # first frame index run for the row
         self.stats = SchedulerStats()
-        if self.is_cuda:
-            self._pinned = [torch.zeros(2, self.num_slots, dtype=torch.long).pin_memory() for _ in range(2)]
-            self._events = [torch.cuda.Event() for _ in range(2)]
+        self.status_lag = (2 if self.is_cuda else 0) if status_lag is None else status_lag
+        if self.status_lag < 0:
+            raise ValueError(f"status_lag={self.status_lag} must be >= 0")
+        # A ring of status snapshots: frame t writes slot t % (lag + 1), read back at frame t + lag.
+        ring = self.status_lag + 1
+        self._snapshots = [torch.zeros(2, self.num_slots, dtype=torch.long, pin_memory=self.is_cuda)
+                           for _ in range(ring)]
+        self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
         self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, Job, int, str, float]] = []
 
     def submit(self, job: Job) -> None:
@@ -211,7 +219,7 @@ class Scheduler:
         `on_frame()` after every frame (e.g. to decode finished rows now and then).
         """
         results: list[Finished] = []
-        pending_snapshot = None  # (event, pinned) of the previous frame on CUDA
+        unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # status snapshots not yet read
         t = 0
 
         def deliver(batch: list[Finished]) -> None:
@@ -220,16 +228,20 @@ class Scheduler:
                 if on_finished is not None:
                     on_finished(f)
 
+        def read_snapshots(keep: int) -> None:
+            while len(unread) > keep:
+                event, snapshot, frame_index = unread.popleft()
+                if event is not None:
+                    event.synchronize()
+                self._collect(snapshot, frame_index)
+
         while True:
             new: list[Finished] = []
             self._admit(new)
             deliver(new)
             busy = any(j is not None for j in self.slot_job)
             if not busy:
-                if pending_snapshot is not None:  # rows may have ended in the last frame
-                    pending_snapshot[0].synchronize()
-                    self._collect(pending_snapshot[1], pending_snapshot[2])
-                    pending_snapshot = None
+                read_snapshots(0)  # rows may have ended in the frames not yet read
                 new = []
                 self._drain_copies(new, wait=True)
                 deliver(new)
@@ -239,16 +251,13 @@ class Scheduler:
             self.run_frame(any(self.slot_sampling[s] for s, j in enumerate(self.slot_job) if j is not None))
             self.stats.frames += 1
             self.stats.slot_frames += self.num_slots
-            if self.is_cuda:
-                pinned, event = self._pinned[t % 2], self._events[t % 2]
-                pinned.copy_(self.step.state.status, non_blocking=True)
+            i = t % len(self._snapshots)
+            snapshot, event = self._snapshots[i], self._events[i]
+            snapshot.copy_(self.step.state.status, non_blocking=self.is_cuda)
+            if event is not None:
                 event.record()
-                if pending_snapshot is not None:  # read the previous frame's flags: no stall
-                    pending_snapshot[0].synchronize()
-                    self._collect(pending_snapshot[1], pending_snapshot[2])
-                pending_snapshot = (event, pinned, self.stats.frames - 1)
-            else:
-                self._collect(self.step.state.status, self.stats.frames - 1)
+            unread.append((event, snapshot, self.stats.frames - 1))
+            read_snapshots(self.status_lag)  # the newest `status_lag` frames stay queued on the device
             t += 1
             new = []
             self._drain_copies(new, wait=False)

@@ -8,6 +8,7 @@ forward is compared in float32. The reference is transformers' own per-row
 from __future__ import annotations
 
 import json
+import threading
 import shutil
 
 import numpy as np
@@ -63,9 +64,9 @@ def reference_codes(reference):
     return {r.request_id: _reference_codes(reference, r) for r in REQUESTS}
 
 
-def _engine(path, num_slots=2, dtype="float32", **kw) -> FastEngine:
+def _engine(path, num_slots=2, dtype="float32", compile=False, **kw) -> FastEngine:
     return FastEngine.load(path, device="cpu", dtype=dtype, num_slots=num_slots, max_positions=256,
-                           compile=False, warmup=False, **kw)
+                           compile=compile, warmup=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +239,41 @@ def test_follow_up_requests_join_while_running(engine64, reference_codes):
     np.testing.assert_array_equal(got[follow.request_id], reference_codes[follow.request_id])
 
 
+@pytest.mark.parametrize("status_lag", [1, 3])
+def test_result_thread_and_lagged_stop_flags_change_nothing(tiny_checkpoint, reference_codes, status_lag):
+    """The CUDA defaults (rows finished on a worker thread, stop flags read frames late),
+    forced on CPU: the same codes and audio as the synchronous loop, follow-ups included,
+    with the callback off the frame loop's thread and frozen rows costing only the lag."""
+    follow = {"plain-short": REQUESTS[2], "extra-1": REQUESTS[3]}  # chains: a finished row's next turn
+    requests = REQUESTS[:2] + [GenerationRequest(f"extra-{i}", "Pack my box.", i, 3 + i) for i in range(3)]
+
+    def run(engine):
+        threads = set()
+
+        def on_result(res):
+            threads.add(threading.current_thread().name)
+            return [follow[res.request_id]] if res.request_id in follow else None
+
+        results = {r.request_id: r for r in engine.run(requests, GREEDY, on_result=on_result)}
+        return results, threads, engine.scheduler.stats
+
+    plain, plain_threads, plain_stats = run(_engine(tiny_checkpoint, num_slots=2, dtype="float64"))
+    lagged, lagged_threads, lagged_stats = run(_engine(tiny_checkpoint, num_slots=2, dtype="float64",
+                                                       result_thread=True, status_lag=status_lag))
+    assert plain_threads == {threading.main_thread().name}
+    assert lagged_threads and threading.main_thread().name not in lagged_threads
+    assert sorted(lagged) == sorted(plain) and len(plain) == len(requests) + len(follow)
+    for key, res in plain.items():
+        np.testing.assert_array_equal(lagged[key].codes, res.codes, err_msg=key)
+        np.testing.assert_array_equal(lagged[key].audio, res.audio, err_msg=key)
+        if key in reference_codes:
+            np.testing.assert_array_equal(res.codes, reference_codes[key])
+    assert lagged_stats.useful_frames == plain_stats.useful_frames
+    # A finished row is seen `status_lag` frames late, so its slot idles that long before refill.
+    extra = lagged_stats.frames - plain_stats.frames
+    assert 0 <= extra <= status_lag * lagged_stats.prefill_rows, (extra, lagged_stats)
+
+
 def test_codec_batched_decode_and_encode_are_exact(engine64, reference):
     codec = engine64.codec
     rng = np.random.RandomState(0)
@@ -282,6 +318,15 @@ def test_tied_audio_table_loaded_from_either_name(tiny_checkpoint, tmp_path):
     lean, _ = load_lean_csm(str(ckpt))
     assert torch.equal(lean.embed_audio_tokens.weight, table + 1)
     assert json.loads((ckpt / "config.json").read_text())["tie_codebooks_embeddings"] is True
+
+
+def test_compiled_steps_equal_transformers_generate(tiny_checkpoint, reference_codes):
+    """The torch.compile'd frame pieces (what CUDA runs, and `model.compile: true` on CPU) give
+    transformers' greedy codes exactly, in float64 so that fused kernels cannot flip a near-tie."""
+    engine = _engine(tiny_checkpoint, num_slots=3, dtype="float64", compile=True)
+    results = engine.generate(REQUESTS, GREEDY)
+    for req, res in zip(REQUESTS, results):
+        np.testing.assert_array_equal(res.codes, reference_codes[req.request_id], err_msg=req.request_id)
 
 
 @pytest.mark.gpu
