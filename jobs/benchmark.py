@@ -129,6 +129,11 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
     return row
 
 
+def _mode(options) -> str:
+    mode = (options or {}).get("compile_mode")
+    return f" ({mode})" if mode else ""
+
+
 def _loop_setting(engine) -> str:
     """How the frame loop handles finished rows, when it is not the CPU's synchronous default."""
     lag, threaded = engine.scheduler.status_lag, engine.result_thread
@@ -147,7 +152,7 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     _sync(device)
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
-    setting = f"{num_slots} slots" + (", compiled" if compile else "") + _loop_setting(engine)
+    setting = f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
     row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
               engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
               _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu,
@@ -300,6 +305,8 @@ def main(argv=None):
     parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
     parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
                         help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
+    parser.add_argument("--compile-mode", help="torch.compile mode for the fast engine's steps, "
+                        "e.g. max-autotune-no-cudagraphs (default: inductor's default)")
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
@@ -316,7 +323,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
     options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
-               "status_lag": args.status_lag}
+               "status_lag": args.status_lag, "compile_mode": args.compile_mode}
 
     tmp = Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:

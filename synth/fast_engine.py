@@ -48,7 +48,8 @@ class FastEngine:
                  compile: bool = False, cuda_graph: bool | None = None, stop_rules: StopRules = StopRules(),
                  top_k_max: int | None = 64, decode_batch: int = 16,
                  decode_interval_frames: int = 12, longest_first: bool = True,
-                 result_thread: bool | None = None, status_lag: int | None = None):
+                 result_thread: bool | None = None, status_lag: int | None = None,
+                 compile_mode: str | None = None):
         """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
         None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
         Finished rows are decoded in batches of `decode_batch`, or sooner once the oldest has
@@ -57,7 +58,8 @@ class FastEngine:
         (better packing, later first audio). result_thread: finish rows (Mimi decode, the
         `on_result` callback, follow-ups' prompts and context encodes) on a worker thread
         while the frame loop goes on; default on CUDA only (on a small CPU the two threads
-        fight over the cores). status_lag: see `Scheduler`."""
+        fight over the cores). status_lag: see `Scheduler`. compile_mode: see
+        `FrameStep.compile_steps`."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
@@ -74,7 +76,7 @@ class FastEngine:
         self.compile_s = 0.0
         self.compiled = compile
         if compile:
-            self.step.compile_steps()
+            self.step.compile_steps(compile_mode)
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=cuda_graph, status_lag=status_lag)
         self.result_thread = self.scheduler.is_cuda if result_thread is None else result_thread
         self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
@@ -89,7 +91,7 @@ class FastEngine:
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
 
         The codec runs in float32 (float64 for float64 models) unless codec_dtype says otherwise.
-        `options` go to the constructor (result_thread, status_lag, decode_batch, ...).
+        `options` go to the constructor (result_thread, status_lag, compile_mode, decode_batch, ...).
         """
         from transformers import AutoProcessor
 

@@ -120,10 +120,13 @@ class FrameStep:
         self.first_codebooks = self._first_codebooks
         self.next_codebook = self._next_codebook
 
-    def compile_steps(self) -> None:
+    def compile_steps(self, mode: str | None = None) -> None:
         """torch.compile the three per-frame pieces: codebooks 0 and 1, one further depth
-        codebook (reused for all 30, its position a tensor) and the backbone step."""
-        opts = dict(fullgraph=True, dynamic=False)
+        codebook (reused for all 30, its position a tensor) and the backbone step. mode: a
+        `torch.compile` mode without CUDA graphs of its own (the whole frame is graphed
+        here), e.g. "max-autotune-no-cudagraphs" to autotune the matmuls and fuse their
+        epilogues; None is inductor's default."""
+        opts = dict(fullgraph=True, dynamic=False, mode=mode)
         self.backbone_step = torch.compile(self.model.backbone_step, **opts)
         self.first_codebooks = torch.compile(self._first_codebooks, **opts)
         self.next_codebook = torch.compile(self._next_codebook, **opts)
