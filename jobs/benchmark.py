@@ -288,7 +288,8 @@ CONFIGS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
-    parser.add_argument("--checkpoint", help="checkpoint dir (default: built into a temp dir)")
+    parser.add_argument("--checkpoint", help="checkpoint dir to load, or to build the config's checkpoint in "
+                        "when it holds none (default: a temp dir)")
     parser.add_argument("--requests", type=int, help="workload size")
     parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts")
     parser.add_argument("--ref-batch", type=int)
@@ -325,15 +326,14 @@ def main(argv=None):
     options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
                "status_lag": args.status_lag, "compile_mode": args.compile_mode}
 
+    # --checkpoint: a checkpoint to load, or where to build the config's own (reused by later runs).
     tmp = Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.checkpoint:
-        path = Path(args.checkpoint)
-    elif args.config == "tiny-cpu":
+    if args.config == "tiny-cpu":
         from synth.tiny_checkpoint import ensure_tiny_checkpoint
 
-        path = ensure_tiny_checkpoint(tmp / "tiny-csm")
+        path = ensure_tiny_checkpoint(Path(args.checkpoint) if args.checkpoint else tmp / "tiny-csm")
     else:
-        path = build_csm1b_random(tmp / "csm1b-random", device)
+        path = build_csm1b_random(Path(args.checkpoint) if args.checkpoint else tmp / "csm1b-random", device)
     path = str(path)
 
     from transformers import CsmConfig
