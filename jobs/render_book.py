@@ -4,9 +4,11 @@
         --voice narrator --output out/alice
     ray job submit --working-dir . -- python jobs/render_book.py --config ... --book ... --voice ... --output ...
 
-Chapters render in parallel across actors, each as a chain of sentence-sized chunks
-with rolling context; a killed render resumes (run the same command again). The
-per-chunk dataset lands in OUT/data like any synthesis run, the chapters in OUT/chapters.
+Chapters are cut into passages of about --passage-chunks sentence-sized chunks (at
+paragraph ends); each passage renders as a chain with rolling context, and passages
+render in parallel across the actors' slots. A killed render resumes (run the same
+command again). The per-chunk dataset lands in OUT/data like any synthesis run, the
+chapters in OUT/chapters.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from synth import storage  # noqa: E402
-from synth.audiobook import assemble_chapters, book_run_config, write_book_manifest  # noqa: E402
+from synth.audiobook import assemble_chapters, book_run_config, passages, write_book_manifest  # noqa: E402
 from synth.book import BookError, load_book  # noqa: E402
 from synth.config import ConfigError, load_config  # noqa: E402
 from synth.manifest import ManifestError  # noqa: E402
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice", required=True, help="narrator: a name from the config's voices")
     parser.add_argument("--output", required=True, help="output directory (local or URI)")
     parser.add_argument("--formats", default="wav,flac", help=f"chapter audio formats, from {','.join(AUDIO_FORMATS)}")
+    parser.add_argument("--passage-chunks", type=int, default=40, metavar="N",
+                        help="cut chapters into passages of at least N chunks, at paragraph ends, which render "
+                        "in parallel, each with its own rolling context; 0: a chapter is one passage")
     parser.add_argument("--sentence-pause", type=float, default=StitchSettings.sentence_pause_s, metavar="S")
     parser.add_argument("--paragraph-pause", type=float, default=StitchSettings.paragraph_pause_s, metavar="S")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -52,13 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         if not formats or any(f not in AUDIO_FORMATS for f in formats):
             raise ConfigError(f"--formats {args.formats!r}: choose from {','.join(AUDIO_FORMATS)}")
         settings = StitchSettings(sentence_pause_s=args.sentence_pause, paragraph_pause_s=args.paragraph_pause)
+        if args.passage_chunks < 0:
+            raise ConfigError(f"--passage-chunks {args.passage_chunks}: must be >= 0")
         chapters = load_book(args.book)
-        print(f"book: {len(chapters)} chapters, {sum(len(c.chunks) for c in chapters)} chunks "
+        num_passages = sum(len(passages(c, args.passage_chunks)) for c in chapters)
+        print(f"book: {len(chapters)} chapters, {num_passages} passages, {sum(len(c.chunks) for c in chapters)} chunks "
               f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {args.book}", flush=True)
         out = storage.resolve(args.output)
-        manifest = write_book_manifest(chapters, args.voice, out, allow_changes=args.allow_changes)
-        summary = run(book_run_config(config, len(chapters), out), manifest, args.output, allow_changes=args.allow_changes)
-        written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats, settings=settings)
+        manifest = write_book_manifest(chapters, args.voice, out, passage_chunks=args.passage_chunks,
+                                       allow_changes=args.allow_changes)
+        summary = run(book_run_config(config, num_passages, out), manifest, args.output,
+                      allow_changes=args.allow_changes)
+        written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
+                                    passage_chunks=args.passage_chunks, settings=settings)
     except (ConfigError, ManifestError, RunError, BookError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,13 +1,16 @@
-"""Rendering a book: chapters as chains of chunks through the synthesis run, then chapter files.
+"""Rendering a book: passages as chains of chunks through the synthesis run, then chapter files.
 
-A book becomes a scripts manifest with one script per chapter (`chapter-NNN`), each
-chunk a turn spoken in the narrator's voice, so a chapter renders as one chain with
-rolling context (the voice prompt, then the newest chunks that fit) and chapters render
-in parallel, on as many actors as there are. The run is an ordinary synthesis run into
-the same output (per-chunk dataset, commits, resume); this module owns writing that
-manifest and, once the chunks exist, assembling each chapter from them:
+A book becomes a scripts manifest with one script per passage: a chapter cut at the
+first paragraph end after every `passage_chunks` chunks (`chapter-NNN-pMM`), or the
+whole chapter (`chapter-NNN`) when passage_chunks is 0. Each chunk is a turn spoken in
+the narrator's voice, so a passage renders as one chain with rolling context (the
+voice prompt, then the newest chunks that fit), and passages render in parallel, in
+the slots of as many actors as there are, each committed when done. The run is an
+ordinary synthesis run into the same output (per-chunk dataset, commits, resume); this
+module owns writing that manifest and, once the chunks exist, assembling each chapter
+from its passages:
 
-    OUT/book/manifest.parquet          the chapters as scripts (rewritten identically on resume)
+    OUT/book/manifest.parquet          the passages as scripts (rewritten identically on resume)
     OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
     OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
     OUT/chapters/chapter-001.json      timing: each chunk's start/end and text
@@ -43,34 +46,62 @@ def chapter_id(chapter: Chapter) -> str:
     return f"chapter-{chapter.index + 1:03d}"
 
 
+@dataclass(frozen=True)
+class Passage:
+    """Chunks [start, stop) of one chapter, rendered as one script (one chain)."""
+
+    script_id: str
+    chapter: int  # Chapter.index
+    start: int
+    stop: int
+
+
+def passages(chapter: Chapter, passage_chunks: int) -> list[Passage]:
+    """The chapter's chunks cut at the first paragraph end after every `passage_chunks`
+    chunks (so a passage never ends mid-paragraph); 0: the whole chapter as one passage."""
+    if passage_chunks < 0:
+        raise ValueError(f"passage_chunks={passage_chunks} must be >= 0")
+    n = len(chapter.chunks)
+    if passage_chunks == 0:
+        return [Passage(chapter_id(chapter), chapter.index, 0, n)]
+    bounds, start = [], 0
+    for i, chunk in enumerate(chapter.chunks):
+        if chunk.paragraph_end and i + 1 - start >= passage_chunks and i + 1 < n:
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, n))
+    return [Passage(f"{chapter_id(chapter)}-p{k + 1:02d}", chapter.index, a, b) for k, (a, b) in enumerate(bounds)]
+
+
 class BookChanged(ValueError):
     """The output holds a render of a different book text or narrator."""
 
 
 def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location, *,
-                        allow_changes: bool = False) -> str:
-    """Write the chapters as a scripts manifest under OUT/book/; returns its URI. A relaunch
-    on an output rendered from different text or another voice is refused unless allowed."""
-    rows = [{"id": chapter_id(c), "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks]}
-            for c in chapters]
+                        passage_chunks: int = 0, allow_changes: bool = False) -> str:
+    """Write the chapters' passages as a scripts manifest under OUT/book/; returns its URI. A
+    relaunch on an output rendered from different text, another voice or other passages is
+    refused unless allowed."""
+    rows = [{"id": p.script_id, "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks[p.start : p.stop]]}
+            for c in chapters for p in passages(c, passage_chunks)]
     location = out.join("book", "manifest.parquet")
     if storage.exists(location) and not allow_changes:
         previous = pq.read_table(out.fs.open_input_file(location.path)).to_pylist()
         if previous != rows:
             changed = [r["id"] for r, p in zip(rows, previous) if r != p] or ["the number of chapters"]
-            raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
-                              f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
+            raise BookChanged(f"{out.uri} holds a render of a different book text, voice or passage size "
+                              f"(changed: {', '.join(changed[:5])}); use a new --output, or --allow-changes")
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
     storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
     return location.uri
 
 
-def book_run_config(config: SynthConfig, num_chapters: int, out: storage.Location) -> SynthConfig:
-    """The run's config for a book: chapters spread evenly over the actors (each actor renders
-    its chapters at once, one chain each), and every chapter committed as soon as it is done.
+def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location) -> SynthConfig:
+    """The run's config for a book: passages spread evenly over the actors (each actor renders
+    its passages at once, one chain each), and every passage committed as soon as it is done.
     A resumed render keeps the shard size it started with, whatever the actor count now."""
-    per_shard = max(1, math.ceil(num_chapters / config.actors.num_actors))
+    per_shard = max(1, math.ceil(num_scripts / config.actors.num_actors))
     record = out.join("plan.json")
     if storage.exists(record):
         per_shard = json.loads(storage.read_bytes(record))["plan"]["scripts_per_shard"]
@@ -110,14 +141,15 @@ def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dic
 
 
 def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sample_rate_hz: int,
-                      formats: Sequence[str], settings: StitchSettings = StitchSettings(),
+                      formats: Sequence[str], passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
                       log=print) -> list[ChapterFiles]:
-    """Stitch every chapter's chunks into OUT/chapters/ (audio, timing JSON, SRT, VTT).
-    A chunk that failed is left out and marked `missing` in the timing file."""
+    """Stitch every chapter's chunks, from its passages, into OUT/chapters/ (audio, timing
+    JSON, SRT, VTT). A chunk that failed is left out and marked `missing` in the timing file."""
     parts = _parts_by_script(out)
     written = []
     for chapter in chapters:  # one chapter's audio in memory at a time
-        clips = _chunk_audio(out, parts.get(chapter_id(chapter), []), chapter_id(chapter))
+        clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
+                 for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()}
         pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
         samples, timed = stitch(pieces, sample_rate_hz, settings)
         stem = out.join("chapters", chapter_id(chapter))

@@ -1,5 +1,6 @@
 """Rendering a real public-domain book (Alice, chapters I-III) through a real local Ray:
-chapter files whose timing matches their audio, killed mid-render and resumed."""
+chapter files whose timing matches their audio, killed mid-render and resumed, and the
+cutting of chapters into passages that render in parallel."""
 
 import json
 import os
@@ -10,17 +11,20 @@ import pytest
 import soundfile as sf
 
 from helpers import REPO, JobProcess, private_ray, run_job
-from synth.book import load_book
+from synth.audiobook import passages
+from synth.book import Chapter, Chunk, load_book
 
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
 PART_MARKER = re.compile(r"shard-\d{5}-part-\d{4}\.json$")
+PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
 
 
 def render_args(out, checkpoint, *extra):
     return ["jobs/render_book.py", "--config", "configs/demo.yaml", "--book", BOOK, "--voice", "narrator",
             "--output", str(out), "--formats", "wav,flac,mp3", "--set", f"model.id={checkpoint}",
             "--set", "generation.max_audio_seconds=0.4", "--set", "generation.min_audio_seconds=0.2",
-            "--set", "actors.num_actors=2", "--set", "actors.num_cpus=0.5", *extra]
+            "--set", "actors.num_actors=2", "--set", "actors.num_cpus=0.5",
+            "--passage-chunks", str(PASSAGE_CHUNKS), *extra]
 
 
 def committed_parts(out):
@@ -30,12 +34,12 @@ def committed_parts(out):
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, tiny_checkpoint):
-    """A render on two actors killed (SIGKILL, driver and its local Ray) after its first chapter
+    """A render on two actors killed (SIGKILL, driver and its local Ray) after its first passage
     committed, then resumed on one actor."""
     out = tmp_path_factory.mktemp("book") / "out"
     with private_ray() as env:
         job = JobProcess(render_args(out, tiny_checkpoint), env, str(out) + ".log")
-        job.wait_until(lambda: committed_parts(out), 240, "the first chapter committed")
+        job.wait_until(lambda: committed_parts(out), 240, "the first passage committed")
         job.kill()
         before_kill = {f: os.path.getmtime(os.path.join(out, "data", f.replace(".json", ".parquet")))
                        for f in committed_parts(out)}
@@ -52,16 +56,21 @@ def test_every_chunk_is_rendered_exactly_once_after_the_kill(rendered):
     chapters = load_book(BOOK)
     rows = [r for f in sorted(os.listdir(out / "data"))
             for r in pq.read_table(out / "data" / f, columns=["id", "script_id", "turn", "context_ids"]).to_pylist()]
-    expected = {f"chapter-{c.index + 1:03d}:{i}" for c in chapters for i in range(len(c.chunks))}
+    cut = [p for c in chapters for p in passages(c, PASSAGE_CHUNKS)]
+    assert len(cut) == 2 * len(chapters)
+    expected = {f"{p.script_id}:{i}" for p in cut for i in range(p.stop - p.start)}
     assert sorted(r["id"] for r in rows) == sorted(expected)
     # what was committed before the kill was not redone
     for marker, mtime in before_kill.items():
         assert os.path.getmtime(out / "data" / marker.replace(".json", ".parquet")) == mtime
-    assert 1 <= len(before_kill) < len(chapters)  # the kill came mid-render
-    # each chapter is one chain in the narrator's voice with rolling context
+    assert 1 <= len(before_kill) < len(cut)  # the kill came mid-render
+    # each passage is one chain in the narrator's voice with rolling context; a passage
+    # starts from the voice prompt alone
     by_id = {r["id"]: r for r in rows}
-    assert by_id["chapter-002:5"]["context_ids"][0] == "voice:narrator"
-    assert by_id["chapter-002:5"]["context_ids"][-1] == "chapter-002:4"
+    assert by_id["chapter-002-p01:5"]["context_ids"][0] == "voice:narrator"
+    assert by_id["chapter-002-p01:5"]["context_ids"][-1] == "chapter-002-p01:4"
+    assert by_id["chapter-002-p02:0"]["context_ids"] == ["voice:narrator"]
+    assert by_id["chapter-002-p02:3"]["context_ids"][1:] == [f"chapter-002-p02:{i}" for i in range(3)]
 
 
 def test_chapter_files_match_their_timing_files(rendered):
@@ -110,4 +119,24 @@ def test_a_different_book_on_the_same_output_is_refused(rendered, tiny_checkpoin
     args[args.index("--book") + 1] = str(changed)
     result = run_job(args)
     assert result.returncode == 2
-    assert "different book text or voice (changed: chapter-001)" in result.stderr
+    assert "different book text, voice or passage size (changed: chapter-001-p01)" in result.stderr
+
+
+def _chapter(paragraph_ends: str) -> Chapter:
+    """A chapter whose chunk i ends a paragraph where paragraph_ends[i] == "|"."""
+    return Chapter(4, "T", tuple(Chunk(f"c{i}", e == "|") for i, e in enumerate(paragraph_ends)))
+
+
+def test_passages_cut_at_the_first_paragraph_end_after_n_chunks():
+    chapter = _chapter("|..|...|.|..")  # 12 chunks; paragraphs end after chunks 0, 3, 7, 9
+    cut = passages(chapter, 3)
+    assert [(p.start, p.stop) for p in cut] == [(0, 4), (4, 8), (8, 12)]  # never mid-paragraph
+    assert [p.script_id for p in cut] == ["chapter-005-p01", "chapter-005-p02", "chapter-005-p03"]
+    assert [(p.start, p.stop) for p in passages(chapter, 5)] == [(0, 8), (8, 12)]
+    # a chapter shorter than one passage, or passages off: the whole chapter, under its own id
+    assert [(p.script_id, p.start, p.stop) for p in passages(chapter, 0)] == [("chapter-005", 0, 12)]
+    assert [(p.start, p.stop) for p in passages(chapter, 50)] == [(0, 12)]
+    # the last paragraph end closes the chapter: no empty passage after it
+    assert [(p.start, p.stop) for p in passages(_chapter("..|..|"), 2)] == [(0, 3), (3, 6)]
+    with pytest.raises(ValueError, match="passage_chunks=-1"):
+        passages(chapter, -1)
