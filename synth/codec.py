@@ -1,8 +1,9 @@
 """Batched Mimi encode/decode for the fast engine, with a content-hash cache of clip codes.
 
 This module owns the codec side of generation: context clips are encoded in batches
-(clips of equal length together, so each clip's codes are exactly what encoding it
-alone gives, as transformers does) and their codes are cached by the sha256 of the
+(clips of whole frames padded at the end, other clips with clips of equal length, so
+each clip's codes are exactly what encoding it alone gives, as transformers does; checked
+in the tests) and their codes are cached by the sha256 of the
 clip's float32 bytes, since one voice prompt recurs across thousands of rows;
 finished rows are decoded in batches padded at the end, which is exact for each
 row's own frames because Mimi's decoder is causal (checked in the tests). It uses
@@ -90,7 +91,10 @@ class MimiCodec:
     def encode(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """clips: float32 mono at `sample_rate_hz` -> codes [T_i, K] long (CPU), cached by content."""
         keys = [clip_key(c) for c in clips]
-        todo: dict[int, dict[str, np.ndarray]] = defaultdict(dict)  # length -> key -> clip
+        # Clips of whole frames (generated turns) share batches, padded at the end: Mimi's
+        # encoder is causal, so a clip's frames never see the padding. A clip that ends
+        # mid-frame is batched only with clips of its exact length (its last frame would).
+        todo: dict[int, dict[str, np.ndarray]] = defaultdict(dict)  # group (0: whole frames) -> key -> clip
         for key, clip in zip(keys, clips):
             if key in self.pinned:
                 self.cache_hits += 1
@@ -98,17 +102,23 @@ class MimiCodec:
                 self.cache.move_to_end(key)
                 self.cache_hits += 1
             else:
-                todo[len(clip)][key] = clip
+                todo[0 if len(clip) % self.samples_per_frame == 0 else len(clip)][key] = clip
         for group in todo.values():
-            items = list(group.items())
-            for i in range(0, len(items), self.max_batch):
-                chunk = items[i : i + self.max_batch]
-                x = torch.from_numpy(np.stack([c for _, c in chunk]).astype(np.float32))
-                x = x[:, None].to(device=self.device, dtype=self.dtype)  # [N, 1, S]
+            items = sorted(group.items(), key=lambda item: -len(item[1]))
+            i = 0
+            while i < len(items):
+                longest = len(items[i][1])
+                n = max(1, min(self.max_batch, self.max_decode_frames * self.samples_per_frame // max(longest, 1)))
+                chunk = items[i : i + n]
+                i += n
+                x = torch.zeros(len(chunk), 1, longest)  # [N, 1, S], zero-padded at the end
+                for r, (_, clip) in enumerate(chunk):
+                    x[r, 0, : len(clip)] = torch.from_numpy(np.asarray(clip, dtype=np.float32))
+                x = x.to(device=self.device, dtype=self.dtype)
                 with _nullcontext() if x.is_cuda else _without_onednn():
                     codes = self.mimi.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [N, K, T]
-                for (key, _), c in zip(chunk, codes.transpose(1, 2).long().cpu()):
-                    self.cache[key] = c
+                for (key, clip), c in zip(chunk, codes.transpose(1, 2).long().cpu()):
+                    self.cache[key] = c[: -(-len(clip) // self.samples_per_frame)]  # its own frames
                     self.encoded_clips += 1
         out = [self.pinned[k] if k in self.pinned else self.cache[k] for k in keys]
         while len(self.cache) > self.cache_size:

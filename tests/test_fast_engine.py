@@ -294,8 +294,19 @@ def test_codec_batched_decode_and_encode_are_exact(engine64, reference):
     codes = codec.encode(clips)
     again = codec.encode(clips[:1])
     assert codec.cache_hits == hits + 1 and torch.equal(again[0], codes[0])
+    # Clips of whole frames (generated turns) of different lengths share one padded batch.
+    whole = [_clip(1.0, 10 + n)[: n * 1920] for n in (3, 12, 7)]
+    calls = []
+    encode = codec.mimi.encode
+    codec.mimi.encode = lambda x, **kw: calls.append(tuple(x.shape)) or encode(x, **kw)
+    try:
+        whole_codes = codec.encode(whole)
+    finally:
+        del codec.mimi.encode
+    assert calls == [(3, 1, 12 * 1920)]
+    assert [len(c) for c in whole_codes] == [3, 12, 7]
     mimi = ref.codec_model.to(torch.float64)
-    for clip, c in zip(clips, codes):
+    for clip, c in zip(clips + whole, codes + whole_codes):
         with torch.no_grad():
             want = mimi.encode(torch.from_numpy(clip).double()[None, None]).audio_codes[0].T
         assert torch.equal(c, want.long())
