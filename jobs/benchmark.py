@@ -146,7 +146,7 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                              compile=compile, warmup=True, **(options or {}))
-    before = engine.scheduler.stats.slot_frames
+    before, loop_before = engine.scheduler.stats.slot_frames, engine.loop_result_s
     c0, t0 = time.process_time(), time.perf_counter()
     results = engine.generate(requests, sampling)
     _sync(device)
@@ -156,7 +156,7 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
               engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
               _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu,
-              loop_result_s=engine.loop_result_s)
+              loop_result_s=engine.loop_result_s - loop_before)
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -208,7 +208,7 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                              compile=compile, warmup=True, **(options or {}))
-    before = engine.scheduler.stats.slot_frames
+    before, loop_before = engine.scheduler.stats.slot_frames, engine.loop_result_s
     frames_before = engine.scheduler.stats.frames
     c0, t0 = time.process_time(), time.perf_counter()
     results = run_dialogues(engine, dialogues, sampling)
@@ -218,7 +218,7 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     row = Row("fast", f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns", len(results),
               useful, wall, engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
               _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
-              loop_result_s=engine.loop_result_s)
+              loop_result_s=engine.loop_result_s - loop_before)
     row.in_flight = useful / max(1, engine.scheduler.stats.frames - frames_before)
     del engine, results
     gc.collect()
@@ -288,8 +288,9 @@ CONFIGS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
-    parser.add_argument("--checkpoint", help="checkpoint dir to load, or to build the config's checkpoint in "
-                        "when it holds none (default: a temp dir)")
+    parser.add_argument("--checkpoint", help="a checkpoint dir or hub id to load instead of the config's own")
+    parser.add_argument("--build-dir", help="build the config's own checkpoint here, or reuse the one built "
+                        "here before (default: a fresh temp dir)")
     parser.add_argument("--requests", type=int, help="workload size")
     parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts")
     parser.add_argument("--ref-batch", type=int)
@@ -326,14 +327,15 @@ def main(argv=None):
     options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
                "status_lag": args.status_lag, "compile_mode": args.compile_mode}
 
-    # --checkpoint: a checkpoint to load, or where to build the config's own (reused by later runs).
-    tmp = Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.config == "tiny-cpu":
+    build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
+    if args.checkpoint:
+        path = args.checkpoint
+    elif args.config == "tiny-cpu":
         from synth.tiny_checkpoint import ensure_tiny_checkpoint
 
-        path = ensure_tiny_checkpoint(Path(args.checkpoint) if args.checkpoint else tmp / "tiny-csm")
+        path = ensure_tiny_checkpoint(build_dir / "tiny-csm")
     else:
-        path = build_csm1b_random(Path(args.checkpoint) if args.checkpoint else tmp / "csm1b-random", device)
+        path = build_csm1b_random(build_dir / "csm1b-random", device)
     path = str(path)
 
     from transformers import CsmConfig

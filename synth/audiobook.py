@@ -2,7 +2,7 @@
 
 A book becomes a scripts manifest with one script per passage: a chapter cut at the
 first paragraph end after every `passage_chunks` chunks (`chapter-NNN-pMM`), or the
-whole chapter (`chapter-NNN`) when passage_chunks is 0. Each chunk is a turn spoken in
+whole chapter (`chapter-NNN`) when it makes one passage or passage_chunks is 0. Each chunk is a turn spoken in
 the narrator's voice, so a passage renders as one chain with rolling context (the
 voice prompt, then the newest chunks that fit), and passages render in parallel, in
 the slots of as many actors as there are, each committed when done. The run is an
@@ -58,18 +58,19 @@ class Passage:
 
 def passages(chapter: Chapter, passage_chunks: int) -> list[Passage]:
     """The chapter's chunks cut at the first paragraph end after every `passage_chunks`
-    chunks (so a passage never ends mid-paragraph); 0: the whole chapter as one passage."""
+    chunks (so a passage never ends mid-paragraph); 0: the whole chapter as one passage,
+    which keeps the chapter's id (as does a chapter too short to cut)."""
     if passage_chunks < 0:
         raise ValueError(f"passage_chunks={passage_chunks} must be >= 0")
     n = len(chapter.chunks)
-    if passage_chunks == 0:
-        return [Passage(chapter_id(chapter), chapter.index, 0, n)]
     bounds, start = [], 0
     for i, chunk in enumerate(chapter.chunks):
-        if chunk.paragraph_end and i + 1 - start >= passage_chunks and i + 1 < n:
+        if passage_chunks and chunk.paragraph_end and i + 1 - start >= passage_chunks and i + 1 < n:
             bounds.append((start, i + 1))
             start = i + 1
     bounds.append((start, n))
+    if len(bounds) == 1:
+        return [Passage(chapter_id(chapter), chapter.index, 0, n)]
     return [Passage(f"{chapter_id(chapter)}-p{k + 1:02d}", chapter.index, a, b) for k, (a, b) in enumerate(bounds)]
 
 
@@ -80,17 +81,25 @@ class BookChanged(ValueError):
 def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location, *,
                         passage_chunks: int = 0, allow_changes: bool = False) -> str:
     """Write the chapters' passages as a scripts manifest under OUT/book/; returns its URI. A
-    relaunch on an output rendered from different text, another voice or other passages is
-    refused unless allowed."""
+    relaunch on an output rendered from different text or another voice is refused unless
+    allowed; one whose passages are laid out differently (other ids or chunk counts) is
+    refused outright, since committed chunks are numbered within their passage."""
     rows = [{"id": p.script_id, "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks[p.start : p.stop]]}
             for c in chapters for p in passages(c, passage_chunks)]
     location = out.join("book", "manifest.parquet")
-    if storage.exists(location) and not allow_changes:
+    if storage.exists(location):
         previous = pq.read_table(out.fs.open_input_file(location.path)).to_pylist()
-        if previous != rows:
-            changed = [r["id"] for r, p in zip(rows, previous) if r != p] or ["the number of chapters"]
-            raise BookChanged(f"{out.uri} holds a render of a different book text, voice or passage size "
-                              f"(changed: {', '.join(changed[:5])}); use a new --output, or --allow-changes")
+        layout, layout_before = ([(r["id"], len(r["turns"])) for r in t] for t in (rows, previous))
+        if layout != layout_before:
+            where = next((f"first at {new[0]}" for new, old in zip(layout, layout_before) if new != old),
+                         "the number of passages")
+            raise BookChanged(f"{out.uri} holds a render whose passages are laid out differently ({where}: other "
+                              f"chunks or --passage-chunks); committed chunks are numbered within their passage, "
+                              f"so use a new --output")
+        changed = [r["id"] for r, p in zip(rows, previous) if r != p]
+        if changed and not allow_changes:
+            raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
+                              f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
     storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
@@ -149,7 +158,8 @@ def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sam
     written = []
     for chapter in chapters:  # one chapter's audio in memory at a time
         clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
-                 for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()}
+                 for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
+                 if turn < p.stop - p.start}
         pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
         samples, timed = stitch(pieces, sample_rate_hz, settings)
         stem = out.join("chapters", chapter_id(chapter))

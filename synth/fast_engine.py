@@ -243,8 +243,10 @@ class FastEngine:
         """Generate `requests`; `on_result` sees each result as it is ready and may return follow-up
         requests (e.g. the next turn of a conversation), which join the queue. Results come in
         completion order. With `result_thread`, `on_result` runs on the engine's worker thread
-        (one call at a time, in completion order)."""
+        (one call at a time, in completion order); when a call raises, the call already under
+        way for the next batch may still finish before the error reaches the caller."""
         self._check_sampling(sampling)
+        self.scheduler.prepare(sampling.do_sample)  # before the result thread exists (graph capture)
         t0 = time.perf_counter()
         results: list[GenerationResult] = []
         to_decode: list[Finished] = []

@@ -282,7 +282,12 @@ class GraphedFrame:
         torch.cuda.synchronize()
         return graph
 
-    def __call__(self, sample: bool) -> None:
+    def capture(self, sample: bool) -> None:
+        """Capture the graph of this sampling mode now, if not yet done. Capture forbids CUDA
+        calls from other threads, so the engine does this before its result thread starts."""
         if sample not in self.graphs:
             self.graphs[sample] = self._capture(sample)
+
+    def __call__(self, sample: bool) -> None:
+        self.capture(sample)
         self.graphs[sample].replay()

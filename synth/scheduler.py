@@ -100,6 +100,11 @@ class Scheduler:
         self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
         self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, Job, int, str, float]] = []
 
+    def prepare(self, sample: bool) -> None:
+        """Capture the frame graph of this sampling mode (CUDA graphs), so no capture happens mid-run."""
+        if isinstance(self.run_frame, GraphedFrame):
+            self.run_frame.capture(sample)
+
     def submit(self, job: Job) -> None:
         T = int(job.input_ids.shape[0])
         if T >= self.max_positions:

@@ -119,7 +119,12 @@ def test_a_different_book_on_the_same_output_is_refused(rendered, tiny_checkpoin
     args[args.index("--book") + 1] = str(changed)
     result = run_job(args)
     assert result.returncode == 2
-    assert "different book text, voice or passage size (changed: chapter-001-p01)" in result.stderr
+    assert "different book text or voice (changed: chapter-001-p01)" in result.stderr
+    # another passage size would renumber committed chunks: refused even with --allow-changes
+    result = run_job(render_args(out, tiny_checkpoint, "--passage-chunks", "30", "--allow-changes"))
+    assert result.returncode == 2
+    assert "passages are laid out differently (first at chapter-001-p01: other chunks or --passage-chunks)" \
+        in result.stderr
 
 
 def _chapter(paragraph_ends: str) -> Chapter:
@@ -135,7 +140,7 @@ def test_passages_cut_at_the_first_paragraph_end_after_n_chunks():
     assert [(p.start, p.stop) for p in passages(chapter, 5)] == [(0, 8), (8, 12)]
     # a chapter shorter than one passage, or passages off: the whole chapter, under its own id
     assert [(p.script_id, p.start, p.stop) for p in passages(chapter, 0)] == [("chapter-005", 0, 12)]
-    assert [(p.start, p.stop) for p in passages(chapter, 50)] == [(0, 12)]
+    assert [(p.script_id, p.start, p.stop) for p in passages(chapter, 50)] == [("chapter-005", 0, 12)]
     # the last paragraph end closes the chapter: no empty passage after it
     assert [(p.start, p.stop) for p in passages(_chapter("..|..|"), 2)] == [(0, 3), (3, 6)]
     with pytest.raises(ValueError, match="passage_chunks=-1"):
