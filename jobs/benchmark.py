@@ -131,7 +131,10 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
 
 def _mode(options) -> str:
     mode = (options or {}).get("compile_mode")
-    return f" ({mode})" if mode else ""
+    tuning = [mode] if mode else []
+    if torch._inductor.config.coordinate_descent_tuning:
+        tuning.append("coordinate descent")
+    return f" ({', '.join(tuning)})" if tuning else ""
 
 
 def _loop_setting(engine) -> str:
@@ -309,6 +312,8 @@ def main(argv=None):
                         help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
     parser.add_argument("--compile-mode", help="torch.compile mode for the fast engine's steps, "
                         "e.g. max-autotune-no-cudagraphs (default: inductor's default)")
+    parser.add_argument("--coordinate-descent", action="store_true",
+                        help="inductor's coordinate-descent tuning of its generated kernels (longer compile)")
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
@@ -323,6 +328,8 @@ def main(argv=None):
         sys.exit("config needs CUDA, and torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.coordinate_descent:
+        torch._inductor.config.coordinate_descent_tuning = True
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
     options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
                "status_lag": args.status_lag, "compile_mode": args.compile_mode}
