@@ -179,7 +179,16 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, cos, sin)
         self.cache.k[rows, :, pos] = k[:, :, 0]
         self.cache.v[rows, :, pos] = v[:, :, 0]
-        return self._attend(q, self.cache.k, self.cache.v, mask)
+        # Grouped-query decoding as plain attention: the G query heads that share a kv head
+        # become G query rows of that head, [B, H, 1, Dh] -> [B, Hkv, G, Dh] (head h = j*G + g).
+        # Same dot products, but no fused kernel has to support GQA *and* a mask: on CUDA that
+        # pair falls back to the math path, which copies the cache G times per layer.
+        a = self.a
+        B = q.shape[0]
+        G = a.num_heads // a.num_kv_heads
+        out = F.scaled_dot_product_attention(q.reshape(B, a.num_kv_heads, G, a.head_dim),
+                                             self.cache.k, self.cache.v, attn_mask=mask)  # [B, Hkv, G, Dh]
+        return self.o_proj(out.reshape(B, 1, a.num_heads * a.head_dim))
 
 
 class MLP(nn.Module):
