@@ -116,18 +116,19 @@ class FrameStep:
         self.depth_pos = [torch.full((num_slots,), p, dtype=torch.long, device=device) for p in range(self.K)]
         loop_periods = max(stop_rules.loop_max_period - 1, 1)
         self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
-        self.backbone_step = model.backbone_step
+        self.advance = self._advance
         self.first_codebooks = self._first_codebooks
         self.next_codebook = self._next_codebook
 
     def compile_steps(self, mode: str | None = None) -> None:
         """torch.compile the three per-frame pieces: codebooks 0 and 1, one further depth
-        codebook (reused for all 30, its position a tensor) and the backbone step. mode: a
+        codebook (reused for all 30, its position a tensor), and the rest of the frame
+        (history, stop rules, the backbone step). mode: a
         `torch.compile` mode without CUDA graphs of its own (the whole frame is graphed
         here), e.g. "max-autotune-no-cudagraphs" to autotune the matmuls and fuse their
         epilogues; None is inductor's default."""
         opts = dict(fullgraph=True, dynamic=False, mode=mode)
-        self.backbone_step = torch.compile(self.model.backbone_step, **opts)
+        self.advance = torch.compile(self._advance, **opts)
         self.first_codebooks = torch.compile(self._first_codebooks, **opts)
         self.next_codebook = torch.compile(self._next_codebook, **opts)
 
@@ -175,15 +176,19 @@ class FrameStep:
 
     def frame(self, sample: bool) -> None:
         """Advance every slot by one frame, in place. Static shapes, no host sync."""
-        s, m = self.state, self.model
+        s = self.state
         base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
         c0, c, x = self.first_codebooks(s.hidden, base, sample)
         codes = [c0, c]
         for k in range(2, self.K):
             c, x = self.next_codebook(x, self.depth_pos[k], base, sample)
             codes.append(c)
-        frame = torch.stack(codes, dim=1)  # [B, K]
+        self.advance(torch.stack(codes, dim=1))
 
+    def _advance(self, frame: torch.Tensor) -> None:
+        """frame: [B, K] codes just generated -> history, stop rules, and the backbone step
+        that consumes the frame; frozen rows stay put."""
+        s, m = self.state, self.model
         live = s.active & (s.stop_code == RUNNING)
         at = s.frame.clamp(max=self.max_positions - 1)
         s.history[s.rows, at] = frame.to(torch.int32)
@@ -223,7 +228,7 @@ class FrameStep:
         s.status[1].copy_(s.result_len)
 
         # Feed the frame to the backbone for the next one; frozen rows stay put.
-        s.hidden.copy_(self.backbone_step(m.embed_frames(frame), s.pos.clamp(max=self.max_positions - 1)))
+        s.hidden.copy_(m.backbone_step(m.embed_frames(frame), s.pos.clamp(max=self.max_positions - 1)))
         s.pos.copy_(torch.where(live, s.pos + 1, s.pos).clamp(max=self.max_positions - 1))
         s.frame.copy_(torch.where(live, s.frame + 1, s.frame))
 
