@@ -8,7 +8,8 @@ Chapters are cut into passages of about --passage-chunks sentence-sized chunks (
 paragraph ends); each passage renders as a chain with rolling context, and passages
 render in parallel across the actors' slots. A killed render resumes (run the same
 command again). The per-chunk dataset lands in OUT/data like any synthesis run, the
-chapters in OUT/chapters.
+chapters in OUT/chapters; with `--formats ...,m4b` the whole book also lands as
+OUT/book.m4b (AAC, one chapter marker per chapter).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from synth.book import BookError, load_book  # noqa: E402
 from synth.config import ConfigError, load_config  # noqa: E402
 from synth.manifest import ManifestError  # noqa: E402
 from synth.ray_runner import RunError, run  # noqa: E402
+from synth.m4b import FORMAT as M4B  # noqa: E402
 from synth.stitch import AUDIO_FORMATS, StitchSettings  # noqa: E402
+
+FORMATS = (*AUDIO_FORMATS, M4B)
 
 SAMPLE_RATE_HZ = 24000  # CSM's codec (Mimi)
 
@@ -36,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--book", required=True, help="the book: .md/.markdown (chapters at headings) or plain text")
     parser.add_argument("--voice", required=True, help="narrator: a name from the config's voices")
     parser.add_argument("--output", required=True, help="output directory (local or URI)")
-    parser.add_argument("--formats", default="wav,flac", help=f"chapter audio formats, from {','.join(AUDIO_FORMATS)}")
+    parser.add_argument("--formats", default="wav,flac",
+                        help=f"audio formats, from {','.join(FORMATS)}: {','.join(AUDIO_FORMATS)} one file per chapter, "
+                        f"{M4B} one file for the book with a marker per chapter")
+    parser.add_argument("--title", help="the book's title in its M4B (default: the book file's name)")
     parser.add_argument("--passage-chunks", type=int, default=40, metavar="N",
                         help="cut chapters into passages of at least N chunks, at paragraph ends, which render "
                         "in parallel, each with its own rolling context; 0: a chapter is one passage")
@@ -54,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             known = ", ".join(sorted(config.voices)) or "none"
             raise ConfigError(f"--voice {args.voice!r} is not in the config's voices ({known})")
         formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-        if not formats or any(f not in AUDIO_FORMATS for f in formats):
-            raise ConfigError(f"--formats {args.formats!r}: choose from {','.join(AUDIO_FORMATS)}")
+        if not formats or any(f not in FORMATS for f in formats):
+            raise ConfigError(f"--formats {args.formats!r}: choose from {','.join(FORMATS)}")
         settings = StitchSettings(sentence_pause_s=args.sentence_pause, paragraph_pause_s=args.paragraph_pause)
         if args.passage_chunks < 0:
             raise ConfigError(f"--passage-chunks {args.passage_chunks}: must be >= 0")
@@ -68,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                                        allow_changes=args.allow_changes)
         summary = run(book_run_config(config, num_passages, out), manifest, args.output,
                       allow_changes=args.allow_changes)
+        title = args.title or os.path.splitext(os.path.basename(args.book))[0]
         written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
-                                    passage_chunks=args.passage_chunks, settings=settings)
+                                    passage_chunks=args.passage_chunks, settings=settings, title=title)
     except (ConfigError, ManifestError, RunError, BookError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from its passages:
     OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
     OUT/chapters/chapter-001.json      timing: each chunk's start/end and text
     OUT/chapters/chapter-001.srt|vtt   the same as subtitles
+    OUT/book.m4b                       with format "m4b": the whole book, a marker per chapter
 
 It knows nothing about Ray or the model: `jobs/render_book.py` runs the pieces.
 """
@@ -36,6 +37,7 @@ import soundfile as sf
 from synth import storage
 from synth.book import Chapter
 from synth.config import SynthConfig
+from synth.m4b import FORMAT as M4B, M4bBook
 from synth.stitch import StitchSettings, stitch, timing_json, to_srt, to_vtt, write_audio
 
 TURN = pa.struct([("text", pa.string())])
@@ -151,28 +153,46 @@ def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dic
 
 def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sample_rate_hz: int,
                       formats: Sequence[str], passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
-                      log=print) -> list[ChapterFiles]:
+                      title: str = "", log=print) -> list[ChapterFiles]:
     """Stitch every chapter's chunks, from its passages, into OUT/chapters/ (audio, timing
-    JSON, SRT, VTT). A chunk that failed is left out and marked `missing` in the timing file."""
+    JSON, SRT, VTT); with "m4b" among the formats, also the whole book as OUT/book.m4b with
+    a marker per chapter, titled `title`. A chunk that failed is left out and marked
+    `missing` in the timing file."""
     parts = _parts_by_script(out)
     written = []
-    for chapter in chapters:  # one chapter's audio in memory at a time
-        clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
-                 for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
-                 if turn < p.stop - p.start}
-        pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
-        samples, timed = stitch(pieces, sample_rate_hz, settings)
-        stem = out.join("chapters", chapter_id(chapter))
-        files = write_audio(stem.uri, samples, sample_rate_hz, formats)
-        timing = timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed)
-        for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
-                             (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
-            location = out.join("chapters", chapter_id(chapter) + suffix)
-            storage.write_bytes_atomic(location, text.encode())
-            files.append(location.uri)
-        missing = sum(t.missing for t in timed)
-        written.append(ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz,
-                                    len(timed), missing, tuple(files)))
-        log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
-            f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
+    book = M4bBook(out.join(f"book.{M4B}"), sample_rate_hz=sample_rate_hz, title=title) if M4B in formats else None
+    formats = [f for f in formats if f != M4B]
+    try:
+        for chapter in chapters:  # one chapter's audio in memory at a time
+            written.append(_assemble_chapter(chapter, out, parts, sample_rate_hz=sample_rate_hz, formats=formats,
+                                             passage_chunks=passage_chunks, settings=settings, book=book, log=log))
+        if book is not None:
+            log(f"book: {len(chapters)} chapters with markers -> {book.close()}")
+    finally:
+        if book is not None:
+            book.discard()
     return written
+
+
+def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, list[str]], *, sample_rate_hz: int,
+                      formats: Sequence[str], passage_chunks: int, settings: StitchSettings, book: M4bBook | None,
+                      log) -> ChapterFiles:
+    clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
+             for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
+             if turn < p.stop - p.start}
+    pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
+    samples, timed = stitch(pieces, sample_rate_hz, settings)
+    stem = out.join("chapters", chapter_id(chapter))
+    files = write_audio(stem.uri, samples, sample_rate_hz, formats)
+    if book is not None:
+        book.add_chapter(chapter.title, samples)
+    timing = timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed)
+    for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
+                         (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
+        location = out.join("chapters", chapter_id(chapter) + suffix)
+        storage.write_bytes_atomic(location, text.encode())
+        files.append(location.uri)
+    missing = sum(t.missing for t in timed)
+    log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
+        f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
+    return ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz, len(timed), missing, tuple(files))

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import av
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -21,7 +22,7 @@ PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
 
 def render_args(out, checkpoint, *extra):
     return ["jobs/render_book.py", "--config", "configs/demo.yaml", "--book", BOOK, "--voice", "narrator",
-            "--output", str(out), "--formats", "wav,flac,mp3", "--set", f"model.id={checkpoint}",
+            "--output", str(out), "--formats", "wav,flac,mp3,m4b", "--set", f"model.id={checkpoint}",
             "--set", "generation.max_audio_seconds=0.4", "--set", "generation.min_audio_seconds=0.2",
             "--set", "actors.num_actors=2", "--set", "actors.num_cpus=0.5",
             "--passage-chunks", str(PASSAGE_CHUNKS), *extra]
@@ -93,6 +94,21 @@ def test_chapter_files_match_their_timing_files(rendered):
         srt = stem.with_suffix(".srt").read_text()
         assert srt.count(" --> ") == len(chapter.chunks)
         assert stem.with_suffix(".vtt").read_text().startswith("WEBVTT")
+
+
+def test_the_book_m4b_marks_each_chapter_where_its_file_starts(rendered):
+    out, *_ = rendered
+    timings = [json.loads((out / "chapters" / f"chapter-{c.index + 1:03d}.json").read_text()) for c in load_book(BOOK)]
+    with av.open(str(out / "book.m4b")) as f:
+        assert f.metadata["title"] == "alice-ch1-3"  # the book file's name, without --title
+        chapters = f.chapters()
+        duration_s = f.duration / 1e6
+    assert [c["metadata"]["title"] for c in chapters] == [t["title"] for t in timings]
+    start = 0.0
+    for c, timing in zip(chapters, timings):
+        assert float(c["start"] * c["time_base"]) == pytest.approx(start, abs=1e-3)
+        start += timing["duration_s"]
+    assert duration_s == pytest.approx(start, abs=0.1)
 
 
 def test_the_voice_is_encoded_once_per_run_and_not_again_on_resume(rendered):
