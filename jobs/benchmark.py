@@ -76,6 +76,7 @@ class Row:
     frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
     decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine; on its worker thread when threaded)
     loop_result_s: float = 0.0  # of wall_s, the frame loop's own time on finished rows (fast engine)
+    attended: float = float("nan")  # fast engine: mean backbone attention length per frame (its bucket)
     cpu_s: float = 0.0  # process CPU time inside wall_s: a fairer basis on a shared CPU box
     in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
 
@@ -149,7 +150,9 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                              compile=compile, warmup=True, **(options or {}))
-    before, loop_before = engine.scheduler.stats.slot_frames, engine.loop_result_s
+    stats = engine.scheduler.stats
+    before, loop_before = stats.slot_frames, engine.loop_result_s
+    frames_before, attended_before = stats.frames, stats.attended_positions
     c0, t0 = time.process_time(), time.perf_counter()
     results = engine.generate(requests, sampling)
     _sync(device)
@@ -159,7 +162,8 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
               engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
               _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu,
-              loop_result_s=engine.loop_result_s - loop_before)
+              loop_result_s=engine.loop_result_s - loop_before,
+              attended=(stats.attended_positions - attended_before) / max(1, stats.frames - frames_before))
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -408,15 +412,15 @@ def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list
 
 def print_table(rows: list[Row], frame_rate: float) -> None:
     print()
-    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | frames per CPU s |"
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s |"
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = r.as_dict(frame_rate)
         print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
               f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
               f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
-              f"{d['frames_per_cpu_s']:.1f} |")
+              f"{'-' if math.isnan(r.attended) else f'{r.attended:.0f}'} | {d['frames_per_cpu_s']:.1f} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
     chained = [r for r in fast if not math.isnan(r.in_flight)]  # a dialogue run

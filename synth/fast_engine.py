@@ -49,7 +49,7 @@ class FastEngine:
                  top_k_max: int | None = 64, decode_batch: int = 16,
                  decode_interval_frames: int = 12, longest_first: bool = True,
                  result_thread: bool | None = None, status_lag: int | None = None,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, num_kv_buckets: int = 4):
         """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
         None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
         Finished rows are decoded in batches of `decode_batch`, or sooner once the oldest has
@@ -59,7 +59,7 @@ class FastEngine:
         `on_result` callback, follow-ups' prompts and context encodes) on a worker thread
         while the frame loop goes on; default on CUDA only (on a small CPU the two threads
         fight over the cores). status_lag: see `Scheduler`. compile_mode: see
-        `FrameStep.compile_steps`."""
+        `FrameStep.compile_steps`; num_kv_buckets: see `FrameStep`."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
@@ -72,7 +72,8 @@ class FastEngine:
         self.decode_batch = decode_batch
         self.decode_interval_frames = decode_interval_frames
         self.longest_first = longest_first
-        self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max)
+        self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max,
+                              num_kv_buckets=num_kv_buckets)
         self.compile_s = 0.0
         self.compiled = compile
         if compile:

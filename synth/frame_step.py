@@ -17,6 +17,7 @@ and logits, never on its slot or on the other rows.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -99,10 +100,18 @@ class FrameStep:
     """Builds and runs the per-frame function over a LeanCsm with caches set up."""
 
     def __init__(self, model: LeanCsm, num_slots: int, max_positions: int, *, stop_rules: StopRules = StopRules(),
-                 top_k_max: int | None = None):
+                 top_k_max: int | None = None, num_kv_buckets: int = 4):
+        """num_kv_buckets: the backbone attends over the smallest of this many equal prefixes of
+        the cache (multiples of 64 positions) that covers every slot, so short rows do not read
+        all `max_positions`; each bucket is its own compiled graph (and CUDA graph). 1: always all."""
         args = model.args
         self.model = model
         self.num_slots, self.max_positions = num_slots, max_positions
+        if num_kv_buckets < 1:
+            raise ValueError(f"num_kv_buckets={num_kv_buckets} must be >= 1")
+        step = -(-max_positions // num_kv_buckets)
+        step = -(-step // 64) * 64  # whole blocks of 64 positions
+        self.kv_buckets = sorted({min(max_positions, step * i) for i in range(1, num_kv_buckets + 1)})
         self.K, self.V = args.num_codebooks, args.audio_vocab_size
         self.eos = args.codebook_eos_token_id
         self.stop_rules = stop_rules
@@ -116,6 +125,7 @@ class FrameStep:
         self.depth_pos = [torch.full((num_slots,), p, dtype=torch.long, device=device) for p in range(self.K)]
         loop_periods = max(stop_rules.loop_max_period - 1, 1)
         self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
+        self._warm: set[bool] = set()  # sampling modes whose frames have run in every bucket
         self.advance = self._advance
         self.first_codebooks = self._first_codebooks
         self.next_codebook = self._next_codebook
@@ -174,8 +184,36 @@ class FrameStep:
         c = self._choose(logits, s.depth_temperature, s.depth_top_k, self._keys(base, pos), sample)
         return c, m.embed_audio_tokens(c + pos * self.V)
 
-    def frame(self, sample: bool) -> None:
-        """Advance every slot by one frame, in place. Static shapes, no host sync."""
+    @contextmanager
+    def state_kept(self):
+        """Frames run inside this block (warm-up, compilation, capture) leave no trace in the
+        slot state. KV-cache writes land at each slot's current position, which the next real
+        frame writes again before anything reads it."""
+        snapshot = {k: v.clone() for k, v in self.state.state_dict().items()}
+        loop_run = self.loop_run.clone()
+        try:
+            yield
+        finally:
+            self.state.load_state_dict(snapshot)
+            self.loop_run.copy_(loop_run)
+
+    def warm(self, sample: bool) -> None:
+        """Run the frame once per attention bucket, so compiled steps compile now, not mid-run."""
+        if sample in self._warm:
+            return
+        with self.state_kept():
+            for kv_len in self.kv_buckets:
+                self.frame(sample, kv_len)
+        self._warm.add(sample)
+
+    def kv_bucket(self, positions_needed: int) -> int:
+        """The smallest attention length (a bucket) that covers `positions_needed` positions."""
+        return next((b for b in self.kv_buckets if b >= positions_needed), self.max_positions)
+
+    def frame(self, sample: bool, kv_len: int | None = None) -> None:
+        """Advance every slot by one frame, in place. Static shapes, no host sync. kv_len: the
+        backbone attends over the cache's first kv_len positions (a bucket; default all), which
+        must exceed every live slot's position."""
         s = self.state
         base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
         c0, c, x = self.first_codebooks(s.hidden, base, sample)
@@ -183,9 +221,9 @@ class FrameStep:
         for k in range(2, self.K):
             c, x = self.next_codebook(x, self.depth_pos[k], base, sample)
             codes.append(c)
-        self.advance(torch.stack(codes, dim=1))
+        self.advance(torch.stack(codes, dim=1), kv_len or self.max_positions)
 
-    def _advance(self, frame: torch.Tensor) -> None:
+    def _advance(self, frame: torch.Tensor, kv_len: int) -> None:
         """frame: [B, K] codes just generated -> history, stop rules, and the backbone step
         that consumes the frame; frozen rows stay put."""
         s, m = self.state, self.model
@@ -228,7 +266,7 @@ class FrameStep:
         s.status[1].copy_(s.result_len)
 
         # Feed the frame to the backbone for the next one; frozen rows stay put.
-        s.hidden.copy_(m.backbone_step(m.embed_frames(frame), s.pos.clamp(max=self.max_positions - 1)))
+        s.hidden.copy_(m.backbone_step(m.embed_frames(frame), s.pos.clamp(max=self.max_positions - 1), kv_len))
         s.pos.copy_(torch.where(live, s.pos + 1, s.pos).clamp(max=self.max_positions - 1))
         s.frame.copy_(torch.where(live, s.frame + 1, s.frame))
 
@@ -260,39 +298,41 @@ class FrameStep:
 
 
 class GraphedFrame:
-    """The frame function captured as one CUDA graph per sampling mode (greedy / sampled)."""
+    """The frame function captured as one CUDA graph per sampling mode (greedy / sampled) and
+    attention bucket."""
 
     def __init__(self, step: FrameStep):
         self.step = step
-        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
 
-    def _capture(self, sample: bool) -> torch.cuda.CUDAGraph:
-        # Warm up on a side stream (lazy init, autotuning), then capture. Warm-up frames mutate
-        # slot state, so snapshot and restore it: capture must not advance live rows.
-        snapshot = {k: v.clone() for k, v in self.step.state.state_dict().items()}
-        loop_run = self.step.loop_run.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.step.frame(sample)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.step.frame(sample)
-        self.pool = graph.pool()
-        self.step.state.load_state_dict(snapshot)
-        self.step.loop_run.copy_(loop_run)
+    def _capture(self, sample: bool, kv_len: int) -> torch.cuda.CUDAGraph:
+        # Warm up on a side stream (lazy init, compilation, autotuning), then capture; neither
+        # may advance live rows.
+        with self.step.state_kept():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.step.frame(sample, kv_len)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.step.frame(sample, kv_len)
+            self.pool = graph.pool()
         torch.cuda.synchronize()
         return graph
 
     def capture(self, sample: bool) -> None:
-        """Capture the graph of this sampling mode now, if not yet done. Capture forbids CUDA
-        calls from other threads, so the engine does this before its result thread starts."""
-        if sample not in self.graphs:
-            self.graphs[sample] = self._capture(sample)
+        """Capture the graphs of this sampling mode (every bucket) now, if not yet done. Capture
+        forbids CUDA calls from other threads, so the engine does this before its result thread
+        starts."""
+        for kv_len in self.step.kv_buckets:
+            if (sample, kv_len) not in self.graphs:
+                self.graphs[sample, kv_len] = self._capture(sample, kv_len)
 
-    def __call__(self, sample: bool) -> None:
-        self.capture(sample)
-        self.graphs[sample].replay()
+    def __call__(self, sample: bool, kv_len: int | None = None) -> None:
+        key = (sample, kv_len or self.step.max_positions)
+        if key not in self.graphs:
+            self.capture(sample)
+        self.graphs[key].replay()

@@ -175,10 +175,12 @@ class Attention(nn.Module):
         return self._attend(q, k, v, None, is_causal=True)
 
     def step(self, x, cos, sin, rows, pos, mask):
-        """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, P] (True = attend)."""
+        """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, L] (True = attend): attends
+        over the cache's first L positions, which must cover every slot's pos."""
         q, k, v = self._qkv(x, cos, sin)
         self.cache.k[rows, :, pos] = k[:, :, 0]
         self.cache.v[rows, :, pos] = v[:, :, 0]
+        L = mask.shape[-1]
         # Grouped-query decoding as plain attention: the G query heads that share a kv head
         # become G query rows of that head, [B, H, 1, Dh] -> [B, Hkv, G, Dh] (head h = j*G + g).
         # Same dot products, but no fused kernel has to support GQA *and* a mask: on CUDA that
@@ -186,8 +188,8 @@ class Attention(nn.Module):
         a = self.a
         B = q.shape[0]
         G = a.num_heads // a.num_kv_heads
-        out = F.scaled_dot_product_attention(q.reshape(B, a.num_kv_heads, G, a.head_dim),
-                                             self.cache.k, self.cache.v, attn_mask=mask)  # [B, Hkv, G, Dh]
+        out = F.scaled_dot_product_attention(q.reshape(B, a.num_kv_heads, G, a.head_dim), self.cache.k[:, :, :L],
+                                             self.cache.v[:, :, :L], attn_mask=mask)  # [B, Hkv, G, Dh]
         return self.o_proj(out.reshape(B, 1, a.num_heads * a.head_dim))
 
 
@@ -259,11 +261,12 @@ class Decoder(nn.Module):
             x = layer.prefill(x, cos, sin, slots)
         return self.norm(x)
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x: [B, D] one token per slot at positions pos [B] -> normed hidden [B, D]."""
+    def step(self, x: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        """x: [B, D] one token per slot at positions pos [B] -> normed hidden [B, D]. Attention
+        reads the cache's first `kv_len` positions (default all), which must exceed every pos."""
         cos = self.cos[pos][:, None, None]  # [B, 1, 1, Dh]
         sin = self.sin[pos][:, None, None]
-        mask = (self.positions[None] <= pos[:, None])[:, None, None]  # [B, 1, 1, P]
+        mask = (self.positions[None, :kv_len] <= pos[:, None])[:, None, None]  # [B, 1, 1, L]
         h = x[:, None]
         for layer in self.layers:
             h = layer.step(h, cos, sin, self.rows, pos, mask)
@@ -312,9 +315,10 @@ class LeanCsm(nn.Module):
         h = self.backbone.prefill(embeds, slots)
         return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
 
-    def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]."""
-        return self.backbone.step(frame_embeds, pos)
+    def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]; attention over
+        the first `kv_len` cache positions (default all), which must exceed every pos."""
+        return self.backbone.step(frame_embeds, pos, kv_len)
 
     def depth_step(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Depth decoder at position pos ([B], all equal): x [B, Db] -> normed hidden [B, Dd].

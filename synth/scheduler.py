@@ -64,6 +64,7 @@ class SchedulerStats:
     useful_frames: int = 0  # frames delivered in results
     prefills: int = 0
     prefill_rows: int = 0
+    attended_positions: int = 0  # sum over frames of the backbone's attention length (its bucket)
 
 
 class Scheduler:
@@ -89,6 +90,10 @@ class Scheduler:
         self.slot_started: list[float] = [0.0] * self.num_slots
         self.slot_sampling: list[bool] = [False] * self.num_slots
         self.slot_first_frame: list[int] = [0] * self.num_slots  # first frame index run for the row
+        self.slot_prompt_len: list[int] = [0] * self.num_slots
+        # max over busy slots of prompt_len - first_frame: frame t then writes at most position
+        # _pos_base + t, so the backbone attends over a bucket of at least _pos_base + t + 1
+        self._pos_base = -1
         self.stats = SchedulerStats()
         self.status_lag = (2 if self.is_cuda else 0) if status_lag is None else status_lag
         if self.status_lag < 0:
@@ -100,10 +105,14 @@ class Scheduler:
         self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
         self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, Job, int, str, float]] = []
 
+    @torch.inference_mode()  # as the frames of `run` are: compiled code is specialised on it
     def prepare(self, sample: bool) -> None:
-        """Capture the frame graph of this sampling mode (CUDA graphs), so no capture happens mid-run."""
+        """Compile (and on CUDA capture) the frame of this sampling mode in every attention
+        bucket now, so neither happens mid-run."""
         if isinstance(self.run_frame, GraphedFrame):
             self.run_frame.capture(sample)
+        else:
+            self.step.warm(sample)
 
     def submit(self, job: Job) -> None:
         T = int(job.input_ids.shape[0])
@@ -119,6 +128,7 @@ class Scheduler:
                 self.step.release(self._slot_index[slot])
                 self.slot_job[slot] = None
         self._pending_copies.clear()
+        self._update_pos_base()
 
     # ------------------------------------------------------------------ admission
 
@@ -170,19 +180,30 @@ class Scheduler:
         self.step.admit(slots, hidden, lengths, self._to_device(caps), self._to_device(seeds),
                         self._to_device(sampling))
         now = time.perf_counter()
-        for s, j in batch:
+        for (s, j), n in zip(batch, lens):
             self.slot_job[s] = j
             self.slot_started[s] = now
             self.slot_sampling[s] = bool(j.sampling[0])
             self.slot_first_frame[s] = self.stats.frames
+            self.slot_prompt_len[s] = n
+        self._update_pos_base()
         self.stats.prefills += 1
         self.stats.prefill_rows += N
+
+    def _update_pos_base(self) -> None:
+        self._pos_base = max((self.slot_prompt_len[s] - self.slot_first_frame[s]
+                              for s, j in enumerate(self.slot_job) if j is not None), default=-1)
+
+    def _kv_len(self) -> int:
+        """The attention bucket for the next frame: covers the newest position of every busy slot."""
+        return self.step.kv_bucket(min(self._pos_base + self.stats.frames + 1, self.max_positions))
 
     # ------------------------------------------------------------------ finishing
 
     def _collect(self, status: torch.Tensor, frame_index: int) -> None:
         """status: [2, B] host copy of (stop_code, result_len) taken after frame `frame_index`."""
         codes_now, lens_now = status[0].tolist(), status[1].tolist()
+        released = False
         for slot, job in enumerate(self.slot_job):
             if job is None or codes_now[slot] == RUNNING:
                 continue
@@ -199,6 +220,9 @@ class Scheduler:
             self.step.release(self._slot_index[slot])
             self.slot_job[slot] = None
             self.stats.useful_frames += n
+            released = True
+        if released:
+            self._update_pos_base()
 
     def _drain_copies(self, finished: list[Finished], wait: bool) -> None:
         keep = []
@@ -253,8 +277,10 @@ class Scheduler:
                 if not self.queue and not any(j is not None for j in self.slot_job):
                     break
                 continue
-            self.run_frame(any(self.slot_sampling[s] for s, j in enumerate(self.slot_job) if j is not None))
+            kv_len = self._kv_len()
+            self.run_frame(any(self.slot_sampling[s] for s, j in enumerate(self.slot_job) if j is not None), kv_len)
             self.stats.frames += 1
+            self.stats.attended_positions += kv_len
             self.stats.slot_frames += self.num_slots
             i = t % len(self._snapshots)
             snapshot, event = self._snapshots[i], self._events[i]

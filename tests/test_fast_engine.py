@@ -274,6 +274,40 @@ def test_result_thread_and_lagged_stop_flags_change_nothing(tiny_checkpoint, ref
     assert 0 <= extra <= status_lag * lagged_stats.prefill_rows, (extra, lagged_stats)
 
 
+def test_attention_buckets_cover_every_row_and_change_nothing(tiny_checkpoint, reference_codes):
+    """The backbone attends over the smallest bucket (64, 128, 192 or 256 of 256 positions)
+    that covers every busy slot: rows that grow across buckets, next to short ones, give
+    the codes of attention over all positions, while far fewer positions are read."""
+    requests = REQUESTS + [GenerationRequest("long", "Pack my box with five dozen liquor jugs.", 1, 150),
+                           GenerationRequest("late", "Hello.", 0, 70)]
+    full = _engine(tiny_checkpoint, num_slots=3, dtype="float64", num_kv_buckets=1)
+    bucketed = _engine(tiny_checkpoint, num_slots=3, dtype="float64")
+    assert bucketed.step.kv_buckets == [64, 128, 192, 256] and full.step.kv_buckets == [256]
+    # every frame's bucket must reach past the position each running row writes in it
+    frames = []
+    run_frame = bucketed.scheduler.run_frame
+
+    def checked(sample, kv_len):
+        state = bucketed.step.state
+        running = state.active & (state.stop_code == 0)
+        frames.append((kv_len, int(state.pos[running].max())))
+        run_frame(sample, kv_len)
+
+    bucketed.scheduler.run_frame = checked
+    want = {r.request_id: r.codes for r in full.generate(requests, GREEDY)}
+    got = {r.request_id: r.codes for r in bucketed.generate(requests, GREEDY)}
+    assert all(kv_len > pos for kv_len, pos in frames), [f for f in frames if f[0] <= f[1]]
+    assert {kv_len for kv_len, _ in frames} == {64, 128, 192}
+    assert (64, 63) in frames and (128, 64) in frames  # tight where a row crosses into the next bucket
+    for key, codes in want.items():
+        np.testing.assert_array_equal(got[key], codes, err_msg=key)
+        if key in reference_codes:
+            np.testing.assert_array_equal(codes, reference_codes[key])
+    stats = bucketed.scheduler.stats
+    assert stats.attended_positions / stats.frames < 0.6 * 256  # most frames read a short prefix
+    assert full.scheduler.stats.attended_positions == 256 * full.scheduler.stats.frames
+
+
 def test_codec_batched_decode_and_encode_are_exact(engine64, reference):
     codec = engine64.codec
     rng = np.random.RandomState(0)
