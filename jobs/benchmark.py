@@ -215,8 +215,9 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     _reset_peak(device)
     engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                              compile=compile, warmup=True, **(options or {}))
-    before, loop_before = engine.scheduler.stats.slot_frames, engine.loop_result_s
-    frames_before = engine.scheduler.stats.frames
+    stats = engine.scheduler.stats
+    before, loop_before = stats.slot_frames, engine.loop_result_s
+    frames_before, attended_before = stats.frames, stats.attended_positions
     c0, t0 = time.process_time(), time.perf_counter()
     results = run_dialogues(engine, dialogues, sampling)
     _sync(device)
@@ -226,7 +227,8 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
               useful, wall, engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
               _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
               loop_result_s=engine.loop_result_s - loop_before)
-    row.in_flight = useful / max(1, engine.scheduler.stats.frames - frames_before)
+    row.in_flight = useful / max(1, stats.frames - frames_before)
+    row.attended = (stats.attended_positions - attended_before) / max(1, stats.frames - frames_before)
     del engine, results
     gc.collect()
     return row
