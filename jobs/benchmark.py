@@ -140,8 +140,9 @@ def _mode(options) -> str:
 
 def _loop_setting(engine) -> str:
     """How the frame loop handles finished rows, when it is not the CPU's synchronous default."""
-    lag, threaded = engine.scheduler.status_lag, engine.result_thread
-    return (", results thread" if threaded else "") + (f", flags {lag} late" if lag else "")
+    lag, threaded, buckets = engine.scheduler.status_lag, engine.result_thread, len(engine.step.kv_buckets)
+    return ((", results thread" if threaded else "") + (f", flags {lag} late" if lag else "")
+            + (", attention over all positions" if buckets == 1 else ""))
 
 
 def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
@@ -320,6 +321,8 @@ def main(argv=None):
                         "e.g. max-autotune-no-cudagraphs (default: inductor's default)")
     parser.add_argument("--coordinate-descent", action="store_true",
                         help="inductor's coordinate-descent tuning of its generated kernels (longer compile)")
+    parser.add_argument("--kv-buckets", type=int, default=4,
+                        help="backbone attention buckets (1: always all max_positions)")
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
@@ -338,7 +341,7 @@ def main(argv=None):
         torch._inductor.config.coordinate_descent_tuning = True
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
     options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
-               "status_lag": args.status_lag, "compile_mode": args.compile_mode}
+               "status_lag": args.status_lag, "compile_mode": args.compile_mode, "num_kv_buckets": args.kv_buckets}
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:
