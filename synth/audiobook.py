@@ -95,9 +95,12 @@ def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Lo
         if layout != layout_before:
             where = next((f"first at {new[0]}" for new, old in zip(layout, layout_before) if new != old),
                          "the number of passages")
+            before = [n for _, n in layout_before]
             raise BookChanged(f"{out.uri} holds a render whose passages are laid out differently ({where}: other "
-                              f"chunks or --passage-chunks); committed chunks are numbered within their passage, "
-                              f"so use a new --output")
+                              f"chunks or --passage-chunks; it has {len(before)} passages of {min(before)}-"
+                              f"{max(before)} chunks); committed chunks are numbered within their passage, so "
+                              f"relaunch with the book text and --passage-chunks it was rendered with (0 for a "
+                              f"render made before passages), or use a new --output")
         changed = [r["id"] for r, p in zip(rows, previous) if r != p]
         if changed and not allow_changes:
             raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "

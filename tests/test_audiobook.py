@@ -139,8 +139,8 @@ def test_a_different_book_on_the_same_output_is_refused(rendered, tiny_checkpoin
     # another passage size would renumber committed chunks: refused even with --allow-changes
     result = run_job(render_args(out, tiny_checkpoint, "--passage-chunks", "30", "--allow-changes"))
     assert result.returncode == 2
-    assert "passages are laid out differently (first at chapter-001-p01: other chunks or --passage-chunks)" \
-        in result.stderr
+    assert "passages are laid out differently (first at chapter-001-p01: other chunks or --passage-chunks; " \
+        "it has 6 passages of 33-42 chunks)" in result.stderr
 
 
 def _chapter(paragraph_ends: str) -> Chapter:
