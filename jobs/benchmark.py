@@ -145,26 +145,36 @@ def _loop_setting(engine) -> str:
             + (", attention over all positions" if buckets == 1 else ""))
 
 
-def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
+def _load_fast(path, *, device, dtype, num_slots, max_positions, compile, options=None):
     from synth.fast_engine import FastEngine
 
     _reset_peak(device)
-    engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
-                             compile=compile, warmup=True, **(options or {}))
+    return FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                           compile=compile, warmup=True, **(options or {}))
+
+
+def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
+    """Run `work(engine)` -> results and measure it: the Row of what happened since warm-up."""
     stats = engine.scheduler.stats
-    before, loop_before = stats.slot_frames, engine.loop_result_s
-    frames_before, attended_before = stats.frames, stats.attended_positions
+    slot_frames, frames, attended, loop_s = (stats.slot_frames, stats.frames, stats.attended_positions,
+                                             engine.loop_result_s)
     c0, t0 = time.process_time(), time.perf_counter()
-    results = engine.generate(requests, sampling)
+    results = work(engine)
     _sync(device)
     wall = time.perf_counter() - t0
-    cpu = time.process_time() - c0
+    row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
+              stats.slot_frames - slot_frames, min(r.info["ready_s"] for r in results), _peak_gib(device),
+              engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
+              loop_result_s=engine.loop_result_s - loop_s,
+              attended=(stats.attended_positions - attended) / max(1, stats.frames - frames))
+    return row, results
+
+
+def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
+    engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                        compile=compile, options=options)
     setting = f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
-    row = Row("fast", setting, len(requests), sum(r.num_frames for r in results), wall,
-              engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
-              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=cpu,
-              loop_result_s=engine.loop_result_s - loop_before,
-              attended=(stats.attended_positions - attended_before) / max(1, stats.frames - frames_before))
+    row, results = _timed_fast(engine, setting, device, lambda e: e.generate(requests, sampling))
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -211,25 +221,11 @@ def run_dialogues(engine, dialogues, sampling) -> list:
 
 def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
                        options=None) -> Row:
-    from synth.fast_engine import FastEngine
-
-    _reset_peak(device)
-    engine = FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
-                             compile=compile, warmup=True, **(options or {}))
-    stats = engine.scheduler.stats
-    before, loop_before = stats.slot_frames, engine.loop_result_s
-    frames_before, attended_before = stats.frames, stats.attended_positions
-    c0, t0 = time.process_time(), time.perf_counter()
-    results = run_dialogues(engine, dialogues, sampling)
-    _sync(device)
-    wall = time.perf_counter() - t0
-    useful = sum(r.num_frames for r in results)
-    row = Row("fast", f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns", len(results),
-              useful, wall, engine.scheduler.stats.slot_frames - before, min(r.info["ready_s"] for r in results),
-              _peak_gib(device), engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
-              loop_result_s=engine.loop_result_s - loop_before)
-    row.in_flight = useful / max(1, stats.frames - frames_before)
-    row.attended = (stats.attended_positions - attended_before) / max(1, stats.frames - frames_before)
+    engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                        compile=compile, options=options)
+    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns"
+    row, results = _timed_fast(engine, setting, device, lambda e: run_dialogues(e, dialogues, sampling))
+    row.in_flight = row.frames * num_slots / max(1, row.slot_frames)  # useful frames per frame step
     del engine, results
     gc.collect()
     return row

@@ -207,7 +207,8 @@ class FrameStep:
         self._warm.add(sample)
 
     def kv_bucket(self, positions_needed: int) -> int:
-        """The smallest attention length (a bucket) that covers `positions_needed` positions."""
+        """The smallest attention length (a bucket) that covers `positions_needed` positions;
+        all `max_positions` when none does (positions are clamped there)."""
         return next((b for b in self.kv_buckets if b >= positions_needed), self.max_positions)
 
     def frame(self, sample: bool, kv_len: int | None = None) -> None:

@@ -196,7 +196,7 @@ class Scheduler:
 
     def _kv_len(self) -> int:
         """The attention bucket for the next frame: covers the newest position of every busy slot."""
-        return self.step.kv_bucket(min(self._pos_base + self.stats.frames + 1, self.max_positions))
+        return self.step.kv_bucket(self._pos_base + self.stats.frames + 1)  # at most max_positions
 
     # ------------------------------------------------------------------ finishing
 
