@@ -6,9 +6,9 @@ import shutil
 import subprocess
 
 import pytest
-
 from helpers import private_ray
-from synth.tiny_checkpoint import build_tiny_checkpoint
+
+from synth.engine.tiny_checkpoint import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

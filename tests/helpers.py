@@ -73,7 +73,7 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
     import pyarrow.parquet as pq
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
-    from synth.audio_io import decode_clip
+    from synth.pipeline.audio_io import decode_clip
 
     model = CsmForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)

@@ -1,0 +1,441 @@
+"""Benchmark: the fast engine against the transformers reference on one fixed workload.
+
+Runs in one process, without Ray or pydantic (importable on a bare GPU box):
+
+    synth bench --config tiny-cpu            # tiny checkpoint, 32 codebooks, CPU
+    synth bench --config csm1b-cuda          # random weights at CSM-1B dims, bf16, CUDA
+    synth bench --config tiny-cpu --workload dialogue --turns 4   # chained turns vs flat
+
+(`python jobs/benchmark.py ...` is the same; `python -m synth bench ...` from the repository
+root where synth is not installed, e.g. a bare GPU box.)
+
+The workload is many scripts with a spread of text lengths and per-row frame caps
+derived from the text (a random model never emits EOS, so caps decide lengths).
+Prints a table (frames/s, x real time, useful / computed slot-frames, time to first
+audio, peak memory) and the fast / reference ratios; `--json PATH` saves the rows.
+
+`--workload dialogue` groups the same turns into dialogues of `--turns` turns, each
+turn conditioned on the generated audio of the turns before it (the context planner
+keeps the newest that fit), and runs them as chains: the fast engine with every
+dialogue in flight at once, the reference in rounds (`run`); the flat rows are the
+same turns with no context. The table then also shows dialogues in flight (mean busy
+slots) and the dialogue / flat throughput ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synth.engine.interface import GenerationRequest, SamplingParams, Segment
+from synth.pipeline.context_plan import ContextItem, SegmentCost, plan_context
+
+WORDS = (
+    "it was the best of times worst age wisdom call me ishmael some years ago never mind how long precisely "
+    "having little money quick brown fox jumps over lazy dog pack my box with five dozen liquor jugs hello "
+    "there how are you doing today fine thanks what about doctor smith numbers like appear in text as do "
+    "quotes yes she said beginning universe was created this has made lot people very angry"
+).split()
+
+
+def workload(n: int, *, seed: int = 0, max_cap: int, frames_per_word: float = 4.0) -> list[GenerationRequest]:
+    """n scripts: 2..60 words (log-uniform), cap = ~0.3 s of speech per word + slack, <= max_cap."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(n):
+        words = int(np.exp(rng.uniform(np.log(2), np.log(60))))
+        text = " ".join(rng.choice(WORDS, size=words)).capitalize() + "."
+        cap = int(min(max_cap, max(8, round(words * frames_per_word + rng.randint(0, 10)))))
+        out.append(GenerationRequest(f"r{i:04d}", text, int(rng.randint(0, 4)), cap, seed=i))
+    return out
+
+
+@dataclass
+class Row:
+    engine: str
+    setting: str
+    requests: int
+    frames: int
+    wall_s: float
+    slot_frames: int
+    ttfa_s: float
+    peak_mem_gib: float
+    warmup_s: float = 0.0
+    frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
+    decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine; on its worker thread when threaded)
+    loop_result_s: float = 0.0  # of wall_s, the frame loop's own time on finished rows (fast engine)
+    attended: float = float("nan")  # fast engine: mean backbone attention length per frame (its bucket)
+    cpu_s: float = 0.0  # process CPU time inside wall_s: a fairer basis on a shared CPU box
+    in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
+
+    @property
+    def fps(self):
+        return self.frames / self.wall_s
+
+    def as_dict(self, frame_rate_hz: float):
+        return {**self.__dict__, "frames_per_s": self.fps, "x_real_time": self.fps / frame_rate_hz,
+                "frames_per_cpu_s": self.frames / max(self.cpu_s, 1e-9),
+                "useful_fraction": self.frames / max(self.slot_frames, 1)}
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device):
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device):
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process-wide max RSS
+
+
+def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row:
+    from synth.engine.reference_engine import TransformersEngine
+
+    engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
+    batches = engine.batches(requests)  # the reference's own batching, timed batch by batch below
+    _reset_peak(device)
+    frames = slot_frames = 0
+    ttfa = None
+    c0, t0 = time.process_time(), time.perf_counter()
+    for batch in batches:
+        results = engine.generate_batch(batch, sampling)
+        _sync(device)
+        ttfa = ttfa if ttfa is not None else time.perf_counter() - t0
+        frames += sum(r.num_frames for r in results)
+        slot_frames += results[0].info["batch_frames"] * len(results)
+    wall = time.perf_counter() - t0
+    row = Row("transformers", f"batch {batch_size}", len(requests), frames, wall, slot_frames, ttfa, _peak_gib(device),
+              cpu_s=time.process_time() - c0)
+    del engine
+    return row
+
+
+def _mode(options) -> str:
+    mode = (options or {}).get("compile_mode")
+    tuning = [mode] if mode else []
+    if torch._inductor.config.coordinate_descent_tuning:
+        tuning.append("coordinate descent")
+    return f" ({', '.join(tuning)})" if tuning else ""
+
+
+def _loop_setting(engine) -> str:
+    """How the frame loop handles finished rows, when it is not the CPU's synchronous default."""
+    lag, threaded, buckets = engine.scheduler.status_lag, engine.result_thread, len(engine.step.kv_buckets)
+    return ((", results thread" if threaded else "") + (f", flags {lag} late" if lag else "")
+            + (", attention over all positions" if buckets == 1 else ""))
+
+
+def _load_fast(path, *, device, dtype, num_slots, max_positions, compile, options=None):
+    from synth.engine.fast_engine import FastEngine
+
+    _reset_peak(device)
+    return FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                           compile=compile, warmup=True, **(options or {}))
+
+
+def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
+    """Run `work(engine)` -> results and measure it: the Row of what happened since warm-up."""
+    stats = engine.scheduler.stats
+    slot_frames, frames, attended, loop_s = (stats.slot_frames, stats.frames, stats.attended_positions,
+                                             engine.loop_result_s)
+    c0, t0 = time.process_time(), time.perf_counter()
+    results = work(engine)
+    _sync(device)
+    wall = time.perf_counter() - t0
+    row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
+              stats.slot_frames - slot_frames, min(r.info["ready_s"] for r in results), _peak_gib(device),
+              engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
+              loop_result_s=engine.loop_result_s - loop_s,
+              attended=(stats.attended_positions - attended) / max(1, stats.frames - frames))
+    return row, results
+
+
+def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
+    engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                        compile=compile, options=options)
+    setting = f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
+    row, results = _timed_fast(engine, setting, device, lambda e: e.generate(requests, sampling))
+    # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
+    with torch.inference_mode():
+        sample = sampling.do_sample
+        engine.scheduler.run_frame(sample)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            engine.scheduler.run_frame(sample)
+        _sync(device)
+        row.frame_ms = (time.perf_counter() - t0) / 20 * 1000
+    del engine, results
+    gc.collect()
+    return row
+
+
+def as_dialogues(requests: list[GenerationRequest], turns: int) -> list[list[GenerationRequest]]:
+    """Consecutive requests as dialogues of `turns` turns, speakers alternating 0/1."""
+    return [[replace(r, request_id=f"d{i // turns:04d}:{i % turns}", speaker=(i % turns) % 2)
+             for i, r in list(enumerate(requests))[start : start + turns]]
+            for start in range(0, len(requests) - turns + 1, turns)]
+
+
+def run_dialogues(engine, dialogues, sampling) -> list:
+    """Each dialogue as a chain: a turn is submitted when the one before it is done, with the
+    newest earlier turns that fit as context. Returns the results in completion order."""
+    index = {r.request_id: (d, t) for d, turns in enumerate(dialogues) for t, r in enumerate(turns)}
+    history: list[list[ContextItem]] = [[] for _ in dialogues]
+    cost = SegmentCost(engine)
+
+    def with_context(request: GenerationRequest, d: int) -> GenerationRequest:
+        plan = plan_context(history[d], target_cost=engine.count_prompt_tokens(request),
+                            max_frames=request.max_frames, max_positions=engine.max_positions)
+        return replace(request, context=tuple(i.segment for i in plan.items), max_frames=plan.max_frames)
+
+    def on_result(result):
+        d, t = index[result.request_id]
+        done = dialogues[d][t]
+        segment = Segment(done.speaker, done.text, result.audio)
+        history[d].append(ContextItem(result.request_id, t, segment, cost(segment)))
+        return [with_context(dialogues[d][t + 1], d)] if t + 1 < len(dialogues[d]) else []
+
+    return engine.run([turns[0] for turns in dialogues], sampling, on_result=on_result)
+
+
+def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
+                       options=None) -> Row:
+    engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                        compile=compile, options=options)
+    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns"
+    row, results = _timed_fast(engine, setting, device, lambda e: run_dialogues(e, dialogues, sampling))
+    row.in_flight = row.frames * num_slots / max(1, row.slot_frames)  # useful frames per frame step
+    del engine, results
+    gc.collect()
+    return row
+
+
+def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_size) -> Row:
+    from synth.engine.reference_engine import TransformersEngine
+
+    engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
+    _reset_peak(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    results = run_dialogues(engine, dialogues, sampling)
+    wall = time.perf_counter() - t0
+    slot_frames = sum(r.info["batch_frames"] for r in results)  # each row rides its batch to the end
+    row = Row("transformers", f"batch {batch_size}, {len(dialogues)} dialogues x {len(dialogues[0])} turns, rounds",
+              len(results), sum(r.num_frames for r in results), wall, slot_frames, float("nan"), _peak_gib(device),
+              cpu_s=time.process_time() - c0)
+    del engine
+    return row
+
+
+def build_csm1b_random(out_dir: Path, device: str) -> Path:
+    """Random weights at csm-1b's dimensions (CsmConfig defaults; Mimi defaults), saved with
+    save_pretrained next to the tiny tokenizer/processor, so both engines load from disk."""
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    from synth.engine.tiny_checkpoint import tiny_model_and_processor
+
+    if (out_dir / "config.json").exists():
+        return out_dir
+    _, processor = tiny_model_and_processor(num_codebooks=32, hidden_size=64, num_layers=1)
+    tok = processor.tokenizer
+    bos, _, audio, audio_eos = tok.convert_tokens_to_ids(["<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>",
+                                                          "<|audio_eos|>"])
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+    config = CsmConfig(
+        bos_token_id=bos, audio_token_id=audio, audio_eos_token_id=audio_eos, pad_token_id=audio,
+        rope_parameters=rope, depth_decoder_config={"rope_parameters": rope},
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = CsmForConditionalGeneration(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        # Tie the audio tables by hand: some transformers versions build them untied.
+        model.backbone_model.embed_tokens.embed_audio_tokens.weight.copy_(model.depth_decoder.model.embed_tokens.weight)
+        # Mimi has 2048 codes: keep codes 2048..2050 out of reach of sampling/argmax.
+        model.lm_head.weight[2048:] = 0
+        model.depth_decoder.codebooks_head.weight[:, :, 2048:] = 0
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    del model
+    gc.collect()
+    return out_dir
+
+
+CONFIGS = {
+    # name: device, dtype, requests, max frames, reference batch-1 requests, ref batch, slot counts, positions
+    "tiny-cpu": dict(device="cpu", dtype="float32", requests=128, max_cap=80, batch1=6, ref_batch=8,
+                     slots=[16, 32, 64], max_positions=256),
+    "csm1b-cuda": dict(device="cuda", dtype="bfloat16", requests=512, max_cap=250, batch1=2, ref_batch=16,
+                       slots=[1, 64, 128, 256], max_positions=512),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="synth bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
+    parser.add_argument("--checkpoint", help="a checkpoint dir or hub id to load instead of the config's own")
+    parser.add_argument("--build-dir", help="build the config's own checkpoint here, or reuse the one built "
+                        "here before (default: a fresh temp dir)")
+    parser.add_argument("--requests", type=int, help="workload size")
+    parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts")
+    parser.add_argument("--ref-batch", type=int)
+    parser.add_argument("--batch1-requests", type=int, help="rows for the batch-1 reference run")
+    parser.add_argument("--ref-requests", type=int, help="rows for the padded reference run (default: all)")
+    parser.add_argument("--max-positions", type=int)
+    parser.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
+                        help="torch.compile the fast engine's steps (auto: CUDA only)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--workload", choices=["flat", "dialogue"], default="flat",
+                        help="dialogue: the same turns chained into dialogues (see the module docstring)")
+    parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
+    parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
+                        help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
+    parser.add_argument("--compile-mode", help="torch.compile mode for the fast engine's steps, "
+                        "e.g. max-autotune-no-cudagraphs (default: inductor's default)")
+    parser.add_argument("--coordinate-descent", action="store_true",
+                        help="inductor's coordinate-descent tuning of its generated kernels (longer compile)")
+    parser.add_argument("--kv-buckets", type=int, default=4,
+                        help="backbone attention buckets (1: always all max_positions)")
+    parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args(argv)
+    cfg = dict(CONFIGS[args.config])
+    for key in ("requests", "slots", "ref_batch", "max_positions"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    if args.batch1_requests is not None:
+        cfg["batch1"] = args.batch1_requests
+    device, dtype = cfg["device"], cfg["dtype"]
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("config needs CUDA, and torch sees no CUDA device")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.coordinate_descent:
+        torch._inductor.config.coordinate_descent_tuning = True
+    compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
+    options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
+               "status_lag": args.status_lag, "compile_mode": args.compile_mode, "num_kv_buckets": args.kv_buckets}
+
+    build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
+    if args.checkpoint:
+        path = args.checkpoint
+    elif args.config == "tiny-cpu":
+        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
+
+        path = ensure_tiny_checkpoint(build_dir / "tiny-csm")
+    else:
+        path = build_csm1b_random(build_dir / "csm1b-random", device)
+    path = str(path)
+
+    from transformers import CsmConfig
+
+    codec = CsmConfig.from_pretrained(path).codec_config
+    frame_rate = float(codec.frame_rate)
+    requests = workload(cfg["requests"], max_cap=cfg["max_cap"])
+    sampling = SamplingParams(do_sample=False) if args.greedy else SamplingParams(
+        do_sample=True, temperature=0.9, top_k=50, depth_temperature=0.9, depth_top_k=50)
+    print(f"# {args.config}: {len(requests)} requests, caps {min(r.max_frames for r in requests)}.."
+          f"{max(r.max_frames for r in requests)} frames (sum {sum(r.max_frames for r in requests)}), "
+          f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, {'greedy' if args.greedy else 'sampling'}", flush=True)
+
+    rows: list[Row] = []
+    if args.workload == "dialogue":
+        rows = dialogue_rows(args, cfg, path, requests, sampling, compile, options)
+    elif not args.skip_reference:
+        n1 = cfg["batch1"]
+        if n1:
+            rows.append(run_reference(path, requests[:n1], sampling, device=device, dtype=dtype, batch_size=1))
+            print("done:", rows[-1].as_dict(frame_rate), flush=True)
+        n_ref = args.ref_requests or len(requests)
+        rows.append(run_reference(path, requests[:n_ref], sampling, device=device, dtype=dtype,
+                                  batch_size=cfg["ref_batch"]))
+        print("done:", rows[-1].as_dict(frame_rate), flush=True)
+    for slots in cfg["slots"] if args.workload == "flat" else []:
+        try:
+            reqs = requests if slots > 1 else requests[: max(cfg["batch1"], 2)]
+            rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
+                                 max_positions=cfg["max_positions"], compile=compile, options=options))
+            print("done:", rows[-1].as_dict(frame_rate), flush=True)
+        except torch.OutOfMemoryError as err:
+            print(f"fast {slots} slots: out of memory ({err})", flush=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    print_table(rows, frame_rate)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
+
+
+def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list[Row]:
+    """Flat (no context) and chained runs of the same turns, at the largest slot count."""
+    device, dtype, slots = cfg["device"], cfg["dtype"], max(cfg["slots"])
+    dialogues = as_dialogues(requests, args.turns)
+    turns = [r for d in dialogues for r in d]
+    kw = dict(device=device, dtype=dtype, num_slots=slots, max_positions=cfg["max_positions"], compile=compile,
+              options=options)
+    rows = []
+    if not args.skip_reference:
+        n = max(1, (args.ref_requests or len(turns)) // args.turns)
+        rows.append(run_reference_dialogues(path, dialogues[:n], sampling, device=device, dtype=dtype,
+                                            batch_size=cfg["ref_batch"]))
+        print("done:", rows[-1].__dict__, flush=True)
+    rows.append(run_fast(path, turns, sampling, **kw))
+    rows[-1].setting += f", flat {len(turns)} turns"
+    print("done:", rows[-1].__dict__, flush=True)
+    rows.append(run_fast_dialogues(path, dialogues, sampling, **kw))
+    print("done:", rows[-1].__dict__, flush=True)
+    return rows
+
+
+def print_table(rows: list[Row], frame_rate: float) -> None:
+    print()
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s |"
+    print(header)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        d = r.as_dict(frame_rate)
+        print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
+              f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
+              f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
+              f"{'-' if math.isnan(r.attended) else f'{r.attended:.0f}'} | {d['frames_per_cpu_s']:.1f} |")
+    refs = [r for r in rows if r.engine == "transformers"]
+    fast = [r for r in rows if r.engine == "fast"]
+    chained = [r for r in fast if not math.isnan(r.in_flight)]  # a dialogue run
+    flat = [r for r in fast if math.isnan(r.in_flight)]
+    if refs and fast:
+        best = chained[0] if chained else max(fast, key=lambda r: r.fps)  # like for like
+        print()
+        for ref in refs:
+            print(f"best fast ({best.setting}) / transformers {ref.setting}: throughput x{best.fps / ref.fps:.1f}, "
+                  f"per CPU second x{(best.frames / best.cpu_s) / (ref.frames / ref.cpu_s):.1f}"
+                  + ("" if math.isnan(ref.ttfa_s) else f", first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner"))
+    if chained and flat:
+        print(f"dialogue / flat throughput (fast engine, same turns): x{chained[0].fps / flat[0].fps:.2f}; "
+              f"dialogues in flight per frame: {chained[0].in_flight:.1f} of {chained[0].setting.split(' ')[0]} slots")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Rendering a book: passages as chains of chunks through the synthesis run, then chapter files.
+
+A book becomes a scripts manifest with one script per passage: a chapter cut at the
+first paragraph end after every `passage_chunks` chunks (`chapter-NNN-pMM`), or the
+whole chapter (`chapter-NNN`) when it makes one passage or passage_chunks is 0. Each chunk is a turn spoken in
+the narrator's voice, so a passage renders as one chain with rolling context (the
+voice prompt, then the newest chunks that fit), and passages render in parallel, in
+the slots of as many actors as there are, each committed when done. The run is an
+ordinary synthesis run into the same output (per-chunk dataset, commits, resume); this
+module owns writing that manifest and, once the chunks exist, assembling each chapter
+from its passages:
+
+    OUT/book/manifest.parquet          the passages as scripts (rewritten identically on resume)
+    OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
+    OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
+    OUT/chapters/chapter-001.json      timing: each chunk's start/end and text
+    OUT/chapters/chapter-001.srt|vtt   the same as subtitles
+    OUT/book.m4b                       with format "m4b": the whole book, a marker per chapter
+
+`render_book` runs the pieces: the manifest, the run (`synth.pipeline.runner`), then the
+chapters. It knows nothing about the model beyond what the output dataset holds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from synth.book.m4b import FORMAT as M4B
+from synth.book.m4b import M4bBook
+from synth.book.stitch import (
+    AUDIO_FORMATS,
+    StitchSettings,
+    stitch,
+    timing_json,
+    to_srt,
+    to_vtt,
+    write_audio,
+)
+from synth.book.text import Chapter, load_book
+from synth.errors import SynthError
+from synth.pipeline import storage
+from synth.pipeline.config import ConfigError, SynthConfig
+from synth.pipeline.runner import run
+
+TURN = pa.struct([("text", pa.string())])
+MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("voice", pa.string()), ("turns", pa.list_(TURN))])
+
+
+def chapter_id(chapter: Chapter) -> str:
+    return f"chapter-{chapter.index + 1:03d}"
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Chunks [start, stop) of one chapter, rendered as one script (one chain)."""
+
+    script_id: str
+    chapter: int  # Chapter.index
+    start: int
+    stop: int
+
+
+def passages(chapter: Chapter, passage_chunks: int) -> list[Passage]:
+    """The chapter's chunks cut at the first paragraph end after every `passage_chunks`
+    chunks (so a passage never ends mid-paragraph); 0: the whole chapter as one passage,
+    which keeps the chapter's id (as does a chapter too short to cut)."""
+    if passage_chunks < 0:
+        raise ValueError(f"passage_chunks={passage_chunks} must be >= 0")
+    n = len(chapter.chunks)
+    bounds, start = [], 0
+    for i, chunk in enumerate(chapter.chunks):
+        if passage_chunks and chunk.paragraph_end and i + 1 - start >= passage_chunks and i + 1 < n:
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, n))
+    if len(bounds) == 1:
+        return [Passage(chapter_id(chapter), chapter.index, 0, n)]
+    return [Passage(f"{chapter_id(chapter)}-p{k + 1:02d}", chapter.index, a, b) for k, (a, b) in enumerate(bounds)]
+
+
+class BookChanged(SynthError, ValueError):
+    """The output holds a render of a different book text or narrator."""
+
+
+def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location, *,
+                        passage_chunks: int = 0, allow_changes: bool = False) -> str:
+    """Write the chapters' passages as a scripts manifest under OUT/book/; returns its URI. A
+    relaunch on an output rendered from different text or another voice is refused unless
+    allowed; one whose passages are laid out differently (other ids or chunk counts) is
+    refused outright, since committed chunks are numbered within their passage."""
+    rows = [{"id": p.script_id, "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks[p.start : p.stop]]}
+            for c in chapters for p in passages(c, passage_chunks)]
+    location = out.join("book", "manifest.parquet")
+    if storage.exists(location):
+        previous = pq.read_table(out.fs.open_input_file(location.path)).to_pylist()
+        layout, layout_before = ([(r["id"], len(r["turns"])) for r in t] for t in (rows, previous))
+        if layout != layout_before:
+            where = next((f"first at {new[0]}" for new, old in zip(layout, layout_before) if new != old),
+                         "the number of passages")
+            before = [n for _, n in layout_before]
+            raise BookChanged(f"{out.uri} holds a render whose passages are laid out differently ({where}: other "
+                              f"chunks or --passage-chunks; it has {len(before)} passages of {min(before)}-"
+                              f"{max(before)} chunks); committed chunks are numbered within their passage, so "
+                              f"relaunch with the book text and --passage-chunks it was rendered with (0 for a "
+                              f"render made before passages), or use a new --output")
+        changed = [r["id"] for r, p in zip(rows, previous) if r != p]
+        if changed and not allow_changes:
+            raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
+                              f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
+    storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
+    return location.uri
+
+
+def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location) -> SynthConfig:
+    """The run's config for a book: passages spread evenly over the actors (each actor renders
+    its passages at once, one chain each), and every passage committed as soon as it is done.
+    A resumed render keeps the shard size it started with, whatever the actor count now."""
+    per_shard = max(1, math.ceil(num_scripts / config.actors.num_actors))
+    record = out.join("plan.json")
+    if storage.exists(record):
+        per_shard = json.loads(storage.read_bytes(record))["plan"]["scripts_per_shard"]
+    output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
+    return config.model_copy(update={"output": output})
+
+
+@dataclass(frozen=True)
+class ChapterFiles:
+    chapter: int
+    title: str
+    duration_s: float
+    chunks: int
+    missing_chunks: int
+    files: tuple[str, ...]
+
+
+def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
+    """script id -> the data part files holding its rows (reads only the `script_id` column)."""
+    parts: dict[str, list[str]] = defaultdict(list)
+    for path in storage.list_files(out.join("data"), ".parquet"):
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id"])
+        for script_id in set(table.column(0).to_pylist()):
+            parts[script_id].append(path)
+    return parts
+
+
+def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dict[int, np.ndarray]:
+    """turn -> audio [num_samples] float32 of one script (chapter), from its part files."""
+    audio = {}
+    for path in paths:
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio"],
+                              filters=[("script_id", "=", script_id)])
+        for turn, clip in zip(table.column("turn").to_pylist(), table.column("audio").to_pylist()):
+            audio[turn], _ = sf.read(io.BytesIO(clip["bytes"]), dtype="float32")
+    return audio
+
+
+def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sample_rate_hz: int,
+                      formats: Sequence[str], passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
+                      title: str = "", log=print) -> list[ChapterFiles]:
+    """Stitch every chapter's chunks, from its passages, into OUT/chapters/ (audio, timing
+    JSON, SRT, VTT); with "m4b" among the formats, also the whole book as OUT/book.m4b with
+    a marker per chapter, titled `title`. A chunk that failed is left out and marked
+    `missing` in the timing file."""
+    parts = _parts_by_script(out)
+    written = []
+    book = M4bBook(out.join(f"book.{M4B}"), sample_rate_hz=sample_rate_hz, title=title) if M4B in formats else None
+    formats = [f for f in formats if f != M4B]
+    try:
+        for chapter in chapters:  # one chapter's audio in memory at a time
+            written.append(_assemble_chapter(chapter, out, parts, sample_rate_hz=sample_rate_hz, formats=formats,
+                                             passage_chunks=passage_chunks, settings=settings, book=book, log=log))
+        if book is not None:
+            log(f"book: {len(chapters)} chapters with markers -> {book.close()}")
+    finally:
+        if book is not None:
+            book.discard()
+    return written
+
+
+def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, list[str]], *, sample_rate_hz: int,
+                      formats: Sequence[str], passage_chunks: int, settings: StitchSettings, book: M4bBook | None,
+                      log) -> ChapterFiles:
+    clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
+             for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
+             if turn < p.stop - p.start}
+    pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
+    samples, timed = stitch(pieces, sample_rate_hz, settings)
+    stem = out.join("chapters", chapter_id(chapter))
+    files = write_audio(stem.uri, samples, sample_rate_hz, formats)
+    if book is not None:
+        book.add_chapter(chapter.title, samples)
+    timing = timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed)
+    for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
+                         (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
+        location = out.join("chapters", chapter_id(chapter) + suffix)
+        storage.write_bytes_atomic(location, text.encode())
+        files.append(location.uri)
+    missing = sum(t.missing for t in timed)
+    log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
+        f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
+    return ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz, len(timed), missing, tuple(files))
+
+
+FORMATS = (*AUDIO_FORMATS, M4B)
+SAMPLE_RATE_HZ = 24000  # CSM's codec (Mimi): the rate of every chunk in the output
+
+
+def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: str, formats: Sequence[str],
+                passage_chunks: int = 40, settings: StitchSettings = StitchSettings(), title: str = "",
+                allow_changes: bool = False, log=print) -> bool:
+    """Render a book into `output_uri`: its passages through a synthesis run (resuming one
+    that was killed), then every chapter's files. Returns True when every chunk was
+    rendered and the run failed nowhere; raises a SynthError when nothing could run."""
+    if voice not in config.voices:
+        known = ", ".join(sorted(config.voices)) or "none"
+        raise ConfigError(f"--voice {voice!r} is not in the config's voices ({known})")
+    if not formats or any(f not in FORMATS for f in formats):
+        raise ConfigError(f"--formats {','.join(formats)!r}: choose from {','.join(FORMATS)}")
+    if passage_chunks < 0:
+        raise ConfigError(f"--passage-chunks {passage_chunks}: must be >= 0")
+    chapters = load_book(book_path)
+    num_passages = sum(len(passages(c, passage_chunks)) for c in chapters)
+    log(f"book: {len(chapters)} chapters, {num_passages} passages, {sum(len(c.chunks) for c in chapters)} chunks "
+        f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {book_path}")
+    out = storage.resolve(output_uri)
+    manifest = write_book_manifest(chapters, voice, out, passage_chunks=passage_chunks, allow_changes=allow_changes)
+    summary = run(book_run_config(config, num_passages, out), manifest, output_uri, allow_changes=allow_changes,
+                  log=log)
+    written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
+                                passage_chunks=passage_chunks, settings=settings, title=title, log=log)
+    missing = sum(c.missing_chunks for c in written)
+    hours = sum(c.duration_s for c in written) / 3600
+    log(f"book: {len(written)} chapters, {hours:.3f} h -> {output_uri}/chapters"
+        + (f" ({missing} chunks missing: see {output_uri}/errors)" if missing else ""))
+    return summary["ok"] and not missing

@@ -1,0 +1,305 @@
+"""A book's text as chapters of sentence-sized chunks, ready to be spoken one by one.
+
+This module owns reading a book (Markdown or plain text) into `Chapter`s: finding the
+chapter headings, dropping markup that should not be spoken, joining hard-wrapped lines
+into paragraphs, and cutting paragraphs into `Chunk`s of about one sentence (pysbd
+finds the sentences). Every character of a paragraph's text lands in exactly one chunk.
+It knows nothing about audio, models or Ray.
+
+Markdown support is deliberately small and regex-based: ATX headings (`# Title`),
+emphasis, inline code, links, images, HTML tags, block quotes, bullets and thematic
+breaks. Setext headings and fenced code blocks get no special treatment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from synth.errors import SynthError
+
+Format = Literal["markdown", "text"]
+
+_CLAUSE_BREAK = re.compile(r"(?:[;:,—]| --(?= ))[”’\"')\]»]*")  # ; : , — or ` -- `, then closers
+_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_SCENE_BREAK = re.compile(r"^[ \t]*([*\-_=~])(?:[ \t]*\1){2,}[ \t]*$")  # `* * *`, `---`, `___`
+_TEXT_HEADING = re.compile(r"^(chapter|book|part)\s+([0-9]+|[ivxlcdm]+)\b.*$", re.IGNORECASE)
+_QUOTE_PREFIX = re.compile(r"^ {0,3}(?:>[ \t]?)+")
+_BULLET = re.compile(r"^[ \t]*[-*+][ \t]+")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+.*$")
+_INLINE_MARKUP = (  # (pattern, replacement), applied in order to a joined paragraph
+    (re.compile(r"<!--.*?-->", re.DOTALL), ""),
+    (re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),  # image
+    (re.compile(r"!\[[^\]]*\]\[[^\]]*\]"), ""),  # reference image
+    (re.compile(r"\[([^\]]*)\]\([^)]*\)"), r"\1"),  # link
+    (re.compile(r"\[([^\]]+)\]\[[^\]]*\]"), r"\1"),  # reference link
+    (re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>"), ""),  # HTML tag
+    (re.compile(r"(`+)(.+?)\1"), r"\2"),  # inline code
+    (re.compile(r"(?<![\w*])\*{1,3}(?=\S)(.+?)(?<=\S)\*{1,3}(?![\w*])"), r"\1"),
+    (re.compile(r"(?<![\w_])_{1,3}(?=\S)(.+?)(?<=\S)_{1,3}(?![\w_])"), r"\1"),
+)
+
+
+class BookError(SynthError, ValueError):
+    """A book that cannot be read or holds no text; the message says why."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of text spoken in one go, about a sentence."""
+
+    text: str
+    paragraph_end: bool  # last chunk of its paragraph (or the chapter title): a longer pause follows
+
+
+@dataclass(frozen=True)
+class Chapter:
+    index: int  # 0-based, in book order
+    title: str
+    chunks: tuple[Chunk, ...]  # chunks[0] is the spoken title (paragraph_end=True)
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A chapter before chunking: its title and its paragraphs (whitespace-normalised)."""
+
+    title: str
+    paragraphs: list[str]
+
+
+def load_book(path: str) -> list[Chapter]:
+    """Read a UTF-8 book file; `.md`/`.markdown` is Markdown, anything else plain text."""
+    path = os.fspath(path)
+    fmt: Format = "markdown" if path.lower().endswith((".md", ".markdown")) else "text"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise BookError(f"{path}: no such file") from None
+    except OSError as e:
+        raise BookError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BookError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    try:
+        return read_book(text, fmt=fmt)
+    except BookError as e:
+        raise BookError(f"{path}: {e}") from None
+
+
+def read_book(
+    text: str, *, fmt: Format | None = None, max_chunk_chars: int = 250, min_chunk_chars: int = 20
+) -> list[Chapter]:
+    """Split a book into chapters of chunks.
+
+    `fmt=None` guesses: Markdown if any line is an ATX heading, else plain text.
+    Chunks are single sentences, except that a sentence longer than `max_chunk_chars`
+    is cut at clause breaks and one shorter than `min_chunk_chars` is joined to the next
+    sentence of its paragraph when the result still fits in `max_chunk_chars`.
+    """
+    if max_chunk_chars < 1 or min_chunk_chars < 0:
+        raise ValueError(f"need max_chunk_chars >= 1, min_chunk_chars >= 0; got {max_chunk_chars}, {min_chunk_chars}")
+    if fmt is None:
+        fmt = "markdown" if any(_ATX_HEADING.match(line) for line in text.splitlines()) else "text"
+    if fmt == "markdown":
+        sections = _markdown_sections(text)
+    elif fmt == "text":
+        sections = _text_sections(text)
+    else:
+        raise ValueError(f"fmt must be 'markdown', 'text' or None, got {fmt!r}")
+    if not sections:
+        raise BookError("the book holds no text")
+    chapters = []
+    for index, section in enumerate(sections):
+        chunks = [Chunk(piece, False) for piece in _split_long(section.title, max_chunk_chars)]
+        chunks[-1] = Chunk(chunks[-1].text, True)
+        for paragraph in section.paragraphs:
+            pieces = _paragraph_chunks(paragraph, max_chunk_chars, min_chunk_chars)
+            chunks += [Chunk(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
+        chapters.append(Chapter(index=index, title=section.title, chunks=tuple(chunks)))
+    return chapters
+
+
+# --- Markdown ------------------------------------------------------------------------
+
+
+def _markdown_sections(text: str) -> list[_Section]:
+    # blocks: ("heading", level, text) or ("paragraph", 0, joined text)
+    blocks: list[tuple[str, int, str]] = []
+    lines: list[str] = []
+    in_quote = False
+
+    def flush() -> None:
+        paragraph = _strip_inline(" ".join(lines))
+        if paragraph:
+            blocks.append(("paragraph", 0, paragraph))
+        lines.clear()
+
+    for raw in text.splitlines():
+        heading = _ATX_HEADING.match(raw)
+        if heading:
+            flush()
+            title = _strip_inline(heading.group(2) or "")
+            if title:  # an empty `#` line marks nothing
+                blocks.append(("heading", len(heading.group(1)), title))
+            continue
+        if _SCENE_BREAK.match(raw) or _FENCE.match(raw) or _LINK_DEFINITION.match(raw):
+            flush()
+            continue
+        quote = _QUOTE_PREFIX.match(raw)
+        line = raw[quote.end():] if quote else raw
+        if (quote is not None) != in_quote or _BULLET.match(line):
+            flush()  # entering or leaving a quote, or a new list item, starts a paragraph
+        in_quote = quote is not None
+        if not line.strip():
+            flush()
+            continue
+        lines.append(_BULLET.sub("", line))
+    flush()
+
+    levels = [level for kind, level, _ in blocks if kind == "heading"]
+    if not levels:
+        return [_Section("Chapter 1", [t for _, _, t in blocks])] if blocks else []
+    repeated = [lv for lv in set(levels) if levels.count(lv) > 1]
+    chapter_level = min(repeated) if repeated else min(levels)
+
+    first = next(i for i, (kind, level, _) in enumerate(blocks) if kind == "heading" and level == chapter_level)
+    sections = _front_matter(blocks[:first], chapter_level)
+    for kind, level, body in blocks[first:]:
+        if kind == "heading" and level == chapter_level:
+            sections.append(_Section(body, []))
+        else:  # deeper (or stray shallower) headings are read as paragraphs
+            sections[-1].paragraphs.append(body)
+    return sections
+
+
+def _front_matter(blocks: list[tuple[str, int, str]], chapter_level: int) -> list[_Section]:
+    """Text before the first chapter heading, titled by its single top heading if it has one."""
+    top = [i for i, (kind, level, _) in enumerate(blocks) if kind == "heading" and level < chapter_level]
+    title = blocks[top[0]][2] if len(top) == 1 else "Front matter"
+    paragraphs = [body for i, (_, _, body) in enumerate(blocks) if not (len(top) == 1 and i == top[0])]
+    return [_Section(title, paragraphs)] if paragraphs else []
+
+
+def _strip_inline(text: str) -> str:
+    for pattern, replacement in _INLINE_MARKUP:
+        text = pattern.sub(replacement, text)
+    return _normalise(text)
+
+
+# --- Plain text ----------------------------------------------------------------------
+
+
+def _text_sections(text: str) -> list[_Section]:
+    """Headings are lines like `CHAPTER IV.` that start a block, at the left margin.
+
+    The line directly under a heading (no blank line between) is its title when the
+    block holds just those two lines. Symbol-only lines (`*  *  *`) are scene breaks.
+    """
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if not line.strip() or _SCENE_BREAK.match(line):
+            blocks.append([])
+        else:
+            blocks[-1].append(line.rstrip())
+    blocks = [b for b in blocks if b]
+
+    sections = [_Section("Front matter", [])]
+    for block in blocks:
+        if _TEXT_HEADING.match(block[0]):
+            title_lines = block if len(block) == 2 else block[:1]
+            sections.append(_Section(_normalise(" ".join(title_lines)), []))
+            block = block[len(title_lines):]
+        if block:
+            sections[-1].paragraphs.append(_normalise(" ".join(block)))
+    if len(sections) == 1:
+        return [_Section("Chapter 1", sections[0].paragraphs)] if sections[0].paragraphs else []
+    return sections if sections[0].paragraphs else sections[1:]
+
+
+# --- Sentences and chunks ------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def _sentences(paragraph: str) -> list[str]:
+    """pysbd's sentences, re-cut from `paragraph` itself so that no character is lost."""
+    cuts = [0]  # where each sentence starts
+    for segment in _segmenter().segment(paragraph):
+        segment = segment.strip()
+        at = paragraph.find(segment, cuts[-1]) if segment else -1
+        if at >= 0:  # a segment pysbd altered is skipped: its text joins a neighbour
+            cuts.append(at + len(segment))
+    cuts = [*cuts[:-1], len(paragraph)] if len(cuts) > 1 else [0, len(paragraph)]  # the tail joins the last
+    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if paragraph[a:b].strip()]
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:  # a span with nothing to say (a lone `”`) joins its neighbour
+        if merged and not (_speakable(paragraph[a:b]) and _speakable(paragraph[slice(*merged[-1])])):
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return [paragraph[a:b].strip() for a, b in merged]
+
+
+def _speakable(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def _split_long(sentence: str, max_chars: int) -> list[str]:
+    """Cut at the last clause break that fits, else the last space, else hard at the limit.
+
+    A cut moves past closing quotes and brackets so that `book,” thought` splits as
+    `book,”` + `thought`.
+    """
+    pieces = []
+    while len(sentence) > max_chars:
+        cut = max((c for c in _clause_cuts(sentence) if c <= max_chars), default=0)
+        if cut <= 0:
+            cut = sentence.rfind(" ", 0, max_chars + 1)
+        if cut <= 0:
+            cut = max_chars
+        pieces.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
+    if sentence:
+        pieces.append(sentence)
+    return pieces
+
+
+def _clause_cuts(sentence: str):
+    """Positions just after each clause break (and any closers after it), text left over."""
+    for match in _CLAUSE_BREAK.finditer(sentence):
+        cut = match.end()
+        if sentence[cut:].strip():
+            yield cut
+
+
+def _paragraph_chunks(paragraph: str, max_chars: int, min_chars: int) -> list[str]:
+    """Sentences cut to fit, then short ones joined to the next, as spans of `paragraph`.
+
+    Joining spans (not strings) keeps whatever separated the two pieces, space or none.
+    """
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for sentence in _sentences(paragraph):
+        for piece in _split_long(sentence, max_chars):
+            start = paragraph.index(piece, cursor)
+            cursor = start + len(piece)
+            if spans and spans[-1][1] - spans[-1][0] < min_chars and cursor - spans[-1][0] <= max_chars:
+                spans[-1] = (spans[-1][0], cursor)
+            else:
+                spans.append((start, cursor))
+    return [paragraph[a:b] for a, b in spans]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())

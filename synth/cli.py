@@ -1,0 +1,124 @@
+"""The `synth` command: one entry point for every job synth runs.
+
+    synth run   --config configs/demo.yaml --input examples/dialogues.parquet --output out/demo
+    synth run   --config configs/demo.yaml --input examples/dialogues.parquet --dry-run
+    synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
+    synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
+    synth bench-driver --rows 1000000        (driver memory on a large manifest)
+
+`pip install` puts `synth` on the PATH; `python -m synth ...` is the same without an
+install (from the repository root), and `jobs/*.py` are the same commands as scripts
+for `ray job submit`. This module parses arguments and calls the package; it imports
+each command's modules only when that command runs, so `synth bench` works on a GPU
+box without Ray or pydantic. Exit status: 0 done, 1 finished with failures, 2 nothing
+ran (a bad config, manifest, book or output directory; the message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from synth.errors import SynthError
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set generation.batch_size=4 (repeatable)")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="continue an output whose recorded settings differ from these")
+
+
+def _run_parser(sub) -> None:
+    parser = sub.add_parser("run", help="synthesize a speech dataset from a Parquet manifest",
+                            description="Synthesize a speech dataset from a Parquet manifest with CSM on Ray.")
+    parser.add_argument("--config", help="YAML config (defaults when omitted)")
+    parser.add_argument("--input", required=True, help="manifest: a .parquet file or a directory of them (local or URI)")
+    parser.add_argument("--output", help="output dataset directory (local or URI); required unless --dry-run")
+    parser.add_argument("--dry-run", action="store_true", help="validate the manifest and print the plan; load no model")
+    _add_run_options(parser)
+
+
+def _book_parser(sub) -> None:
+    parser = sub.add_parser("book", help="render a book to one audio file per chapter in a narrator's voice",
+                            description="Render a plain-text or Markdown book to one audio file per chapter, "
+                            "in one narrator's voice.")
+    parser.add_argument("--config", help="YAML config with a `voices:` library (defaults when omitted)")
+    parser.add_argument("--book", required=True, help="the book: .md/.markdown (chapters at headings) or plain text")
+    parser.add_argument("--voice", required=True, help="narrator: a name from the config's voices")
+    parser.add_argument("--output", required=True, help="output directory (local or URI)")
+    parser.add_argument("--formats", default="wav,flac",
+                        help="comma-separated: wav, flac, mp3 (one file per chapter), m4b (one file for the book "
+                        "with a marker per chapter)")
+    parser.add_argument("--title", help="the book's title in its M4B (default: the book file's name)")
+    parser.add_argument("--passage-chunks", type=int, default=40, metavar="N",
+                        help="cut chapters into passages of at least N chunks, at paragraph ends, which render "
+                        "in parallel, each with its own rolling context; 0: a chapter is one passage")
+    parser.add_argument("--sentence-pause", type=float, metavar="S", help="seconds between sentences (default 0.25)")
+    parser.add_argument("--paragraph-pause", type=float, metavar="S", help="seconds between paragraphs (default 0.7)")
+    _add_run_options(parser)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from synth.pipeline.config import load_config
+    from synth.pipeline.dry_run import dry_run_report
+    from synth.pipeline.runner import run
+
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dry_run_report(config, args.input).render())
+        return 0
+    if not args.output:
+        raise SynthError("--output is required unless --dry-run")
+    summary = run(config, args.input, args.output, allow_changes=args.allow_changes)
+    return 0 if summary["ok"] else 1
+
+
+def book_command(args: argparse.Namespace) -> int:
+    from synth.book.render import render_book
+    from synth.book.stitch import StitchSettings
+    from synth.pipeline.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    pauses = {"sentence_pause_s": args.sentence_pause, "paragraph_pause_s": args.paragraph_pause}
+    settings = StitchSettings(**{k: v for k, v in pauses.items() if v is not None})
+    title = args.title or os.path.splitext(os.path.basename(args.book))[0]
+    ok = render_book(config, args.book, voice=args.voice, output_uri=args.output, formats=formats,
+                     passage_chunks=args.passage_chunks, settings=settings, title=title,
+                     allow_changes=args.allow_changes)
+    return 0 if ok else 1
+
+
+# Tools with their own argument parsers: the rest of the command line goes to them.
+TOOLS = {
+    "bench": ("synth.bench.throughput", "engine throughput: the fast engine against the transformers reference"),
+    "bench-driver": ("synth.bench.driver_memory", "driver time and memory on a large manifest"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        module = importlib.import_module(TOOLS[argv[0]][0])
+        return module.main(argv[1:]) or 0
+    parser = argparse.ArgumentParser(prog="synth", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _run_parser(sub)
+    _book_parser(sub)
+    for name, (_, help_text) in TOOLS.items():
+        sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
+    args = parser.parse_args(argv)
+    command = {"run": run_command, "book": book_command}[args.command]
+    try:
+        return command(args)
+    except SynthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

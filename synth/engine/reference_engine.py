@@ -1,0 +1,258 @@
+"""The transformers reference engine: CSM's own processor and padded batched `generate`.
+
+This module owns the reference path that every faster engine is checked against:
+`CsmProcessor.apply_chat_template` for the prompt, `CsmForConditionalGeneration.generate`
+on a left-padded batch, then a per-row cut at the EOS frame (codebooks 0..N-2 all equal
+to `codebook_eos_token_id`, the rule `generate` stops on) or at the row's own cap, and
+Mimi decoding of exactly the kept frames. It knows nothing about manifests or Ray.
+
+Limits it inherits from transformers: finished rows keep generating until the longest
+row of the batch stops, and one seed is set per batch (rows of a batch share a random
+stream), so sampled output depends on batch composition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from synth.engine.interface import (
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Segment,
+)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but torch sees no CUDA device")
+    return device
+
+
+def checkpoint_fingerprint(model_id: str) -> str:
+    """A short hash of the weight files when the checkpoint is local, else of the id.
+
+    Hashing size + first/last MiB keeps this cheap for multi-GB checkpoints."""
+    if not os.path.isdir(model_id):
+        return "id:" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(model_id)):
+        if not name.endswith((".safetensors", ".json")):
+            continue
+        path = os.path.join(model_id, name)
+        size = os.path.getsize(path)
+        digest.update(f"{name}:{size}".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def check_tied_audio_embeddings(model) -> None:
+    """Fail loudly if the backbone's audio embeddings are not the depth decoder's
+    (a reported transformers 5.x loading bug leaves them randomly initialised)."""
+    backbone = model.backbone_model.embed_tokens.embed_audio_tokens.weight
+    depth = model.depth_decoder.model.embed_tokens.weight
+    if backbone.shape != depth.shape or not torch.equal(backbone, depth):
+        raise RuntimeError(
+            "backbone audio embeddings differ from the depth decoder's after loading; "
+            "the checkpoint or transformers version is affected by the untied-embedding bug"
+        )
+
+
+def conversation(request: GenerationRequest) -> list[dict]:
+    """The chat-template conversation for a request: context turns, then the target turn."""
+    messages = []
+    for seg in request.context:
+        content = [{"type": "text", "text": seg.text}]
+        if seg.audio is not None:
+            content.append({"type": "audio", "path": seg.audio})
+        messages.append({"role": str(seg.speaker), "content": content})
+    messages.append({"role": str(request.speaker), "content": [{"type": "text", "text": request.text}]})
+    return messages
+
+
+class TransformersEngine:
+    """CSM through transformers' processor and `generate` (the reference)."""
+
+    name = "transformers"
+
+    def __init__(
+        self, model, processor, *, device: str, dtype: str, model_id: str,
+        compile: bool | None = None, batch_size: int = 8,
+    ):
+        self.model = model
+        self.batch_size = batch_size
+        self.processor = processor
+        self.device = device
+        self.dtype = dtype
+        self.model_id = model_id
+        cfg = model.config
+        self.num_codebooks = cfg.num_codebooks
+        self.max_positions = cfg.max_position_embeddings
+        self.eos_code = cfg.codebook_eos_token_id
+        codec = cfg.codec_config
+        self.sample_rate_hz = codec.sampling_rate
+        self.samples_per_frame = round(codec.sampling_rate / codec.frame_rate)  # 1920 for Mimi at 12.5 Hz
+        tok = processor.tokenizer
+        if tok.pad_token_id == cfg.audio_token_id:
+            # Left padding with the audio token would be taken for audio frames.
+            tok.pad_token = tok.eos_token
+        use_compile = (device == "cuda") if compile is None else compile
+        if use_compile:
+            # Documented recipe: static caches on both decoders, auto-compiled on CUDA.
+            model.generation_config.cache_implementation = "static"
+            model.depth_decoder.generation_config.cache_implementation = "static"
+        self.compiled = use_compile
+
+    @classmethod
+    def load(
+        cls, model_id: str, *, device: str = "auto", dtype: str = "float32",
+        compile: bool | None = None, batch_size: int = 8,
+    ):
+        from transformers import AutoProcessor, CsmForConditionalGeneration
+
+        device = resolve_device(device)
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = CsmForConditionalGeneration.from_pretrained(model_id, dtype=_DTYPES[dtype]).to(device).eval()
+        check_tied_audio_embeddings(model)
+        return cls(
+            model, processor, device=device, dtype=dtype, model_id=model_id, compile=compile, batch_size=batch_size
+        )
+
+    def _inputs(self, requests: Sequence[GenerationRequest]):
+        return self.processor.apply_chat_template(
+            [conversation(r) for r in requests], tokenize=True, return_dict=True
+        ).to(self.device)
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return int(self._inputs([request])["input_ids"].shape[1])
+
+    @torch.inference_mode()
+    def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Mimi codes [T_i, K] int16 of 24 kHz float32 clips, one at a time."""
+        codec = self.model.codec_model
+        out = []
+        for clip in clips:
+            x = torch.as_tensor(np.asarray(clip, np.float32))[None, None].to(self.device, codec.dtype)  # [1, 1, S]
+            codes = codec.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [1, K, T]
+            out.append(codes[0].T.to(torch.int16).cpu().numpy())
+        return out
+
+    def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
+        """The reference re-encodes context through its processor on every call: nothing to keep."""
+
+    def _sampling_kwargs(self, sampling: SamplingParams) -> dict:
+        kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample}
+        if sampling.do_sample:
+            kw.update(
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                depth_decoder_temperature=sampling.depth_temperature,
+                depth_decoder_top_k=sampling.depth_top_k,
+            )
+        return kw
+
+    @torch.inference_mode()
+    def generate_codes(self, inputs, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> torch.Tensor:
+        """Raw `generate` output for one padded batch: [B, max_new_frames, num_codebooks]."""
+        torch.manual_seed(requests[0].seed)
+        max_new = max(r.max_frames for r in requests)
+        # Depth-decoder kwargs persist in its generation config; every call passes them all.
+        return self.model.generate(**inputs, max_new_tokens=max_new, **self._sampling_kwargs(sampling))
+
+    def cut(self, codes: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, str]:
+        """Frames before the EOS frame or the row's cap. codes: [T, K] -> [T', K]."""
+        codes = codes[:max_frames]
+        is_eos = (codes[:, :-1] == self.eos_code).all(dim=-1)  # [T]
+        if bool(is_eos.any()):
+            return codes[: int(is_eos.nonzero()[0, 0])], "eos"
+        return codes, "max_length"
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Mimi-decode [T, K] codes to [T * samples_per_frame] float32 samples."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        audio = self.model.codec_model.decode(codes.T.unsqueeze(0)).audio_values  # [1, 1, samples]
+        return audio[0, 0].float().cpu().numpy()
+
+    def batches(self, requests: Sequence[GenerationRequest]) -> list[list[GenerationRequest]]:
+        """Batches of `batch_size` rows of similar prompt and target length, so padding
+        (in the prompt) and finished rows riding along (in the frames) waste little."""
+        lengths = {r.request_id: self.count_prompt_tokens(r) for r in requests}
+        order = sorted(requests, key=lambda r: (lengths[r.request_id], r.max_frames))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
+            on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+            ) -> list[GenerationResult]:
+        """Generate `requests` in rounds: each round is `generate` over what is waiting, and the
+        follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round."""
+        results: list[GenerationResult] = []
+        waiting = list(requests)
+        while waiting:
+            follow_ups: list[GenerationRequest] = []
+            for result in self.generate(waiting, sampling):
+                results.append(result)
+                follow_ups += list((on_result(result) if on_result is not None else None) or ())
+            waiting = follow_ups
+        return results
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[GenerationResult]:
+        by_id = {
+            res.request_id: res for batch in self.batches(requests) for res in self.generate_batch(batch, sampling)
+        }
+        return [by_id[r.request_id] for r in requests]
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams
+    ) -> list[GenerationResult]:
+        """One padded `generate` call over `requests`."""
+        if not requests:
+            return []
+        inputs = self._inputs(requests)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # [B]: left padding is masked out
+        batch_codes = self.generate_codes(inputs, requests, sampling)
+        results = []
+        for request, row_codes, num_prompt_tokens in zip(requests, batch_codes, prompt_tokens):
+            codes, stop = self.cut(row_codes, request.max_frames)
+            results.append(
+                GenerationResult(
+                    request_id=request.request_id,
+                    codes=codes.to(torch.int16).cpu().numpy(),
+                    audio=self.decode(codes),
+                    stop_reason=stop,
+                    num_prompt_tokens=int(num_prompt_tokens),
+                    info={"batch_frames": int(batch_codes.shape[1]), "batch_size": len(requests)},
+                )
+            )
+        return results
+
+    def describe(self) -> dict:
+        return {
+            "engine": self.name,
+            "model": self.model_id,
+            "dtype": self.dtype,
+            "device": self.device,
+            "compiled": self.compiled,
+        }
+
+
+__all__ = ["TransformersEngine", "Segment", "conversation", "resolve_device", "checkpoint_fingerprint"]

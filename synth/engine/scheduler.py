@@ -1,0 +1,298 @@
+"""Continuous batching of CSM rows over a fixed set of decoding slots.
+
+This module owns the queue of prepared prompts (`Job`), slot bookkeeping, prefill
+of newly admitted rows into free slots while other slots keep decoding, and pulling
+finished rows out as soon as their stop rule fires (EOS frame, length cap, silence,
+loop), so their slots are refilled on the next frame. Jobs may be submitted while it
+runs (from the `on_finished` callback), e.g. a conversation's next turn. On CUDA the
+host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
+memory, so the GPU always has frames queued and never waits on the host; a finished
+row then sits frozen in its slot for that many frames. It knows nothing about text,
+tokenizers, audio or the `Engine` records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from synth.engine.frame_step import RUNNING, STOP_REASONS, FrameStep, GraphedFrame
+from synth.engine.lean_csm import LeanCsm
+
+
+@dataclass
+class Job:
+    """One row to generate.
+
+    input_ids: [T] text token ids of the prompt; audio positions hold any valid text id.
+    audio_codes: [T, K] codes embedded instead of text where `is_audio` [T] is True
+      (context frames, and the all-EOS frame at `<|audio_eos|>`).
+    sampling: (do_sample, temperature, top_k, depth_temperature, depth_top_k).
+    """
+
+    key: Any
+    input_ids: torch.Tensor
+    audio_codes: torch.Tensor
+    is_audio: torch.Tensor
+    max_frames: int
+    seed: int = 0
+    sampling: tuple[float, float, float, float, float] = (0.0, 1.0, 0.0, 1.0, 0.0)
+    submitted_s: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Finished:
+    key: Any
+    codes: np.ndarray  # [num_frames, K] int16, frames before the EOS frame
+    stop_reason: str
+    num_prompt_tokens: int
+    slot: int
+    submitted_s: float
+    started_s: float
+    finished_s: float
+
+
+@dataclass
+class SchedulerStats:
+    frames: int = 0  # frame steps run (each computes every slot)
+    slot_frames: int = 0  # frames x slots
+    useful_frames: int = 0  # frames delivered in results
+    prefills: int = 0
+    prefill_rows: int = 0
+    attended_positions: int = 0  # sum over frames of the backbone's attention length (its bucket)
+
+
+class Scheduler:
+    """Runs jobs through a FrameStep with `num_slots` rows decoding concurrently."""
+
+    def __init__(self, model: LeanCsm, step: FrameStep, *, use_cuda_graph: bool | None = None,
+                 max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None):
+        """min_admit: while rows are decoding, wait until this many slots are free before a
+        prefill (default num_slots // 32, at least 1): fewer, larger prefills.
+        status_lag: frames the host reads the stop flags behind the newest queued frame
+        (default 2 on CUDA, 0 on CPU, where frames run synchronously anyway)."""
+        self.model, self.step = model, step
+        self.num_slots, self.max_positions = step.num_slots, step.max_positions
+        self.device = step.state.hidden.device
+        self.is_cuda = self.device.type == "cuda"
+        use_cuda_graph = self.is_cuda if use_cuda_graph is None else use_cuda_graph
+        self.run_frame = GraphedFrame(step) if use_cuda_graph else step.frame
+        self.max_prefill_rows = max_prefill_rows or self.num_slots
+        self.min_admit = min_admit or max(1, self.num_slots // 32)
+        self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
+        self.queue: deque[Job] = deque()
+        self.slot_job: list[Job | None] = [None] * self.num_slots
+        self.slot_started: list[float] = [0.0] * self.num_slots
+        self.slot_sampling: list[bool] = [False] * self.num_slots
+        self.slot_first_frame: list[int] = [0] * self.num_slots  # first frame index run for the row
+        self.slot_prompt_len: list[int] = [0] * self.num_slots
+        # max over busy slots of prompt_len - first_frame: frame t then writes at most position
+        # _pos_base + t, so the backbone attends over a bucket of at least _pos_base + t + 1
+        self._pos_base = -1
+        self.stats = SchedulerStats()
+        self.status_lag = (2 if self.is_cuda else 0) if status_lag is None else status_lag
+        if self.status_lag < 0:
+            raise ValueError(f"status_lag={self.status_lag} must be >= 0")
+        # A ring of status snapshots: frame t writes slot t % (lag + 1), read back at frame t + lag.
+        ring = self.status_lag + 1
+        self._snapshots = [torch.zeros(2, self.num_slots, dtype=torch.long, pin_memory=self.is_cuda)
+                           for _ in range(ring)]
+        self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
+        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, Job, int, str, float]] = []
+
+    @torch.inference_mode()  # as the frames of `run` are: compiled code is specialised on it
+    def prepare(self, sample: bool) -> None:
+        """Compile (and on CUDA capture) the frame of this sampling mode in every attention
+        bucket now, so neither happens mid-run."""
+        if isinstance(self.run_frame, GraphedFrame):
+            self.run_frame.capture(sample)
+        else:
+            self.step.warm(sample)
+
+    def submit(self, job: Job) -> None:
+        T = int(job.input_ids.shape[0])
+        if T >= self.max_positions:
+            raise ValueError(f"job {job.key!r}: prompt of {T} tokens leaves no room in {self.max_positions} positions")
+        self.queue.append(job)
+
+    def abort(self) -> None:
+        """Drop every queued and running job (after an error mid-run), leaving the slots free."""
+        self.queue.clear()
+        for slot, job in enumerate(self.slot_job):
+            if job is not None:
+                self.step.release(self._slot_index[slot])
+                self.slot_job[slot] = None
+        self._pending_copies.clear()
+        self._update_pos_base()
+
+    # ------------------------------------------------------------------ admission
+
+    @torch.inference_mode()
+    def _admit(self, finished: list[Finished]) -> None:
+        free = [i for i, j in enumerate(self.slot_job) if j is None]
+        busy = len(free) < self.num_slots
+        if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
+            return
+        while free and self.queue:
+            batch: list[tuple[int, Job]] = []
+            while free and self.queue and len(batch) < self.max_prefill_rows:
+                job = self.queue.popleft()
+                if job.max_frames <= 0:  # nothing to generate: done without a slot
+                    now = time.perf_counter()
+                    finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
+                                             int(job.input_ids.shape[0]), -1, job.submitted_s, now, now))
+                    continue
+                batch.append((free.pop(0), job))
+            if batch:
+                self._prefill(batch)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host -> device without a sync: a pageable copy would wait for the queued frames."""
+        if not self.is_cuda:
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def _prefill(self, batch: list[tuple[int, Job]]) -> None:
+        m = self.model
+        lens = [int(j.input_ids.shape[0]) for _, j in batch]
+        T = max(lens)
+        N, K = len(batch), self.step.K
+        ids = torch.zeros(N, T, dtype=torch.long)
+        codes = torch.zeros(N, T, K, dtype=torch.long)
+        is_audio = torch.zeros(N, T, dtype=torch.bool)
+        for r, (_, j) in enumerate(batch):  # right-padded: padding never precedes a valid position
+            ids[r, : lens[r]] = j.input_ids
+            codes[r, : lens[r]] = j.audio_codes
+            is_audio[r, : lens[r]] = j.is_audio
+        ids, codes, is_audio = self._to_device(ids), self._to_device(codes), self._to_device(is_audio)
+        embeds = torch.where(is_audio[..., None], m.embed_frames(codes), m.embed_text_tokens(ids))  # [N, T, Db]
+        slots = self._to_device(torch.tensor([s for s, _ in batch]))
+        lengths = self._to_device(torch.tensor(lens))
+        hidden = m.prefill(embeds, lengths, slots)
+        caps = torch.tensor([min(j.max_frames, self.max_positions - n) for (_, j), n in zip(batch, lens)])
+        seeds = torch.tensor([j.seed for _, j in batch])
+        sampling = torch.tensor([j.sampling for _, j in batch], dtype=torch.float32)
+        self.step.admit(slots, hidden, lengths, self._to_device(caps), self._to_device(seeds),
+                        self._to_device(sampling))
+        now = time.perf_counter()
+        for (s, j), n in zip(batch, lens):
+            self.slot_job[s] = j
+            self.slot_started[s] = now
+            self.slot_sampling[s] = bool(j.sampling[0])
+            self.slot_first_frame[s] = self.stats.frames
+            self.slot_prompt_len[s] = n
+        self._update_pos_base()
+        self.stats.prefills += 1
+        self.stats.prefill_rows += N
+
+    def _update_pos_base(self) -> None:
+        self._pos_base = max((self.slot_prompt_len[s] - self.slot_first_frame[s]
+                              for s, j in enumerate(self.slot_job) if j is not None), default=-1)
+
+    def _kv_len(self) -> int:
+        """The attention bucket for the next frame: covers the newest position of every busy slot."""
+        return self.step.kv_bucket(self._pos_base + self.stats.frames + 1)  # at most max_positions
+
+    # ------------------------------------------------------------------ finishing
+
+    def _collect(self, status: torch.Tensor, frame_index: int) -> None:
+        """status: [2, B] host copy of (stop_code, result_len) taken after frame `frame_index`."""
+        codes_now, lens_now = status[0].tolist(), status[1].tolist()
+        released = False
+        for slot, job in enumerate(self.slot_job):
+            if job is None or codes_now[slot] == RUNNING:
+                continue
+            if frame_index < self.slot_first_frame[slot]:  # stale: the flags are the slot's previous row's
+                continue
+            n = lens_now[slot]
+            out = torch.empty((n, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
+            out.copy_(self.step.state.history[slot, :n], non_blocking=self.is_cuda)
+            event = None
+            if self.is_cuda:
+                event = torch.cuda.Event()
+                event.record()
+            self._pending_copies.append((event, out, job, slot, STOP_REASONS[codes_now[slot]], self.slot_started[slot]))
+            self.step.release(self._slot_index[slot])
+            self.slot_job[slot] = None
+            self.stats.useful_frames += n
+            released = True
+        if released:
+            self._update_pos_base()
+
+    def _drain_copies(self, finished: list[Finished], wait: bool) -> None:
+        keep = []
+        for item in self._pending_copies:
+            event, out, job, slot, reason, started = item
+            if event is not None and not wait and not event.query():
+                keep.append(item)
+                continue
+            if event is not None:
+                event.synchronize()
+            finished.append(Finished(job.key, out.numpy().astype(np.int16), reason, int(job.input_ids.shape[0]),
+                                     slot, job.submitted_s, started, time.perf_counter()))
+        self._pending_copies = keep
+
+    # ------------------------------------------------------------------ the loop
+
+    @torch.inference_mode()
+    def run(self, on_finished: Callable[[Finished], None] | None = None,
+            on_frame: Callable[[], None] | None = None) -> list[Finished]:
+        """Run until the queue is empty and every slot is idle; returns results in finishing order.
+
+        `on_finished(result)` is called as each row completes and may `submit()` more jobs;
+        `on_frame()` after every frame (e.g. to decode finished rows now and then).
+        """
+        results: list[Finished] = []
+        unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # status snapshots not yet read
+        t = 0
+
+        def deliver(batch: list[Finished]) -> None:
+            for f in batch:
+                results.append(f)
+                if on_finished is not None:
+                    on_finished(f)
+
+        def read_snapshots(keep: int) -> None:
+            while len(unread) > keep:
+                event, snapshot, frame_index = unread.popleft()
+                if event is not None:
+                    event.synchronize()
+                self._collect(snapshot, frame_index)
+
+        while True:
+            new: list[Finished] = []
+            self._admit(new)
+            deliver(new)
+            busy = any(j is not None for j in self.slot_job)
+            if not busy:
+                read_snapshots(0)  # rows may have ended in the frames not yet read
+                new = []
+                self._drain_copies(new, wait=True)
+                deliver(new)
+                if not self.queue and not any(j is not None for j in self.slot_job):
+                    break
+                continue
+            kv_len = self._kv_len()
+            self.run_frame(any(self.slot_sampling[s] for s, j in enumerate(self.slot_job) if j is not None), kv_len)
+            self.stats.frames += 1
+            self.stats.attended_positions += kv_len
+            self.stats.slot_frames += self.num_slots
+            i = t % len(self._snapshots)
+            snapshot, event = self._snapshots[i], self._events[i]
+            snapshot.copy_(self.step.state.status, non_blocking=self.is_cuda)
+            if event is not None:
+                event.record()
+            unread.append((event, snapshot, self.stats.frames - 1))
+            read_snapshots(self.status_lag)  # the newest `status_lag` frames stay queued on the device
+            t += 1
+            new = []
+            self._drain_copies(new, wait=False)
+            deliver(new)
+            if on_frame is not None:
+                on_frame()
+        return results

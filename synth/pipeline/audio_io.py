@@ -1,0 +1,44 @@
+"""Reading context clips and encoding generated audio.
+
+This module owns audio at the edges: decoding a clip of any format, sample rate and
+channel count into float32 mono at the codec's rate (resampled with soxr), and
+encoding float32 samples to WAV/FLAC bytes. It knows nothing about the model.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from synth.errors import SynthError
+
+
+class AudioError(SynthError, ValueError):
+    """A clip that cannot be used as context; the message says why."""
+
+
+def decode_clip(data: bytes, target_rate_hz: int, *, name: str = "clip") -> np.ndarray:
+    """Decode audio bytes to [num_samples] float32 mono at `target_rate_hz`."""
+    try:
+        samples, rate_hz = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioError(f"{name}: cannot decode audio ({e})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(f"{name}: audio is empty")
+    mono = samples.mean(axis=1)  # [num_samples]
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{name}: audio holds NaN or infinite samples")
+    if rate_hz != target_rate_hz:
+        mono = soxr.resample(mono, rate_hz, target_rate_hz, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def encode_audio(samples: np.ndarray, rate_hz: int, fmt: str) -> bytes:
+    """Encode [num_samples] float32 mono as WAV (16-bit PCM) or FLAC bytes."""
+    buf = io.BytesIO()
+    clipped = np.clip(samples, -1.0, 1.0)
+    sf.write(buf, clipped, rate_hz, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()

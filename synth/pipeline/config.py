@@ -1,0 +1,255 @@
+"""Typed run configuration: what a synthesis job is asked to do.
+
+This module owns the pydantic models, loading them from YAML, and applying
+`--set section.field=value` overrides from the command line. Every field has a
+default or fails at load time with a message that names the field and the value,
+before any model or GPU is touched. It knows nothing about Ray or the model code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from synth.engine.interface import SamplingParams
+from synth.errors import SynthError
+
+TINY_CHECKPOINT_DEFAULT = "~/.cache/synth/tiny-csm-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Which CSM to load, and how."""
+
+    id: str = Field("sesame/csm-1b", description="Hub id or local checkpoint directory.")
+    build_tiny: bool = Field(
+        False,
+        description="Build a tiny random offline checkpoint at `id` on first use "
+        "(demo and tests; never for real data).",
+    )
+    engine: Literal["fast", "transformers"] = Field(
+        "fast", description="`fast`: continuous batching; `transformers`: reference generate."
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "bfloat16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool | None = Field(None, description="torch.compile + static cache; None = on CUDA only.")
+
+    @property
+    def resolved_id(self) -> str:
+        """`id` with `~` expanded when it names a local path."""
+        return str(Path(self.id).expanduser()) if self.id.startswith(("~", "/", ".")) else self.id
+
+
+class SamplingConfig(_Section):
+    """Sampling for the backbone (codebook 0) and the depth decoder (codebooks 1..31)."""
+
+    do_sample: bool = True
+    temperature: float = Field(0.9, gt=0)
+    top_k: int = Field(50, ge=0)
+    depth_temperature: float = Field(0.9, gt=0)
+    depth_top_k: int = Field(50, ge=0)
+
+    def to_params(self) -> SamplingParams:
+        return SamplingParams(**self.model_dump())
+
+
+class GenerationConfig(_Section):
+    """Batching and per-row length caps."""
+
+    batch_size: int = Field(8, ge=1, description="Rows per generate call (or engine slots).")
+    max_audio_seconds: float = Field(20.0, gt=0, description="Hard cap on one generated turn.")
+    min_audio_seconds: float = Field(1.0, gt=0, description="Floor of the text-derived cap.")
+    chars_per_second: float = Field(
+        10.0, gt=0, description="Slowest speaking rate assumed when a row gives no cap: "
+        "cap = max(min_audio_seconds, len(text) / chars_per_second), then clipped to max_audio_seconds.",
+    )
+    seed: int = Field(0, description="Base seed; a row's seed is its `seed` column or derived from this and its id.")
+    max_positions: int | None = Field(
+        None, ge=16, description="Fast engine: KV-cache positions per slot (prompt + generated frames); "
+        "None = the model's maximum. Smaller is faster: every step attends over all of them.",
+    )
+    silence_stop_frames: int = Field(
+        0, ge=0, description="Fast engine: stop a row whose codebook 0 holds one value this many frames (0 = off).",
+    )
+    loop_stop_frames: int = Field(
+        0, ge=0, description="Fast engine: stop a row whose codebook 0 repeats with a short period this many "
+        "frames (0 = off).",
+    )
+    loop_max_period: int = Field(8, ge=2, description="Longest repeat period the loop stop looks for.")
+
+    def turn_cap_seconds(self, text: str, row_max_seconds: float | None) -> float:
+        """The length cap of one generated turn: the row's own cap, else one derived from
+        the text at the slowest assumed speaking rate; never above max_audio_seconds."""
+        if row_max_seconds is not None:
+            return min(row_max_seconds, self.max_audio_seconds)
+        return min(max(self.min_audio_seconds, len(text) / self.chars_per_second), self.max_audio_seconds)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> "GenerationConfig":
+        if self.min_audio_seconds > self.max_audio_seconds:
+            raise ValueError(
+                f"min_audio_seconds ({self.min_audio_seconds}) must not exceed "
+                f"max_audio_seconds ({self.max_audio_seconds})"
+            )
+        return self
+
+
+class ActorsConfig(_Section):
+    """The pool of Ray actors, each holding one loaded model for its whole life."""
+
+    num_actors: int = Field(1, ge=1)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (1 for csm-1b on a GPU node).")
+    num_cpus: float = Field(
+        1.0, gt=0, description="CPUs per actor; keep the sum below the cluster's CPUs (fractions allowed)."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default = ceil(num_cpus).")
+
+
+class OutputConfig(_Section):
+    """What lands in --output."""
+
+    audio_format: Literal["wav", "flac"] = Field("wav", description="Encoding of embedded bytes and files.")
+    write_audio_files: bool = Field(True, description="Also write each clip under wav/ (or flac/).")
+    scripts_per_shard: int = Field(32, ge=1, description="Manifest rows per shard (the unit of work).")
+    commit_every_scripts: int = Field(
+        8, ge=1, description="Scripts per committed part: a crash redoes at most this many scripts per actor."
+    )
+
+
+class JobConfig(_Section):
+    """How the run treats failures."""
+
+    max_shard_attempts: int = Field(3, ge=1, description="Attempts per shard before it is marked failed.")
+    max_error_rate: float = Field(
+        0.0, ge=0, le=1, description="Exit non-zero when failed rows / manifest rows exceed this."
+    )
+    speaking_rate_chars_per_second: float = Field(
+        15.0, gt=0, description="Typical speaking rate, for --dry-run's audio-hours estimate only."
+    )
+
+
+class VoiceConfig(_Section):
+    """One named voice: a clean reference clip of the speaker and its transcript.
+
+    CSM does best with roughly 5-15 s of clean reference speech; a turn or script that
+    names the voice is conditioned on it (the clip is Mimi-encoded once per run).
+    """
+
+    audio: str = Field(description="Path or URI of the reference clip (relative: to the working directory).")
+    text: str = Field(min_length=1, description="What the clip says, word for word.")
+    speaker: int = Field(ge=0, description="The speaker id the voice's turns are generated as.")
+
+
+def unknown_voice(name: str, voices: dict[str, VoiceConfig]) -> str:
+    """The error for a voice name the config does not define."""
+    return f"unknown voice {name!r} (the config's voices: {', '.join(sorted(voices)) or 'none'})"
+
+
+class RayConfig(_Section):
+    """How to reach Ray."""
+
+    address: str | None = Field(
+        None, description="Cluster address ('auto' = the cluster `ray start` runs here); None = "
+        "RAY_ADDRESS (set by `ray job submit`), else a new local cluster.",
+    )
+
+
+class SynthConfig(_Section):
+    """The whole run configuration."""
+
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    generation: GenerationConfig = GenerationConfig()
+    actors: ActorsConfig = ActorsConfig()
+    output: OutputConfig = OutputConfig()
+    job: JobConfig = JobConfig()
+    ray: RayConfig = RayConfig()
+    voices: dict[str, VoiceConfig] = Field(default_factory=dict, description="The voice library, by name.")
+
+    @field_validator("voices")
+    @classmethod
+    def _voice_names(cls, voices: dict[str, VoiceConfig]) -> dict[str, VoiceConfig]:
+        for name in voices:
+            if not name.strip() or name != name.strip():
+                raise ValueError(f"voice name {name!r} must be non-empty without surrounding spaces")
+        return voices
+
+    @field_validator("model")
+    @classmethod
+    def _tiny_needs_local_path(cls, model: ModelConfig) -> ModelConfig:
+        if model.build_tiny and not model.id.startswith(("~", "/", ".")):
+            raise ValueError(f"model.build_tiny needs a local path in model.id, got {model.id!r}")
+        return model
+
+
+class ConfigError(SynthError, ValueError):
+    """A configuration file or override that cannot be used; the message says why."""
+
+
+def _parse_value(raw: str) -> Any:
+    """Read an override's value as YAML, so `4`, `0.5`, `true`, `null` get their types."""
+    return yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.field=value` strings to a nested dict (copied)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"  {field}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynthConfig:
+    """Load a YAML config (or the defaults) and apply overrides; raise ConfigError naming bad fields."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " + overrides"
+    try:
+        return SynthConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None

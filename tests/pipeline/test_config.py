@@ -1,0 +1,55 @@
+import pytest
+
+from synth.pipeline.config import ConfigError, SynthConfig, load_config
+
+
+def test_defaults_are_valid_and_overrides_are_typed():
+    config = load_config(None, ["generation.batch_size=3", "sampling.do_sample=false", "model.compile=null"])
+    assert config.generation.batch_size == 3
+    assert config.sampling.do_sample is False
+    assert config.model.compile is None
+    assert SynthConfig().model.id == "sesame/csm-1b"
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("generation.batch_size=0", "generation.batch_size"),
+        ("model.dtype=fp8", "model.dtype"),
+        ("actors.num_cpus=lots", "actors.num_cpus"),
+        ("sampling.temperature=-1", "sampling.temperature"),
+        ("output.surprise=1", "output.surprise"),
+    ],
+)
+def test_bad_values_name_the_field_and_value(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    message = str(err.value)
+    assert field in message
+    assert override.split("=", 1)[1] in message
+
+
+def test_min_above_max_audio_seconds_is_refused():
+    with pytest.raises(ConfigError, match="min_audio_seconds"):
+        load_config(None, ["generation.min_audio_seconds=30", "generation.max_audio_seconds=10"])
+
+
+def test_yaml_file_and_its_errors(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("model:\n  id: ./ckpt\n  build_tiny: true\ngeneration:\n  batch_size: 2\n")
+    config = load_config(good, ["generation.batch_size=5"])
+    assert config.generation.batch_size == 5 and config.model.build_tiny
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="build_tiny needs a local path"):
+        load_config(None, ["model.build_tiny=true", "model.id=sesame/csm-1b"])
+
+
+def test_the_shipped_configs_load():
+    assert load_config("configs/demo.yaml").model.build_tiny
+    real = load_config("configs/csm-1b.yaml")
+    assert real.model.id == "sesame/csm-1b" and real.actors.num_gpus == 1

@@ -1,0 +1,98 @@
+"""The job as a user runs it on one machine: `python jobs/synthesize.py` starting a local Ray."""
+
+import json
+import os
+
+import pytest
+from conftest import write_mixed_manifest
+from helpers import REPO, check_audio_rows, job_args, load_output, run_job
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, speech_clip):
+    return write_mixed_manifest(str(tmp_path_factory.mktemp("manifest")), speech_clip)
+
+
+def test_dry_run_validates_and_plans_without_a_model(mixed, tmp_path):
+    path, good, bad = mixed
+    result = run_job(["jobs/synthesize.py", "--config", "configs/demo.yaml", "--input", path, "--dry-run",
+                      "--set", "model.id=/nonexistent/never-loaded"])
+    assert result.returncode == 0, result.stderr
+    # a missing clip is found here; a corrupt one only when it is decoded at run time
+    assert "plan: 4 shards, 7 scripts (3 with errors)" in result.stdout
+    assert f"turns to generate: {len(good) + 1}" in result.stdout
+    assert "row 3 (id 'bad-missing-audio'), turn 0: audio file not found" in result.stdout
+    assert "row 2 (id 'bad-empty-text'), turn 0: text must be a non-empty string" in result.stdout
+    assert "row 4 (id 'bad-speaker'), turn 0: speaker must be a non-negative integer, got 1.5" in result.stdout
+
+
+def test_bad_config_fails_before_anything_runs(mixed, tmp_path):
+    result = run_job(job_args(mixed[0], str(tmp_path / "out"), "/nonexistent", "--set", "generation.batch_size=-2"))
+    assert result.returncode == 2
+    assert "generation.batch_size" in result.stderr and "-2" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
+    path, good, bad = mixed
+    out = str(tmp_path / "out")
+    env = {"RAY_ADDRESS": None}  # no cluster: the job starts a local Ray
+    first = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "synth: done" in first.stdout
+    summary = json.load(open(os.path.join(out, "run.json")))
+    assert summary["turns_generated"] == len(good)
+    assert summary["scripts_with_errors"] == len(bad)
+    assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
+    assert summary["audio_seconds"] > 0 and summary["wall_seconds"] > 0
+    ds = load_output(out)
+    assert sorted(ds["id"]) == sorted(good)
+    check_audio_rows(ds)
+    files = sorted(os.listdir(os.path.join(out, "data")))
+
+    again = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
+    assert again.returncode == 0, again.stderr
+    assert "4 already done, 0 to run" in again.stdout
+    assert sorted(os.listdir(os.path.join(out, "data"))) == files
+
+    strict = run_job(job_args(path, out, tiny_checkpoint), env)  # default max_error_rate 0: 4/7 bad rows
+    assert strict.returncode == 1
+
+    changed = run_job(job_args(path, out, tiny_checkpoint, "--set", "sampling.top_k=7"), env)
+    assert changed.returncode == 2
+    assert "different settings" in changed.stderr and "sampling" in changed.stderr
+
+    # parts are numbered by the plan: another shard size is refused even with --allow-changes
+    replanned = run_job(job_args(path, out, tiny_checkpoint, "--set", "output.scripts_per_shard=3",
+                                 "--allow-changes"), env)
+    assert replanned.returncode == 2 and "planned differently" in replanned.stderr
+    assert sorted(os.listdir(os.path.join(out, "data"))) == files
+
+
+def test_demo_example_manifest_is_valid():
+    result = run_job(["jobs/synthesize.py", "--config", "configs/demo.yaml",
+                      "--input", os.path.join(REPO, "examples/dialogues.parquet"), "--dry-run"])
+    assert result.returncode == 0, result.stderr
+    assert "(0 with errors)" in result.stdout
+
+
+def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, tiny_checkpoint, tmp_path):
+    """Shard 0's first output name is taken by a directory: every attempt fails to write."""
+    path, good, bad = mixed
+    out = tmp_path / "out"
+    (out / "data" / "shard-00000-part-0000.parquet").mkdir(parents=True)
+    result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
+                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
+                     {"RAY_ADDRESS": None})
+    assert result.returncode == 1, result.stdout + result.stderr  # a failed shard: non-zero whatever the rate
+    assert "shard 0 attempt 1 failed" in result.stdout and "shard 0 FAILED after 2 attempts" in result.stdout
+    summary = json.load(open(out / "run.json"))
+    assert list(summary["shards_failed"]) == ["0"]
+    assert "directory" in summary["shards_failed"]["0"].lower(), summary["shards_failed"]
+    # shard 0 holds rows 0-1: dialogue-a (part 0, never committed) and single-b (part 1, committed
+    # before part 0 failed): the failed shard keeps its committed part, and the counts say so
+    assert summary["scripts_in_failed_shards"] == 1
+    assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
+    ds = load_output(str(out))
+    assert sorted(ds["id"]) == sorted(good - {"dialogue-a:1", "dialogue-a:2"})
+    assert summary["turns_generated"] == len(ds)

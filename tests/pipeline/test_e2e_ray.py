@@ -1,0 +1,95 @@
+"""End to end on a real Ray cluster: `ray start --head` then `ray job submit`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import write_mixed_manifest
+from helpers import (
+    REPO,
+    check_audio_rows,
+    free_port,
+    job_args,
+    load_errors,
+    load_output,
+    reference_codes,
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A 2-CPU head node, as on the CI machine; stopped after the module."""
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    dashboard = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    start = subprocess.run(
+        [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
+         "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield {"ray": ray_bin, "env": {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(
+    ray_cluster, tiny_checkpoint, speech_clip, tmp_path
+):
+    manifest, good, bad = write_mixed_manifest(str(tmp_path / "in"), speech_clip)
+    out = str(tmp_path / "out")
+    submit = subprocess.run(
+        [ray_cluster["ray"], "job", "submit", "--working-dir", REPO, "--",
+         "python", *job_args(manifest, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6",
+                             "--set", "output.scripts_per_shard=3")],
+        cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600,
+    )
+    log = submit.stdout + submit.stderr
+    assert submit.returncode == 0, log
+    assert "succeeded" in log and "synth: done" in log and "[3/3 shards]" in log
+
+    ds = load_output(out)
+    assert sorted(ds["id"]) == sorted(good)
+    check_audio_rows(ds)
+    assert set(ds["stop_reason"]) <= {"eos", "max_length"}
+    assert all(m == tiny_checkpoint for m in ds["model"]) and len(set(ds["model_weights"])) == 1
+
+    # the job's greedy codes are exactly transformers' generate on the same inputs
+    expected = reference_codes(tiny_checkpoint, manifest, ds)
+    for row in ds:
+        assert row["codes"] == expected[row["id"]], row["id"]
+
+    summary = json.load(open(os.path.join(out, "run.json")))
+    assert summary["turns_generated"] == len(good) and summary["scripts_with_errors"] == len(bad)
+    errors = load_errors(out)
+    assert {e["id"] for e in errors} == set(bad)
+    assert all(bad[e["id"]] in e["reason"] for e in errors)
+    wav_files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(out, "wav")) for f in fs]
+    assert len(wav_files) == len(good)
+
+
+def test_tiny_checkpoint_is_built_on_first_use_by_the_actor(ray_cluster, tmp_path):
+    ckpt = tmp_path / "fresh-ckpt"
+    out = str(tmp_path / "out")
+    submit = subprocess.run(
+        [ray_cluster["ray"], "job", "submit", "--working-dir", REPO, "--",
+         "python", "jobs/synthesize.py", "--config", "configs/demo.yaml",
+         "--input", "examples/dialogues.parquet", "--output", out,
+         "--set", f"model.id={ckpt}", "--set", "generation.max_audio_seconds=0.8",
+         "--set", "generation.min_audio_seconds=0.4"],
+        cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600,
+    )
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    assert (ckpt / "model.safetensors").exists()
+    ds = load_output(out)
+    import pyarrow.parquet as pq
+
+    scripts = pq.read_table(os.path.join(REPO, "examples/dialogues.parquet")).to_pylist()
+    generated = {f"{s['id']}:{i}" for s in scripts for i, t in enumerate(s["turns"]) if t["audio"] is None}
+    assert sorted(ds["id"]) == sorted(generated)  # every generated turn of the example manifest, voices included
+    check_audio_rows(ds)

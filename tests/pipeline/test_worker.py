@@ -1,0 +1,196 @@
+"""The shard worker without Ray: real checkpoint, real files, the reference engine."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+from conftest import write_mixed_manifest
+from helpers import load_errors
+
+from synth.engine.interface import GenerationRequest, Segment
+from synth.engine.reference_engine import conversation
+from synth.pipeline import storage
+from synth.pipeline.config import load_config
+from synth.pipeline.manifest import Script, open_manifest, read_scripts
+from synth.pipeline.plan import plan_shards
+from synth.pipeline.worker import ShardWorker, load_engine
+
+
+@pytest.fixture(scope="module")
+def greedy_config(tiny_checkpoint):
+    return load_config(None, [
+        f"model.id={tiny_checkpoint}", "model.engine=transformers", "model.dtype=float32", "model.device=cpu",
+        "sampling.do_sample=false", "generation.batch_size=4", "generation.max_audio_seconds=1.6",
+        "output.commit_every_scripts=3", "output.scripts_per_shard=100",
+    ])
+
+
+@pytest.fixture(scope="module")
+def engine(greedy_config):
+    return load_engine(greedy_config)
+
+
+@pytest.fixture(scope="module")
+def shard_output(tmp_path_factory, speech_clip, greedy_config, engine):
+    """Run the one shard of the mixed manifest; return (out dir, good ids, bad ids, commits)."""
+    work = tmp_path_factory.mktemp("worker")
+    path, good, bad = write_mixed_manifest(str(work / "in"), speech_clip)
+    manifest = open_manifest(path)
+    (shard,) = plan_shards(manifest, 100).shards
+    out = storage.resolve(str(work / "out"))
+    worker = ShardWorker(greedy_config, engine, manifest, out, log=lambda m: None)
+    commits = worker.run_shard(shard)
+    return work / "out", good, bad, commits, worker, shard
+
+
+def _rows(out):
+    tables = [pq.read_table(os.path.join(out, "data", f)) for f in sorted(os.listdir(os.path.join(out, "data")))]
+    return [r for t in tables for r in t.to_pylist()]
+
+
+def test_good_rows_present_bad_rows_recorded(shard_output):
+    out, good, bad, commits, _, _ = shard_output
+    rows = _rows(out)
+    assert {r["id"] for r in rows} == good
+    assert len(rows) == len(good)
+    errors = load_errors(out)
+    assert {e["id"]: e for e in errors}.keys() == bad.keys()
+    for e in errors:
+        assert bad[e["id"]] in e["reason"], e
+        assert e["row"] is not None and e["stage"] in {"validate", "audio"}
+    assert sum(c.rows for c in commits) == len(good)
+    assert sum(c.scripts for c in commits) == 7
+    assert [c.part for c in commits] == [0, 1, 2]
+
+
+def test_audio_is_24k_mono_and_matches_frames_and_codes(shard_output):
+    out, *_ = shard_output
+    for row in _rows(out):
+        samples, rate = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert rate == 24000 and row["sampling_rate"] == 24000 and samples.ndim == 1
+        assert len(samples) == row["num_frames"] * 1920
+        codes = np.array(row["codes"])
+        assert codes.shape == (row["num_frames"], 32)
+        assert row["duration_s"] == pytest.approx(row["num_frames"] * 0.08)
+        with open(out / row["audio"]["path"], "rb") as f:
+            assert f.read() == row["audio"]["bytes"]
+        assert row["num_frames"] <= 20  # 1.6 s cap at 12.5 frames/s
+
+
+def test_every_generated_turn_is_conditioned_on_the_turns_before(shard_output):
+    out, *_ = shard_output
+    by_id = {r["id"]: r for r in _rows(out)}
+    assert by_id["dialogue-a:1"]["context_turns"] == [0]
+    assert by_id["dialogue-a:2"]["context_turns"] == [0, 1]  # the recorded turn, then generated turn 1
+    assert by_id["dialogue-a:2"]["context_ids"] == ["dialogue-a:0", "dialogue-a:1"]
+    assert by_id["single-b:0"]["context_turns"] == [] and by_id["single-b:0"]["context_ids"] == []
+    assert by_id["dialogue-a:1"]["seed"] == 12 and by_id["dialogue-a:2"]["seed"] == 13
+    # the prompt grew by turn 1's text and its generated frames
+    assert by_id["dialogue-a:2"]["num_prompt_tokens"] > (
+        by_id["dialogue-a:1"]["num_prompt_tokens"] + by_id["dialogue-a:1"]["num_frames"])
+
+
+def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, speech_clip):
+    """Each row's codes are what CsmForConditionalGeneration.generate gives for its context:
+    the recorded clips, and the earlier generated turns' audio (their codes, Mimi-decoded)."""
+    out, _, _, _, worker, shard = shard_output
+    items = read_scripts(worker.manifest, shard.file_index, shard.start, shard.stop)
+    scripts = {s.id: s for s in items if isinstance(s, Script)}
+    rows = {r["id"]: r for r in _rows(out)}
+    for row in rows.values():
+        script = scripts[row["script_id"]]
+        context = []
+        for j in row["context_turns"]:
+            turn = script.turns[j]
+            if turn.audio is not None:
+                audio = worker._clip(turn.audio)
+            else:
+                audio = engine.decode(torch.tensor(rows[f"{script.id}:{j}"]["codes"]))
+            context.append(Segment(turn.speaker, turn.text, audio))
+        me = script.turns[row["turn"]]
+        request = GenerationRequest("check", me.text, me.speaker, 0, tuple(context))
+        inputs = engine.processor.apply_chat_template([conversation(request)], tokenize=True, return_dict=True)
+        max_frames = json.loads(row["generation"])["max_frames"]
+        with torch.inference_mode():
+            codes = engine.model.generate(**inputs, max_new_tokens=max_frames, do_sample=False,
+                                          depth_decoder_do_sample=False)[0]
+        eos = (codes[:, :-1] == 0).all(-1).nonzero()
+        if len(eos):
+            codes = codes[: int(eos[0, 0])]
+        assert codes.tolist() == row["codes"], row["id"]
+
+
+def test_committed_parts_are_not_redone(shard_output):
+    out, _, _, commits, worker, shard = shard_output
+    before = {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")}
+    again = worker.run_shard(shard)
+    assert again == commits
+    assert {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")} == before
+
+
+def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_config, tmp_path):
+    """engine: fast (the default for real runs) gives the same schema and, greedy, the same codes."""
+    out, good, bad, _, worker, shard = shard_output
+    fast_config = greedy_config.model_copy(
+        update={"model": greedy_config.model.model_copy(update={"engine": "fast"})}
+    )
+    fast_engine = load_engine(fast_config)
+    assert fast_engine.name == "fast"
+    fast_out = storage.resolve(str(tmp_path / "fast"))
+    ShardWorker(fast_config, fast_engine, worker.manifest, fast_out, log=lambda m: None).run_shard(shard)
+    reference = {r["id"]: r for r in _rows(out)}
+    fast = {r["id"]: r for r in _rows(tmp_path / "fast")}
+    assert fast.keys() == reference.keys() == good
+    for key, row in fast.items():
+        assert row["engine"] == "fast" and reference[key]["engine"] == "transformers"
+        assert row["codes"] == reference[key]["codes"], key
+        assert row["num_frames"] == reference[key]["num_frames"]
+        assert row["stop_reason"] == reference[key]["stop_reason"]
+        assert row["num_prompt_tokens"] == reference[key]["num_prompt_tokens"]
+    assert pq.read_schema(next((tmp_path / "fast" / "data").iterdir())) == pq.read_schema(
+        next((out / "data").iterdir()))
+
+
+def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output, tmp_path):
+    import shutil
+
+    from synth.pipeline.runner import remove_uncommitted
+
+    out, *_ = shard_output
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    committed = sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors"))
+    # what a crash leaves: a part whose marker never came, and a half-written temp file
+    shutil.copy(copy / "data" / "shard-00000-part-0000.parquet", copy / "data" / "shard-00000-part-0007.parquet")
+    (copy / "errors" / "shard-00000-part-0001.parquet.tmp-1a2b3c4d").write_bytes(b"half")
+    (copy / "_progress" / "shard-00000-part-0009.json.tmp-00000000").write_bytes(b"{")
+    assert remove_uncommitted(storage.resolve(str(copy))) == 3
+    assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
+    assert not any(".tmp-" in f for f in os.listdir(copy / "_progress"))
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("nosuchscheme://bucket/clip.wav", "cannot read audio"),
+    ("/definitely/not/here.wav", "audio file not found"),
+])
+def test_unreadable_clip_references_become_audio_errors(shard_output, ref, reason):
+    from synth.pipeline.audio_io import AudioError
+
+    worker = shard_output[4]
+    with pytest.raises(AudioError, match=reason):
+        worker._clip(ref)
+
+
+def test_nan_audio_is_refused(shard_output, tmp_path):
+    from synth.pipeline.audio_io import AudioError
+
+    worker = shard_output[4]
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.full(2400, np.nan, dtype=np.float32), 24000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        worker._clip(str(path))
