@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synth.engine.interface import GenerationRequest, SamplingParams, Segment
-from synth.pipeline.context_plan import ContextItem, SegmentCost, plan_context
+from synth.engine.interface import GenerationRequest, SamplingParams
+from synth.pipeline.chain import Chain, ChainTurn
+from synth.pipeline.context_plan import SegmentCost
 
 WORDS = (
     "it was the best of times worst age wisdom call me ishmael some years ago never mind how long precisely "
@@ -196,26 +197,32 @@ def as_dialogues(requests: list[GenerationRequest], turns: int) -> list[list[Gen
             for start in range(0, len(requests) - turns + 1, turns)]
 
 
-def run_dialogues(engine, dialogues, sampling) -> list:
-    """Each dialogue as a chain: a turn is submitted when the one before it is done, with the
-    newest earlier turns that fit as context. Returns the results in completion order."""
-    index = {r.request_id: (d, t) for d, turns in enumerate(dialogues) for t, r in enumerate(turns)}
-    history: list[list[ContextItem]] = [[] for _ in dialogues]
-    cost = SegmentCost(engine)
+def _workload_does_not_fit(turn: int, reason: str) -> None:
+    raise ValueError(f"a dialogue's turn {turn} cannot be generated ({reason}): raise --max-positions")
 
-    def with_context(request: GenerationRequest, d: int) -> GenerationRequest:
-        plan = plan_context(history[d], target_cost=engine.count_prompt_tokens(request),
-                            max_frames=request.max_frames, max_positions=engine.max_positions)
-        return replace(request, context=tuple(i.segment for i in plan.items), max_frames=plan.max_frames)
+
+def run_dialogues(engine, dialogues, sampling) -> list:
+    """Each dialogue as a chain (`synth.pipeline.chain`, as the shard worker runs scripts): a turn
+    is submitted when the one before it is done, with the newest earlier turns that fit as
+    context. Returns the results in completion order."""
+    cost = SegmentCost(engine)
+    chains = [Chain([ChainTurn(r.request_id, r.speaker, r.text, max_frames=r.max_frames, seed=r.seed) for r in turns],
+                    engine, cost) for turns in dialogues]
+    by_request = {}
+
+    def next_of(chain: Chain) -> list[GenerationRequest]:
+        request = chain.next_request(skip=_workload_does_not_fit)
+        if request is None:
+            return []
+        by_request[request.request_id] = chain
+        return [request]
 
     def on_result(result):
-        d, t = index[result.request_id]
-        done = dialogues[d][t]
-        segment = Segment(done.speaker, done.text, result.audio)
-        history[d].append(ContextItem(result.request_id, t, segment, cost(segment)))
-        return [with_context(dialogues[d][t + 1], d)] if t + 1 < len(dialogues[d]) else []
+        chain = by_request.pop(result.request_id)
+        chain.add_result(result)
+        return next_of(chain)
 
-    return engine.run([turns[0] for turns in dialogues], sampling, on_result=on_result)
+    return engine.run([r for chain in chains for r in next_of(chain)], sampling, on_result=on_result)
 
 
 def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,

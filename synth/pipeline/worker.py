@@ -2,9 +2,9 @@
 
 This module owns what happens between reading a shard's rows and committing its
 output: loading context clips (with a per-worker cache) and voices, deriving per-turn
-seeds and length caps, running each script as a chain (every generated turn becomes
-context for the next, within the budget `synth.pipeline.context_plan` chooses) while the
-engine interleaves the turns of all the shard's scripts, and turning results and
+seeds and length caps, running each script as a chain (`synth.pipeline.chain`: every
+generated turn becomes context for the next) while the engine interleaves the turns of
+all the shard's scripts, and turning results and
 per-row problems into output rows and error rows. It holds one loaded
 engine for its whole life. It knows nothing about Ray: `synth.pipeline.runner` wraps it in
 an actor, and tests drive it directly.
@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -26,15 +26,9 @@ from synth.engine.interface import Engine, GenerationRequest, GenerationResult, 
 from synth.engine.reference_engine import checkpoint_fingerprint
 from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
+from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
-from synth.pipeline.context_plan import (
-    MIN_FRAMES_TO_GENERATE,
-    ContextItem,
-    ContextPlan,
-    ContextTooLong,
-    SegmentCost,
-    plan_context,
-)
+from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, SegmentCost
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.plan import Shard
 from synth.pipeline.voices import VoiceLibrary
@@ -89,25 +83,10 @@ def load_engine(config: SynthConfig) -> Engine:
 
 
 @dataclass
-class _Chain:
-    """One script being synthesized turn by turn; each generated turn joins the context of the next."""
-
-    script: Script
-    part: int
-    base_seed: int
-    speakers: list[int]
-    given: dict[int, Segment]  # turn -> recorded context clip
-    candidates: list[ContextItem]  # context so far: voice prompts, then turns with audio in order
-    cursor: int = 0  # next turn to look at
-    turn: int = -1  # the turn being generated (one at a time),
-    request: GenerationRequest | None = None  # its request
-    plan: ContextPlan | None = None  # and the context chosen for it
-
-
-@dataclass
 class _Part:
     """A part being synthesized: committed once every one of its scripts is done."""
 
+    index: int
     scripts: int
     rows: list[dict] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
@@ -158,77 +137,34 @@ class ShardWorker:
         seconds = self.config.generation.turn_cap_seconds(text, script.max_audio_seconds)
         return max(MIN_FRAMES_TO_GENERATE, math.ceil(seconds * self.frame_rate_hz))
 
-    def _start(self, script: Script, part: int) -> _Chain | RowError:
-        """A chain for the script, or the error that stops all of it (a bad voice or context clip)."""
+    def chain_for(self, script: Script) -> Chain | RowError:
+        """The script as a chain, or the error that stops all of it (a bad voice or context clip)."""
         resolved = self.voices.resolve(script)
         if isinstance(resolved, RowError):
             return resolved
         speakers, voices = resolved
-        given = {}
+        base_seed = script.seed if script.seed is not None else derive_seed(self.config.generation.seed, script.id)
+        turns = []
         for i, turn in enumerate(script.turns):
+            recorded = None
             if turn.audio is not None:
                 try:
-                    given[i] = Segment(speakers[i], turn.text, self._clip(turn.audio))
+                    recorded = Segment(speakers[i], turn.text, self._clip(turn.audio))
                 except AudioError as e:
                     return RowError(script.row, script.id, "audio", str(e), i)
-        base_seed = script.seed if script.seed is not None else derive_seed(self.config.generation.seed, script.id)
+            turns.append(ChainTurn(f"{script.id}:{i}", speakers[i], turn.text, recorded,
+                                   max_frames=self.max_frames_for(script, turn.text), seed=base_seed + i))
         prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
                    for v in voices]
-        return _Chain(script, part, base_seed, speakers, given, prompts)
-
-    def _next(self, chain: _Chain, errors: list[RowError]) -> GenerationRequest | None:
-        """The chain's next turn to generate (context planned), or None when it is done.
-        Turns that cannot be generated are recorded in `errors` and skipped."""
-        script = chain.script
-        while chain.cursor < len(script.turns):
-            i = chain.cursor
-            chain.cursor += 1
-            if i in chain.given:  # recorded turns before the first generated one stay pinned
-                pinned = all(j in chain.given for j in range(i))
-                segment = chain.given[i]
-                chain.candidates.append(ContextItem(f"{script.id}:{i}", i, segment, self._cost(segment), pinned))
-                continue
-            turn = script.turns[i]
-            request = GenerationRequest(
-                request_id=f"{script.id}:{i}", text=turn.text, speaker=chain.speakers[i],
-                max_frames=self.max_frames_for(script, turn.text), seed=chain.base_seed + i,
-            )
-            try:
-                plan = plan_context(chain.candidates, target_cost=self.engine.count_prompt_tokens(request),
-                                    max_frames=request.max_frames, max_positions=self.engine.max_positions)
-            except ContextTooLong as e:
-                errors.append(RowError(script.row, script.id, "validate", str(e), i))
-                continue
-            request = replace(request, context=tuple(item.segment for item in plan.items))
-            room = self.engine.max_positions - self.engine.count_prompt_tokens(request)  # exact, not summed
-            if room < MIN_FRAMES_TO_GENERATE:
-                errors.append(RowError(script.row, script.id, "validate",
-                                       f"prompt leaves no room to generate within {self.engine.max_positions}", i))
-                continue
-            chain.turn, chain.plan = i, plan
-            chain.request = replace(request, max_frames=min(plan.max_frames, room))
-            return chain.request
-        return None
-
-    def _forget_unreachable(self, chain: _Chain) -> None:
-        """Drop recent turns that no later context can reach (those past `max_positions` of newer
-        turns), so a long chain, e.g. a book chapter, holds only a window of audio."""
-        reach, keep = 0, []
-        for item in reversed(chain.candidates):
-            if not item.pinned:
-                reach += item.cost
-                if reach > self.engine.max_positions:
-                    continue
-            keep.append(item)
-        chain.candidates = keep[::-1]
+        return Chain(turns, self.engine, self._cost, prompts)
 
     # -- one shard ------------------------------------------------------------------
 
-    def _row(self, chain: _Chain, result: GenerationResult, shard: Shard) -> dict:
+    def output_row(self, script: Script, chain: Chain, result: GenerationResult, shard: Shard) -> dict:
         """The output row of the chain's current turn."""
         turn_index, request, plan = chain.turn, chain.request, chain.plan
         assert request is not None and plan is not None
-        script, turn = chain.script, chain.script.turns[turn_index]
+        turn = script.turns[turn_index]
         audio_bytes = encode_audio(result.audio, self.engine.sample_rate_hz, self.config.output.audio_format)
         settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": request.max_frames}
         return {
@@ -259,67 +195,86 @@ class ShardWorker:
         (each as a chain of turns), and a part is committed as soon as its scripts are done;
         parts committed by an earlier attempt are skipped."""
         items = read_scripts(self.manifest, shard.file_index, shard.start, shard.stop)
-        per_part = self.config.output.commit_every_scripts
-        num_parts = math.ceil(len(items) / per_part)
-        commits: dict[int, PartCommit] = {}
-        parts: dict[int, _Part] = {}
-        t0 = time.perf_counter()
-
-        def commit(index: int) -> None:
-            part = parts.pop(index)
-            part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
-            done = self.writer.commit_part(shard.index, index, part.rows, part.errors, scripts=part.scripts)
-            wall = time.perf_counter() - t0
-            self.log(
-                f"shard {shard.index} part {index + 1}/{num_parts}: {done.rows} turns, "
-                f"{done.audio_seconds:.1f} s audio, {done.errors} errors ({wall:.1f} s into the shard)"
-            )
-            commits[index] = done
-
-        chains: dict[str, _Chain] = {}  # request id -> the chain generating it
-        first: list[GenerationRequest] = []
-
-        def advance(chain: _Chain) -> GenerationRequest | None:
-            part = parts[chain.part]
-            request = self._next(chain, part.errors)
-            if request is None:
-                part.running -= 1
-                if part.running == 0:
-                    commit(chain.part)
-                return None
-            chains[request.request_id] = chain
-            return request
-
-        for index in range(num_parts):
-            if self.writer.is_committed(shard.index, index):
-                commits[index] = self.writer.read_commit(shard.index, index)
-                continue
-            chunk = items[index * per_part : (index + 1) * per_part]
-            part = parts[index] = _Part(scripts=len(chunk))
-            started = []
-            for item in chunk:
-                chain = self._start(item, index) if isinstance(item, Script) else item
-                if isinstance(chain, RowError):
-                    part.errors.append(chain)
-                else:
-                    started.append(chain)
-            part.running = len(started) + 1  # +1 until every chain has started
-            first += [r for r in map(advance, started) if r is not None]
-            part.running -= 1
-            if part.running == 0:
-                commit(index)
-
-        def on_result(result: GenerationResult) -> list[GenerationRequest]:
-            chain = chains.pop(result.request_id)
-            parts[chain.part].rows.append(self._row(chain, result, shard))
-            generated = Segment(chain.request.speaker, chain.request.text, result.audio)
-            if result.num_frames:
-                chain.candidates.append(ContextItem(result.request_id, chain.turn, generated, self._cost(generated)))
-                self._forget_unreachable(chain)
-            follow_up = advance(chain)
-            return [follow_up] if follow_up is not None else []
-
+        run = _ShardRun(self, shard, items)
+        first = [request for index in range(run.num_parts) for request in run.start_part(index)]
         if first:
-            self.engine.run(first, self.config.sampling.to_params(), on_result=on_result)
-        assert not parts and not chains, "a part was left uncommitted"
-        return [commits[i] for i in range(num_parts)]
+            self.engine.run(first, self.config.sampling.to_params(), on_result=run.on_result)
+        return run.finished()
+
+
+class _ShardRun:
+    """One shard in flight: its parts, the chains generating their scripts, and the commits.
+
+    The engine interleaves the turns of every chain; `on_result` takes each finished turn,
+    adds its row to its part, and returns the chain's next turn. A part is committed the
+    moment its last chain finishes."""
+
+    def __init__(self, worker: ShardWorker, shard: Shard, items: list[Script | RowError]):
+        self.worker, self.shard, self.items = worker, shard, items
+        self.per_part = worker.config.output.commit_every_scripts
+        self.num_parts = math.ceil(len(items) / self.per_part)
+        self.commits: dict[int, PartCommit] = {}
+        self.parts: dict[int, _Part] = {}  # parts not yet committed
+        self.chains: dict[str, tuple[_Part, Script, Chain]] = {}  # request id -> who generates it
+        self.t0 = time.perf_counter()
+
+    def start_part(self, index: int) -> list[GenerationRequest]:
+        """Start every script of part `index` (unless committed before); returns their first requests."""
+        writer = self.worker.writer
+        if writer.is_committed(self.shard.index, index):
+            self.commits[index] = writer.read_commit(self.shard.index, index)
+            return []
+        chunk = self.items[index * self.per_part : (index + 1) * self.per_part]
+        part = self.parts[index] = _Part(index, scripts=len(chunk))
+        first = []
+        for item in chunk:
+            chain = self.worker.chain_for(item) if isinstance(item, Script) else item
+            if isinstance(chain, RowError):
+                part.errors.append(chain)
+                continue
+            request = self._next(part, item, chain)
+            if request is not None:
+                first.append(request)
+                part.running += 1
+        if part.running == 0:
+            self._commit(part)
+        return first
+
+    def on_result(self, result: GenerationResult) -> list[GenerationRequest]:
+        """A finished turn: its row, then its chain's next turn (or the chain's end)."""
+        part, script, chain = self.chains.pop(result.request_id)
+        part.rows.append(self.worker.output_row(script, chain, result, self.shard))
+        chain.add_result(result)
+        request = self._next(part, script, chain)
+        if request is not None:
+            return [request]
+        part.running -= 1
+        if part.running == 0:
+            self._commit(part)
+        return []
+
+    def finished(self) -> list[PartCommit]:
+        assert not self.parts and not self.chains, "a part was left uncommitted"
+        return [self.commits[i] for i in range(self.num_parts)]
+
+    def _next(self, part: _Part, script: Script, chain: Chain) -> GenerationRequest | None:
+        """The chain's next request (registered as in flight); skipped turns become error rows."""
+        def skip(turn: int, reason: str) -> None:
+            part.errors.append(RowError(script.row, script.id, "validate", reason, turn))
+
+        request = chain.next_request(skip)
+        if request is not None:
+            self.chains[request.request_id] = (part, script, chain)
+        return request
+
+    def _commit(self, part: _Part) -> None:
+        del self.parts[part.index]
+        part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
+        done = self.worker.writer.commit_part(self.shard.index, part.index, part.rows, part.errors,
+                                              scripts=part.scripts)
+        self.worker.log(
+            f"shard {self.shard.index} part {part.index + 1}/{self.num_parts}: {done.rows} turns, "
+            f"{done.audio_seconds:.1f} s audio, {done.errors} errors "
+            f"({time.perf_counter() - self.t0:.1f} s into the shard)"
+        )
+        self.commits[part.index] = done

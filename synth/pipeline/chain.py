@@ -1,0 +1,115 @@
+"""A conversation generated turn by turn: every generated turn becomes context for the next.
+
+This module owns the chain: a script's turns in order, the recorded ones (context clips)
+and the ones to generate, the candidate context so far (pinned voice prompts and opening
+recorded turns, then every earlier turn with audio), and for each turn to generate its
+request, with the context that `synth.pipeline.context_plan` chooses under the engine's
+position budget. A turn whose own text leaves no room to generate is skipped and
+reported, and the chain goes on. The shard worker runs a shard's scripts as chains and
+the dialogue benchmark runs its dialogues through the same class, so both measure and
+produce the same thing.
+
+It drives nothing: the caller submits each request to an engine and hands the result
+back (`add_result`), then asks for the next request. It knows nothing about manifests,
+output files, configs or Ray, and imports neither Ray nor pydantic (the benchmark runs
+on a bare GPU box).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
+from synth.pipeline.context_plan import (
+    MIN_FRAMES_TO_GENERATE,
+    ContextItem,
+    ContextPlan,
+    ContextTooLong,
+    SegmentCost,
+    plan_context,
+)
+
+
+@dataclass(frozen=True)
+class ChainTurn:
+    """One turn of a chain.
+
+    key: the turn's output id ("SCRIPT:TURN"), also its request id.
+    recorded: the turn's recorded clip as context (text + audio), or None to generate it.
+    max_frames, seed: the cap and seed of a turn to generate.
+    """
+
+    key: str
+    speaker: int
+    text: str
+    recorded: Segment | None = None
+    max_frames: int = 0
+    seed: int = 0
+
+
+class Chain:
+    """The turns of one script, generated in order; see the module docstring."""
+
+    def __init__(self, turns: Sequence[ChainTurn], engine: Engine, cost: SegmentCost,
+                 prompts: Sequence[ContextItem] = ()):
+        """prompts: pinned context every turn starts from (voice prompts), in prompt order."""
+        self.turns = tuple(turns)
+        self.engine = engine
+        self.cost = cost
+        self.candidates: list[ContextItem] = list(prompts)  # prompts, then earlier turns with audio
+        self.cursor = 0  # the next turn to look at
+        self.turn = -1  # the turn being generated (one at a time),
+        self.request: GenerationRequest | None = None  # its request,
+        self.plan: ContextPlan | None = None  # and the context chosen for it
+
+    def next_request(self, skip: Callable[[int, str], None]) -> GenerationRequest | None:
+        """The next turn to generate, with its context planned; None when the chain is done.
+        A turn that cannot be generated is reported as skip(turn, reason) and passed over."""
+        while self.cursor < len(self.turns):
+            i = self.cursor
+            self.cursor += 1
+            turn = self.turns[i]
+            if turn.recorded is not None:  # recorded turns before the first generated one stay pinned
+                pinned = all(t.recorded is not None for t in self.turns[:i])
+                self.candidates.append(ContextItem(turn.key, i, turn.recorded, self.cost(turn.recorded), pinned))
+                continue
+            request = GenerationRequest(request_id=turn.key, text=turn.text, speaker=turn.speaker,
+                                        max_frames=turn.max_frames, seed=turn.seed)
+            max_positions = self.engine.max_positions
+            try:
+                plan = plan_context(self.candidates, target_cost=self.engine.count_prompt_tokens(request),
+                                    max_frames=request.max_frames, max_positions=max_positions)
+            except ContextTooLong as e:
+                skip(i, str(e))
+                continue
+            request = replace(request, context=tuple(item.segment for item in plan.items))
+            room = max_positions - self.engine.count_prompt_tokens(request)  # exact, not summed
+            if room < MIN_FRAMES_TO_GENERATE:
+                skip(i, f"prompt leaves no room to generate within {max_positions}")
+                continue
+            self.turn, self.plan = i, plan
+            self.request = replace(request, max_frames=min(plan.max_frames, room))
+            return self.request
+        return None
+
+    def add_result(self, result: GenerationResult) -> None:
+        """The current turn's result: its audio joins the context of the turns after it."""
+        assert self.request is not None and result.request_id == self.request.request_id
+        if not result.num_frames:
+            return
+        generated = Segment(self.request.speaker, self.request.text, result.audio)
+        self.candidates.append(ContextItem(result.request_id, self.turn, generated, self.cost(generated)))
+        self._forget_unreachable()
+
+    def _forget_unreachable(self) -> None:
+        """Drop recent turns that no later context can reach (those past `max_positions` of newer
+        turns), so a long chain, e.g. a book chapter, holds only a window of audio."""
+        reach, keep = 0, []
+        for item in reversed(self.candidates):
+            if not item.pinned:
+                reach += item.cost
+                if reach > self.engine.max_positions:
+                    continue
+            keep.append(item)
+        self.candidates = keep[::-1]
