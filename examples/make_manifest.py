@@ -8,16 +8,9 @@ conditioned on the turns before it.
 
 import os
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from synth.pipeline.manifest import write_manifest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-TURN = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string()), ("voice", pa.string())])
-SCHEMA = pa.schema(
-    [("id", pa.string()), ("turns", pa.list_(TURN)), ("seed", pa.int64()), ("max_audio_seconds", pa.float64()),
-     ("voice", pa.string())]
-)
 
 ROWS = [
     {
@@ -61,9 +54,4 @@ ROWS = [
 ]
 
 if __name__ == "__main__":
-    for row in ROWS:
-        row.setdefault("voice", None)
-        for turn in row["turns"]:
-            turn.setdefault("voice", None)
-    pq.write_table(pa.Table.from_pylist(ROWS, schema=SCHEMA), os.path.join(HERE, "dialogues.parquet"))
-    print("wrote", os.path.join(HERE, "dialogues.parquet"))
+    print("wrote", write_manifest(os.path.join(HERE, "dialogues.parquet"), ROWS))

@@ -106,13 +106,50 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
     return expected
 
 
+def write_mixed_manifest(directory, clip_path):
+    """A scripts manifest with good rows and one of each kind of bad row.
+
+    Returns (path, good_ids, bad_ids). Speakers are float64, as pandas writes
+    integer columns with gaps: 1.0 is accepted, 1.5 is not.
+    """
+    import shutil
+
+    import pyarrow as pa
+
+    from synth.pipeline.manifest import write_manifest
+
+    os.makedirs(os.path.join(directory, "clips"), exist_ok=True)
+    shutil.copy(clip_path, os.path.join(directory, "clips", "voice.wav"))
+    with open(os.path.join(directory, "clips", "corrupt.wav"), "wb") as f:
+        f.write(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
+    ctx = {"speaker": 0.0, "text": "Hello there, this is a recorded voice prompt.", "audio": "clips/voice.wav"}
+    rows = [
+        {"id": "dialogue-a", "seed": 11, "turns": [ctx, {"speaker": 1.0, "text": "Nice to meet you.", "audio": None},
+                                                   {"speaker": 0.0, "text": "Likewise, truly.", "audio": None}]},
+        {"id": "single-b", "seed": None, "turns": [{"speaker": 2.0, "text": "Call me Ishmael.", "audio": None}]},
+        {"id": "bad-empty-text", "seed": None, "turns": [{"speaker": 0.0, "text": "  ", "audio": None}]},
+        {"id": "bad-missing-audio", "seed": None, "turns": [
+            {"speaker": 0.0, "text": "Hi.", "audio": "clips/nope.wav"},
+            {"speaker": 1.0, "text": "Hello.", "audio": None}]},
+        {"id": "bad-speaker", "seed": None, "turns": [{"speaker": 1.5, "text": "Hello.", "audio": None}]},
+        {"id": "bad-corrupt-audio", "seed": None, "turns": [
+            {"speaker": 0.0, "text": "Hi.", "audio": "clips/corrupt.wav"},
+            {"speaker": 1.0, "text": "Hello.", "audio": None}]},
+        {"id": "context-c", "seed": 5, "turns": [ctx, {"speaker": 3.0, "text": "Yes.", "audio": None}]},
+    ]
+    path = write_manifest(os.path.join(directory, "manifest.parquet"), rows, speaker_type=pa.float64())
+    good = {"dialogue-a:1", "dialogue-a:2", "single-b:0", "context-c:1"}
+    bad = {"bad-empty-text": "text must be a non-empty string", "bad-missing-audio": "not found",
+           "bad-speaker": "speaker must be a non-negative integer", "bad-corrupt-audio": "cannot decode"}
+    return path, good, bad
+
+
 def write_scripts_manifest(directory: str, clip_path, num_scripts: int = 16) -> tuple[str, list[str]]:
     """A manifest of short scripts: one-turn, two generated turns, or a recorded context
     turn then a generated one. Returns (path, the output ids it must produce)."""
     import shutil
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from synth.pipeline.manifest import write_manifest
 
     os.makedirs(os.path.join(directory, "clips"), exist_ok=True)
     shutil.copy(clip_path, os.path.join(directory, "clips", "voice.wav"))
@@ -131,11 +168,7 @@ def write_scripts_manifest(directory: str, clip_path, num_scripts: int = 16) -> 
                      {"speaker": 1, "text": f"Second {i}.", "audio": None}]
             ids += [f"s{i:02d}:0", f"s{i:02d}:1"]
         rows.append({"id": f"s{i:02d}", "turns": turns})
-    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
-    path = os.path.join(directory, "manifest.parquet")
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("turns", pa.list_(turn))])),
-                   path)
-    return path, ids
+    return write_manifest(os.path.join(directory, "manifest.parquet"), rows), ids
 
 
 def session_pids(sid: int) -> list[int]:

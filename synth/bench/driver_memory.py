@@ -19,26 +19,24 @@ import time
 
 
 def make_manifest(path: str, rows: int, batch: int = 100_000) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
-    schema = pa.schema([("id", pa.string()), ("turns", pa.list_(turn))])
-    os.makedirs(os.path.join(os.path.dirname(path), "voices"), exist_ok=True)
     import numpy as np
+    import pyarrow.parquet as pq
     import soundfile as sf
 
+    from synth.pipeline.manifest import scripts_schema, scripts_table
+
+    os.makedirs(os.path.join(os.path.dirname(path), "voices"), exist_ok=True)
     sf.write(os.path.join(os.path.dirname(path), "voices", "a.wav"), np.zeros(24000, dtype=np.float32), 24000)
-    with pq.ParquetWriter(path, schema) as writer:
+    with pq.ParquetWriter(path, scripts_schema()) as writer:
         for start in range(0, rows, batch):
             n = min(batch, rows - start)
-            writer.write_table(pa.Table.from_pylist([
+            writer.write_table(scripts_table([
                 {"id": f"script-{i:09d}", "turns": [
                     {"speaker": 0, "text": "Hello there, this is the voice prompt.", "audio": "voices/a.wav"},
                     {"speaker": i % 4, "text": f"Line number {i} of a rather long synthetic manifest.",
                      "audio": None}]}
                 for i in range(start, start + n)
-            ], schema=schema), row_group_size=10_000)
+            ]), row_group_size=10_000)
 
 
 def peak_rss_mib() -> float:

@@ -68,7 +68,7 @@ class M4bBook:
         try:
             self._container.mux(self._stream.encode(None))  # flush the encoder
             self._container.set_chapters(self._chapters)
-            self._container.close()
+            self._close_container()
             if self.destination.is_local:
                 os.replace(self._tmp, self.destination.path)
             else:
@@ -79,10 +79,17 @@ class M4bBook:
         return self.destination.uri
 
     def discard(self) -> None:
-        """Drop the temporary file (after an error, or once it has been moved)."""
+        """Drop the temporary file (after an error, or once it has been moved). Safe to call twice."""
+        import av
+
         try:
-            self._container.close()
-        except Exception:
+            self._close_container()
+        except av.FFmpegError:  # a half-written file may not close cleanly; it is removed either way
             pass
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            container, self._container = self._container, None
+            container.close()

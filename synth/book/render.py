@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
@@ -50,10 +49,8 @@ from synth.book.text import Chapter, load_book
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, SynthConfig
+from synth.pipeline.manifest import write_manifest
 from synth.pipeline.runner import run
-
-TURN = pa.struct([("text", pa.string())])
-MANIFEST_SCHEMA = pa.schema([("id", pa.string()), ("voice", pa.string()), ("turns", pa.list_(TURN))])
 
 
 def chapter_id(chapter: Chapter) -> str:
@@ -113,14 +110,17 @@ def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Lo
                               f"{max(before)} chunks); committed chunks are numbered within their passage, so "
                               f"relaunch with the book text and --passage-chunks it was rendered with (0 for a "
                               f"render made before passages), or use a new --output")
-        changed = [r["id"] for r, p in zip(rows, previous) if r != p]
+        changed = [r["id"] for r, p in zip(rows, previous) if _spoken(r) != _spoken(p)]
         if changed and not allow_changes:
             raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
                               f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), sink)
-    storage.write_bytes_atomic(location, sink.getvalue().to_pybytes())
+    write_manifest(location.uri, rows)
     return location.uri
+
+
+def _spoken(row: dict) -> tuple:
+    """What a passage's row says and in which voice (its other manifest columns are empty)."""
+    return row["id"], row["voice"], [turn["text"] for turn in row["turns"]]
 
 
 def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location) -> SynthConfig:

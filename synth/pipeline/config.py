@@ -25,8 +25,6 @@ from pydantic import (
 from synth.engine.interface import SamplingParams
 from synth.errors import SynthError
 
-TINY_CHECKPOINT_DEFAULT = "~/.cache/synth/tiny-csm-v2"
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

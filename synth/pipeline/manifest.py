@@ -1,8 +1,9 @@
 """Manifests: the Parquet files that say what to synthesize.
 
-This module owns the manifest schema, opening one file or a directory of files on any
-pyarrow filesystem, reading a range of rows without loading the rest, and turning each
-raw row into a validated `Script` or a `RowError` that names the row and the problem.
+This module owns the manifest schema (and writing manifests in it: `write_manifest`),
+opening one file or a directory of files on any pyarrow filesystem, reading a range of
+rows without loading the rest, and turning each raw row into a validated `Script` or a
+`RowError` that names the row and the problem.
 It also refuses a manifest with duplicate ids before anything runs (`check_unique_ids`).
 It knows nothing about models, Ray or output files.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,32 @@ import pyarrow.parquet as pq
 from synth.errors import SynthError
 from synth.pipeline import storage
 
-OPTIONAL_COLUMNS = ("seed", "max_audio_seconds", "voice")
+
+def scripts_schema(speaker_type: pa.DataType = pa.int64()) -> pa.Schema:
+    """The Arrow schema of a scripts manifest holding every column synth reads.
+
+    speaker_type: int64, or float64 as pandas writes integer columns with gaps (integral
+    floats are accepted as speakers)."""
+    turn = pa.struct([("speaker", speaker_type), ("text", pa.string()), ("audio", pa.string()),
+                      ("voice", pa.string())])
+    return pa.schema([("id", pa.string()), ("turns", pa.list_(turn)), ("voice", pa.string()), ("seed", pa.int64()),
+                      ("max_audio_seconds", pa.float64())])
+
+
+def scripts_table(rows: Sequence[dict[str, Any]], speaker_type: pa.DataType = pa.int64()) -> pa.Table:
+    """Script rows (dicts of the manifest's columns; any optional field may be left out,
+    it is then null) as a table of `scripts_schema`."""
+    return pa.Table.from_pylist(list(rows), schema=scripts_schema(speaker_type))
+
+
+def write_manifest(path: str, rows: Sequence[dict[str, Any]], *, speaker_type: pa.DataType = pa.int64(),
+                   row_group_size: int | None = None) -> str:
+    """Write script rows as a scripts manifest at a local path or URI; returns the path."""
+    loc = storage.resolve(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(scripts_table(rows, speaker_type), sink, row_group_size=row_group_size)
+    storage.write_bytes_atomic(loc, sink.getvalue().to_pybytes())
+    return path
 
 
 class ManifestError(SynthError, ValueError):

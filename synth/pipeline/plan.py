@@ -8,8 +8,6 @@ shard ids are stable across relaunches. It knows nothing about models or Ray.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 from synth.pipeline.manifest import Manifest
@@ -32,10 +30,6 @@ class Plan:
     shards: tuple[Shard, ...]
     scripts_per_shard: int
     manifest_files: tuple[tuple[str, int], ...]  # (uri, num_rows)
-
-    @property
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict()["manifest_files"]).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         return {

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import load_errors
@@ -14,7 +13,7 @@ from synth.engine.interface import Segment
 from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import ContextItem, ContextTooLong, plan_context
-from synth.pipeline.manifest import open_manifest
+from synth.pipeline.manifest import open_manifest, write_manifest
 from synth.pipeline.plan import plan_shards
 from synth.pipeline.voices import VOICES_DIR
 from synth.pipeline.worker import ShardWorker, load_engine
@@ -75,13 +74,7 @@ def _config(checkpoint, voices_dir, **generation):
 
 
 def _write(path, rows):
-    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string()),
-                      ("voice", pa.string())])
-    schema = pa.schema([("id", pa.string()), ("turns", pa.list_(turn)), ("voice", pa.string())])
-    rows = [{"voice": None, **r, "turns": [{"speaker": None, "audio": None, "voice": None, **t} for t in r["turns"]]}
-            for r in rows]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return str(path)
+    return write_manifest(str(path), rows)
 
 
 def _run(config, engine, manifest_path, out):

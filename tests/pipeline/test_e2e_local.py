@@ -4,8 +4,14 @@ import json
 import os
 
 import pytest
-from conftest import write_mixed_manifest
-from helpers import REPO, check_audio_rows, job_args, load_output, run_job
+from helpers import (
+    REPO,
+    check_audio_rows,
+    job_args,
+    load_output,
+    run_job,
+    write_mixed_manifest,
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_mixed_manifest
 from helpers import (
     REPO,
     check_audio_rows,
@@ -15,6 +14,7 @@ from helpers import (
     load_errors,
     load_output,
     reference_codes,
+    write_mixed_manifest,
 )
 
 

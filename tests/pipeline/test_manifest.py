@@ -9,15 +9,9 @@ from synth.pipeline.manifest import (
     check_unique_ids,
     open_manifest,
     read_scripts,
+    write_manifest,
 )
 from synth.pipeline.plan import plan_shards
-
-TURN = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string())])
-
-
-def write_scripts(path, rows, row_group_size=None):
-    schema = pa.schema([("id", pa.string()), ("turns", pa.list_(TURN))])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=row_group_size)
 
 
 def test_scripts_form_resolves_relative_audio_and_reads_row_ranges(tmp_path):
@@ -26,7 +20,7 @@ def test_scripts_form_resolves_relative_audio_and_reads_row_ranges(tmp_path):
                                  {"speaker": 1, "text": f"Line {i}.", "audio": None}]}
         for i in range(10)
     ]
-    write_scripts(tmp_path / "m.parquet", rows, row_group_size=3)
+    write_manifest(str(tmp_path / "m.parquet"), rows, row_group_size=3)
     manifest = open_manifest(str(tmp_path / "m.parquet"))
     assert manifest.form == "scripts" and manifest.num_rows == 10
     scripts = read_scripts(manifest, 0, 4, 8)  # spans row groups 1 and 2
@@ -53,12 +47,10 @@ def test_voices_stand_in_for_speakers_in_both_forms(tmp_path):
     assert isinstance(a, Script) and a.voice == "narrator" and a.turns[0].speaker is None
     assert isinstance(b, RowError) and "speaker must be a non-negative integer" in b.reason  # no voice, no speaker
 
-    turn = pa.struct([("speaker", pa.int64()), ("text", pa.string()), ("audio", pa.string()), ("voice", pa.string())])
     rows = [{"id": "d", "turns": [{"speaker": None, "text": "Hi.", "audio": None, "voice": "guest"},
                                   {"speaker": 0, "text": "Hey.", "audio": None, "voice": None}]},
             {"id": "e", "turns": [{"speaker": 0, "text": "Hi.", "audio": "a.wav", "voice": "guest"}]}]
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("turns", pa.list_(turn))])),
-                   tmp_path / "s.parquet")
+    write_manifest(str(tmp_path / "s.parquet"), rows)
     d, e = read_scripts(open_manifest(str(tmp_path / "s.parquet")), 0, 0, 2)
     assert [t.voice for t in d.turns] == ["guest", None] and [t.speaker for t in d.turns] == [None, 0]
     assert isinstance(e, RowError) and "applies to generated turns only" in e.reason and e.turn == 0
@@ -88,7 +80,7 @@ def test_bad_rows_get_errors_naming_row_and_problem(tmp_path):
 
 
 def test_script_with_nothing_to_generate_is_an_error(tmp_path):
-    write_scripts(tmp_path / "m.parquet", [{"id": "x", "turns": [{"speaker": 0, "text": "Hi.", "audio": "a.wav"}]}])
+    write_manifest(str(tmp_path / "m.parquet"), [{"id": "x", "turns": [{"speaker": 0, "text": "Hi.", "audio": "a.wav"}]}])
     (item,) = read_scripts(open_manifest(str(tmp_path / "m.parquet")), 0, 0, 1)
     assert isinstance(item, RowError) and "no turn to generate" in item.reason
 

@@ -9,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_mixed_manifest
-from helpers import load_errors
+from helpers import load_errors, write_mixed_manifest
 
 from synth.engine.interface import GenerationRequest, Segment
 from synth.engine.reference_engine import conversation
