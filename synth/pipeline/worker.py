@@ -6,7 +6,7 @@ seeds and length caps, running each script as a chain (every generated turn beco
 context for the next, within the budget `synth.pipeline.context_plan` chooses) while the
 engine interleaves the turns of all the shard's scripts, and turning results and
 per-row problems into output rows and error rows. It holds one loaded
-engine for its whole life. It knows nothing about Ray: `synth.pipeline.runner` wraps it in
+engine for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
 an actor, and tests drive it directly.
 """
 
@@ -36,9 +36,10 @@ from synth.pipeline.context_plan import (
     plan_context,
 )
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
+from synth.pipeline.output import OutputDir, PartCommit
 from synth.pipeline.plan import Shard
 from synth.pipeline.voices import VoiceLibrary
-from synth.pipeline.writer import DatasetWriter, PartCommit, codes_to_list
+from synth.pipeline.writer import DatasetWriter, codes_to_list
 
 
 def derive_seed(base_seed: int, script_id: str) -> int:
@@ -122,15 +123,16 @@ class ShardWorker:
         self.engine = engine
         self.manifest = manifest
         self.log = log
+        self.output = OutputDir(out)
         self.writer = DatasetWriter(
-            out,
+            self.output,
             sample_rate_hz=engine.sample_rate_hz,
             audio_format=config.output.audio_format,
             write_audio_files=config.output.write_audio_files,
         )
         self.frame_rate_hz = engine.sample_rate_hz / engine.samples_per_frame
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.voices = VoiceLibrary(config.voices, out, engine, self._clip)
+        self.voices = VoiceLibrary(config.voices, self.output, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
         self._cost = SegmentCost(engine)
@@ -291,8 +293,8 @@ class ShardWorker:
             return request
 
         for index in range(num_parts):
-            if self.writer.is_committed(shard.index, index):
-                commits[index] = self.writer.read_commit(shard.index, index)
+            if self.output.is_committed(shard.index, index):
+                commits[index] = self.output.read_commit(shard.index, index)
                 continue
             chunk = items[index * per_part : (index + 1) * per_part]
             part = parts[index] = _Part(scripts=len(chunk))

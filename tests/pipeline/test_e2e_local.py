@@ -7,6 +7,8 @@ import pytest
 from conftest import write_mixed_manifest
 from helpers import REPO, check_audio_rows, job_args, load_output, run_job
 
+from synth.pipeline.output import data_file
+
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, speech_clip):
@@ -80,7 +82,7 @@ def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, ti
     """Shard 0's first output name is taken by a directory: every attempt fails to write."""
     path, good, bad = mixed
     out = tmp_path / "out"
-    (out / "data" / "shard-00000-part-0000.parquet").mkdir(parents=True)
+    (out / data_file(0, 0)).mkdir(parents=True)
     result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
                               "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
                      {"RAY_ADDRESS": None})
