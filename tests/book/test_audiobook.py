@@ -13,7 +13,13 @@ from helpers import REPO, JobProcess, private_ray, run_job
 
 from synth.book.render import passages
 from synth.book.text import Chapter, Chunk, load_book
-from synth.pipeline.output import PROGRESS_DIR, data_file, marked_part
+from synth.pipeline.output import (
+    PROGRESS_DIR,
+    RUN_RECORD,
+    VOICES_DIR,
+    data_file,
+    marked_part,
+)
 
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
 PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
@@ -114,10 +120,10 @@ def test_the_book_m4b_marks_each_chapter_where_its_file_starts(rendered):
 def test_the_voice_is_encoded_once_per_run_and_not_again_on_resume(rendered):
     out, _, first_log, _ = rendered
     assert "voices: 2 ready (2 encoded now" in first_log  # narrator and guest, by the first actor ready
-    summary = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / RUN_RECORD).read_text())
     assert summary["voices"]["encoded"] == 0  # the resumed run read them from OUT/_voices
     assert summary["voices"]["encoded_by_workers"] == 0  # and no actor encoded one, in either run
-    assert len(os.listdir(out / "_voices")) == 2
+    assert len(os.listdir(out / VOICES_DIR)) == 2
 
 
 def test_an_unknown_narrator_is_refused_before_anything_runs(tmp_path, tiny_checkpoint):

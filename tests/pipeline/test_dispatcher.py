@@ -66,9 +66,11 @@ class FakeActors:
         script = self.outcomes.get(key)
         return script.popleft() if script else "ok"
 
-    def run(self, dispatcher):
+    def run(self, dispatcher, max_steps=10_000):
         in_flight = deque()
-        while not dispatcher.finished:
+        for _ in range(max_steps):  # a dispatcher that stalls fails the test instead of hanging it
+            if dispatcher.finished:
+                return dispatcher
             in_flight.extend(dispatcher.next_calls())
             if not in_flight:  # every actor waits to be asked again
                 self.clock.now += dispatcher.wait_timeout()
@@ -92,7 +94,8 @@ class FakeActors:
                 dispatcher.returned(call, VOICES)
             else:
                 dispatcher.returned(call, summary(call.shard.index))
-        return dispatcher
+        raise AssertionError(f"not finished after {max_steps} steps: queue {list(dispatcher.queue)}, "
+                             f"running {dispatcher.running}, idle {dispatcher.idle}")
 
     def calls(self, method, outcome=None):
         return [e for e in self.ended if e[1] == method and (outcome is None or e[3] == outcome)]

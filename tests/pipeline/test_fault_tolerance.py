@@ -39,6 +39,7 @@ from synth.pipeline.output import (
     DATA_DIR,
     ERRORS_DIR,
     PROGRESS_DIR,
+    RUN_RECORD,
     OutputDir,
     audio_file,
     data_file,
@@ -125,7 +126,7 @@ def check_complete_output(out: str, expected: list[str], reference: dict) -> Non
         assert row["codes"] == reference[row["id"]], f"{row['id']}: codes differ from the uninterrupted run"
     wav = {f for f in files if f.startswith("wav/")}
     assert wav == {row["audio"]["path"] for row in ds}
-    summary = json.load(open(os.path.join(out, "run.json")))
+    summary = json.load(open(os.path.join(out, RUN_RECORD)))
     assert summary["turns_generated"] == len(expected) and not summary["shards_failed"]
 
 
@@ -396,7 +397,7 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     check_audio_rows(ds)
     wav = {f.removeprefix(f"{out}/") for f in files if f.startswith(f"{out}/wav/")}
     assert wav == {row["audio"]["path"] for row in ds}
-    summary = json.loads(fs.open_input_stream(f"{out}/run.json").read())
+    summary = json.loads(fs.open_input_stream(f"{out}/{RUN_RECORD}").read())
     assert summary["turns_generated"] == len(ids) and not summary["shards_failed"]
 
 
