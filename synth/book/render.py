@@ -50,6 +50,7 @@ from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, SynthConfig
 from synth.pipeline.manifest import write_manifest
+from synth.pipeline.output import OutputDir
 from synth.pipeline.runner import run
 
 
@@ -127,10 +128,8 @@ def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location
     """The run's config for a book: passages spread evenly over the actors (each actor renders
     its passages at once, one chain each), and every passage committed as soon as it is done.
     A resumed render keeps the shard size it started with, whatever the actor count now."""
-    per_shard = max(1, math.ceil(num_scripts / config.actors.num_actors))
-    record = out.join("plan.json")
-    if storage.exists(record):
-        per_shard = json.loads(storage.read_bytes(record))["plan"]["scripts_per_shard"]
+    recorded = OutputDir(out).recorded_plan()
+    per_shard = recorded.scripts_per_shard if recorded else max(1, math.ceil(num_scripts / config.actors.num_actors))
     output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
     return config.model_copy(update={"output": output})
 
@@ -148,7 +147,7 @@ class ChapterFiles:
 def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
     """script id -> the data part files holding its rows (reads only the `script_id` column)."""
     parts: dict[str, list[str]] = defaultdict(list)
-    for path in storage.list_files(out.join("data"), ".parquet"):
+    for path in OutputDir(out).data_files():
         table = pq.read_table(out.fs.open_input_file(path), columns=["script_id"])
         for script_id in set(table.column(0).to_pylist()):
             parts[script_id].append(path)

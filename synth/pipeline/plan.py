@@ -38,6 +38,15 @@ class Plan:
             "shards": [asdict(s) for s in self.shards],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        """The plan `to_dict` gave (as recorded in an output's plan.json)."""
+        return cls(
+            tuple(Shard(**s) for s in data["shards"]),
+            data["scripts_per_shard"],
+            tuple((uri, num_rows) for uri, num_rows in data["manifest_files"]),
+        )
+
 
 def plan_shards(manifest: Manifest, scripts_per_shard: int) -> Plan:
     shards = []

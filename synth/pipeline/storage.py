@@ -2,7 +2,8 @@
 
 This module owns turning a user's path or URI into a (filesystem, path) pair and the
 few file operations the pipeline needs on top of it: read bytes, write bytes
-atomically, list, exists. It knows nothing about manifests, models or Ray.
+atomically (and the name of the temp files that writing leaves if killed), list,
+exists. It knows nothing about manifests, models or Ray.
 """
 
 from __future__ import annotations
@@ -12,6 +13,18 @@ import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+
+TEMP_INFIX = ".tmp-"  # write_bytes_atomic's temp file: <name>.tmp-<8 hex>, renamed to <name> once whole
+
+
+def temp_name(name: str, tag: str | None = None) -> str:
+    """The temp file `write_bytes_atomic` writes before renaming it to `name` (random `tag` unless given)."""
+    return f"{name}{TEMP_INFIX}{tag or uuid.uuid4().hex[:8]}"
+
+
+def is_temp(name: str) -> bool:
+    """Whether a file name is one of `write_bytes_atomic`'s temp files (a killed write leaves it behind)."""
+    return TEMP_INFIX in name
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ def write_bytes_atomic(loc: Location, data: bytes) -> None:
     parent = loc.path.rsplit("/", 1)[0]
     if loc.is_local:
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{loc.path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temp_name(loc.path)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

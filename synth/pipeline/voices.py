@@ -4,8 +4,9 @@ A config names voices (reference clip + transcript + speaker id); a manifest tur
 script says `voice: NAME` instead of carrying a clip. This module owns turning those
 names into speakers and voice prompts for a script (or a `RowError` naming the row and
 the problem), and the per-run code cache: each reference is Mimi-encoded once, on one
-actor, and its codes [T, K] land in OUT/_voices/<content hash>.npy, where every actor
-reads them instead of encoding again. It knows nothing about Ray or the model math.
+actor, and its codes [T, K] land in OUT/_voices/<content hash>.npy (a name
+`synth.pipeline.output` gives), where every actor reads them instead of encoding again.
+It knows nothing about Ray or the model math.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError
 from synth.pipeline.config import VoiceConfig, unknown_voice
 from synth.pipeline.manifest import RowError, Script
-
-VOICES_DIR = "_voices"
+from synth.pipeline.output import OutputDir, voice_codes_file
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,17 @@ class VoiceLibrary:
     codes of every voice it loads (`remember_codes`), so it never encodes a voice itself.
     """
 
-    def __init__(self, voices: dict[str, VoiceConfig], out: storage.Location, engine,
+    def __init__(self, voices: dict[str, VoiceConfig], output: OutputDir, engine,
                  read_clip: Callable[[str], np.ndarray]):
         self.configs = voices
-        self.out = out
+        self.output = output
         self.engine = engine
         self.read_clip = read_clip
         self._loaded: dict[str, Voice | str] = {}  # name -> voice, or why it cannot be used
         self.encoded = 0  # references this library had to encode (not found in OUT/_voices)
 
     def _codes_location(self, clip: np.ndarray) -> storage.Location:
-        return self.out.join(VOICES_DIR, clip_key(clip) + ".npy")
+        return self.output.at(voice_codes_file(clip_key(clip)))
 
     def _codes(self, clip: np.ndarray) -> np.ndarray:
         """The clip's codes [T, K] int16, from the run's cache or encoded now (and stored)."""

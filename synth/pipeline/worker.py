@@ -6,7 +6,7 @@ seeds and length caps, running each script as a chain (`synth.pipeline.chain`: e
 generated turn becomes context for the next) while the engine interleaves the turns of
 all the shard's scripts, and turning results and
 per-row problems into output rows and error rows. It holds one loaded
-engine for its whole life. It knows nothing about Ray: `synth.pipeline.runner` wraps it in
+engine for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
 an actor, and tests drive it directly.
 """
 
@@ -30,9 +30,10 @@ from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, SegmentCost
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
+from synth.pipeline.output import OutputDir, PartCommit
 from synth.pipeline.plan import Shard
 from synth.pipeline.voices import VoiceLibrary
-from synth.pipeline.writer import DatasetWriter, PartCommit, codes_to_list
+from synth.pipeline.writer import DatasetWriter, codes_to_list
 
 
 def derive_seed(base_seed: int, script_id: str) -> int:
@@ -101,15 +102,16 @@ class ShardWorker:
         self.engine = engine
         self.manifest = manifest
         self.log = log
+        self.output = OutputDir(out)
         self.writer = DatasetWriter(
-            out,
+            self.output,
             sample_rate_hz=engine.sample_rate_hz,
             audio_format=config.output.audio_format,
             write_audio_files=config.output.write_audio_files,
         )
         self.frame_rate_hz = engine.sample_rate_hz / engine.samples_per_frame
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.voices = VoiceLibrary(config.voices, out, engine, self._clip)
+        self.voices = VoiceLibrary(config.voices, self.output, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
         self._cost = SegmentCost(engine)
@@ -220,9 +222,9 @@ class _ShardRun:
 
     def start_part(self, index: int) -> list[GenerationRequest]:
         """Start every script of part `index` (unless committed before); returns their first requests."""
-        writer = self.worker.writer
-        if writer.is_committed(self.shard.index, index):
-            self.commits[index] = writer.read_commit(self.shard.index, index)
+        output = self.worker.output
+        if output.is_committed(self.shard.index, index):
+            self.commits[index] = output.read_commit(self.shard.index, index)
             return []
         chunk = self.items[index * self.per_part : (index + 1) * self.per_part]
         part = self.parts[index] = _Part(index, scripts=len(chunk))

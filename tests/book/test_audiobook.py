@@ -4,7 +4,6 @@ cutting of chapters into passages that render in parallel."""
 
 import json
 import os
-import re
 
 import av
 import pyarrow.parquet as pq
@@ -14,9 +13,15 @@ from helpers import REPO, JobProcess, private_ray, run_job
 
 from synth.book.render import passages
 from synth.book.text import Chapter, Chunk, load_book
+from synth.pipeline.output import (
+    PROGRESS_DIR,
+    RUN_RECORD,
+    VOICES_DIR,
+    data_file,
+    marked_part,
+)
 
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
-PART_MARKER = re.compile(r"shard-\d{5}-part-\d{4}\.json$")
 PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
 
 
@@ -29,8 +34,10 @@ def render_args(out, checkpoint, *extra):
 
 
 def committed_parts(out):
-    progress = os.path.join(out, "_progress")
-    return sorted(f for f in os.listdir(progress) if PART_MARKER.search(f)) if os.path.isdir(progress) else []
+    """The data files (paths under OUT) of the parts whose commit marker exists."""
+    progress = os.path.join(out, PROGRESS_DIR)
+    marked = [marked_part(f) for f in sorted(os.listdir(progress))] if os.path.isdir(progress) else []
+    return [data_file(*shard_part) for shard_part in marked if shard_part]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +49,7 @@ def rendered(tmp_path_factory, tiny_checkpoint):
         job = JobProcess(render_args(out, tiny_checkpoint), env, str(out) + ".log")
         job.wait_until(lambda: committed_parts(out), 240, "the first passage committed")
         job.kill()
-        before_kill = {f: os.path.getmtime(os.path.join(out, "data", f.replace(".json", ".parquet")))
-                       for f in committed_parts(out)}
+        before_kill = {f: os.path.getmtime(os.path.join(out, f)) for f in committed_parts(out)}
         first_log = job.output()
         # resumed on one actor: the render keeps the shard plan it started with
         resumed = run_job(render_args(out, tiny_checkpoint, "--set", "actors.num_actors=1"),
@@ -62,8 +68,8 @@ def test_every_chunk_is_rendered_exactly_once_after_the_kill(rendered):
     expected = {f"{p.script_id}:{i}" for p in cut for i in range(p.stop - p.start)}
     assert sorted(r["id"] for r in rows) == sorted(expected)
     # what was committed before the kill was not redone
-    for marker, mtime in before_kill.items():
-        assert os.path.getmtime(out / "data" / marker.replace(".json", ".parquet")) == mtime
+    for part, mtime in before_kill.items():
+        assert os.path.getmtime(out / part) == mtime
     assert 1 <= len(before_kill) < len(cut)  # the kill came mid-render
     # each passage is one chain in the narrator's voice with rolling context; a passage
     # starts from the voice prompt alone
@@ -114,10 +120,10 @@ def test_the_book_m4b_marks_each_chapter_where_its_file_starts(rendered):
 def test_the_voice_is_encoded_once_per_run_and_not_again_on_resume(rendered):
     out, _, first_log, _ = rendered
     assert "voices: 2 ready (2 encoded now" in first_log  # narrator and guest, by the first actor ready
-    summary = json.loads((out / "run.json").read_text())
+    summary = json.loads((out / RUN_RECORD).read_text())
     assert summary["voices"]["encoded"] == 0  # the resumed run read them from OUT/_voices
     assert summary["voices"]["encoded_by_workers"] == 0  # and no actor encoded one, in either run
-    assert len(os.listdir(out / "_voices")) == 2
+    assert len(os.listdir(out / VOICES_DIR)) == 2
 
 
 def test_an_unknown_narrator_is_refused_before_anything_runs(tmp_path, tiny_checkpoint):

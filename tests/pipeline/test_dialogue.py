@@ -14,8 +14,8 @@ from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import ContextItem, ContextTooLong, plan_context
 from synth.pipeline.manifest import open_manifest, write_manifest
+from synth.pipeline.output import VOICES_DIR, voice_codes_file
 from synth.pipeline.plan import plan_shards
-from synth.pipeline.voices import VOICES_DIR
 from synth.pipeline.worker import ShardWorker, load_engine
 
 
@@ -135,8 +135,8 @@ def test_bad_voices_are_recorded_errors_and_the_rest_goes_on(voiced):
 def test_each_voice_is_encoded_once_and_then_read_from_the_run_cache(voiced, engine):
     d, config, worker, _, rows, engine_encodes = voiced
     assert worker.voices.encoded == 2  # narrator and guest; broken never decodes
-    assert sorted(os.listdir(d / "out" / VOICES_DIR)) == sorted(
-        f"{k}.npy" for k in engine.codec.pinned)  # what the engine uses is what was stored
+    assert sorted(f"{VOICES_DIR}/{f}" for f in os.listdir(d / "out" / VOICES_DIR)) == sorted(
+        voice_codes_file(k) for k in engine.codec.pinned)  # what the engine uses is what was stored
     # the engine never encoded a voice itself: its encodes are the voices (via the library) and
     # the generated turns that became context (interview:0, :1, :2 and told:0)
     assert engine_encodes == 2 + 4

@@ -13,6 +13,8 @@ from helpers import (
     write_mixed_manifest,
 )
 
+from synth.pipeline.output import RUN_RECORD, data_file
+
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, speech_clip):
@@ -46,7 +48,7 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     first = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "synth: done" in first.stdout
-    summary = json.load(open(os.path.join(out, "run.json")))
+    summary = json.load(open(os.path.join(out, RUN_RECORD)))
     assert summary["turns_generated"] == len(good)
     assert summary["scripts_with_errors"] == len(bad)
     assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
@@ -86,13 +88,13 @@ def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, ti
     """Shard 0's first output name is taken by a directory: every attempt fails to write."""
     path, good, bad = mixed
     out = tmp_path / "out"
-    (out / "data" / "shard-00000-part-0000.parquet").mkdir(parents=True)
+    (out / data_file(0, 0)).mkdir(parents=True)
     result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
                               "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
                      {"RAY_ADDRESS": None})
     assert result.returncode == 1, result.stdout + result.stderr  # a failed shard: non-zero whatever the rate
     assert "shard 0 attempt 1 failed" in result.stdout and "shard 0 FAILED after 2 attempts" in result.stdout
-    summary = json.load(open(out / "run.json"))
+    summary = json.load(open(out / RUN_RECORD))
     assert list(summary["shards_failed"]) == ["0"]
     assert "directory" in summary["shards_failed"]["0"].lower(), summary["shards_failed"]
     # shard 0 holds rows 0-1: dialogue-a (part 0, never committed) and single-b (part 1, committed

@@ -17,6 +17,8 @@ from helpers import (
     write_mixed_manifest,
 )
 
+from synth.pipeline.output import RUN_RECORD
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
@@ -64,7 +66,7 @@ def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(
     for row in ds:
         assert row["codes"] == expected[row["id"]], row["id"]
 
-    summary = json.load(open(os.path.join(out, "run.json")))
+    summary = json.load(open(os.path.join(out, RUN_RECORD)))
     assert summary["turns_generated"] == len(good) and summary["scripts_with_errors"] == len(bad)
     errors = load_errors(out)
     assert {e["id"] for e in errors} == set(bad)

@@ -34,6 +34,19 @@ from helpers import (
     write_scripts_manifest,
 )
 
+from synth.pipeline import storage
+from synth.pipeline.output import (
+    DATA_DIR,
+    ERRORS_DIR,
+    PROGRESS_DIR,
+    RUN_RECORD,
+    OutputDir,
+    audio_file,
+    data_file,
+    errors_file,
+    marked_part,
+)
+
 NUM_SCRIPTS = 16
 NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
 # One slot per actor: a shard's scripts then run one after another and its parts commit
@@ -41,8 +54,7 @@ NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
 # of a shard runs at once and its parts all commit within a fraction of a second).
 SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
                "--set", "generation.batch_size=1"]
-PART_MARKER = re.compile(r"shard-\d{5}-part-\d{4}\.json$")
-ALL_PARTS = {f"shard-{shard:05d}-part-{part:04d}" for shard in range(4) for part in range(4)}
+ALL_PARTS = {(shard, part) for shard in range(4) for part in range(4)}
 JOB_TIMEOUT_S = 240
 
 
@@ -68,16 +80,22 @@ def reference(manifest, tiny_checkpoint, tmp_path_factory):
 # -- checks on an output directory ------------------------------------------------------
 
 
-def part_markers(out: str) -> set[str]:
-    progress = os.path.join(out, "_progress")
+def part_markers(out: str) -> set[tuple[int, int]]:
+    """(shard, part) of every part whose commit marker exists."""
+    progress = os.path.join(out, PROGRESS_DIR)
     names = os.listdir(progress) if os.path.isdir(progress) else []
-    return {n.removesuffix(".json") for n in names if PART_MARKER.match(n)}
+    return {marked for marked in map(marked_part, names) if marked}
+
+
+def files_of(parts: set[tuple[int, int]]) -> set[str]:
+    """The data/ and errors/ files (paths under OUT) that the parts may have."""
+    return {name(*part) for part in parts for name in (data_file, errors_file)}
 
 
 def part_files(out: str) -> dict[str, tuple[int, int]]:
     """data/ and errors/ part files -> (inode, mtime_ns): a rewrite changes both."""
     found = {}
-    for sub in ("data", "errors"):
+    for sub in (DATA_DIR, ERRORS_DIR):
         directory = os.path.join(out, sub)
         for name in os.listdir(directory) if os.path.isdir(directory) else []:
             st = os.stat(os.path.join(directory, name))
@@ -95,11 +113,11 @@ def check_complete_output(out: str, expected: list[str], reference: dict) -> Non
     """Every id exactly once, loadable, no temp files, no part without its marker, the
     reference run's codes, and one audio file per row."""
     files = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
-    assert not [f for f in files if ".tmp-" in f], files
+    assert not [f for f in files if storage.is_temp(f)], files
     markers = part_markers(out)
     assert markers == ALL_PARTS
     for name in part_files(out):
-        assert name.split("/", 1)[1].removesuffix(".parquet") in markers, f"{name} has no commit marker"
+        assert name in files_of(markers), f"{name} has no commit marker"
     assert not [f for f in files if f.startswith("errors/")], "no row is bad: errors/ must be empty"
     ds = load_output(out)
     assert_exactly_once(ds["id"], expected)
@@ -108,7 +126,7 @@ def check_complete_output(out: str, expected: list[str], reference: dict) -> Non
         assert row["codes"] == reference[row["id"]], f"{row['id']}: codes differ from the uninterrupted run"
     wav = {f for f in files if f.startswith("wav/")}
     assert wav == {row["audio"]["path"] for row in ds}
-    summary = json.load(open(os.path.join(out, "run.json")))
+    summary = json.load(open(os.path.join(out, RUN_RECORD)))
     assert summary["turns_generated"] == len(expected) and not summary["shards_failed"]
 
 
@@ -122,7 +140,7 @@ def assert_untouched(before: dict[str, tuple[int, int]], out: str) -> None:
 def committed_before_crash(out: str) -> dict[str, tuple[int, int]]:
     markers = part_markers(out)
     assert 0 < len(markers) < NUM_PARTS, f"the crash must come mid-run; committed parts: {sorted(markers)}"
-    return {k: v for k, v in part_files(out).items() if k.split("/", 1)[1].removesuffix(".parquet") in markers}
+    return {k: v for k, v in part_files(out).items() if k in files_of(markers)}
 
 
 # -- the tests --------------------------------------------------------------------------
@@ -149,8 +167,8 @@ def test_driver_killed_after_first_commit_resumes_exactly_once(
     # files whose marker never came (this run has no bad rows, so no errors/ file is real)
     uncommitted = sorted(ALL_PARTS - part_markers(out))[-1]
     os.makedirs(os.path.join(out, "errors"), exist_ok=True)
-    for name in (f"data/{uncommitted}.parquet", f"errors/{uncommitted}.parquet",
-                 f"data/{uncommitted}.parquet.tmp-0badf00d"):
+    for name in (data_file(*uncommitted), errors_file(*uncommitted),
+                 storage.temp_name(data_file(*uncommitted), "0badf00d")):
         with open(os.path.join(out, name), "wb") as f:
             f.write(b"PAR1 half-written")
 
@@ -326,14 +344,13 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     args = job_args("s3://synth-test/in/manifest.parquet", f"s3://{out}", tiny_checkpoint, *SMALL_PARTS)
 
     def markers():
-        return {p.rsplit("/", 1)[1].removesuffix(".json") for p in _s3_files(fs, f"{out}/_progress")
-                if PART_MARKER.search(p)}
+        return {marked for p in _s3_files(fs, f"{out}/{PROGRESS_DIR}") if (marked := marked_part(p.rsplit("/", 1)[1]))}
 
     def committed_data():
         """data/ objects with a marker -> mtime (S3's Last-Modified): a rewrite changes it."""
-        done = markers()
-        return {i.path: i.mtime for i in fs.get_file_info(pafs.FileSelector(f"{out}/data", allow_not_found=True))
-                if i.path.rsplit("/", 1)[1].removesuffix(".parquet") in done}
+        done = files_of(markers())
+        return {i.path: i.mtime for i in fs.get_file_info(pafs.FileSelector(f"{out}/{DATA_DIR}", allow_not_found=True))
+                if i.path.removeprefix(f"{out}/") in done}
 
     job = JobProcess(args, env, str(tmp_path / "first.log"))
     try:
@@ -344,7 +361,7 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     before = committed_data()
     assert before
     # a part file whose marker never came (no row is bad, so no errors/ object is real)
-    with fs.open_output_stream(f"{out}/errors/{sorted(ALL_PARTS - markers())[-1]}.parquet") as f:
+    with fs.open_output_stream(f"{out}/{errors_file(*sorted(ALL_PARTS - markers())[-1])}") as f:
         f.write(b"PAR1 half-written")
     time.sleep(1.1)  # Last-Modified has 1 s resolution: a rewrite now would show
 
@@ -355,12 +372,12 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     assert all(after[path] == mtime for path, mtime in before.items()), "committed parts were written again"
 
     files = _s3_files(fs, out)
-    assert not [f for f in files if ".tmp-" in f], files
+    assert not [f for f in files if storage.is_temp(f)], files
     committed = markers()
     assert committed == ALL_PARTS
     parts = [f for f in files if f.startswith((f"{out}/data/", f"{out}/errors/"))]
     for f in parts:
-        assert f.rsplit("/", 1)[1].removesuffix(".parquet") in committed, f"{f} has no commit marker"
+        assert f.removeprefix(f"{out}/") in files_of(committed), f"{f} has no commit marker"
     assert not [f for f in parts if f.startswith(f"{out}/errors/")], "no row is bad: errors/ must be empty"
     # read the data back from S3, then through datasets from a local copy
     local = tmp_path / "copy"
@@ -380,16 +397,13 @@ def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkp
     check_audio_rows(ds)
     wav = {f.removeprefix(f"{out}/") for f in files if f.startswith(f"{out}/wav/")}
     assert wav == {row["audio"]["path"] for row in ds}
-    summary = json.loads(fs.open_input_stream(f"{out}/run.json").read())
+    summary = json.loads(fs.open_input_stream(f"{out}/{RUN_RECORD}").read())
     assert summary["turns_generated"] == len(ids) and not summary["shards_failed"]
 
 
 def test_cleanup_removes_temp_audio_files(tmp_path):
-    from synth.pipeline import storage
-    from synth.pipeline.runner import remove_uncommitted
-
-    leftover = tmp_path / "wav" / "00000" / "s01-000.wav.tmp-0badf00d"  # killed before its rename
+    leftover = tmp_path / storage.temp_name(audio_file(0, "s01", 0, "wav"), "0badf00d")  # killed before its rename
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"RIFF half-written")
-    remove_uncommitted(storage.resolve(str(tmp_path)))
+    OutputDir(storage.resolve(str(tmp_path))).remove_uncommitted()
     assert not leftover.exists()

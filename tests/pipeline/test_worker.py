@@ -16,6 +16,13 @@ from synth.engine.reference_engine import conversation
 from synth.pipeline import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import Script, open_manifest, read_scripts
+from synth.pipeline.output import (
+    PROGRESS_DIR,
+    OutputDir,
+    data_file,
+    errors_file,
+    part_marker_file,
+)
 from synth.pipeline.plan import plan_shards
 from synth.pipeline.worker import ShardWorker, load_engine
 
@@ -158,19 +165,17 @@ def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_
 def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output, tmp_path):
     import shutil
 
-    from synth.pipeline.runner import remove_uncommitted
-
     out, *_ = shard_output
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     committed = sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors"))
     # what a crash leaves: a part whose marker never came, and a half-written temp file
-    shutil.copy(copy / "data" / "shard-00000-part-0000.parquet", copy / "data" / "shard-00000-part-0007.parquet")
-    (copy / "errors" / "shard-00000-part-0001.parquet.tmp-1a2b3c4d").write_bytes(b"half")
-    (copy / "_progress" / "shard-00000-part-0009.json.tmp-00000000").write_bytes(b"{")
-    assert remove_uncommitted(storage.resolve(str(copy))) == 3
+    shutil.copy(copy / data_file(0, 0), copy / data_file(0, 7))
+    (copy / storage.temp_name(errors_file(0, 1), "1a2b3c4d")).write_bytes(b"half")
+    (copy / storage.temp_name(part_marker_file(0, 9), "00000000")).write_bytes(b"{")
+    assert OutputDir(storage.resolve(str(copy))).remove_uncommitted() == 3
     assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
-    assert not any(".tmp-" in f for f in os.listdir(copy / "_progress"))
+    assert not any(storage.is_temp(f) for f in os.listdir(copy / PROGRESS_DIR))
 
 
 @pytest.mark.parametrize("ref, reason", [
