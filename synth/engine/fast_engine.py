@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from synth.engine.interface import (
     EngineInfo,
     GenerationRequest,
     GenerationResult,
+    OnResult,
     ResultInfo,
     SamplingParams,
 )
@@ -37,8 +38,6 @@ from synth.engine.options import FastEngineOptions
 from synth.engine.prompt import context_clips, prompt_positions, render_ids
 from synth.engine.scheduler import Finished, Job, Scheduler
 from synth.engine.stop import StopRules
-
-OnResult = Callable[[GenerationResult], Iterable[GenerationRequest] | None]
 
 
 class FastEngine:

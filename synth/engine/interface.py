@@ -106,6 +106,10 @@ class GenerationResult:
         return int(self.codes.shape[0])
 
 
+# What `Engine.run` calls with each result: it may return follow-up requests (e.g. a conversation's next turn).
+OnResult = Callable[[GenerationResult], Iterable[GenerationRequest] | None]
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What a loaded engine is, for logs and the Ray actor's `ready` report; a field that does
@@ -153,8 +157,7 @@ class Engine(Protocol):
         ...
 
     def run(
-        self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
-        on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams, on_result: OnResult | None = None,
     ) -> list[GenerationResult]:
         """Generate `requests`; `on_result` sees each result when it is ready and may return
         follow-up requests (a conversation's next turn), which are generated too."""

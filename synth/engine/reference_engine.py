@@ -14,24 +14,19 @@ stream), so sampled output depends on batch composition.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from synth.engine import interface
 from synth.engine.checkpoint import (
     check_tied_audio_embeddings,
     parse_dtype,
     resolve_device,
 )
 from synth.engine.codec import clip_key
-from synth.engine.interface import (
-    EngineInfo,
-    GenerationRequest,
-    GenerationResult,
-    ResultInfo,
-    SamplingParams,
-)
+from synth.engine.interface import GenerationRequest, GenerationResult, SamplingParams
 from synth.engine.prompt import conversation
 from synth.engine.stop import frames_before_eos
 
@@ -155,8 +150,7 @@ class TransformersEngine:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
-            on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
-            ) -> list[GenerationResult]:
+            on_result: interface.OnResult | None = None) -> list[GenerationResult]:
         """Generate `requests` in rounds: each round is `generate` over what is waiting, and the
         follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round."""
         results: list[GenerationResult] = []
@@ -194,11 +188,11 @@ class TransformersEngine:
                     audio=self.decode(codes),
                     stop_reason=stop,
                     num_prompt_tokens=int(num_prompt_tokens),
-                    info=ResultInfo(batch_frames=int(batch_codes.shape[1]), batch_size=len(requests)),
+                    info=interface.ResultInfo(batch_frames=int(batch_codes.shape[1]), batch_size=len(requests)),
                 )
             )
         return results
 
-    def describe(self) -> EngineInfo:
-        return EngineInfo(engine=self.name, dtype=self.dtype, device=self.device, compiled=self.compiled,
+    def describe(self) -> interface.EngineInfo:
+        return interface.EngineInfo(engine=self.name, dtype=self.dtype, device=self.device, compiled=self.compiled,
                           model=self.model_id)

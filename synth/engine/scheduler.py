@@ -41,9 +41,8 @@ class Job:
     audio_codes: torch.Tensor
     is_audio: torch.Tensor
     max_frames: int
+    sampling: SamplingParams
     seed: int = 0
-    sampling: SamplingParams = SamplingParams(do_sample=False, temperature=1.0, top_k=0, depth_temperature=1.0,
-                                              depth_top_k=0)
     submitted_s: float = field(default_factory=time.perf_counter)
 
 

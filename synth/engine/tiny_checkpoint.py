@@ -46,6 +46,10 @@ Numbers like 1, 2, 3, 42 and 1999 appear in text, as do quotes: "yes," she said.
 In the beginning the Universe was created. This has made a lot of people very angry.
 """
 
+# csm-1b's RoPE (Llama 3.2's), for the random checkpoint at its size.
+CSM1B_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+              "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+
 TEXT_VOCAB_SIZE = 512  # tokenizer vocabulary before the special tokens
 BPE_VOCAB_SIZE = TEXT_VOCAB_SIZE - len(SPECIAL_TOKENS)
 
@@ -211,11 +215,9 @@ def build_csm1b_random(out_dir: str | os.PathLike, device: str) -> Path:
         return out
     _, processor = tiny_model_and_processor(num_codebooks=32, hidden_size=64, num_layers=1)
     bos, _, audio, audio_eos = processor.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
     config = CsmConfig(
         bos_token_id=bos, audio_token_id=audio, audio_eos_token_id=audio_eos, pad_token_id=audio,
-        rope_parameters=rope, depth_decoder_config={"rope_parameters": rope},
+        rope_parameters=dict(CSM1B_ROPE), depth_decoder_config={"rope_parameters": dict(CSM1B_ROPE)},
     )
     torch.manual_seed(0)
     with torch.device(device):

@@ -23,6 +23,7 @@ from synth.engine.lean_csm import rope_inv_freq
 from synth.engine.options import FastEngineOptions
 from synth.engine.prompt import conversation
 from synth.engine.stop import StopRules
+from synth.engine.tiny_checkpoint import CSM1B_ROPE
 
 GREEDY = SamplingParams(do_sample=False)
 
@@ -99,11 +100,9 @@ def test_llama3_rope_frequencies_match_transformers():
     from transformers import CsmConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
-    config = CsmConfig(hidden_size=256, num_attention_heads=4, rope_parameters=rope)
+    config = CsmConfig(hidden_size=256, num_attention_heads=4, rope_parameters=dict(CSM1B_ROPE))
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
-    torch.testing.assert_close(rope_inv_freq(rope, 64), expected, rtol=0, atol=0)
+    torch.testing.assert_close(rope_inv_freq(CSM1B_ROPE, 64), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("num_slots,order", [(1, "forward"), (3, "reversed")])

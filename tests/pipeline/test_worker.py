@@ -118,6 +118,18 @@ def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, s
         assert codes.tolist() == row["codes"], row["id"]
 
 
+def test_reference_engine_returns_remembered_codes(engine):
+    """`remember_codes` (as the voice library calls it) replaces encoding that clip, by content."""
+    clip = np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)
+    (encoded,) = engine.encode_clips([clip])
+    assert encoded.dtype == np.int16 and encoded.shape == (7, 32)  # ceil(12000 / 1920) frames
+    given = (encoded + 1).astype(np.int16)
+    engine.remember_codes(clip.copy(), given)
+    again, other = engine.encode_clips([clip, 0.5 * clip])
+    np.testing.assert_array_equal(again, given)
+    assert other.shape == encoded.shape and not np.array_equal(other, given)
+
+
 def test_committed_parts_are_not_redone(shard_output):
     out, _, _, commits, worker, shard = shard_output
     before = {f: os.path.getmtime(out / "data" / f) for f in os.listdir(out / "data")}
