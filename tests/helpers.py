@@ -67,12 +67,36 @@ def check_audio_rows(ds) -> None:
         assert np.array(row["codes"]).shape == (row["num_frames"], 32), row["id"]
 
 
+def transformers_codes(model, processor, request, *, dtype: torch.dtype | None = None,
+                       stop_at_eos: bool = False) -> np.ndarray:
+    """Codes [frames, K] from calling transformers' greedy `generate` (both decoders) directly on
+    `request` (a `GenerationRequest`: its context clips, text, speaker, `max_frames`), through
+    CSM's processor and chat template. dtype: run the model (moved in place) and the audio
+    inputs in this dtype. stop_at_eos: only the frames before the EOS frame (by the one EOS
+    rule, `synth.engine.stop`); otherwise the EOS frame is included if one came."""
+    from synth.engine.prompt import conversation
+    from synth.engine.stop import frames_before_eos
+
+    if dtype is not None:
+        model = model.to(dtype)
+    inputs = processor.apply_chat_template([conversation(request)], tokenize=True, return_dict=True)
+    if dtype is not None:
+        inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
+    with torch.inference_mode():
+        codes = model.generate(**inputs, max_new_tokens=request.max_frames, do_sample=False,
+                               depth_decoder_do_sample=False)[0]
+    if stop_at_eos:
+        codes, _ = frames_before_eos(codes, model.config.codebook_eos_token_id)
+    return codes.numpy()
+
+
 def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
     """Codes from calling transformers' generate directly on each output row's inputs: the
     recorded context clips and the audio of the generated turns that conditioned it."""
     import pyarrow.parquet as pq
     from transformers import AutoProcessor, CsmForConditionalGeneration
 
+    from synth.engine.interface import GenerationRequest, Segment
     from synth.pipeline.audio_io import decode_clip
 
     model = CsmForConditionalGeneration.from_pretrained(checkpoint).eval()
@@ -84,7 +108,7 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
     expected = {}
     for row in ds:
         turns = scripts[row["script_id"]]["turns"]
-        messages = []
+        context = []
         for j in row["context_turns"]:
             if turns[j]["audio"]:  # a recorded turn
                 clip = decode_clip(open(os.path.join(base, turns[j]["audio"]), "rb").read(), 24000)
@@ -92,17 +116,11 @@ def reference_codes(checkpoint: str, manifest_path: str, ds) -> dict[str, list]:
                 codes = torch.tensor(rows[f"{row['script_id']}:{j}"]["codes"]).T[None]  # [1, K, T]
                 with torch.inference_mode():
                     clip = model.codec_model.decode(codes).audio_values[0, 0].numpy()
-            messages.append({"role": str(int(turns[j]["speaker"])), "content": [
-                {"type": "text", "text": turns[j]["text"]}, {"type": "audio", "path": clip}]})
+            context.append(Segment(int(turns[j]["speaker"]), turns[j]["text"], clip))
         me = turns[row["turn"]]
-        messages.append({"role": str(int(me["speaker"])), "content": [{"type": "text", "text": me["text"]}]})
-        inputs = processor.apply_chat_template([messages], tokenize=True, return_dict=True)
         max_frames = json.loads(row["generation"])["max_frames"]
-        with torch.inference_mode():
-            codes = model.generate(**inputs, max_new_tokens=max_frames, do_sample=False,
-                                   depth_decoder_do_sample=False)[0]
-        eos = (codes[:, :-1] == model.config.codebook_eos_token_id).all(-1).nonzero()
-        expected[row["id"]] = (codes[: int(eos[0, 0])] if len(eos) else codes).tolist()
+        request = GenerationRequest(row["id"], me["text"], int(me["speaker"]), max_frames, tuple(context))
+        expected[row["id"]] = transformers_codes(model, processor, request, stop_at_eos=True).tolist()
     return expected
 
 

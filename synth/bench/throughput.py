@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from synth.engine.interface import GenerationRequest, SamplingParams
+from synth.engine.options import FastEngineOptions
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.context_plan import SegmentCost
 
@@ -122,7 +123,7 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
         _sync(device)
         ttfa = ttfa if ttfa is not None else time.perf_counter() - t0
         frames += sum(r.num_frames for r in results)
-        slot_frames += results[0].info["batch_frames"] * len(results)
+        slot_frames += results[0].info.batch_frames * len(results)
     wall = time.perf_counter() - t0
     row = Row("transformers", f"batch {batch_size}", len(requests), frames, wall, slot_frames, ttfa, _peak_gib(device),
               cpu_s=time.process_time() - c0)
@@ -130,9 +131,8 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
     return row
 
 
-def _mode(options) -> str:
-    mode = (options or {}).get("compile_mode")
-    tuning = [mode] if mode else []
+def _mode(options: FastEngineOptions) -> str:
+    tuning = [options.compile_mode] if options.compile_mode else []
     if torch._inductor.config.coordinate_descent_tuning:
         tuning.append("coordinate descent")
     return f" ({', '.join(tuning)})" if tuning else ""
@@ -145,12 +145,12 @@ def _loop_setting(engine) -> str:
             + (", attention over all positions" if buckets == 1 else ""))
 
 
-def _load_fast(path, *, device, dtype, num_slots, max_positions, compile, options=None):
+def _load_fast(path, *, device, dtype, num_slots, max_positions, compile, options: FastEngineOptions):
     from synth.engine.fast_engine import FastEngine
 
     _reset_peak(device)
     return FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
-                           compile=compile, warmup=True, **(options or {}))
+                           compile=compile, warmup=True, options=options)
 
 
 def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
@@ -163,14 +163,15 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     _sync(device)
     wall = time.perf_counter() - t0
     row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
-              stats.slot_frames - slot_frames, min(r.info["ready_s"] for r in results), _peak_gib(device),
+              stats.slot_frames - slot_frames, min(r.info.ready_s for r in results), _peak_gib(device),
               engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
               loop_result_s=engine.loop_result_s - loop_s,
               attended=(stats.attended_positions - attended) / max(1, stats.frames - frames))
     return row, results
 
 
-def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile, options=None) -> Row:
+def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile,
+             options: FastEngineOptions = FastEngineOptions()) -> Row:
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
     setting = f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
@@ -226,7 +227,7 @@ def run_dialogues(engine, dialogues, sampling) -> list:
 
 
 def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
-                       options=None) -> Row:
+                       options: FastEngineOptions = FastEngineOptions()) -> Row:
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
     setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns"
@@ -245,47 +246,12 @@ def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_s
     c0, t0 = time.process_time(), time.perf_counter()
     results = run_dialogues(engine, dialogues, sampling)
     wall = time.perf_counter() - t0
-    slot_frames = sum(r.info["batch_frames"] for r in results)  # each row rides its batch to the end
+    slot_frames = sum(r.info.batch_frames for r in results)  # each row rides its batch to the end
     row = Row("transformers", f"batch {batch_size}, {len(dialogues)} dialogues x {len(dialogues[0])} turns, rounds",
               len(results), sum(r.num_frames for r in results), wall, slot_frames, float("nan"), _peak_gib(device),
               cpu_s=time.process_time() - c0)
     del engine
     return row
-
-
-def build_csm1b_random(out_dir: Path, device: str) -> Path:
-    """Random weights at csm-1b's dimensions (CsmConfig defaults; Mimi defaults), saved with
-    save_pretrained next to the tiny tokenizer/processor, so both engines load from disk."""
-    from transformers import CsmConfig, CsmForConditionalGeneration
-
-    from synth.engine.tiny_checkpoint import tiny_model_and_processor
-
-    if (out_dir / "config.json").exists():
-        return out_dir
-    _, processor = tiny_model_and_processor(num_codebooks=32, hidden_size=64, num_layers=1)
-    tok = processor.tokenizer
-    bos, _, audio, audio_eos = tok.convert_tokens_to_ids(["<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>",
-                                                          "<|audio_eos|>"])
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
-    config = CsmConfig(
-        bos_token_id=bos, audio_token_id=audio, audio_eos_token_id=audio_eos, pad_token_id=audio,
-        rope_parameters=rope, depth_decoder_config={"rope_parameters": rope},
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = CsmForConditionalGeneration(config).to(torch.bfloat16).eval()
-    with torch.no_grad():
-        # Tie the audio tables by hand: some transformers versions build them untied.
-        model.backbone_model.embed_tokens.embed_audio_tokens.weight.copy_(model.depth_decoder.model.embed_tokens.weight)
-        # Mimi has 2048 codes: keep codes 2048..2050 out of reach of sampling/argmax.
-        model.lm_head.weight[2048:] = 0
-        model.depth_decoder.codebooks_head.weight[:, :, 2048:] = 0
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    del model
-    gc.collect()
-    return out_dir
 
 
 CONFIGS = {
@@ -342,8 +308,9 @@ def main(argv=None):
     if args.coordinate_descent:
         torch._inductor.config.coordinate_descent_tuning = True
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
-    options = {"result_thread": {"auto": None, "yes": True, "no": False}[args.result_thread],
-               "status_lag": args.status_lag, "compile_mode": args.compile_mode, "num_kv_buckets": args.kv_buckets}
+    options = FastEngineOptions(result_thread={"auto": None, "yes": True, "no": False}[args.result_thread],
+                                status_lag=args.status_lag, compile_mode=args.compile_mode,
+                                num_kv_buckets=args.kv_buckets)
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:
@@ -353,6 +320,8 @@ def main(argv=None):
 
         path = ensure_tiny_checkpoint(build_dir / "tiny-csm")
     else:
+        from synth.engine.tiny_checkpoint import build_csm1b_random
+
         path = build_csm1b_random(build_dir / "csm1b-random", device)
     path = str(path)
 

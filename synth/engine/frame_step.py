@@ -5,10 +5,12 @@ sampling settings, stop codes, a device-side history of generated frames) and th
 frame function that advances all slots by one 80 ms frame: codebook 0 from the
 backbone's last hidden state, then the depth decoder for codebooks 1..K-1 (positions
 0 and 1, the backbone state and codebook 0, in one two-token pass, so K-1 passes in
-all), per-row sampling, the stop rules, and the backbone step that consumes the new frame. The
-function only reads and writes fixed buffers, so on CUDA it is captured once as a
-CUDA graph (optionally over `torch.compile`d steps) and each frame is one replay.
-It knows nothing about requests, prompts, queues or audio.
+all), per-row sampling, the stop rules (`synth.engine.stop`), and the backbone step
+that consumes the new frame. The function only reads and writes fixed buffers, so on
+CUDA it is captured once as a CUDA graph (optionally over `torch.compile`d steps) and
+each frame is one replay.
+It knows nothing about requests, prompts, queues or audio; of the engine's records it
+reads only `SamplingParams`, when a row is admitted.
 
 Sampling needs no generator state: the Gumbel noise for (seed, frame, codebook,
 token) comes from an integer hash, so a row's samples depend only on its own seed
@@ -18,15 +20,21 @@ and logits, never on its slot or on the other rows.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from synth.engine.interface import SamplingParams
 from synth.engine.lean_csm import LeanCsm
-
-# stop_code values; 0 means still running.
-RUNNING, STOP_EOS, STOP_MAX_LENGTH, STOP_SILENCE, STOP_LOOP = 0, 1, 2, 3, 4
-STOP_REASONS = {STOP_EOS: "eos", STOP_MAX_LENGTH: "max_length", STOP_SILENCE: "silence", STOP_LOOP: "loop"}
+from synth.engine.stop import (
+    RUNNING,
+    STOP_EOS,
+    STOP_LOOP,
+    STOP_MAX_LENGTH,
+    STOP_SILENCE,
+    StopRules,
+    is_eos_frame,
+)
 
 _M32 = 0xFFFFFFFF
 
@@ -47,26 +55,11 @@ def gumbel_noise(row_keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     return -torch.log(-torch.log(u))
 
 
-@dataclass(frozen=True)
-class StopRules:
-    """Early stops on generated frames, beyond EOS and the length cap (0 disables each).
-
-    silence_frames: stop when codebook 0 has repeated one value this many frames in a
-      row (the base model's silence is a held token); the repeated tail is dropped.
-    loop_frames: stop when codebook 0 has repeated with some period 2..loop_max_period
-      for this many frames; the repeating tail is dropped.
-    """
-
-    silence_frames: int = 0
-    loop_frames: int = 0
-    loop_max_period: int = 8
-
-    def __post_init__(self):
-        for name in ("silence_frames", "loop_frames"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
-        if self.loop_frames and self.loop_max_period < 2:
-            raise ValueError(f"loop_max_period={self.loop_max_period} must be >= 2")
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without a sync: a pageable copy would wait for the queued frames."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 class SlotState(torch.nn.Module):
@@ -256,7 +249,7 @@ class FrameStep:
             silent = s.c0_run + 1 >= rules.silence_frames
             stop = torch.where(silent, STOP_SILENCE, stop)
             length = torch.where(silent, s.frame - s.c0_run + 1, length)
-        is_eos = (frame[:, :-1] == self.eos).all(dim=-1)
+        is_eos = is_eos_frame(frame, self.eos)
         stop = torch.where(is_eos, STOP_EOS, stop)
         length = torch.where(is_eos, s.frame, length)
 
@@ -274,20 +267,24 @@ class FrameStep:
     # ------------------------------------------------------------------ admission
 
     def admit(self, slots: torch.Tensor, hidden: torch.Tensor, prompt_lens: torch.Tensor, caps: torch.Tensor,
-              seeds: torch.Tensor, sampling: torch.Tensor) -> None:
-        """Start rows in `slots` [N] after their prefill. hidden: [N, Db]; sampling: [N, 5]
-        float (do_sample, temperature, top_k, depth_temperature, depth_top_k)."""
+              seeds: torch.Tensor, sampling: Sequence[SamplingParams]) -> None:
+        """Start rows in `slots` [N] after their prefill. hidden: [N, Db]; prompt_lens, caps,
+        seeds: [N] on the device; sampling: each row's settings."""
         s = self.state
+
+        def per_row(values: list, dtype: torch.dtype) -> torch.Tensor:  # [N] on the device
+            return to_device(torch.tensor(values, dtype=dtype), s.rows.device)
+
         s.hidden[slots] = hidden.to(s.hidden.dtype)
         s.pos[slots] = prompt_lens
         s.frame[slots] = 0
         s.cap[slots] = caps
         s.seed[slots] = seeds
-        s.do_sample[slots] = sampling[:, 0] > 0
-        s.temperature[slots] = sampling[:, 1]
-        s.top_k[slots] = sampling[:, 2].long()
-        s.depth_temperature[slots] = sampling[:, 3]
-        s.depth_top_k[slots] = sampling[:, 4].long()
+        s.do_sample[slots] = per_row([p.do_sample for p in sampling], torch.bool)
+        s.temperature[slots] = per_row([p.temperature for p in sampling], torch.float32)
+        s.top_k[slots] = per_row([p.top_k for p in sampling], torch.long)
+        s.depth_temperature[slots] = per_row([p.depth_temperature for p in sampling], torch.float32)
+        s.depth_top_k[slots] = per_row([p.depth_top_k for p in sampling], torch.long)
         s.stop_code[slots] = RUNNING
         s.result_len[slots] = 0
         s.c0_run[slots] = 0

@@ -1,7 +1,8 @@
 """The seam between the pipeline and the speech generators.
 
 This module owns the records that cross it (`Segment`, `SamplingParams`,
-`GenerationRequest`, `GenerationResult`) and the small `Engine` protocol that both
+`GenerationRequest`, `GenerationResult` with its `ResultInfo`, `EngineInfo`), the dtype
+names an engine loads in, and the small `Engine` protocol that both
 implementations satisfy: the transformers reference (`synth.engine.reference_engine`) and the
 fast continuous-batching engine (`synth.engine.fast_engine`). It knows nothing about
 manifests, Ray or output files; engines know nothing about them either.
@@ -9,12 +10,15 @@ manifests, Ray or output files; engines know nothing about them either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
 StopReason = Literal["eos", "max_length", "silence", "loop"]
+
+# The dtypes an engine loads in, by torch's names (`synth.engine.checkpoint` maps them to torch).
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,26 @@ class GenerationRequest:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class ResultInfo:
+    """How an engine produced a result, for benchmarks and tests. A field an engine does not
+    measure keeps its default.
+
+    slot: the fast engine's decoding slot (-1: none, e.g. a row of zero frames).
+    queued_s, generate_s: seconds from submission to a slot, and in the slot (fast engine).
+    ready_s: seconds from the start of the `run` call until the result was ready (fast engine).
+    batch_frames, batch_size: the padded `generate` call the row rode in: frames computed
+      for every row, and rows (reference engine).
+    """
+
+    slot: int = -1
+    queued_s: float = 0.0
+    generate_s: float = 0.0
+    ready_s: float = 0.0
+    batch_frames: int = 0
+    batch_size: int = 0
+
+
 @dataclass
 class GenerationResult:
     """What an engine returns for one request.
@@ -75,11 +99,42 @@ class GenerationResult:
     audio: np.ndarray
     stop_reason: StopReason
     num_prompt_tokens: int
-    info: dict = field(default_factory=dict)
+    info: ResultInfo = field(default_factory=ResultInfo)
 
     @property
     def num_frames(self) -> int:
         return int(self.codes.shape[0])
+
+
+# What `Engine.run` calls with each result: it may return follow-up requests (e.g. a conversation's next turn).
+OnResult = Callable[[GenerationResult], Iterable[GenerationRequest] | None]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a loaded engine is, for logs and the Ray actor's `ready` report; a field that does
+    not apply to an engine is None (and left out of `to_dict`).
+
+    compiled: steps compiled (fast) or static caches auto-compiled (reference).
+    model: the checkpoint it was loaded from (reference engine).
+    num_slots, max_positions, warmup_s, result_thread, status_lag: the fast engine's slots,
+      KV-cache positions per slot, seconds of compile/capture warm-up, and how its frame
+      loop handles finished rows (see `FastEngineOptions`).
+    """
+
+    engine: str
+    dtype: str
+    device: str
+    compiled: bool
+    model: str | None = None
+    num_slots: int | None = None
+    max_positions: int | None = None
+    warmup_s: float | None = None
+    result_thread: bool | None = None
+    status_lag: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 class Engine(Protocol):
@@ -102,8 +157,7 @@ class Engine(Protocol):
         ...
 
     def run(
-        self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
-        on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
+        self, requests: Sequence[GenerationRequest], sampling: SamplingParams, on_result: OnResult | None = None,
     ) -> list[GenerationResult]:
         """Generate `requests`; `on_result` sees each result when it is ready and may return
         follow-up requests (a conversation's next turn), which are generated too."""
@@ -115,4 +169,8 @@ class Engine(Protocol):
 
     def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
         """Use `codes` whenever `clip` appears as context, instead of encoding it again."""
+        ...
+
+    def describe(self) -> EngineInfo:
+        """What this engine is (kind, dtype, device, settings), for logs."""
         ...

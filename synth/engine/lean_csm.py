@@ -4,10 +4,10 @@ This module owns the model math of Sesame's CSM as transformers implements it
 (`transformers.models.csm`), rewritten gpt-fast style for batched, slot-based
 decoding: every KV cache is a preallocated buffer of `[num_slots, kv_heads,
 max_positions, head_dim]`, each slot (batch row) carries its own position, so rows
-at different lengths share one decode step with static shapes. It also owns reading
-the weights from the checkpoint files `from_pretrained` reads (config.json +
-safetensors). It knows nothing about tokenizers, the Mimi codec, scheduling,
-sampling or files beyond the checkpoint.
+at different lengths share one decode step with static shapes. It also owns the
+mapping from transformers' parameter names to its own (`lean_state_dict`). It knows
+nothing about files (`synth.engine.checkpoint` reads them and loads this model),
+tokenizers, the Mimi codec, scheduling or sampling.
 
 Shapes: B = slots, T = prompt length, Db/Dd = backbone/depth widths,
 K = num_codebooks, V = audio vocab per codebook.
@@ -15,10 +15,8 @@ K = num_codebooks, V = audio vocab per codebook.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -332,48 +330,18 @@ class LeanCsm(nn.Module):
         return depth_hidden @ self.codebooks_head[codebook - 1]
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def _read_safetensors(path: Path, keep) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    out = {}
-    for name in files:
-        with safe_open(str(path / name), framework="pt") as f:
-            for key in f.keys():
-                if keep(key):
-                    out[key] = f.get_tensor(key)
-    return out
-
-
-def resolve_checkpoint(model_path: str) -> Path:
-    """A local checkpoint directory, or a hub id resolved through the local HF cache/download."""
-    p = Path(model_path)
-    if p.is_dir():
-        return p
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model_path, allow_patterns=["*.json", "*.safetensors", "*.jinja"]))
+# ----------------------------------------------------------------------------- transformers names
 
 
 def lean_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map transformers CSM parameter names to LeanCsm's; resolves the tied audio table.
+    """Map transformers CSM parameter names to LeanCsm's, fusing q/k/v and gate/up.
 
-    Checkpoints may store the audio table under the backbone name, the depth decoder
-    name, or both (a reported transformers bug saves or loads them untied). CSM ties
-    them with the depth decoder's as the source (`_tied_weights_keys`), so that copy
-    wins when both are stored, as it does in transformers' `from_pretrained`.
+    The one audio table both decoders share is read under the depth decoder's name (its
+    tie source); `synth.engine.checkpoint.load_lean_csm` puts the tied table there.
     """
-    backbone_key = "backbone_model.embed_tokens.embed_audio_tokens.weight"
-    depth_key = "depth_decoder.model.embed_tokens.weight"
-    tables = [raw[k] for k in (backbone_key, depth_key) if k in raw]
-    if not tables:
-        raise ValueError(f"checkpoint holds neither {backbone_key} nor {depth_key}")
-    out = {"embed_audio_tokens.weight": tables[-1]}
+    out = {}
     renames = [
+        ("depth_decoder.model.embed_tokens.", "embed_audio_tokens."),
         ("embed_text_tokens.", "embed_text_tokens."),
         ("lm_head.", "lm_head."),
         ("backbone_model.layers.", "backbone.layers."),
@@ -397,23 +365,3 @@ def lean_state_dict(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[stem + "gate_up_proj.weight"] = torch.cat([out.pop(stem + "gate_proj.weight"),
                                                        out.pop(stem + "up_proj.weight")])
     return out
-
-
-def load_lean_csm(model_path: str, *, device="cpu", dtype=torch.float32) -> tuple[LeanCsm, object]:
-    """Load a LeanCsm from a transformers CSM checkpoint; returns (model, CsmConfig)."""
-    from transformers import CsmConfig
-
-    path = resolve_checkpoint(model_path)
-    config = CsmConfig.from_pretrained(str(path))
-    raw = _read_safetensors(path, lambda k: not k.startswith("codec_model."))
-    with torch.device("meta"):
-        model = LeanCsm(CsmArgs.from_hf(config))
-    model.load_state_dict(lean_state_dict(raw), strict=True, assign=True)
-    # Non-persistent buffers were made on meta; the RoPE frequencies stay float32 whatever `dtype`.
-    model.audio_offsets = torch.arange(config.num_codebooks) * config.vocab_size
-    for dec in (model.backbone, model.depth):
-        dec.inv_freq = rope_inv_freq(dec.a.rope, dec.a.head_dim)
-    model = model.to(device=device, dtype=dtype)
-    for dec in (model.backbone, model.depth):
-        dec.inv_freq = rope_inv_freq(dec.a.rope, dec.a.head_dim).to(device)
-    return model.eval().requires_grad_(False), config

@@ -1,10 +1,11 @@
 """The transformers reference engine: CSM's own processor and padded batched `generate`.
 
 This module owns the reference path that every faster engine is checked against:
-`CsmProcessor.apply_chat_template` for the prompt, `CsmForConditionalGeneration.generate`
-on a left-padded batch, then a per-row cut at the EOS frame (codebooks 0..N-2 all equal
-to `codebook_eos_token_id`, the rule `generate` stops on) or at the row's own cap, and
-Mimi decoding of exactly the kept frames. It knows nothing about manifests or Ray.
+`CsmProcessor.apply_chat_template` for the prompt (the conversation from
+`synth.engine.prompt`), `CsmForConditionalGeneration.generate` on a left-padded batch,
+then a per-row cut at the EOS frame (`synth.engine.stop`, the rule `generate` stops on)
+or at the row's own cap, and Mimi decoding of exactly the kept frames. It knows nothing
+about manifests or Ray; loading goes through `synth.engine.checkpoint`.
 
 Limits it inherits from transformers: finished rows keep generating until the longest
 row of the batch stops, and one seed is set per batch (rows of a batch share a random
@@ -13,79 +14,21 @@ stream), so sampled output depends on batch composition.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from synth.engine.interface import (
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    Segment,
+from synth.engine import interface
+from synth.engine.checkpoint import (
+    check_tied_audio_embeddings,
+    parse_dtype,
+    resolve_device,
 )
-
-_DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device is 'cuda' but torch sees no CUDA device")
-    return device
-
-
-def checkpoint_fingerprint(model_id: str) -> str:
-    """A short hash of the weight files when the checkpoint is local, else of the id.
-
-    Hashing size + first/last MiB keeps this cheap for multi-GB checkpoints."""
-    if not os.path.isdir(model_id):
-        return "id:" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(model_id)):
-        if not name.endswith((".safetensors", ".json")):
-            continue
-        path = os.path.join(model_id, name)
-        size = os.path.getsize(path)
-        digest.update(f"{name}:{size}".encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), os.SEEK_END)
-                digest.update(f.read())
-    return digest.hexdigest()[:16]
-
-
-def check_tied_audio_embeddings(model) -> None:
-    """Fail loudly if the backbone's audio embeddings are not the depth decoder's
-    (a reported transformers 5.x loading bug leaves them randomly initialised)."""
-    backbone = model.backbone_model.embed_tokens.embed_audio_tokens.weight
-    depth = model.depth_decoder.model.embed_tokens.weight
-    if backbone.shape != depth.shape or not torch.equal(backbone, depth):
-        raise RuntimeError(
-            "backbone audio embeddings differ from the depth decoder's after loading; "
-            "the checkpoint or transformers version is affected by the untied-embedding bug"
-        )
-
-
-def conversation(request: GenerationRequest) -> list[dict]:
-    """The chat-template conversation for a request: context turns, then the target turn."""
-    messages = []
-    for seg in request.context:
-        content = [{"type": "text", "text": seg.text}]
-        if seg.audio is not None:
-            content.append({"type": "audio", "path": seg.audio})
-        messages.append({"role": str(seg.speaker), "content": content})
-    messages.append({"role": str(request.speaker), "content": [{"type": "text", "text": request.text}]})
-    return messages
+from synth.engine.codec import clip_key
+from synth.engine.interface import GenerationRequest, GenerationResult, SamplingParams
+from synth.engine.prompt import conversation
+from synth.engine.stop import frames_before_eos
 
 
 class TransformersEngine:
@@ -120,6 +63,7 @@ class TransformersEngine:
             model.generation_config.cache_implementation = "static"
             model.depth_decoder.generation_config.cache_implementation = "static"
         self.compiled = use_compile
+        self.remembered: dict[str, np.ndarray] = {}  # clip content hash -> codes [T, K] int16 (remember_codes)
 
     @classmethod
     def load(
@@ -130,7 +74,7 @@ class TransformersEngine:
 
         device = resolve_device(device)
         processor = AutoProcessor.from_pretrained(model_id)
-        model = CsmForConditionalGeneration.from_pretrained(model_id, dtype=_DTYPES[dtype]).to(device).eval()
+        model = CsmForConditionalGeneration.from_pretrained(model_id, dtype=parse_dtype(dtype)).to(device).eval()
         check_tied_audio_embeddings(model)
         return cls(
             model, processor, device=device, dtype=dtype, model_id=model_id, compile=compile, batch_size=batch_size
@@ -146,17 +90,25 @@ class TransformersEngine:
 
     @torch.inference_mode()
     def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Mimi codes [T_i, K] int16 of 24 kHz float32 clips, one at a time."""
+        """Mimi codes [T_i, K] int16 of 24 kHz float32 clips, one at a time; a clip given to
+        `remember_codes` gets the codes it was given."""
         codec = self.model.codec_model
         out = []
         for clip in clips:
+            known = self.remembered.get(clip_key(clip))
+            if known is not None:
+                out.append(known)
+                continue
             x = torch.as_tensor(np.asarray(clip, np.float32))[None, None].to(self.device, codec.dtype)  # [1, 1, S]
             codes = codec.encode(x, num_quantizers=self.num_codebooks).audio_codes  # [1, K, T]
             out.append(codes[0].T.to(torch.int16).cpu().numpy())
         return out
 
     def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
-        """The reference re-encodes context through its processor on every call: nothing to keep."""
+        """Return `codes` [T, K] from `encode_clips` whenever `clip` (by content) comes again.
+        Generation itself still hands each context clip to the processor, which encodes it
+        again, as a user of transformers would: the reference takes no shortcut there."""
+        self.remembered[clip_key(clip)] = np.asarray(codes, dtype=np.int16)
 
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict:
         kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample}
@@ -179,11 +131,8 @@ class TransformersEngine:
 
     def cut(self, codes: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, str]:
         """Frames before the EOS frame or the row's cap. codes: [T, K] -> [T', K]."""
-        codes = codes[:max_frames]
-        is_eos = (codes[:, :-1] == self.eos_code).all(dim=-1)  # [T]
-        if bool(is_eos.any()):
-            return codes[: int(is_eos.nonzero()[0, 0])], "eos"
-        return codes, "max_length"
+        codes, found = frames_before_eos(codes[:max_frames], self.eos_code)
+        return codes, "eos" if found else "max_length"
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
@@ -201,8 +150,7 @@ class TransformersEngine:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
-            on_result: Callable[[GenerationResult], Iterable[GenerationRequest] | None] | None = None,
-            ) -> list[GenerationResult]:
+            on_result: interface.OnResult | None = None) -> list[GenerationResult]:
         """Generate `requests` in rounds: each round is `generate` over what is waiting, and the
         follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round."""
         results: list[GenerationResult] = []
@@ -240,19 +188,11 @@ class TransformersEngine:
                     audio=self.decode(codes),
                     stop_reason=stop,
                     num_prompt_tokens=int(num_prompt_tokens),
-                    info={"batch_frames": int(batch_codes.shape[1]), "batch_size": len(requests)},
+                    info=interface.ResultInfo(batch_frames=int(batch_codes.shape[1]), batch_size=len(requests)),
                 )
             )
         return results
 
-    def describe(self) -> dict:
-        return {
-            "engine": self.name,
-            "model": self.model_id,
-            "dtype": self.dtype,
-            "device": self.device,
-            "compiled": self.compiled,
-        }
-
-
-__all__ = ["TransformersEngine", "Segment", "conversation", "resolve_device", "checkpoint_fingerprint"]
+    def describe(self) -> interface.EngineInfo:
+        return interface.EngineInfo(engine=self.name, dtype=self.dtype, device=self.device, compiled=self.compiled,
+                          model=self.model_id)

@@ -8,7 +8,7 @@ runs (from the `on_finished` callback), e.g. a conversation's next turn. On CUDA
 host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
 memory, so the GPU always has frames queued and never waits on the host; a finished
 row then sits frozen in its slot for that many frames. It knows nothing about text,
-tokenizers, audio or the `Engine` records.
+tokenizers or audio; of the `Engine` records it carries only each job's `SamplingParams`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from synth.engine.frame_step import RUNNING, STOP_REASONS, FrameStep, GraphedFrame
+from synth.engine.frame_step import FrameStep, GraphedFrame, to_device
+from synth.engine.interface import SamplingParams
 from synth.engine.lean_csm import LeanCsm
+from synth.engine.stop import RUNNING, STOP_REASONS
 
 
 @dataclass
@@ -32,7 +34,6 @@ class Job:
     input_ids: [T] text token ids of the prompt; audio positions hold any valid text id.
     audio_codes: [T, K] codes embedded instead of text where `is_audio` [T] is True
       (context frames, and the all-EOS frame at `<|audio_eos|>`).
-    sampling: (do_sample, temperature, top_k, depth_temperature, depth_top_k).
     """
 
     key: Any
@@ -40,9 +41,19 @@ class Job:
     audio_codes: torch.Tensor
     is_audio: torch.Tensor
     max_frames: int
+    sampling: SamplingParams
     seed: int = 0
-    sampling: tuple[float, float, float, float, float] = (0.0, 1.0, 0.0, 1.0, 0.0)
     submitted_s: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class SlotRow:
+    """The row a slot is decoding."""
+
+    job: Job
+    started_s: float
+    first_frame: int  # the scheduler's frame count when the row started: its first frame's index
+    prompt_len: int
 
 
 @dataclass
@@ -86,11 +97,7 @@ class Scheduler:
         self.min_admit = min_admit or max(1, self.num_slots // 32)
         self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
         self.queue: deque[Job] = deque()
-        self.slot_job: list[Job | None] = [None] * self.num_slots
-        self.slot_started: list[float] = [0.0] * self.num_slots
-        self.slot_sampling: list[bool] = [False] * self.num_slots
-        self.slot_first_frame: list[int] = [0] * self.num_slots  # first frame index run for the row
-        self.slot_prompt_len: list[int] = [0] * self.num_slots
+        self.rows: list[SlotRow | None] = [None] * self.num_slots  # slot -> its row, None when free
         # max over busy slots of prompt_len - first_frame: frame t then writes at most position
         # _pos_base + t, so the backbone attends over a bucket of at least _pos_base + t + 1
         self._pos_base = -1
@@ -103,7 +110,8 @@ class Scheduler:
         self._snapshots = [torch.zeros(2, self.num_slots, dtype=torch.long, pin_memory=self.is_cuda)
                            for _ in range(ring)]
         self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
-        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, Job, int, str, float]] = []
+        self._unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # (event, snapshot, frame)
+        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, SlotRow, int, str]] = []
 
     @torch.inference_mode()  # as the frames of `run` are: compiled code is specialised on it
     def prepare(self, sample: bool) -> None:
@@ -123,21 +131,27 @@ class Scheduler:
     def abort(self) -> None:
         """Drop every queued and running job (after an error mid-run), leaving the slots free."""
         self.queue.clear()
-        for slot, job in enumerate(self.slot_job):
-            if job is not None:
+        for slot, row in enumerate(self.rows):
+            if row is not None:
                 self.step.release(self._slot_index[slot])
-                self.slot_job[slot] = None
+                self.rows[slot] = None
+        self._unread.clear()
         self._pending_copies.clear()
         self._update_pos_base()
 
     # ------------------------------------------------------------------ admission
 
+    def _busy(self) -> bool:
+        return any(row is not None for row in self.rows)
+
     @torch.inference_mode()
-    def _admit(self, finished: list[Finished]) -> None:
-        free = [i for i, j in enumerate(self.slot_job) if j is None]
+    def _admit(self) -> list[Finished]:
+        """Prefill queued jobs into free slots; returns the jobs done without one (no frames to make)."""
+        finished: list[Finished] = []
+        free = [i for i, row in enumerate(self.rows) if row is None]
         busy = len(free) < self.num_slots
         if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
-            return
+            return finished
         while free and self.queue:
             batch: list[tuple[int, Job]] = []
             while free and self.queue and len(batch) < self.max_prefill_rows:
@@ -150,12 +164,10 @@ class Scheduler:
                 batch.append((free.pop(0), job))
             if batch:
                 self._prefill(batch)
+        return finished
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """Host -> device without a sync: a pageable copy would wait for the queued frames."""
-        if not self.is_cuda:
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        return to_device(t, self.device)
 
     def _prefill(self, batch: list[tuple[int, Job]]) -> None:
         m = self.model
@@ -176,23 +188,17 @@ class Scheduler:
         hidden = m.prefill(embeds, lengths, slots)
         caps = torch.tensor([min(j.max_frames, self.max_positions - n) for (_, j), n in zip(batch, lens)])
         seeds = torch.tensor([j.seed for _, j in batch])
-        sampling = torch.tensor([j.sampling for _, j in batch], dtype=torch.float32)
         self.step.admit(slots, hidden, lengths, self._to_device(caps), self._to_device(seeds),
-                        self._to_device(sampling))
+                        [j.sampling for _, j in batch])
         now = time.perf_counter()
         for (s, j), n in zip(batch, lens):
-            self.slot_job[s] = j
-            self.slot_started[s] = now
-            self.slot_sampling[s] = bool(j.sampling[0])
-            self.slot_first_frame[s] = self.stats.frames
-            self.slot_prompt_len[s] = n
+            self.rows[s] = SlotRow(j, started_s=now, first_frame=self.stats.frames, prompt_len=n)
         self._update_pos_base()
         self.stats.prefills += 1
         self.stats.prefill_rows += N
 
     def _update_pos_base(self) -> None:
-        self._pos_base = max((self.slot_prompt_len[s] - self.slot_first_frame[s]
-                              for s, j in enumerate(self.slot_job) if j is not None), default=-1)
+        self._pos_base = max((row.prompt_len - row.first_frame for row in self.rows if row is not None), default=-1)
 
     def _kv_len(self) -> int:
         """The attention bucket for the next frame: covers the newest position of every busy slot."""
@@ -204,10 +210,10 @@ class Scheduler:
         """status: [2, B] host copy of (stop_code, result_len) taken after frame `frame_index`."""
         codes_now, lens_now = status[0].tolist(), status[1].tolist()
         released = False
-        for slot, job in enumerate(self.slot_job):
-            if job is None or codes_now[slot] == RUNNING:
+        for slot, row in enumerate(self.rows):
+            if row is None or codes_now[slot] == RUNNING:
                 continue
-            if frame_index < self.slot_first_frame[slot]:  # stale: the flags are the slot's previous row's
+            if frame_index < row.first_frame:  # stale: the flags are the slot's previous row's
                 continue
             n = lens_now[slot]
             out = torch.empty((n, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
@@ -216,28 +222,60 @@ class Scheduler:
             if self.is_cuda:
                 event = torch.cuda.Event()
                 event.record()
-            self._pending_copies.append((event, out, job, slot, STOP_REASONS[codes_now[slot]], self.slot_started[slot]))
+            self._pending_copies.append((event, out, row, slot, STOP_REASONS[codes_now[slot]]))
             self.step.release(self._slot_index[slot])
-            self.slot_job[slot] = None
+            self.rows[slot] = None
             self.stats.useful_frames += n
             released = True
         if released:
             self._update_pos_base()
 
-    def _drain_copies(self, finished: list[Finished], wait: bool) -> None:
-        keep = []
+    def _drain_copies(self, wait: bool) -> list[Finished]:
+        """Rows whose codes have reached the host (wait: all of them)."""
+        finished, keep = [], []
         for item in self._pending_copies:
-            event, out, job, slot, reason, started = item
+            event, out, row, slot, reason = item
             if event is not None and not wait and not event.query():
                 keep.append(item)
                 continue
             if event is not None:
                 event.synchronize()
+            job = row.job
             finished.append(Finished(job.key, out.numpy().astype(np.int16), reason, int(job.input_ids.shape[0]),
-                                     slot, job.submitted_s, started, time.perf_counter()))
+                                     slot, job.submitted_s, row.started_s, time.perf_counter()))
         self._pending_copies = keep
+        return finished
 
     # ------------------------------------------------------------------ the loop
+
+    def _run_frame(self) -> None:
+        """One frame for every slot, and a snapshot of its stop flags on its way to the host."""
+        kv_len = self._kv_len()
+        self.run_frame(any(row.job.sampling.do_sample for row in self.rows if row is not None), kv_len)
+        self.stats.frames += 1
+        self.stats.attended_positions += kv_len
+        self.stats.slot_frames += self.num_slots
+        i = (self.stats.frames - 1) % len(self._snapshots)
+        snapshot, event = self._snapshots[i], self._events[i]
+        snapshot.copy_(self.step.state.status, non_blocking=self.is_cuda)
+        if event is not None:
+            event.record()
+        self._unread.append((event, snapshot, self.stats.frames - 1))
+
+    def _read_snapshots(self, keep: int) -> None:
+        """Collect the rows that ended in all but the newest `keep` unread frames."""
+        while len(self._unread) > keep:
+            event, snapshot, frame_index = self._unread.popleft()
+            if event is not None:
+                event.synchronize()
+            self._collect(snapshot, frame_index)
+
+    @staticmethod
+    def _deliver(finished: list[Finished], on_finished: Callable[[Finished], None] | None) -> list[Finished]:
+        for f in finished:
+            if on_finished is not None:
+                on_finished(f)
+        return finished
 
     @torch.inference_mode()
     def run(self, on_finished: Callable[[Finished], None] | None = None,
@@ -248,51 +286,17 @@ class Scheduler:
         `on_frame()` after every frame (e.g. to decode finished rows now and then).
         """
         results: list[Finished] = []
-        unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # status snapshots not yet read
-        t = 0
-
-        def deliver(batch: list[Finished]) -> None:
-            for f in batch:
-                results.append(f)
-                if on_finished is not None:
-                    on_finished(f)
-
-        def read_snapshots(keep: int) -> None:
-            while len(unread) > keep:
-                event, snapshot, frame_index = unread.popleft()
-                if event is not None:
-                    event.synchronize()
-                self._collect(snapshot, frame_index)
-
         while True:
-            new: list[Finished] = []
-            self._admit(new)
-            deliver(new)
-            busy = any(j is not None for j in self.slot_job)
-            if not busy:
-                read_snapshots(0)  # rows may have ended in the frames not yet read
-                new = []
-                self._drain_copies(new, wait=True)
-                deliver(new)
-                if not self.queue and not any(j is not None for j in self.slot_job):
+            results += self._deliver(self._admit(), on_finished)
+            if not self._busy():
+                self._read_snapshots(keep=0)  # rows may have ended in the frames not yet read
+                results += self._deliver(self._drain_copies(wait=True), on_finished)
+                if not self.queue and not self._busy():
                     break
                 continue
-            kv_len = self._kv_len()
-            self.run_frame(any(self.slot_sampling[s] for s, j in enumerate(self.slot_job) if j is not None), kv_len)
-            self.stats.frames += 1
-            self.stats.attended_positions += kv_len
-            self.stats.slot_frames += self.num_slots
-            i = t % len(self._snapshots)
-            snapshot, event = self._snapshots[i], self._events[i]
-            snapshot.copy_(self.step.state.status, non_blocking=self.is_cuda)
-            if event is not None:
-                event.record()
-            unread.append((event, snapshot, self.stats.frames - 1))
-            read_snapshots(self.status_lag)  # the newest `status_lag` frames stay queued on the device
-            t += 1
-            new = []
-            self._drain_copies(new, wait=False)
-            deliver(new)
+            self._run_frame()
+            self._read_snapshots(keep=self.status_lag)  # the newest `status_lag` frames stay queued on the device
+            results += self._deliver(self._drain_copies(wait=False), on_finished)
             if on_frame is not None:
                 on_frame()
         return results

@@ -1,11 +1,12 @@
-"""Build a tiny, randomly initialised CSM checkpoint on local disk.
+"""Build randomly initialised CSM checkpoints on local disk: the tiny one, and one at CSM-1B size.
 
-This module owns the offline stand-in for `sesame/csm-1b`: a complete checkpoint
-directory (config with a tiny Mimi codec, safetensors weights, a tokenizer trained
-locally with `tokenizers` plus CSM's special tokens and chat template, processor
-config, generation config) written with `save_pretrained`, so that the very same
-`from_pretrained(path)` code path that loads the real model loads it. It knows
-nothing about manifests, Ray or output datasets.
+This module owns the offline stand-ins for `sesame/csm-1b`: complete checkpoint
+directories (config, safetensors weights, a tokenizer trained locally with `tokenizers`
+plus CSM's special tokens and chat template, processor config, generation config)
+written with `save_pretrained`, so that the very same `from_pretrained(path)` code path
+that loads the real model loads them. The tiny one (a tiny Mimi codec too) serves the
+demo and the tests; `build_csm1b_random` has CSM-1B's dimensions and Mimi's, for the
+benchmark on a GPU. It knows nothing about manifests, Ray or output datasets.
 
     python -m synth.engine.tiny_checkpoint OUT_DIR [--num-codebooks 32] [--seed 0]
 """
@@ -13,6 +14,7 @@ nothing about manifests, Ray or output datasets.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +45,10 @@ Hello there, how are you doing today? I'm fine, thanks. What about you, Dr. Smit
 Numbers like 1, 2, 3, 42 and 1999 appear in text, as do quotes: "yes," she said.
 In the beginning the Universe was created. This has made a lot of people very angry.
 """
+
+# csm-1b's RoPE (Llama 3.2's), for the random checkpoint at its size.
+CSM1B_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+              "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
 
 TEXT_VOCAB_SIZE = 512  # tokenizer vocabulary before the special tokens
 BPE_VOCAB_SIZE = TEXT_VOCAB_SIZE - len(SPECIAL_TOKENS)
@@ -139,15 +145,11 @@ def tiny_model_and_processor(
         depth_decoder_config=depth_config,
         codec_config=codec_config,
     )
+    from synth.engine.checkpoint import tie_audio_embeddings
+
     torch.manual_seed(seed)
     model = CsmForConditionalGeneration(config).eval()
-    backbone_audio = model.backbone_model.embed_tokens.embed_audio_tokens.weight
-    depth_audio = model.depth_decoder.model.embed_tokens.weight
-    if backbone_audio.data_ptr() != depth_audio.data_ptr():
-        # Some transformers 5.x releases (5.17) construct CSM with untied audio tables;
-        # make the values equal so every loader sees a consistent checkpoint.
-        with torch.no_grad():
-            backbone_audio.copy_(depth_audio)
+    tie_audio_embeddings(model)  # so that every loader sees a consistent checkpoint
     with torch.no_grad():
         # Mimi's codebooks start as zeros (learned by k-means in training): every code would
         # decode to the same audio and every clip encode to code 0. Random codebooks make
@@ -165,17 +167,11 @@ def tiny_model_and_processor(
     return model, processor
 
 
-def build_tiny_checkpoint(out_dir: str | os.PathLike, **kwargs) -> Path:
-    """Write a tiny random CSM checkpoint (model + processor) to `out_dir`.
-
-    kwargs go to `tiny_model_and_processor`. The write goes to a temporary sibling
-    directory that is renamed into place, so a concurrent or interrupted build never
-    leaves a half-written checkpoint behind.
-    """
+def _save(model, processor, out: Path) -> Path:
+    """Write model + processor to `out` through a temporary sibling directory renamed into
+    place, so a concurrent or interrupted build never leaves a half-written checkpoint behind."""
     import shutil
 
-    out = Path(out_dir)
-    model, processor = tiny_model_and_processor(**kwargs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o755)
@@ -188,12 +184,52 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, **kwargs) -> Path:
     return out
 
 
+def build_tiny_checkpoint(out_dir: str | os.PathLike, **kwargs) -> Path:
+    """Write a tiny random CSM checkpoint (model + processor) to `out_dir`.
+
+    kwargs go to `tiny_model_and_processor`."""
+    model, processor = tiny_model_and_processor(**kwargs)
+    return _save(model, processor, Path(out_dir))
+
+
 def ensure_tiny_checkpoint(path: str | os.PathLike, **kwargs) -> Path:
     """Build the tiny checkpoint at `path` unless a complete one is already there."""
     out = Path(path)
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
     return build_tiny_checkpoint(out, **kwargs)
+
+
+def build_csm1b_random(out_dir: str | os.PathLike, device: str) -> Path:
+    """Random bf16 weights at csm-1b's dimensions (CsmConfig defaults; Mimi defaults) with the
+    tiny tokenizer/processor, built on `device` and saved to `out_dir` (kept if already there),
+    so that both engines load it from disk. Codes 2048..2050 (specials) are out of reach of
+    sampling and argmax, as Mimi has 2048."""
+    import torch
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    from synth.engine.checkpoint import tie_audio_embeddings
+
+    out = Path(out_dir)
+    if (out / "config.json").exists():
+        return out
+    _, processor = tiny_model_and_processor(num_codebooks=32, hidden_size=64, num_layers=1)
+    bos, _, audio, audio_eos = processor.tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+    config = CsmConfig(
+        bos_token_id=bos, audio_token_id=audio, audio_eos_token_id=audio_eos, pad_token_id=audio,
+        rope_parameters=dict(CSM1B_ROPE), depth_decoder_config={"rope_parameters": dict(CSM1B_ROPE)},
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = CsmForConditionalGeneration(config).to(torch.bfloat16).eval()
+    tie_audio_embeddings(model)
+    with torch.no_grad():
+        model.lm_head.weight[2048:] = 0
+        model.depth_decoder.codebooks_head.weight[:, :, 2048:] = 0
+    _save(model, processor, out)
+    del model
+    gc.collect()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,7 @@ class SynthActor:
         self.worker = ShardWorker(config, self.engine, manifest, out, log=lambda m: print(m, flush=True))
 
     def ready(self) -> dict:
-        return {"pid": os.getpid(), **self.engine.describe()}
+        return {"pid": os.getpid(), **self.engine.describe().to_dict()}
 
     def prepare_voices(self) -> dict:
         """Encode every configured voice that OUT/_voices lacks (once per run, on one actor)."""

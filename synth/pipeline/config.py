@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from synth.engine.interface import SamplingParams
+from synth.engine.interface import DTYPE_NAMES, SamplingParams
+from synth.engine.options import FastEngineOptions
 from synth.errors import SynthError
 
 
@@ -42,7 +43,7 @@ class ModelConfig(_Section):
     engine: Literal["fast", "transformers"] = Field(
         "fast", description="`fast`: continuous batching; `transformers`: reference generate."
     )
-    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "bfloat16"
+    dtype: Literal[DTYPE_NAMES] = "bfloat16"  # the engine's names: float32, bfloat16, float16, float64
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool | None = Field(None, description="torch.compile + static cache; None = on CUDA only.")
 
@@ -176,6 +177,10 @@ class SynthConfig(_Section):
     output: OutputConfig = OutputConfig()
     job: JobConfig = JobConfig()
     ray: RayConfig = RayConfig()
+    fast_engine: FastEngineOptions = Field(
+        FastEngineOptions(), description="How the fast engine runs (CUDA graphs, attention buckets, result "
+        "thread, ...); none of it changes outputs, so it is not part of a run's recorded settings.",
+    )
     voices: dict[str, VoiceConfig] = Field(default_factory=dict, description="The voice library, by name.")
 
     @field_validator("voices")

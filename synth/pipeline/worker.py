@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from synth.engine.checkpoint import checkpoint_fingerprint, resolve_device
 from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
-from synth.engine.reference_engine import checkpoint_fingerprint
 from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
 from synth.pipeline.chain import Chain, ChainTurn
@@ -50,12 +50,10 @@ def load_engine(config: SynthConfig) -> Engine:
         from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
 
         ensure_tiny_checkpoint(model_id)
-    from synth.engine.reference_engine import TransformersEngine, resolve_device
-
     device = resolve_device(model_cfg.device)
     if model_cfg.engine == "fast":
         from synth.engine.fast_engine import FastEngine
-        from synth.engine.frame_step import StopRules
+        from synth.engine.stop import StopRules
 
         sampling, gen = config.sampling, config.generation
         widest_top_k = max(sampling.top_k, sampling.depth_top_k)
@@ -73,7 +71,10 @@ def load_engine(config: SynthConfig) -> Engine:
             ),
             # the sampler's static width; top-k 0 (no filter) needs the full-vocabulary path
             top_k_max=None if min(sampling.top_k, sampling.depth_top_k) == 0 else widest_top_k,
+            options=config.fast_engine,
         )
+    from synth.engine.reference_engine import TransformersEngine
+
     return TransformersEngine.load(
         model_id,
         device=device,

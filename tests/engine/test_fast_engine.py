@@ -14,12 +14,16 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers import transformers_codes
 
+from synth.engine.checkpoint import load_lean_csm
 from synth.engine.fast_engine import FastEngine
-from synth.engine.frame_step import StopRules
 from synth.engine.interface import GenerationRequest, SamplingParams, Segment
-from synth.engine.lean_csm import load_lean_csm, rope_inv_freq
-from synth.engine.reference_engine import conversation
+from synth.engine.lean_csm import rope_inv_freq
+from synth.engine.options import FastEngineOptions
+from synth.engine.prompt import conversation
+from synth.engine.stop import StopRules
+from synth.engine.tiny_checkpoint import CSM1B_ROPE
 
 GREEDY = SamplingParams(do_sample=False)
 
@@ -49,19 +53,10 @@ def reference(tiny_checkpoint):
     return model, AutoProcessor.from_pretrained(tiny_checkpoint)
 
 
-def _reference_codes(reference, req: GenerationRequest, dtype=torch.float64) -> np.ndarray:
-    model, processor = reference
-    model = model.to(dtype)
-    inputs = processor.apply_chat_template(conversation(req), tokenize=True, return_dict=True)
-    inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=req.max_frames, do_sample=False, depth_decoder_do_sample=False)
-    return out[0].numpy()  # [frames, K], EOS frame included if one came
-
-
 @pytest.fixture(scope="module")
 def reference_codes(reference):
-    return {r.request_id: _reference_codes(reference, r) for r in REQUESTS}
+    """transformers' greedy codes per request in float64: [frames, K], EOS frame included if one came."""
+    return {r.request_id: transformers_codes(*reference, r, dtype=torch.float64) for r in REQUESTS}
 
 
 def _engine(path, num_slots=2, dtype="float32", compile=False, **kw) -> FastEngine:
@@ -105,11 +100,9 @@ def test_llama3_rope_frequencies_match_transformers():
     from transformers import CsmConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-            "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
-    config = CsmConfig(hidden_size=256, num_attention_heads=4, rope_parameters=rope)
+    config = CsmConfig(hidden_size=256, num_attention_heads=4, rope_parameters=dict(CSM1B_ROPE))
     expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config)
-    torch.testing.assert_close(rope_inv_freq(rope, 64), expected, rtol=0, atol=0)
+    torch.testing.assert_close(rope_inv_freq(CSM1B_ROPE, 64), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("num_slots,order", [(1, "forward"), (3, "reversed")])
@@ -141,7 +134,7 @@ def test_slots_are_refilled_and_mostly_useful(tiny_checkpoint, reference_codes):
     assert stats.useful_frames == sum(r.max_frames for r in requests)
     # Rows leave the moment they finish: only the last few frames run half empty.
     assert stats.frames < sum(r.max_frames for r in requests) / 2 + max(r.max_frames for r in requests)
-    assert {r.info["slot"] for r in results} == {0, 1}
+    assert {r.info.slot for r in results} == {0, 1}
     for req, res in zip(requests, results):
         if req.request_id in reference_codes:
             np.testing.assert_array_equal(res.codes, reference_codes[req.request_id])
@@ -182,7 +175,7 @@ def test_eos_rule_codebooks_0_to_k_minus_2(tiny_checkpoint, reference):
     try:
         ref.lm_head.weight.data.zero_()
         ref.depth_decoder.codebooks_head.weight.data[:30].zero_()
-        codes = _reference_codes(reference, GenerationRequest("a", "Hello.", 0, 8), dtype=torch.float32)
+        codes = transformers_codes(*reference, GenerationRequest("a", "Hello.", 0, 8), dtype=torch.float32)
     finally:
         ref.lm_head.weight.data.copy_(saved[0])
         ref.depth_decoder.codebooks_head.weight.data.copy_(saved[1])
@@ -259,7 +252,8 @@ def test_result_thread_and_lagged_stop_flags_change_nothing(tiny_checkpoint, ref
 
     plain, plain_threads, plain_stats = run(_engine(tiny_checkpoint, num_slots=2, dtype="float64"))
     lagged, lagged_threads, lagged_stats = run(_engine(tiny_checkpoint, num_slots=2, dtype="float64",
-                                                       result_thread=True, status_lag=status_lag))
+                                                       options=FastEngineOptions(result_thread=True,
+                                                                                 status_lag=status_lag)))
     assert plain_threads == {threading.main_thread().name}
     assert lagged_threads and threading.main_thread().name not in lagged_threads
     assert sorted(lagged) == sorted(plain) and len(plain) == len(requests) + len(follow)
@@ -280,7 +274,7 @@ def test_attention_buckets_cover_every_row_and_change_nothing(tiny_checkpoint, r
     the codes of attention over all positions, while far fewer positions are read."""
     requests = REQUESTS + [GenerationRequest("long", "Pack my box with five dozen liquor jugs.", 1, 150),
                            GenerationRequest("late", "Hello.", 0, 70)]
-    full = _engine(tiny_checkpoint, num_slots=3, dtype="float64", num_kv_buckets=1)
+    full = _engine(tiny_checkpoint, num_slots=3, dtype="float64", options=FastEngineOptions(num_kv_buckets=1))
     bucketed = _engine(tiny_checkpoint, num_slots=3, dtype="float64")
     assert bucketed.step.kv_buckets == [64, 128, 192, 256] and full.step.kv_buckets == [256]
     # every frame's bucket must reach past the position each running row writes in it

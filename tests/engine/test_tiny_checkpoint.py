@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from transformers import AutoProcessor, CsmForConditionalGeneration
 
-from synth.engine.reference_engine import check_tied_audio_embeddings
+from synth.engine.checkpoint import check_tied_audio_embeddings
 from synth.engine.tiny_checkpoint import (
     ensure_tiny_checkpoint,
     tiny_model_and_processor,

@@ -1,5 +1,6 @@
 import pytest
 
+from synth.engine.options import FastEngineOptions
 from synth.pipeline.config import ConfigError, SynthConfig, load_config
 
 
@@ -53,3 +54,24 @@ def test_the_shipped_configs_load():
     assert load_config("configs/demo.yaml").model.build_tiny
     real = load_config("configs/csm-1b.yaml")
     assert real.model.id == "sesame/csm-1b" and real.actors.num_gpus == 1
+
+
+def test_fast_engine_options_load_from_yaml_and_bad_ones_name_the_field(tmp_path):
+    assert SynthConfig().fast_engine == FastEngineOptions()
+    path = tmp_path / "c.yaml"
+    path.write_text("fast_engine:\n  num_kv_buckets: 2\n  result_thread: false\n  codec_dtype: bfloat16\n")
+    config = load_config(path, ["fast_engine.status_lag=1"])
+    assert config.fast_engine == FastEngineOptions(num_kv_buckets=2, result_thread=False, codec_dtype="bfloat16",
+                                                   status_lag=1)
+    assert SynthConfig.model_validate(config.model_dump()) == config  # as the Ray actors receive it
+    for override, field in [
+        ("fast_engine.num_kv_buckets=0", "num_kv_buckets"),  # the record's own check
+        ("fast_engine.codec_dtype=fp8", "codec_dtype"),
+        ("fast_engine.decode_batch=lots", "fast_engine.decode_batch"),  # a type pydantic checks
+        ("fast_engine.surprise=1", "fast_engine.surprise"),  # unknown keys are refused
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [override])
+        message = str(err.value)
+        assert "fast_engine" in message and field in message, message
+        assert override.split("=", 1)[1] in message, message

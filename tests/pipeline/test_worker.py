@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from helpers import load_errors, write_mixed_manifest
+from helpers import load_errors, transformers_codes, write_mixed_manifest
 
 from synth.engine.interface import GenerationRequest, Segment
-from synth.engine.reference_engine import conversation
 from synth.pipeline import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import Script, open_manifest, read_scripts
@@ -119,16 +118,22 @@ def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, s
                 audio = engine.decode(torch.tensor(rows[f"{script.id}:{j}"]["codes"]))
             context.append(Segment(turn.speaker, turn.text, audio))
         me = script.turns[row["turn"]]
-        request = GenerationRequest("check", me.text, me.speaker, 0, tuple(context))
-        inputs = engine.processor.apply_chat_template([conversation(request)], tokenize=True, return_dict=True)
         max_frames = json.loads(row["generation"])["max_frames"]
-        with torch.inference_mode():
-            codes = engine.model.generate(**inputs, max_new_tokens=max_frames, do_sample=False,
-                                          depth_decoder_do_sample=False)[0]
-        eos = (codes[:, :-1] == 0).all(-1).nonzero()
-        if len(eos):
-            codes = codes[: int(eos[0, 0])]
+        request = GenerationRequest("check", me.text, me.speaker, max_frames, tuple(context))
+        codes = transformers_codes(engine.model, engine.processor, request, stop_at_eos=True)
         assert codes.tolist() == row["codes"], row["id"]
+
+
+def test_reference_engine_returns_remembered_codes(engine):
+    """`remember_codes` (as the voice library calls it) replaces encoding that clip, by content."""
+    clip = np.random.default_rng(0).normal(0, 0.1, 12000).astype(np.float32)
+    (encoded,) = engine.encode_clips([clip])
+    assert encoded.dtype == np.int16 and encoded.shape == (7, 32)  # ceil(12000 / 1920) frames
+    given = (encoded + 1).astype(np.int16)
+    engine.remember_codes(clip.copy(), given)
+    again, other = engine.encode_clips([clip, 0.5 * clip])
+    np.testing.assert_array_equal(again, given)
+    assert other.shape == encoded.shape and not np.array_equal(other, given)
 
 
 def test_committed_parts_are_not_redone(shard_output):

@@ -1,0 +1,75 @@
+"""The fast engine's tuning options as one typed record, importable without torch.
+
+This module owns `FastEngineOptions`: how the fast engine runs (CUDA graphs, compile
+mode, attention buckets, how its frame loop handles finished rows, the codec's dtype,
+admission), none of which changes what it generates. It is a frozen stdlib dataclass
+that checks its values when built, so the benchmark's flags and a run's YAML
+(`synth.pipeline.config`, whose pydantic validates it from a dict and, through
+`__pydantic_config__`, refuses unknown keys) fill the same record. It knows nothing
+about torch, models, configs or Ray; `synth.engine.fast_engine` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synth.engine.interface import DTYPE_NAMES
+
+
+@dataclass(frozen=True)
+class FastEngineOptions:
+    """How the fast engine runs; outputs do not depend on any of these. None: the engine
+    chooses by device (see each field)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # a plain dict: the engine layer does not import pydantic
+
+    cuda_graph: bool | None = None
+    """Replay each frame as one captured CUDA graph; None: on CUDA."""
+
+    compile_mode: str | None = None
+    """`torch.compile` mode of the frame's steps when they are compiled (`model.compile`), one
+    without CUDA graphs of its own, e.g. "max-autotune-no-cudagraphs"; None: inductor's default."""
+
+    num_kv_buckets: int = 4
+    """The backbone attends over the smallest of this many equal prefixes of the KV cache that
+    covers every slot (each its own compiled graph); 1: always all positions."""
+
+    result_thread: bool | None = None
+    """Finish rows (Mimi decode, the `on_result` callback, follow-ups' prompts and context
+    encodes) on a worker thread while the frame loop goes on; None: on CUDA only (on a small
+    CPU the two threads fight over the cores)."""
+
+    status_lag: int | None = None
+    """Frames the host reads the stop flags behind the newest queued frame, so the GPU never
+    waits on the host (a finished row then idles in its slot that long); None: 2 on CUDA, 0 on CPU."""
+
+    decode_batch: int = 16
+    """Finished rows are Mimi-decoded in batches of this many, or sooner (`decode_interval_frames`)."""
+
+    decode_interval_frames: int = 12
+    """Decode the finished rows waiting once the oldest has waited this many frames, even if
+    fewer than `decode_batch`."""
+
+    longest_first: bool = True
+    """Queue each call's rows by descending `max_frames`, so short rows fill the tail and slots
+    rarely sit idle (better packing, later first audio)."""
+
+    codec_dtype: str | None = None
+    """The dtype Mimi runs in (one of `DTYPE_NAMES`); None: float32, or float64 for a float64 model."""
+
+    min_admit: int | None = None
+    """While rows are decoding, wait until this many slots are free before a prefill (fewer,
+    larger prefills); None: num_slots // 32, at least 1."""
+
+    max_prefill_rows: int | None = None
+    """Most rows prefilled in one batch; None: all slots."""
+
+    def __post_init__(self):
+        at_least = {"num_kv_buckets": 1, "decode_batch": 1, "decode_interval_frames": 0, "status_lag": 0,
+                    "min_admit": 1, "max_prefill_rows": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name}={value!r} must be >= {low}")
+        if self.codec_dtype is not None and self.codec_dtype not in DTYPE_NAMES:
+            raise ValueError(f"codec_dtype={self.codec_dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
