@@ -78,12 +78,15 @@ def run_command(args: argparse.Namespace) -> int:
 def book_command(args: argparse.Namespace) -> int:
     from synth.book.render import render_book
     from synth.book.stitch import StitchSettings
-    from synth.pipeline.config import load_config
+    from synth.pipeline.config import ConfigError, load_config
 
     config = load_config(args.config, args.overrides)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     pauses = {"sentence_pause_s": args.sentence_pause, "paragraph_pause_s": args.paragraph_pause}
-    settings = StitchSettings(**{k: v for k, v in pauses.items() if v is not None})
+    try:
+        settings = StitchSettings(**{k: v for k, v in pauses.items() if v is not None})
+    except ValueError as e:
+        raise ConfigError(f"--sentence-pause/--paragraph-pause: {e}") from None
     title = args.title or os.path.splitext(os.path.basename(args.book))[0]
     ok = render_book(config, args.book, voice=args.voice, output_uri=args.output, formats=formats,
                      passage_chunks=args.passage_chunks, settings=settings, title=title,

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.exists(args.path):
         print(f"writing a {args.rows}-row manifest to {args.path} ...", flush=True)
         make_manifest(args.path, args.rows)
-    subprocess.run([sys.executable, "-m", __name__, "--measure", "--path", args.path,
+    subprocess.run([sys.executable, "-m", "synth.bench.driver_memory", "--measure", "--path", args.path,
                     "--scripts-per-shard", str(args.scripts_per_shard)], check=True)
 
 
