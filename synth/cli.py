@@ -3,6 +3,7 @@
     synth run   --config configs/demo.yaml --input examples/dialogues.parquet --output out/demo
     synth run   --config configs/demo.yaml --input examples/dialogues.parquet --dry-run
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
+    synth verify out/demo                    (check an output against its commit markers)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
 
@@ -28,6 +29,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. --set generation.batch_size=4 (repeatable)")
     parser.add_argument("--allow-changes", action="store_true",
                         help="continue an output whose recorded settings differ from these")
+    parser.add_argument("--adopt-output", action="store_true",
+                        help="write into an existing non-empty directory synth did not create (synth then deletes "
+                        "or moves only files named by its own layout)")
 
 
 def _run_parser(sub) -> None:
@@ -60,6 +64,25 @@ def _book_parser(sub) -> None:
     _add_run_options(parser)
 
 
+def _verify_parser(sub) -> None:
+    parser = sub.add_parser("verify", help="check an output directory against its commit markers",
+                            description="Check every committed part of an output against its marker (files present, "
+                            "sizes and sha256), every row id exactly once, and every data part opening as the "
+                            "dataset's Parquet. Changes nothing; exit 1 with the findings if anything is wrong.")
+    parser.add_argument("output", help="the output directory (local or URI)")
+    parser.add_argument("--sizes-only", action="store_true", help="skip the checksums (reads no file's contents)")
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from synth.pipeline import storage
+    from synth.pipeline.output import OutputDir
+    from synth.pipeline.verify import verify
+
+    report = verify(OutputDir(storage.resolve(args.output)), checksums=not args.sizes_only)
+    print(report.render())
+    return 1 if report.findings else 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     from synth.pipeline.config import load_config
     from synth.pipeline.dry_run import dry_run_report
@@ -71,7 +94,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise SynthError("--output is required unless --dry-run")
-    summary = run(config, args.input, args.output, allow_changes=args.allow_changes)
+    summary = run(config, args.input, args.output, allow_changes=args.allow_changes, adopt=args.adopt_output)
     return 0 if summary["ok"] else 1
 
 
@@ -90,7 +113,7 @@ def book_command(args: argparse.Namespace) -> int:
     title = args.title or os.path.splitext(os.path.basename(args.book))[0]
     ok = render_book(config, args.book, voice=args.voice, output_uri=args.output, formats=formats,
                      passage_chunks=args.passage_chunks, settings=settings, title=title,
-                     allow_changes=args.allow_changes)
+                     allow_changes=args.allow_changes, adopt=args.adopt_output)
     return 0 if ok else 1
 
 
@@ -112,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _run_parser(sub)
     _book_parser(sub)
+    _verify_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
-    command = {"run": run_command, "book": book_command}[args.command]
+    command = {"run": run_command, "book": book_command, "verify": verify_command}[args.command]
     try:
         return command(args)
     except SynthError as e:

@@ -49,6 +49,7 @@ from synth.book.text import Chapter, load_book
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, SynthConfig
+from synth.pipeline.lease import Lease
 from synth.pipeline.manifest import write_manifest
 from synth.pipeline.output import OutputDir
 from synth.pipeline.runner import run
@@ -218,7 +219,7 @@ SAMPLE_RATE_HZ = 24000  # CSM's codec (Mimi): the rate of every chunk in the out
 
 def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: str, formats: Sequence[str],
                 passage_chunks: int = 40, settings: StitchSettings = StitchSettings(), title: str = "",
-                allow_changes: bool = False, log=print) -> bool:
+                allow_changes: bool = False, adopt: bool = False, log=print) -> bool:
     """Render a book into `output_uri`: its passages through a synthesis run (resuming one
     that was killed), then every chapter's files. Returns True when every chunk was
     rendered and the run failed nowhere; raises a SynthError when nothing could run."""
@@ -234,11 +235,16 @@ def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: 
     log(f"book: {len(chapters)} chapters, {num_passages} passages, {sum(len(c.chunks) for c in chapters)} chunks "
         f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {book_path}")
     out = storage.resolve(output_uri)
-    manifest = write_book_manifest(chapters, voice, out, passage_chunks=passage_chunks, allow_changes=allow_changes)
-    summary = run(book_run_config(config, num_passages, out), manifest, output_uri, allow_changes=allow_changes,
-                  log=log)
-    written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
-                                passage_chunks=passage_chunks, settings=settings, title=title, log=log)
+    output = OutputDir(out)
+    output.claim(adopt=adopt)
+    # One lease over the whole render: the book's manifest, the run, the chapter files.
+    with Lease.acquire(output, stale_after_s=config.job.lease_stale_seconds, log=log) as lease:
+        manifest = write_book_manifest(chapters, voice, out, passage_chunks=passage_chunks,
+                                       allow_changes=allow_changes)
+        summary = run(book_run_config(config, num_passages, out), manifest, output_uri, allow_changes=allow_changes,
+                      lease=lease, log=log)
+        written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
+                                    passage_chunks=passage_chunks, settings=settings, title=title, log=log)
     missing = sum(c.missing_chunks for c in written)
     hours = sum(c.duration_s for c in written) / 3600
     log(f"book: {len(written)} chapters, {hours:.3f} h -> {output_uri}/chapters"

@@ -16,14 +16,16 @@ import os
 from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.manifest import open_manifest
-from synth.pipeline.output import OutputDir, ShardSummary
+from synth.pipeline.output import ShardSummary
 from synth.pipeline.plan import Shard
 
 
 class SynthActor:
     """One model per process for the actor's whole life; `run_shard` does the work."""
 
-    def __init__(self, config_dict: dict, input_uri: str, output_uri: str):
+    def __init__(self, config_dict: dict, input_uri: str, output_uri: str, run_id: str | None = None):
+        """run_id: the run whose lease this actor commits under (it commits nothing once another
+        run holds the output's lease)."""
         import torch
 
         from synth.pipeline.worker import ShardWorker, load_engine
@@ -32,9 +34,9 @@ class SynthActor:
         torch.set_num_threads(config.actors.torch_threads or max(1, math.ceil(config.actors.num_cpus)))
         self.engine = load_engine(config)
         out = storage.resolve(output_uri)
-        self.output = OutputDir(out)
         manifest = open_manifest(input_uri)
-        self.worker = ShardWorker(config, self.engine, manifest, out, log=lambda m: print(m, flush=True))
+        self.worker = ShardWorker(config, self.engine, manifest, out, run_id=run_id, log=lambda m: print(m, flush=True))
+        self.output = self.worker.output
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), **self.engine.describe().to_dict()}

@@ -139,6 +139,10 @@ class JobConfig(_Section):
     speaking_rate_chars_per_second: float = Field(
         15.0, gt=0, description="Typical speaking rate, for --dry-run's audio-hours estimate only."
     )
+    lease_stale_seconds: float = Field(
+        60.0, gt=0, description="A run's lease on its output with no heartbeat for this long is taken over by a "
+        "new run (the holder is presumed dead); a dead holder on the same host is taken over at once.",
+    )
 
 
 class VoiceConfig(_Section):

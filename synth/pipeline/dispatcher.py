@@ -219,6 +219,11 @@ class Dispatcher:
         self.preparing = None
         self._ask_ready(actor)
 
+    def stopped(self, call: Call, error: str) -> None:
+        """A call failed for a reason that is not its shard's (the output cannot be written, the
+        run lost its lease): retrying cannot help, so the run stops; a relaunch resumes."""
+        raise RunError(f"the run stopped: {error}")
+
     def voice_preparation_failed(self, actor: int, error: str) -> None:
         raise RunError(f"preparing the voice library failed: {error}")
 

@@ -1,31 +1,43 @@
-"""The output directory: every name in it, the commit protocol, clean-up and the run record.
+"""The output directory: who owns it, every name in it, the commit protocol and the run record.
 
+    OUT/_synth.json                            ownership: this directory is a synth output
+    OUT/_lease.json                            the lease of the run writing it now (`synth.pipeline.lease`)
     OUT/data/shard-00003-part-0001.parquet     one row per generated turn
     OUT/errors/shard-00003-part-0001.parquet   one row per bad manifest row or turn
     OUT/wav/00003/<script>-<turn>.wav           the same audio as files (optional; or flac/)
     OUT/_voices/<content hash>.npy             the voice library's codes, encoded once per run
     OUT/_progress/shard-00003-part-0001.json   a part's commit marker (its `PartCommit`), written last
     OUT/_progress/shard-00003.done.json        a shard's done marker (its `ShardSummary`), after its parts
+    OUT/_quarantine/<when>/...                 files that failed verification, moved aside
     OUT/plan.json                              the run's identity: its plan and the settings that shape output
     OUT/run.json                               the run's summary
 
-Every name is a pure function of the shard and part (the plan fixes both), every file is
-written atomically (`storage.write_bytes_atomic`), and a part counts as committed only
-once its marker exists, so a crashed part is simply redone over the same names and
-`OutputDir.remove_uncommitted` deletes what it half-wrote. A run takes OUT through
-`OutputDir.prepare`, which checks that a relaunch continues the run recorded in
-plan.json. This module knows nothing about Parquet schemas (`synth.pipeline.writer`
-turns rows into bytes), models or Ray.
+synth owns only what it wrote: a directory is synth's if it holds `_synth.json` (or,
+from before that record existed, `plan.json`); `claim` refuses any other non-empty
+directory unless the user adopts it, and nothing outside the names above (`is_synth_name`)
+is ever deleted or moved. Every name is a pure function of the shard and part, every
+file is written atomically, and a part counts as committed only once its marker exists;
+the marker records each of the part's files with its size and sha256, so what a marker
+says can be checked (`synth.pipeline.verify`). A write that fails because of the
+output itself (a full disk, a denied permission, an unreachable store) raises
+`OutputWriteError`, which stops the run instead of failing the shard. This module knows
+nothing about Parquet schemas (`synth.pipeline.writer`), models or Ray.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+import socket
+import time
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
+import pyarrow as pa
+
+from synth import __version__
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
@@ -33,16 +45,27 @@ from synth.pipeline.plan import Plan
 
 # -- the layout: paths relative to OUT ------------------------------------------------
 
+OWNER_RECORD = "_synth.json"
+LEASE_FILE = "_lease.json"
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
 PROGRESS_DIR = "_progress"
 VOICES_DIR = "_voices"
+QUARANTINE_DIR = "_quarantine"
 AUDIO_DIRS = ("wav", "flac")  # one per output.audio_format
 PLAN_RECORD = "plan.json"
 RUN_RECORD = "run.json"
 
 PART_MARKER = re.compile(r"shard-(\d{5,})-part-(\d{4,})\.json")  # a part marker's file name: (shard, part)
 SHARD_MARKER = re.compile(r"shard-(\d{5,})\.done\.json")  # a shard done marker's file name: (shard,)
+# Every path under OUT that synth's layout generates (relative, '/'-separated).
+_SYNTH_PATH = re.compile(
+    rf"(?:{DATA_DIR}|{ERRORS_DIR})/shard-\d{{5,}}-part-\d{{4,}}\.parquet"
+    rf"|{PROGRESS_DIR}/(?:shard-\d{{5,}}-part-\d{{4,}}\.json|shard-\d{{5,}}\.done\.json)"
+    rf"|(?:{'|'.join(AUDIO_DIRS)})/\d{{5,}}/[A-Za-z0-9._-]+-\d{{3,}}\.(?:{'|'.join(AUDIO_DIRS)})"
+    rf"|{VOICES_DIR}/[0-9a-f]{{64}}\.npy"
+    rf"|{re.escape(OWNER_RECORD)}|{re.escape(LEASE_FILE)}|{re.escape(PLAN_RECORD)}|{re.escape(RUN_RECORD)}"
+)
 
 
 def part_name(shard: int, part: int) -> str:
@@ -90,6 +113,12 @@ def marked_part(file_name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def is_synth_name(relative: str) -> bool:
+    """Whether a path under OUT is one synth's layout generates, or a temp file of one."""
+    name = storage.temp_target(relative) or relative
+    return _SYNTH_PATH.fullmatch(name) is not None
+
+
 def _file_name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -98,8 +127,24 @@ def _file_name(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """One file of a committed part, as its marker records it: path under OUT, bytes, sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str, data: bytes) -> "FileRecord":
+        return cls(path, len(data), hashlib.sha256(data).hexdigest())
+
+
+@dataclass(frozen=True)
 class PartCommit:
-    """What a committed part holds; stored in its marker."""
+    """What a committed part holds; stored in its marker.
+
+    files: every file of the part with its size and checksum; empty in markers written
+    before synth recorded them (those parts are checked by their counts alone)."""
 
     shard: int
     part: int
@@ -108,9 +153,14 @@ class PartCommit:
     audio_seconds: float
     scripts: int
     error_scripts: int
+    files: tuple[FileRecord, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PartCommit":
+        return cls(**{**data, "files": tuple(FileRecord(**f) for f in data.get("files", ()))})
 
 
 @dataclass(frozen=True)
@@ -125,7 +175,8 @@ class PartFiles:
 
 @dataclass(frozen=True)
 class ShardSummary:
-    """What a done shard holds (the sum of its parts); stored in its done marker."""
+    """What a done shard holds (the sum of its parts, and the parts' own records); stored in
+    its done marker."""
 
     shard: int
     rows: int
@@ -134,10 +185,11 @@ class ShardSummary:
     scripts: int
     audio_seconds: float
     voice_encodes: int = 0  # voices the shard's actor had to encode: 0 unless OUT/_voices lacked one
+    parts: tuple[PartCommit, ...] = field(default=(), repr=False)  # empty in markers from before they were listed
 
     @classmethod
-    def of(cls, shard: int, commits: Iterable[PartCommit], voice_encodes: int) -> "ShardSummary":
-        commits = list(commits)
+    def of(cls, shard: int, commits: Iterable[PartCommit], voice_encodes: int = 0) -> "ShardSummary":
+        commits = tuple(commits)
         return cls(
             shard=shard,
             rows=sum(c.rows for c in commits),
@@ -146,17 +198,40 @@ class ShardSummary:
             scripts=sum(c.scripts for c in commits),
             audio_seconds=sum(c.audio_seconds for c in commits),
             voice_encodes=voice_encodes,
+            parts=commits,
         )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShardSummary":
+        return cls(**{**data, "parts": tuple(PartCommit.from_dict(p) for p in data.get("parts", ()))})
 
-# -- the run record -------------------------------------------------------------------
+
+# -- errors ---------------------------------------------------------------------------
+
+# errno values of a write that fails because of the output, not of what is written
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class OutputError(SynthError, RuntimeError):
-    """OUT cannot take this run (it holds another plan, or other settings); the message says why."""
+    """OUT cannot take this run (not synth's, another plan, other settings); the message says why."""
+
+
+class StopRun(SynthError, RuntimeError):
+    """Not the shard's fault: retrying it cannot help, so the run stops (a relaunch resumes)."""
+
+
+class OutputWriteError(StopRun):
+    """Writing to OUT failed because of OUT itself: no space, no permission, an unreachable store."""
+
+
+class LeaseLost(StopRun):
+    """Another run holds OUT's lease now: this run must write nothing more."""
+
+
+# -- the run record -------------------------------------------------------------------
 
 
 def run_identity(config: SynthConfig, plan: Plan) -> dict:
@@ -177,10 +252,14 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
 
 
 class OutputDir:
-    """One run's output directory; see the module docstring."""
+    """One run's output directory; see the module docstring.
 
-    def __init__(self, location: storage.Location):
+    run_id: the run this process writes for; when set, a part's marker is written only while
+    that run holds OUT's lease (an actor of a run that lost it commits nothing more)."""
+
+    def __init__(self, location: storage.Location, run_id: str | None = None):
         self.location = location
+        self.run_id = run_id
 
     @property
     def uri(self) -> str:
@@ -194,23 +273,87 @@ class OutputDir:
         """A location for a path `storage.list_files` returned."""
         return storage.Location(self.location.fs, path, path)
 
+    def write(self, relative: str, data: bytes) -> None:
+        """Write a file under OUT atomically. A failure of OUT itself (no space, no permission, a
+        read-only filesystem, an object store that refuses or cannot be reached) is an
+        OutputWriteError; any other OSError (e.g. a directory where the file should go) stays
+        the shard's own failure."""
+        try:
+            storage.write_bytes_atomic(self.at(relative), data)
+        except (OSError, pa.ArrowException) as e:
+            if self.location.is_local and getattr(e, "errno", None) not in OUTPUT_ERRNOS:
+                raise
+            raise OutputWriteError(f"cannot write {self.at(relative).uri}: {e}. Nothing committed is lost: "
+                                   "fix the output (free space, permissions, the store's address or "
+                                   "credentials), then run the same command again to resume.") from None
+
+    def read_json(self, relative: str) -> dict:
+        return json.loads(storage.read_bytes(self.at(relative)))
+
+    # -- ownership ----------------------------------------------------------------------
+
+    def claim(self, *, adopt: bool = False) -> None:
+        """Make sure OUT is synth's to write: it is missing or empty (then it becomes synth's),
+        or it holds synth's ownership record (or a plan.json from before that record). Any other
+        directory is refused, naming what is in it, unless `adopt`: then synth writes its own
+        names into it and never touches anything else."""
+        loc = self.location
+        if storage.exists(loc) and not storage.is_dir(loc):
+            raise OutputError(f"--output {self.uri} is a file, not a directory: give a directory (new or synth's own)")
+        present = storage.entries(loc)
+        if OWNER_RECORD in present:
+            return
+        if present and PLAN_RECORD not in present and not adopt:
+            shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
+            raise OutputError(
+                f"--output {self.uri} is not empty and is not a synth output (it holds {shown}). synth writes "
+                "only into a new or empty directory or one it made; use a new --output, or pass --adopt-output to "
+                "let synth write into this one (it then deletes or moves only files named by its own layout)."
+            )
+        record = {"synth": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "host": socket.gethostname(), "adopted": bool(present) and PLAN_RECORD not in present,
+                  "found": present[:100]}
+        self.write(OWNER_RECORD, json.dumps(record, indent=2).encode())
+
     # -- committing ---------------------------------------------------------------------
 
     def commit_part(self, files: PartFiles) -> PartCommit:
-        """Write a part's audio files, errors and data, then its marker (last)."""
+        """Write a part's audio files, errors and data, then its marker (last), which records
+        every file with its size and sha256."""
         shard, part = files.commit.shard, files.commit.part
-        for path, data in files.audio:
-            storage.write_bytes_atomic(self.at(path), data)
+        written = list(files.audio)
         if files.errors is not None:
-            storage.write_bytes_atomic(self.at(errors_file(shard, part)), files.errors)
+            written.append((errors_file(shard, part), files.errors))
         if files.data is not None:
-            storage.write_bytes_atomic(self.at(data_file(shard, part)), files.data)
-        storage.write_bytes_atomic(self.at(part_marker_file(shard, part)), files.commit.to_json().encode())
-        return files.commit
+            written.append((data_file(shard, part), files.data))
+        for path, data in written:
+            self.write(path, data)
+        commit = replace(files.commit, files=tuple(FileRecord.of(path, data) for path, data in written))
+        self.check_lease()
+        self.write(part_marker_file(shard, part), commit.to_json().encode())
+        return commit
 
     def commit_shard(self, summary: ShardSummary) -> None:
         """Mark a shard done; only once every one of its parts is committed."""
-        storage.write_bytes_atomic(self.at(shard_marker_file(summary.shard)), summary.to_json().encode())
+        self.check_lease()
+        self.write(shard_marker_file(summary.shard), summary.to_json().encode())
+
+    def lease_holder(self) -> dict | None:
+        """The lease record of the run writing OUT now, or None."""
+        try:
+            return self.read_json(LEASE_FILE)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def check_lease(self) -> None:
+        """Raise LeaseLost unless this process's run (`run_id`) holds OUT's lease (no-op without one)."""
+        if self.run_id is None:
+            return
+        holder = self.lease_holder()
+        if holder is None or holder.get("run_id") != self.run_id:
+            who = f"run {holder.get('run_id')} on {holder.get('host')}" if holder else "no run"
+            raise LeaseLost(f"{self.uri}: this run ({self.run_id}) no longer holds the output's lease ({who} does); "
+                            "it stops without committing more")
 
     # -- reading commits ----------------------------------------------------------------
 
@@ -218,67 +361,59 @@ class OutputDir:
         return storage.exists(self.at(part_marker_file(shard, part)))
 
     def read_commit(self, shard: int, part: int) -> PartCommit:
-        return PartCommit(**json.loads(storage.read_bytes(self.at(part_marker_file(shard, part)))))
+        return PartCommit.from_dict(self.read_json(part_marker_file(shard, part)))
 
-    def committed_parts(self, shards: set[int]) -> list[PartCommit]:
-        """The commit records of every committed part of `shards` (one listing of OUT/_progress)."""
-        if not shards:
-            return []
-        commits = []
+    def read_shard(self, shard: int) -> ShardSummary:
+        return ShardSummary.from_dict(self.read_json(shard_marker_file(shard)))
+
+    def markers(self) -> tuple[set[tuple[int, int]], set[int]]:
+        """The committed parts (shard, part) and the done shards, by their markers' names (one listing)."""
+        parts, shards = set(), set()
         for path in storage.list_files(self.at(PROGRESS_DIR), ".json"):
-            marked = marked_part(_file_name(path))
-            if marked and marked[0] in shards:
-                commits.append(PartCommit(**json.loads(storage.read_bytes(self._listed(path)))))
-        return commits
+            name = _file_name(path)
+            if (marked := marked_part(name)) is not None:
+                parts.add(marked)
+            elif (match := SHARD_MARKER.fullmatch(name)) is not None:
+                shards.add(int(match.group(1)))
+        return parts, shards
 
-    def done_shards(self, shards: Iterable[int]) -> dict[int, ShardSummary]:
-        """shard -> its summary, for those of `shards` marked done (one listing, not a stat per shard)."""
-        wanted = set(shards)
-        done = {}
-        for path in storage.list_files(self.at(PROGRESS_DIR), ".done.json"):
-            match = SHARD_MARKER.fullmatch(_file_name(path))
-            if match and int(match.group(1)) in wanted:
-                done[int(match.group(1))] = ShardSummary(**json.loads(storage.read_bytes(self._listed(path))))
-        return dict(sorted(done.items()))
+    def file_sizes(self, *subdirs: str) -> dict[str, int]:
+        """Path under OUT -> size of every file below `subdirs` (one listing each)."""
+        return {f"{sub}/{rel}": size for sub in subdirs for rel, size in storage.file_sizes(self.at(sub)).items()}
 
     def data_files(self) -> list[str]:
         """Paths of the data parts (after a run, every one is committed)."""
         return storage.list_files(self.at(DATA_DIR), ".parquet")
 
-    # -- clean-up -----------------------------------------------------------------------
+    # -- moving aside and deleting: synth's own names only --------------------------------
 
-    def remove_uncommitted(self) -> int:
-        """Delete part files whose commit marker is missing, and leftover temp files, so that
-        nothing a crash half-wrote is ever read as data; returns how many. Run only while no
-        actor writes."""
-        marked = [marked_part(_file_name(path)) for path in storage.list_files(self.at(PROGRESS_DIR), ".json")]
-        committed = {part_name(*shard_part) for shard_part in marked if shard_part}
-        removed = 0
-        for sub in (DATA_DIR, ERRORS_DIR):
-            for path in storage.list_files(self.at(sub)):
-                name = _file_name(path)
-                if storage.is_temp(name) or name.removesuffix(".parquet") not in committed:
-                    self.location.fs.delete_file(path)
-                    removed += 1
-        temp_dirs = [PROGRESS_DIR]
-        if self.location.is_local:  # object-store writes leave no temp objects; listing every clip there is costly
-            temp_dirs += AUDIO_DIRS
-        for sub in temp_dirs:
-            for path in storage.list_files(self.at(sub)):
-                if storage.is_temp(_file_name(path)):
-                    self.location.fs.delete_file(path)
-                    removed += 1
-        return removed
+    def quarantine(self, paths: Iterable[str], batch: str) -> list[str]:
+        """Move files (paths under OUT, synth's names only) to OUT/_quarantine/<batch>/; returns
+        where they went (under OUT). Files that are already gone are skipped."""
+        moved = []
+        for path in paths:
+            assert is_synth_name(path), path
+            destination = f"{QUARANTINE_DIR}/{batch}/{path}"
+            try:
+                storage.move(self.at(path), self.at(destination))
+            except FileNotFoundError:
+                continue
+            moved.append(destination)
+        return moved
+
+    def delete(self, path: str) -> None:
+        """Delete one file under OUT: synth's names only (a part no marker covers, a temp file)."""
+        assert is_synth_name(path), path
+        self.location.fs.delete_file(self.at(path).path)
 
     # -- the run record -----------------------------------------------------------------
 
     def prepare(self, config: SynthConfig, plan: Plan, *, allow_changes: bool) -> None:
         """Record the run's identity in OUT/plan.json, or check a relaunch against it: another
         plan is refused outright, other settings unless `allow_changes`."""
-        record = self.at(PLAN_RECORD)
         identity = run_identity(config, plan)
-        if storage.exists(record):
-            previous = json.loads(storage.read_bytes(record))
+        if storage.exists(self.at(PLAN_RECORD)):
+            previous = self.read_json(PLAN_RECORD)
             diffs = [k for k in identity if previous.get(k) != identity[k]]
             per_part = "commit_every_scripts"
             if previous.get("plan") != identity["plan"] or (
@@ -300,16 +435,14 @@ class OutputDir:
                 )
             if not diffs:
                 return
-        storage.makedirs(self.location)
-        storage.write_bytes_atomic(record, json.dumps(identity, indent=2).encode())
+        self.write(PLAN_RECORD, json.dumps(identity, indent=2).encode())
 
     def recorded_plan(self) -> Plan | None:
         """The plan in OUT/plan.json, or None before the first run."""
-        record = self.at(PLAN_RECORD)
-        if not storage.exists(record):
+        if not storage.exists(self.at(PLAN_RECORD)):
             return None
-        return Plan.from_dict(json.loads(storage.read_bytes(record))["plan"])
+        return Plan.from_dict(self.read_json(PLAN_RECORD)["plan"])
 
     def write_run_record(self, summary: dict) -> None:
         """The run's summary as OUT/run.json."""
-        storage.write_bytes_atomic(self.at(RUN_RECORD), json.dumps(summary, indent=2).encode())
+        self.write(RUN_RECORD, json.dumps(summary, indent=2).encode())

@@ -1,9 +1,10 @@
 """The run: plan the manifest, take the output directory, dispatch shards on Ray, summarise.
 
-This module owns `run` (the driver's side of a run, start to end), starting Ray (never
-joining a cluster by accident) and checking that one actor fits it, and the thin loop
-that makes the dispatcher's calls on Ray actors and turns their results and Ray's
-exceptions into the dispatcher's events. What each event does is
+This module owns `run` (the driver's side of a run, start to end: claim the output, take
+its lease, check plan.json, recover what a killed run left, dispatch, verify what was
+committed, write run.json), starting Ray (never joining a cluster by accident) and
+checking that one actor fits it, and the thin loop that makes the dispatcher's calls on
+Ray actors and turns their results and Ray's exceptions into the dispatcher's events. What each event does is
 `synth.pipeline.dispatcher`'s, what an actor does is `synth.pipeline.actor`'s, and every
 name in the output, with its commit protocol and run record, is `synth.pipeline.output`'s.
 It holds no model math.
@@ -11,6 +12,7 @@ It holds no model math.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,39 +21,62 @@ from synth.pipeline import storage
 from synth.pipeline.actor import SynthActor
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.dispatcher import Dispatcher, RunError, fmt_duration
-from synth.pipeline.manifest import check_unique_ids, open_manifest
-from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary
-from synth.pipeline.plan import Shard, plan_shards
+from synth.pipeline.lease import Lease
+from synth.pipeline.manifest import Manifest, check_unique_ids, open_manifest
+from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary, StopRun
+from synth.pipeline.plan import Plan, Shard, plan_shards
+from synth.pipeline.verify import Recovery, recover
 
 
-def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: bool = False, log=print) -> dict:
-    """Synthesize the whole manifest into `output_uri`; returns the run summary (run.json)."""
+def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: bool = False, adopt: bool = False,
+        lease: Lease | None = None, log=print) -> dict:
+    """Synthesize the whole manifest into `output_uri`; returns the run summary (run.json).
+
+    The output must be synth's (or `adopt`ed, see `OutputDir.claim`); the run holds its lease
+    throughout (taking it here unless the caller holds it already, e.g. a book render)."""
     t_start = time.time()
     manifest = open_manifest(input_uri)
     check_unique_ids(manifest)
     plan = plan_shards(manifest, config.output.scripts_per_shard)
     output = OutputDir(storage.resolve(output_uri))
-    output.prepare(config, plan, allow_changes=allow_changes)
-    removed = output.remove_uncommitted()
-    if removed:
-        log(f"synth: removed {removed} uncommitted file(s) left by an interrupted run")
+    output.claim(adopt=adopt)
+    with contextlib.ExitStack() as stack:
+        if lease is None:
+            lease = stack.enter_context(Lease.acquire(output, stale_after_s=config.job.lease_stale_seconds, log=log))
+        return _run_leased(config, manifest, plan, input_uri, output, lease, allow_changes=allow_changes,
+                           t_start=t_start, log=log)
 
-    done = output.done_shards(s.index for s in plan.shards)
-    todo = [s for s in plan.shards if s.index not in done]
+
+def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: str, output: OutputDir, lease: Lease,
+                *, allow_changes: bool, t_start: float, log) -> dict:
+    """The run once it holds OUT's lease: record or check plan.json, recover, dispatch, verify, summarise."""
+    per_part = config.output.commit_every_scripts
+    output.prepare(config, plan, allow_changes=allow_changes)
+    batch = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start)) + f"-{lease.run_id}"
+    found = recover(output, plan, per_part, batch=batch)
+    _report(found, "an interrupted run", log)
+    todo = [s for s in plan.shards if s.index not in found.done]
     log(
         f"synth: {manifest.num_rows} scripts in {len(plan.shards)} shards; "
-        f"{len(done)} already done, {len(todo)} to run on {config.actors.num_actors} actor(s)"
+        f"{len(found.done)} already done, {len(todo)} to run on {config.actors.num_actors} actor(s)"
     )
 
     failed: dict[int, str] = {}
     voices: dict = {}
     if todo:
-        dispatcher = _dispatch_on_ray(config, input_uri, output, todo, done, log=log)
-        done, failed, voices = dispatcher.done, dispatcher.failed, dispatcher.voices
+        dispatcher = _dispatch_on_ray(config, input_uri, output, todo, found.done, lease, log=log)
+        failed, voices = dispatcher.failed, dispatcher.voices
 
-    output.remove_uncommitted()  # a shard that failed for good may have left a half-written part
+    # What this run committed, checked as a relaunch would check it: a part that does not match
+    # its marker is quarantined now, its shard counted as failed, and a relaunch redoes it.
+    final = recover(output, plan, per_part, batch=batch)
+    _report(final, "this run", log)
+    done = final.done
+    for shard in plan.shards:
+        if shard.index not in done and shard.index not in failed:
+            failed[shard.index] = "its committed files failed verification (quarantined; a relaunch redoes them)"
     # A failed shard keeps the parts it committed: they count as done, the rest as failed.
-    salvaged = output.committed_parts(set(failed))
+    salvaged = [commit for shard in failed for commit in final.parts.get(shard, [])]
     counted = [*done.values(), *salvaged]
     rows = sum(d.rows for d in counted)
     errors = sum(d.errors for d in counted)
@@ -61,7 +86,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     wall = time.time() - t_start
     summary = {
         "input": input_uri,
-        "output": output_uri,
+        "output": output.uri,
         "config": config.model_dump(),
         "scripts": manifest.num_rows,
         # scripts_ok + scripts_with_errors + scripts_in_failed_shards == scripts
@@ -83,15 +108,27 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     output.write_run_record(summary)
     log(
         f"synth: done in {fmt_duration(wall)}: {rows} turns, {audio_s / 3600:.3f} h audio "
-        f"({summary['x_real_time']:.2f}x real time), {errors} error rows, {len(failed)} failed shards -> {output_uri}"
+        f"({summary['x_real_time']:.2f}x real time), {errors} error rows, {len(failed)} failed shards -> {output.uri}"
     )
     bad_fraction = (error_scripts + failed_scripts) / max(1, manifest.num_rows)
     summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate
     return summary
 
 
+def _report(found: Recovery, by_whom: str, log) -> None:
+    """Log what `recover` found: deleted leftovers, and parts that failed verification."""
+    if found.removed:
+        log(f"synth: removed {len(found.removed)} uncommitted file(s) left by {by_whom}")
+    for finding in found.findings:
+        log(f"synth: VERIFY FAILED: {finding}")
+    if found.quarantined:
+        where = found.quarantined[0].split("/")[:2]
+        log(f"synth: moved {len(found.quarantined)} file(s) that do not match their markers to "
+            f"{'/'.join(where)}/ (kept for inspection); their parts are generated again")
+
+
 def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, todo: list[Shard],
-                     done: dict[int, ShardSummary], *, log) -> Dispatcher:
+                     done: dict[int, ShardSummary], lease: Lease, *, log) -> Dispatcher:
     """Start the actors and hand them `todo` until every shard is done or failed; returns the
     dispatcher, which holds what happened (done, failed, voices)."""
     ray = _init_ray(config)
@@ -101,12 +138,16 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
     actor_cls = ray.remote(
         num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus, max_restarts=-1, max_task_retries=0
     )(SynthActor)
-    actors = [actor_cls.remote(config.model_dump(), input_uri, output.uri) for _ in range(config.actors.num_actors)]
+    actors = [actor_cls.remote(config.model_dump(), input_uri, output.uri, lease.run_id)
+              for _ in range(config.actors.num_actors)]
     dispatcher = Dispatcher(todo, num_actors=len(actors), max_shard_attempts=config.job.max_shard_attempts,
                             prepare_voices=bool(config.voices), done=done,
                             voices_uri=output.at(VOICES_DIR).uri, log=log)
     in_flight: dict = {}  # ObjectRef -> the dispatcher's Call it answers
     while not dispatcher.finished:
+        if lease.lost:
+            raise RunError(f"{output.uri}: another run took over this output's lease (see above); this run stops. "
+                           "Only one run may write an output at a time.")
         for call in dispatcher.next_calls():
             method = getattr(actors[call.actor], call.method)
             in_flight[method.remote() if call.shard is None else method.remote(call.shard)] = call
@@ -125,6 +166,9 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
         except RayActorError as e:  # its process died (Ray restarts it: max_restarts=-1), or never loaded
             dispatcher.died(call, str(e), init_failed=e.actor_init_failed)
         except RayTaskError as e:  # the call raised; the process lives on
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, StopRun):  # not the shard's fault: a full disk, a lost lease...
+                dispatcher.stopped(call, str(cause))
             dispatcher.raised(call, str(e))
         else:
             dispatcher.returned(call, value)

@@ -2,13 +2,15 @@
 
 This module owns turning a user's path or URI into a (filesystem, path) pair and the
 few file operations the pipeline needs on top of it: read bytes, write bytes
-atomically (and the name of the temp files that writing leaves if killed), list,
-exists. It knows nothing about manifests, models or Ray.
+atomically (and the name of the temp files that writing leaves if killed), create a
+file only if it does not exist, move, list (names, or sizes), exists. It knows nothing
+about manifests, models or Ray.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -22,9 +24,18 @@ def temp_name(name: str, tag: str | None = None) -> str:
     return f"{name}{TEMP_INFIX}{tag or uuid.uuid4().hex[:8]}"
 
 
+_TEMP = re.compile(r"(.+)" + re.escape(TEMP_INFIX) + r"[0-9a-f]{8}")
+
+
 def is_temp(name: str) -> bool:
     """Whether a file name is one of `write_bytes_atomic`'s temp files (a killed write leaves it behind)."""
-    return TEMP_INFIX in name
+    return temp_target(name) is not None
+
+
+def temp_target(name: str) -> str | None:
+    """The name a temp file of `write_bytes_atomic` was to be renamed to; None for any other name."""
+    match = _TEMP.fullmatch(name)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,48 @@ def write_bytes_atomic(loc: Location, data: bytes) -> None:
     loc.fs.create_dir(parent, recursive=True)
     with loc.fs.open_output_stream(loc.path) as f:
         f.write(data)
+
+
+def create_exclusive(loc: Location, data: bytes) -> bool:
+    """Create the file with `data` unless it exists; True if this call created it.
+
+    Local: O_CREAT | O_EXCL, so of two processes racing exactly one wins. Object stores
+    have no such primitive here: the file is written if absent, and the caller must
+    confirm ownership by reading it back (see `synth.pipeline.lease`)."""
+    if loc.is_local:
+        os.makedirs(os.path.dirname(loc.path), exist_ok=True)
+        try:
+            fd = os.open(loc.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+    if exists(loc):
+        return False
+    write_bytes_atomic(loc, data)
+    return True
+
+
+def move(src: Location, dst: Location) -> None:
+    """Move a file (a rename locally; copy then delete on object stores), creating dst's parents."""
+    dst.fs.create_dir(dst.path.rsplit("/", 1)[0], recursive=True)
+    src.fs.move(src.path, dst.path)
+
+
+def entries(loc: Location) -> list[str]:
+    """Names directly under a directory (files and directories), sorted; [] if it does not exist."""
+    selector = pafs.FileSelector(loc.path, recursive=False, allow_not_found=True)
+    return sorted(i.path.rstrip("/").rsplit("/", 1)[-1] for i in loc.fs.get_file_info(selector))
+
+
+def file_sizes(loc: Location) -> dict[str, int]:
+    """Path (relative to `loc`) -> size in bytes of every file below `loc`, in one listing."""
+    selector = pafs.FileSelector(loc.path, recursive=True, allow_not_found=True)
+    base = loc.path.rstrip("/") + "/"
+    return {i.path.removeprefix(base): i.size for i in loc.fs.get_file_info(selector) if i.type == pafs.FileType.File}
 
 
 def list_files(loc: Location, suffix: str = "") -> list[str]:

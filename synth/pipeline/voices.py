@@ -50,19 +50,20 @@ class VoiceLibrary:
         self._loaded: dict[str, Voice | str] = {}  # name -> voice, or why it cannot be used
         self.encoded = 0  # references this library had to encode (not found in OUT/_voices)
 
-    def _codes_location(self, clip: np.ndarray) -> storage.Location:
-        return self.output.at(voice_codes_file(clip_key(clip)))
-
     def _codes(self, clip: np.ndarray) -> np.ndarray:
-        """The clip's codes [T, K] int16, from the run's cache or encoded now (and stored)."""
-        location = self._codes_location(clip)
-        if storage.exists(location):
-            return np.load(io.BytesIO(storage.read_bytes(location)))
+        """The clip's codes [T, K] int16, from the run's cache or encoded now (and stored). A cache
+        file that does not load (cut short, damaged) is encoded again and replaced."""
+        path = voice_codes_file(clip_key(clip))
+        if storage.exists(self.output.at(path)):
+            try:
+                return np.load(io.BytesIO(storage.read_bytes(self.output.at(path))))
+            except (ValueError, EOFError, OSError):
+                pass
         (codes,) = self.engine.encode_clips([clip])
         self.encoded += 1
         buffer = io.BytesIO()
         np.save(buffer, codes.astype(np.int16))
-        storage.write_bytes_atomic(location, buffer.getvalue())
+        self.output.write(path, buffer.getvalue())
         return codes
 
     def get(self, name: str) -> Voice | str:

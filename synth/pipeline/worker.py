@@ -98,12 +98,14 @@ class _Part:
 class ShardWorker:
     """Synthesizes shards with one engine; see the module docstring."""
 
-    def __init__(self, config: SynthConfig, engine: Engine, manifest: Manifest, out: storage.Location, *, log=print):
+    def __init__(self, config: SynthConfig, engine: Engine, manifest: Manifest, out: storage.Location, *,
+                 run_id: str | None = None, log=print):
+        """run_id: the run whose lease the worker commits under (None: no lease check, e.g. tests)."""
         self.config = config
         self.engine = engine
         self.manifest = manifest
         self.log = log
-        self.output = OutputDir(out)
+        self.output = OutputDir(out, run_id)
         self.writer = DatasetWriter(
             self.output,
             sample_rate_hz=engine.sample_rate_hz,

@@ -90,7 +90,8 @@ def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, ti
     out = tmp_path / "out"
     (out / data_file(0, 0)).mkdir(parents=True)
     result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
-                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
+                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2",
+                              "--adopt-output"),  # OUT is not empty: it holds the obstacle
                      {"RAY_ADDRESS": None})
     assert result.returncode == 1, result.stdout + result.stderr  # a failed shard: non-zero whatever the rate
     assert "shard 0 attempt 1 failed" in result.stdout and "shard 0 FAILED after 2 attempts" in result.stdout

@@ -46,6 +46,8 @@ from synth.pipeline.output import (
     errors_file,
     marked_part,
 )
+from synth.pipeline.plan import Plan
+from synth.pipeline.verify import recover
 
 NUM_SCRIPTS = 16
 NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
@@ -405,5 +407,5 @@ def test_cleanup_removes_temp_audio_files(tmp_path):
     leftover = tmp_path / storage.temp_name(audio_file(0, "s01", 0, "wav"), "0badf00d")  # killed before its rename
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"RIFF half-written")
-    OutputDir(storage.resolve(str(tmp_path))).remove_uncommitted()
+    recover(OutputDir(storage.resolve(str(tmp_path))), Plan((), 1, ()), 1, batch="test")
     assert not leftover.exists()

@@ -23,6 +23,7 @@ from synth.pipeline.output import (
     part_marker_file,
 )
 from synth.pipeline.plan import plan_shards
+from synth.pipeline.verify import recover
 from synth.pipeline.worker import ShardWorker, load_engine
 
 
@@ -170,7 +171,7 @@ def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_
 def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output, tmp_path):
     import shutil
 
-    out, *_ = shard_output
+    out, _, _, _, worker, shard = shard_output
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     committed = sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors"))
@@ -178,7 +179,9 @@ def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output
     shutil.copy(copy / data_file(0, 0), copy / data_file(0, 7))
     (copy / storage.temp_name(errors_file(0, 1), "1a2b3c4d")).write_bytes(b"half")
     (copy / storage.temp_name(part_marker_file(0, 9), "00000000")).write_bytes(b"{")
-    assert OutputDir(storage.resolve(str(copy))).remove_uncommitted() == 3
+    plan = plan_shards(worker.manifest, 100)
+    found = recover(OutputDir(storage.resolve(str(copy))), plan, 3, batch="test")
+    assert len(found.removed) == 3 and not found.quarantined and not found.findings
     assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
     assert not any(storage.is_temp(f) for f in os.listdir(copy / PROGRESS_DIR))
 
