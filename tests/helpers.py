@@ -58,6 +58,15 @@ def load_output(out: str):
     return ds.cast_column("audio", Audio(decode=False))
 
 
+def assert_exactly_once(ids: list[str], expected: list[str]) -> None:
+    """Every expected id once, no other id, none twice."""
+    import collections
+
+    repeated = {i: n for i, n in collections.Counter(ids).items() if n > 1}
+    assert not repeated, f"ids written more than once: {repeated}"
+    assert sorted(ids) == sorted(expected), f"missing {set(expected) - set(ids)}, extra {set(ids) - set(expected)}"
+
+
 def check_audio_rows(ds) -> None:
     """Every clip decodes to 24 kHz mono of num_frames x 1920 samples, codes have num_frames rows."""
     for row in ds:

@@ -22,6 +22,7 @@ import pytest
 from helpers import (
     REPO,
     JobProcess,
+    assert_exactly_once,
     check_audio_rows,
     free_port,
     job_args,
@@ -103,12 +104,6 @@ def part_files(out: str) -> dict[str, tuple[int, int]]:
             st = os.stat(os.path.join(directory, name))
             found[f"{sub}/{name}"] = (st.st_ino, st.st_mtime_ns)
     return found
-
-
-def assert_exactly_once(ids: list[str], expected: list[str]) -> None:
-    repeated = {i: n for i, n in collections.Counter(ids).items() if n > 1}
-    assert not repeated, f"ids written more than once: {repeated}"
-    assert sorted(ids) == sorted(expected), f"missing {set(expected) - set(ids)}, extra {set(ids) - set(expected)}"
 
 
 def check_complete_output(out: str, expected: list[str], reference: dict) -> None:

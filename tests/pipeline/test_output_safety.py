@@ -1,0 +1,174 @@
+"""Ways a run used to lose data while exiting 0, tried as a user would, with real processes.
+
+Each ends with the user's files untouched, every row id exactly once, the dataset loading,
+and `synth verify` finding nothing: a foreign directory given as --output, a done shard
+whose part marker is lost, a second job on the same output, a truncated committed part,
+and a full disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import (
+    REPO,
+    JobProcess,
+    assert_exactly_once,
+    check_audio_rows,
+    job_args,
+    load_output,
+    private_ray,
+    run_job,
+    write_scripts_manifest,
+)
+
+from synth.pipeline.output import (
+    LEASE_FILE,
+    OWNER_RECORD,
+    QUARANTINE_DIR,
+    data_file,
+    part_marker_file,
+    shard_marker_file,
+)
+
+NUM_SCRIPTS = 8  # 2 shards of 4 one-script parts; one slot, so parts commit one by one
+PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
+         "--set", "generation.batch_size=1"]
+TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, speech_clip):
+    return write_scripts_manifest(str(tmp_path_factory.mktemp("in")), speech_clip, NUM_SCRIPTS)
+
+
+def _run(manifest, out, checkpoint, *extra: str) -> subprocess.CompletedProcess:
+    with private_ray() as env:
+        return run_job(job_args(manifest[0], str(out), checkpoint, *PARTS, *extra), {**env, "RAY_ADDRESS": None},
+                       timeout=TIMEOUT_S)
+
+
+def _synth_verify(out) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synth", "verify", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def check_output(out, manifest) -> None:
+    """Every id exactly once, the dataset loading with whole audio, verify finding nothing."""
+    ds = load_output(str(out))
+    assert_exactly_once(ds["id"], manifest[1])
+    check_audio_rows(ds)
+    verified = _synth_verify(out)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.fixture(scope="module")
+def two_jobs(manifest, tiny_checkpoint, tmp_path_factory):
+    """Job A writes OUT; once it has committed a part, job B is started on the same OUT."""
+    work = tmp_path_factory.mktemp("two-jobs")
+    out = work / "out"
+    with private_ray() as env_a, private_ray() as env_b:
+        a = JobProcess(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), env_a,
+                       str(work / "a.log"))
+        a.wait_until(lambda: (out / part_marker_file(0, 0)).exists(), TIMEOUT_S, "job A's first commit")
+        lease_during = json.loads((out / LEASE_FILE).read_text())
+        b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), {**env_b, "RAY_ADDRESS": None},
+                    timeout=TIMEOUT_S)
+        a_rc = a.finish(TIMEOUT_S)
+    return out, a, a_rc, lease_during, b
+
+
+def test_a_second_job_on_a_busy_output_is_refused_and_the_first_finishes_whole(two_jobs, manifest):
+    out, a, a_rc, lease_during, b = two_jobs
+    assert lease_during["pid"] == a.proc.pid
+    assert b.returncode == 2, b.stdout + b.stderr
+    assert f"is being written by another synth run (run {lease_during['run_id']}" in b.stderr
+    assert f"pid {a.proc.pid}" in b.stderr and "wait for it to finish" in b.stderr
+    assert a_rc == 0, a.output()[-3000:]
+    assert not (out / LEASE_FILE).exists()  # given back at the end
+    check_output(out, manifest)
+
+
+def test_a_done_shard_that_lost_a_part_marker_is_redone(two_jobs, manifest, tiny_checkpoint, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(two_jobs[0], copy)
+    os.remove(copy / part_marker_file(1, 2))
+    orphan = (copy / data_file(1, 2)).read_bytes()
+    again = _run(manifest, copy, tiny_checkpoint)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "VERIFY FAILED: shard 1 was marked done, but part 2's marker is missing" in again.stdout
+    assert "1 already done, 1 to run" in again.stdout
+    (batch,) = os.listdir(copy / QUARANTINE_DIR)  # moved aside, not deleted: the orphan and the done marker
+    kept = {os.path.relpath(os.path.join(d, f), copy / QUARANTINE_DIR / batch): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(copy / QUARANTINE_DIR) for f in fs}
+    assert sorted(kept) == sorted([data_file(1, 2), shard_marker_file(1)]) and kept[data_file(1, 2)] == orphan
+    check_output(copy, manifest)
+
+
+def test_a_damaged_committed_part_is_found_quarantined_and_generated_again(two_jobs, manifest, tiny_checkpoint,
+                                                                          tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(two_jobs[0], copy)
+    damaged = copy / data_file(0, 1)
+    size = damaged.stat().st_size
+    with open(damaged, "r+b") as f:
+        f.truncate(size // 2)
+    found = _synth_verify(copy)
+    assert found.returncode == 1 and f"{data_file(0, 1)} has {size // 2} bytes, its marker says {size}" in found.stdout
+    again = _run(manifest, copy, tiny_checkpoint)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"VERIFY FAILED: shard 0 was marked done, but part 1: {data_file(0, 1)} has" in again.stdout
+    assert damaged.stat().st_size == size  # generated again, whole
+    check_output(copy, manifest)
+
+
+def test_a_foreign_directory_is_refused_untouched_and_an_adopted_one_keeps_its_files(manifest, tiny_checkpoint,
+                                                                                    tmp_path):
+    foreign = tmp_path / "foreign"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data" / "train.parquet").write_text("x")
+    refused = _run(manifest, foreign, tiny_checkpoint)
+    assert refused.returncode == 2 and "is not empty and is not a synth output (it holds data)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(os.listdir(foreign)) == ["data"] and (foreign / "data" / "train.parquet").read_text() == "x"
+
+    adopted = tmp_path / "adopted"
+    adopted.mkdir()
+    (adopted / "notes.txt").write_text("the user's notes")
+    result = _run(manifest, adopted, tiny_checkpoint, "--adopt-output")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (adopted / "notes.txt").read_text() == "the user's notes"
+    assert json.loads((adopted / OWNER_RECORD).read_text())["found"] == ["notes.txt"]
+    check_output(adopted, manifest)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: room for the run's records, not for its audio."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CAP_SYS_ADMIN) here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manifest, tiny_checkpoint, small_disk):
+    out = small_disk / "out"
+    full = _run(manifest, out, tiny_checkpoint)
+    assert full.returncode == 2, full.stdout + full.stderr
+    assert "No space left on device" in full.stderr and "run the same command again to resume" in full.stderr
+    assert "retrying" not in full.stdout and "FAILED after" not in full.stdout  # not retried as a crash
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    again = _run(manifest, out, tiny_checkpoint)
+    assert again.returncode == 0, again.stdout + again.stderr
+    check_output(out, manifest)
