@@ -17,7 +17,7 @@ def test_the_installed_command_and_python_m_synth_are_the_same_command():
                                timeout=60)
     assert listed.returncode == by_module.returncode == 0, listed.stderr + by_module.stderr
     assert listed.stdout == by_module.stdout
-    for command in ("run", "book", "bench", "bench-driver"):
+    for command in ("run", "book", "verify", "bench", "bench-driver"):
         assert f"    {command} " in listed.stdout, listed.stdout
 
 
