@@ -35,3 +35,16 @@ def test_bad_arguments_fail_with_a_message_and_exit_2(tmp_path):
     assert bad_pause.returncode == 2, bad_pause.stderr
     assert "--sentence-pause/--paragraph-pause" in bad_pause.stderr and "Traceback" not in bad_pause.stderr
     assert not (tmp_path / "out").exists()
+
+
+
+def test_an_override_whose_value_is_not_yaml_exits_2_naming_it_without_a_traceback(tmp_path):
+    run = ["jobs/synthesize.py", "--input", "examples/dialogues.parquet"]
+    book = ["jobs/render_book.py", "--book", "examples/books/alice-ch1-3.md", "--voice", "narrator"]
+    for args in (run, book):
+        result = run_job([*args, "--config", "configs/demo.yaml", "--output", str(tmp_path / "out"),
+                          "--set", "generation.seed=[1"])
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "override 'generation.seed=[1'" in result.stderr and "not valid YAML" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out").exists()

@@ -31,6 +31,9 @@ _QUOTE_PREFIX = re.compile(r"^ {0,3}(?:>[ \t]?)+")
 _BULLET = re.compile(r"^[ \t]*[-*+][ \t]+")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 _LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*\S+.*$")
+# Control characters are no text: C0 but tab, newline, form feed and carriage return; DEL;
+# C1 but NEL (U+0085, a line break). A NUL usually means a UTF-16 or binary file.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x84\x86-\x9f]")
 _INLINE_MARKUP = (  # (pattern, replacement), applied in order to a joined paragraph
     (re.compile(r"<!--.*?-->", re.DOTALL), ""),
     (re.compile(r"!\[[^\]]*\]\([^)]*\)"), ""),  # image
@@ -104,6 +107,7 @@ def read_book(
     """
     if max_chunk_chars < 1 or min_chunk_chars < 0:
         raise ValueError(f"need max_chunk_chars >= 1, min_chunk_chars >= 0; got {max_chunk_chars}, {min_chunk_chars}")
+    _refuse_control_characters(text)
     if fmt is None:
         fmt = "markdown" if any(_ATX_HEADING.match(line) for line in text.splitlines()) else "text"
     if fmt == "markdown":
@@ -123,6 +127,22 @@ def read_book(
             chunks += [Chunk(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
         chapters.append(Chapter(index=index, title=section.title, chunks=tuple(chunks)))
     return chapters
+
+
+def _refuse_control_characters(text: str) -> None:
+    """A BookError naming the first control character (its line, column and code), if any."""
+    match = _CONTROL.search(text)
+    if match is None:
+        return
+    offset = match.start()
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    code = ord(match.group())
+    hint = ": a NUL, so perhaps a UTF-16 or binary file" if code == 0 else ""
+    raise BookError(
+        f"control character U+{code:04X} at line {line}, column {column} (character {offset + 1}){hint}; "
+        "a book must be UTF-8 text (tabs, newlines and form feeds are the only control characters allowed)"
+    )
 
 
 # --- Markdown ------------------------------------------------------------------------

@@ -21,11 +21,15 @@ class AudioError(SynthError, ValueError):
 
 
 def decode_clip(data: bytes, target_rate_hz: int, *, name: str = "clip") -> np.ndarray:
-    """Decode audio bytes to [num_samples] float32 mono at `target_rate_hz`."""
+    """Decode audio bytes to [num_samples] float32 mono at `target_rate_hz`.
+    name: the clip's path, URI or voice, which every error message starts with."""
+    buffer = io.BytesIO(data)
     try:
-        samples, rate_hz = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"{name}: cannot decode audio ({e})") from None
+        samples, rate_hz = sf.read(buffer, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:  # its str() names the buffer object: keep libsndfile's own words
+        raise AudioError(f"{name}: cannot decode audio ({e.error_string})") from None
+    except (RuntimeError, TypeError) as e:
+        raise AudioError(f"{name}: cannot decode audio ({str(e).replace(repr(buffer), 'the bytes')})") from None
     if samples.shape[0] == 0:
         raise AudioError(f"{name}: audio is empty")
     mono = samples.mean(axis=1)  # [num_samples]

@@ -5,7 +5,8 @@ and the ones to generate, the candidate context so far (pinned voice prompts and
 recorded turns, then every earlier turn with audio), and for each turn to generate its
 request, with the context that `synth.pipeline.context_plan` chooses under the engine's
 position budget. A turn whose own text leaves no room to generate is skipped and
-reported, and the chain goes on. The shard worker runs a shard's scripts as chains and
+reported, and the chain goes on; what a generated turn's context had to leave out is in
+its plan's `notes`. The shard worker runs a shard's scripts as chains and
 the dialogue benchmark runs its dialogues through the same class, so both measure and
 produce the same thing.
 
@@ -99,7 +100,8 @@ class Chain:
         if not result.num_frames:
             return
         generated = Segment(self.request.speaker, self.request.text, result.audio)
-        self.candidates.append(ContextItem(result.request_id, self.turn, generated, self.cost(generated)))
+        self.candidates.append(ContextItem(result.request_id, self.turn, generated, self.cost(generated),
+                                           generated=True))
         self._forget_unreachable()
 
     def _forget_unreachable(self) -> None:

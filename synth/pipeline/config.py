@@ -8,7 +8,7 @@ before any model or GPU is touched. It knows nothing about Ray or the model code
 
 from __future__ import annotations
 
-import json
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,14 +207,28 @@ class ConfigError(SynthError, ValueError):
     """A configuration file or override that cannot be used; the message says why."""
 
 
-def _parse_value(raw: str) -> Any:
-    """Read an override's value as YAML, so `4`, `0.5`, `true`, `null` get their types."""
-    return yaml.safe_load(raw) if raw != "" else ""
+def _parse_value(item: str, raw: str) -> Any:
+    """Read an override's value as YAML, so `4`, `0.5`, `true`, `null` get their types.
+    item: the whole override, for the message when the value is not YAML."""
+    if raw == "":
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        where = ""
+        if mark is not None:
+            where = f" at column {mark.column + 1}" + (f" of line {mark.line + 1}" if mark.line else "")
+        raise ConfigError(
+            f"override {item!r}: the value {raw!r} is not valid YAML ({problem}{where}); "
+            "to pass it as text, put it in YAML quotes"
+        ) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.field=value` strings to a nested dict (copied)."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)  # not a JSON round trip: YAML dates and the like are no JSON
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
@@ -225,7 +239,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(raw)
+        node[parts[-1]] = _parse_value(item, raw)
     return data
 
 

@@ -4,7 +4,9 @@ CSM holds `max_positions` backbone positions per row (2048 for csm-1b): the prom
 text tokens, one position per context audio frame, and the frames being generated.
 This module owns the choice of context under that budget: keep the pinned items (voice
 prompts and a script's opening recorded turns), then the most recent turns that fit,
-always leaving room for the turn's own length cap. The plan works on costs alone;
+always leaving room for the turn's own length cap; and the notes that say what a turn
+lost: a pinned item, or a recorded clip too long for the room (old recent turns falling
+out of the window are the plan working, not news). The plan works on costs alone;
 `SegmentCost` measures them through an engine's `count_prompt_tokens`. It knows nothing
 about tokenizers or manifests.
 """
@@ -28,6 +30,7 @@ class ContextItem:
     turn: the script's turn index, None for a voice prompt.
     cost: backbone positions it occupies (its text tokens + one per audio frame + markers).
     pinned: kept ahead of recent turns (voice prompts, a script's opening recorded turns).
+    generated: a turn generated in this chain, not a recorded clip or a voice prompt.
     """
 
     key: str
@@ -35,6 +38,7 @@ class ContextItem:
     segment: Segment
     cost: int
     pinned: bool = False
+    generated: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class ContextPlan:
     items: tuple[ContextItem, ...]  # in prompt order: pinned (their order), then recent (oldest first)
     max_frames: int  # the turn's cap, lowered only when even an empty context leaves less room
     left_out: int  # candidates that did not fit
+    notes: tuple[str, ...] = ()  # what the turn lost that it should hear of: pinned items, oversized recorded clips
 
 
 class SegmentCost:
@@ -71,7 +76,9 @@ def plan_context(
     candidates: every earlier turn with audio, in script order (pinned ones anywhere).
     target_cost: positions of the turn's own prompt with no context.
     Pinned items are taken in order while they fit; then recent items newest first,
-    stopping at the first that does not fit (the window stays contiguous).
+    stopping at the first that does not fit (the window stays contiguous). A note names
+    each pinned item left out, and a recorded clip where the window stops that would not
+    fit even with no recent turn before it.
     """
     room_to_generate = max_positions - target_cost
     if room_to_generate < MIN_FRAMES_TO_GENERATE:
@@ -80,17 +87,35 @@ def plan_context(
             f"the model's {max_positions}"
         )
     max_frames = min(max_frames, room_to_generate)
-    budget = room_to_generate - max_frames
+    context_budget = budget = room_to_generate - max_frames
     pinned: list[ContextItem] = []
+    notes: list[str] = []
     for item in candidates:
-        if item.pinned and item.cost <= budget:
+        if not item.pinned:
+            continue
+        if item.cost <= budget:
             pinned.append(item)
             budget -= item.cost
+        else:
+            notes.append(_left_out(item, budget, context_budget, "after the pinned items before it"))
+    recent_budget = budget
     recent: list[ContextItem] = []
     for item in reversed([c for c in candidates if not c.pinned]):
         if item.cost > budget:
+            if not item.generated and item.cost > recent_budget:  # too long for any window, not just this one
+                notes.append(_left_out(item, recent_budget, context_budget, "after the pinned items"))
             break
         recent.append(item)
         budget -= item.cost
     chosen = tuple(pinned + recent[::-1])
-    return ContextPlan(chosen, max_frames, len(candidates) - len(chosen))
+    return ContextPlan(chosen, max_frames, len(candidates) - len(chosen), tuple(notes))
+
+
+def _left_out(item: ContextItem, room: int, context_budget: int, after: str) -> str:
+    """Why `item` is not in the context: it exceeds the turn's whole context budget, or the `room` left."""
+    what = f"voice prompt {item.key.removeprefix('voice:')!r}" if item.turn is None else f"context clip {item.key!r}"
+    if item.cost > context_budget:
+        reason = f"it does not fit the turn's {context_budget}-position context budget"
+    else:
+        reason = f"only {room} of the turn's {context_budget} context positions were left {after}"
+    return f"{what} ({item.cost} positions) left out: {reason}"

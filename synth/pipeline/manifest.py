@@ -4,7 +4,8 @@ This module owns the manifest schema (and writing manifests in it: `write_manife
 opening one file or a directory of files on any pyarrow filesystem, reading a range of
 rows without loading the rest, and turning each raw row into a validated `Script` or a
 `RowError` that names the row and the problem.
-It also refuses a manifest with duplicate ids before anything runs (`check_unique_ids`).
+It also refuses a manifest with no rows (`open_manifest`) or with duplicate ids
+(`check_unique_ids`) before anything runs.
 It knows nothing about models, Ray or output files.
 
 Two forms are accepted:
@@ -161,6 +162,9 @@ def open_manifest(path_or_uri: str) -> Manifest:
         first_row += meta.num_rows
     if len(forms) > 1:
         raise ManifestError(f"{path_or_uri}: files mix the `turns` and flat forms")
+    if first_row == 0:  # refused rather than a run that writes no dataset
+        raise ManifestError(f"{path_or_uri}: the manifest has no rows ({len(files)} file(s), all empty): "
+                            "nothing to synthesize")
     return Manifest(loc, tuple(files), forms.pop())
 
 

@@ -56,6 +56,8 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
     found = recover(output, plan, per_part, batch=batch)
     _report(found, "an interrupted run", log)
     todo = [s for s in plan.shards if s.index not in found.done]
+    # what earlier runs committed, so that the speed reported is this run's own
+    before = [*found.done.values(), *(c for s in todo for c in found.parts.get(s.index, []))]
     log(
         f"synth: {manifest.num_rows} scripts in {len(plan.shards)} shards; "
         f"{len(found.done)} already done, {len(todo)} to run on {config.actors.num_actors} actor(s)"
@@ -84,6 +86,8 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
     audio_s = sum(d.audio_seconds for d in counted)
     failed_scripts = sum(s.num_scripts for s in plan.shards if s.index in failed) - sum(c.scripts for c in salvaged)
     wall = time.time() - t_start
+    rows_now = rows - sum(d.rows for d in before)
+    audio_now = max(0.0, audio_s - sum(d.audio_seconds for d in before))
     summary = {
         "input": input_uri,
         "output": output.uri,
@@ -103,12 +107,19 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
         "audio_seconds": audio_s,
         "audio_hours": audio_s / 3600,
         "wall_seconds": wall,
-        "x_real_time": audio_s / wall if wall else 0.0,
+        # this run's own work (a relaunch skips what earlier runs committed); x_real_time is null when it did none
+        "turns_generated_this_run": rows_now,
+        "audio_seconds_this_run": audio_now,
+        "x_real_time": audio_now / wall if rows_now else None,
     }
     output.write_run_record(summary)
+    if rows_now:
+        this_run = f"this run: {rows_now} turns, {audio_now:.1f} s audio, {audio_now / wall:.2f}x real time"
+    else:
+        this_run = "no turns generated" if todo else "nothing to do"
     log(
-        f"synth: done in {fmt_duration(wall)}: {rows} turns, {audio_s / 3600:.3f} h audio "
-        f"({summary['x_real_time']:.2f}x real time), {errors} error rows, {len(failed)} failed shards -> {output.uri}"
+        f"synth: done in {fmt_duration(wall)} ({this_run}); in all {rows} turns, {audio_s / 3600:.3f} h audio, "
+        f"{errors} error rows, {len(failed)} failed shards -> {output.uri}"
     )
     bad_fraction = (error_scripts + failed_scripts) / max(1, manifest.num_rows)
     summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate

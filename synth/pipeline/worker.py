@@ -1,11 +1,12 @@
 """One worker's job: turn a shard of the manifest into committed output parts.
 
 This module owns what happens between reading a shard's rows and committing its
-output: loading context clips (with a per-worker cache) and voices, deriving per-turn
-seeds and length caps, running each script as a chain (`synth.pipeline.chain`: every
-generated turn becomes context for the next) while the engine interleaves the turns of
-all the shard's scripts, and turning results and
-per-row problems into output rows and error rows. It holds one loaded
+output: loading context clips (with a per-worker cache of at most `CLIP_CACHE_BYTES`)
+and voices, deriving per-turn seeds and length caps, running each script as a chain
+(`synth.pipeline.chain`: every generated turn becomes context for the next) while the
+engine interleaves the turns of all the shard's scripts, and turning results and
+per-row problems into output rows (with the context each turn lost in `warnings`) and
+error rows. It holds one loaded
 engine for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
 an actor, and tests drive it directly.
 """
@@ -34,6 +35,8 @@ from synth.pipeline.output import OutputDir, PartCommit
 from synth.pipeline.plan import Shard
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
+
+CLIP_CACHE_BYTES = 256 * 2**20  # decoded context clips a worker keeps (float32 samples), least recently used out
 
 
 def derive_seed(base_seed: int, script_id: str) -> int:
@@ -113,7 +116,9 @@ class ShardWorker:
             write_audio_files=config.output.write_audio_files,
         )
         self.frame_rate_hz = engine.sample_rate_hz / engine.samples_per_frame
-        self._clips: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._clips: OrderedDict[str, np.ndarray] = OrderedDict()  # ref -> clip, least recently used first
+        self._clip_bytes = 0  # their samples' bytes, at most clip_cache_bytes
+        self.clip_cache_bytes = CLIP_CACHE_BYTES
         self.voices = VoiceLibrary(config.voices, self.output, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
@@ -122,7 +127,8 @@ class ShardWorker:
     # -- inputs ---------------------------------------------------------------------
 
     def _clip(self, ref: str) -> np.ndarray:
-        """A context clip as 24 kHz mono float32, cached by reference (clips recur)."""
+        """A context clip as 24 kHz mono float32, cached by reference (clips recur) within
+        `clip_cache_bytes`; a clip larger than that alone is decoded each time it is used."""
         if ref in self._clips:
             self._clips.move_to_end(ref)
             return self._clips[ref]
@@ -133,9 +139,11 @@ class ShardWorker:
         except (OSError, pa.ArrowException) as e:  # unreachable host, unknown scheme, denied
             raise AudioError(f"cannot read audio {ref}: {e}") from None
         clip = decode_clip(data, self.engine.sample_rate_hz, name=ref)
-        self._clips[ref] = clip
-        while len(self._clips) > 256:
-            self._clips.popitem(last=False)
+        if clip.nbytes <= self.clip_cache_bytes:
+            self._clips[ref] = clip
+            self._clip_bytes += clip.nbytes
+            while self._clip_bytes > self.clip_cache_bytes:
+                self._clip_bytes -= self._clips.popitem(last=False)[1].nbytes
         return clip
 
     def max_frames_for(self, script: Script, text: str) -> int:
@@ -188,6 +196,7 @@ class ShardWorker:
             "voice": turn.voice or script.voice,
             "context_turns": [item.turn for item in plan.items if item.turn is not None],
             "context_ids": [item.key for item in plan.items],
+            "warnings": "; ".join(plan.notes) or None,
             "num_prompt_tokens": result.num_prompt_tokens,
             "model": self.model_id,
             "model_weights": self.model_weights,
@@ -277,9 +286,11 @@ class _ShardRun:
         part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
         done = self.worker.writer.commit_part(self.shard.index, part.index, part.rows, part.errors,
                                               scripts=part.scripts)
+        warned = sum(1 for row in part.rows if row["warnings"])
         self.worker.log(
             f"shard {self.shard.index} part {part.index + 1}/{self.num_parts}: {done.rows} turns, "
-            f"{done.audio_seconds:.1f} s audio, {done.errors} errors "
-            f"({time.perf_counter() - self.t0:.1f} s into the shard)"
+            f"{done.audio_seconds:.1f} s audio, {done.errors} errors"
+            + (f", {warned} turns with `warnings` (context left out)" if warned else "")
+            + f" ({time.perf_counter() - self.t0:.1f} s into the shard)"
         )
         self.commits[part.index] = done

@@ -42,6 +42,7 @@ def output_features(sample_rate_hz: int):
             "model_weights": Value("string"),
             "engine": Value("string"),
             "generation": Value("string"),
+            "warnings": Value("string"),  # what the turn's context left out that it should have held, or null
         }
     )
 

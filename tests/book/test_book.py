@@ -300,6 +300,27 @@ def test_empty_books_are_errors(tmp_path):
         load_book(str(latin1))
 
 
+def test_control_characters_are_refused_naming_the_file_position_and_code(tmp_path):
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"\x00" * 64)  # a file of NUL bytes is valid UTF-8, and no book
+    with pytest.raises(BookError, match=r"nul\.txt: control character U\+0000 at line 1, column 1 .*UTF-16"):
+        load_book(str(nul))
+    utf16 = tmp_path / "utf16.md"
+    utf16.write_bytes("# One\n\nHello.\n".encode("utf-16-le"))  # ASCII in UTF-16 decodes as UTF-8 with NULs
+    with pytest.raises(BookError, match=r"utf16\.md: control character U\+0000 at line 1, column 2 "):
+        load_book(str(utf16))
+    escape = tmp_path / "escape.md"
+    escape.write_text("# One\n\nIt was \x1b[1mbold\x1b[0m.\n")
+    with pytest.raises(BookError, match=r"escape\.md: control character U\+001B at line 3, column 8 \(character 15\)"):
+        load_book(str(escape))
+    for code in (0x01, 0x08, 0x0B, 0x1F, 0x7F, 0x9F):
+        with pytest.raises(BookError, match=f"U\\+{code:04X}"):
+            read_book(f"Some text{chr(code)} more.")
+    # tabs, newlines (LF, CRLF, NEL) and form feeds are text
+    (chapter,) = read_book("Once upon\ta time.\r\n\x0cThe\x85end.", fmt="text")
+    assert [c.text for c in chapter.chunks[1:]] == ["Once upon a time.", "The end."]
+
+
 def test_load_book_picks_the_format_from_the_suffix(tmp_path):
     text = "# One\n\nFirst *text* here.\n\n# Two\n\nSecond text here.\n"
     (tmp_path / "b.md").write_text(text, encoding="utf-8")

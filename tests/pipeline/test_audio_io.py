@@ -36,6 +36,14 @@ def test_corrupt_and_empty_audio_raise_audio_error():
         decode_clip(buf.getvalue(), 24000)
 
 
+def test_a_decode_error_names_the_clip_not_a_python_object():
+    for data in (b"RIFF\x00\x00\x00\x00WAVEfmt garbage", b"not audio at all"):
+        with pytest.raises(AudioError) as err:
+            decode_clip(data, 24000, name="clips/corrupt.wav")
+        message = str(err.value)
+        assert message.startswith("clips/corrupt.wav: cannot decode audio (") and "object at 0x" not in message
+
+
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 def test_encode_round_trips(fmt):
     t = np.arange(24000) / 24000

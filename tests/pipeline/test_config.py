@@ -50,6 +50,23 @@ def test_yaml_file_and_its_errors(tmp_path):
         load_config(None, ["model.build_tiny=true", "model.id=sesame/csm-1b"])
 
 
+def test_an_override_whose_value_is_not_yaml_names_the_override_and_why():
+    cases = {"generation.seed=[1": "expected ',' or ']'", 'model.id="unclosed': "unexpected end of stream",
+             "model.id=@home": "cannot start any token"}
+    for override, problem in cases.items():
+        with pytest.raises(ConfigError, match="not valid YAML") as err:
+            load_config(None, [override])
+        assert f"override {override!r}" in str(err.value) and problem in str(err.value)
+
+
+def test_overrides_apply_to_a_config_file_holding_yaml_dates(tmp_path):
+    """YAML reads 2024-01-01 as a date, which is no JSON: copying the file's values must not fail."""
+    dated = tmp_path / "c.yaml"
+    dated.write_text("model:\n  id: 2024-01-01\n")
+    with pytest.raises(ConfigError, match="model.id"):  # a date is no model id: a config error, no TypeError
+        load_config(dated, ["generation.batch_size=2"])
+
+
 def test_the_shipped_configs_load():
     assert load_config("configs/demo.yaml").model.build_tiny
     real = load_config("configs/csm-1b.yaml")

@@ -19,8 +19,8 @@ from synth.pipeline.plan import plan_shards
 from synth.pipeline.worker import ShardWorker, load_engine
 
 
-def _item(key, cost, pinned=False, turn=None):
-    return ContextItem(key, turn, Segment(0, key), cost, pinned)
+def _item(key, cost, pinned=False, turn=None, generated=False):
+    return ContextItem(key, turn, Segment(0, key), cost, pinned, generated)
 
 
 def test_plan_keeps_pinned_then_the_newest_turns_that_fit_leaving_room_for_the_cap():
@@ -41,6 +41,28 @@ def test_plan_lowers_the_cap_only_when_the_text_leaves_less_room_and_refuses_tex
     assert plan.items == () and plan.max_frames == 10
     with pytest.raises(ContextTooLong, match="needs 100 positions"):
         plan_context([], target_cost=100, max_frames=5, max_positions=100)
+
+
+def test_plan_notes_left_out_pinned_items_and_oversized_recorded_clips_not_the_rolling_window():
+    # context budget: 140 - 10 - 40 = 90
+    history = [_item("voice:a", 30, pinned=True), _item("voice:big", 100, pinned=True),
+               _item("s:0", 70, pinned=True, turn=0), _item("s:1", 20, turn=1, generated=True),
+               _item("s:2", 65, turn=2), _item("s:3", 10, turn=3, generated=True)]
+    plan = plan_context(history, target_cost=10, max_frames=40, max_positions=140)
+    assert [i.key for i in plan.items] == ["voice:a", "s:3"] and plan.left_out == 4
+    assert plan.notes == (
+        "voice prompt 'big' (100 positions) left out: it does not fit the turn's 90-position context budget",
+        "context clip 's:0' (70 positions) left out: only 60 of the turn's 90 context positions were left after "
+        "the pinned items before it",
+        "context clip 's:2' (65 positions) left out: only 60 of the turn's 90 context positions were left after "
+        "the pinned items",
+    )
+    # the rolling window at work is no news: a recorded clip that fits the room, had newer turns
+    # not taken it, and generated turns of any length, left out silently
+    for older in (_item("s:2", 55, turn=2), _item("s:2", 500, turn=2, generated=True)):
+        plan = plan_context([_item("voice:a", 30, pinned=True), older, _item("s:3", 10, turn=3, generated=True)],
+                            target_cost=10, max_frames=40, max_positions=140)
+        assert [i.key for i in plan.items] == ["voice:a", "s:3"] and plan.left_out == 1 and plan.notes == ()
 
 
 def _espeak(path, text):
@@ -77,10 +99,10 @@ def _write(path, rows):
     return write_manifest(str(path), rows)
 
 
-def _run(config, engine, manifest_path, out):
+def _run(config, engine, manifest_path, out, log=lambda m: None):
     manifest = open_manifest(manifest_path)
     (shard,) = plan_shards(manifest, 100).shards
-    worker = ShardWorker(config, engine, manifest, storage.resolve(str(out)), log=lambda m: None)
+    worker = ShardWorker(config, engine, manifest, storage.resolve(str(out)), log=log)
     commits = worker.run_shard(shard)
     rows = [r for f in sorted(os.listdir(out / "data")) for r in pq.read_table(out / "data" / f).to_pylist()]
     return worker, commits, {r["id"]: r for r in rows}
@@ -129,6 +151,8 @@ def test_bad_voices_are_recorded_errors_and_the_rest_goes_on(voiced):
     assert errors["unknown"]["stage"] == "voice" and "unknown voice 'nobody'" in errors["unknown"]["reason"]
     assert "guest, narrator" in errors["unknown"]["reason"]  # names what exists
     assert "cannot use its reference clip" in errors["broken"]["reason"] and errors["broken"]["row"] == 3
+    assert "corrupt.wav: cannot decode audio" in errors["broken"]["reason"]  # the clip, not a Python object
+    assert "object at 0x" not in errors["broken"]["reason"]
     assert "contradicts voice 'guest'" in errors["clash"]["reason"] and errors["clash"]["turn"] == 0
 
 
@@ -180,6 +204,50 @@ def test_long_chains_keep_the_voice_and_the_newest_turns_within_the_budget(tiny_
     (error,) = load_errors(tmp_path / "out")
     assert error["id"] == "too-long" and error["turn"] == 1 and "leaving no room" in error["reason"]
     assert rows["too-long:2"]["context_ids"] == ["voice:guest", "too-long:0"]  # the chain went on
+
+
+def test_context_left_out_is_said_in_the_row_warnings_and_the_rolling_window_is_not(tiny_checkpoint, voices_dir,
+                                                                                     tmp_path):
+    """max_positions 200: a 20 s clip (250 frames) fits no turn's context, as an opening recorded turn,
+    a voice prompt or a recorded turn in the middle; the turn is generated all the same and says so."""
+    import soundfile as sf
+
+    long_clip = str(tmp_path / "long.wav")
+    seconds = np.arange(20 * 24000) / 24000
+    sf.write(long_clip, (0.3 * np.sin(2 * np.pi * 220 * seconds)).astype(np.float32), 24000)
+    base = _config(tiny_checkpoint, voices_dir, max_positions=200, max_audio_seconds=0.8).model_dump()
+    config = SynthConfig.model_validate(
+        {**base, "voices": {**base["voices"], "long": {"audio": long_clip, "text": "A long hum.", "speaker": 2}}})
+    engine = load_engine(config)
+    manifest = _write(tmp_path / "m.parquet", [
+        {"id": "long-open", "turns": [{"speaker": 0, "text": "A long hum.", "audio": long_clip},
+                                      {"speaker": 1, "text": "That was long."}]},
+        {"id": "long-voice", "voice": "long", "turns": [{"text": "In a long voice."}]},
+        {"id": "long-mid", "turns": [{"speaker": 0, "text": "First."},
+                                     {"speaker": 1, "text": "A long hum.", "audio": long_clip},
+                                     {"speaker": 0, "text": "Then."}]},
+        {"id": "chapter", "voice": "narrator", "turns": [{"text": f"Sentence number {i} of the chapter."}
+                                                         for i in range(12)]},
+    ])
+    lines = []
+    _, _, rows = _run(config, engine, manifest, tmp_path / "out", log=lines.append)
+    assert set(rows) == {"long-open:1", "long-voice:0", "long-mid:0", "long-mid:2"} | {
+        f"chapter:{i}" for i in range(12)}
+    budget = "-position context budget"
+    assert rows["long-open:1"]["context_ids"] == []
+    assert rows["long-open:1"]["warnings"].startswith("context clip 'long-open:0' (2") and budget in (
+        rows["long-open:1"]["warnings"])
+    assert rows["long-voice:0"]["context_ids"] == []
+    assert rows["long-voice:0"]["warnings"].startswith("voice prompt 'long' (2") and budget in (
+        rows["long-voice:0"]["warnings"])
+    assert rows["long-mid:2"]["context_ids"] == [] and "context clip 'long-mid:1'" in rows["long-mid:2"]["warnings"]
+    assert rows["long-mid:0"]["warnings"] is None
+    # a long chapter's old turns fall out of the window every turn: normal, and not reported
+    assert len(rows["chapter:11"]["context_ids"]) < 12
+    assert all(rows[f"chapter:{i}"]["warnings"] is None for i in range(12))
+    # commit_every_scripts 2: parts 0 (long-open, long-voice) and 1 (long-mid, chapter) count theirs
+    assert sum("2 turns with `warnings`" in line for line in lines) == 1, lines
+    assert sum("1 turns with `warnings`" in line for line in lines) == 1, lines
 
 
 def json_max_frames(row):

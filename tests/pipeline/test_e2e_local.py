@@ -13,7 +13,12 @@ from helpers import (
     write_mixed_manifest,
 )
 
-from synth.pipeline.output import RUN_RECORD, data_file
+from synth.pipeline.output import (
+    RUN_RECORD,
+    data_file,
+    part_marker_file,
+    shard_marker_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +46,18 @@ def test_bad_config_fails_before_anything_runs(mixed, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_manifest_is_refused_before_anything_runs(tmp_path):
+    from synth.pipeline.manifest import write_manifest
+
+    empty = write_manifest(str(tmp_path / "empty.parquet"), [])  # the right columns, zero rows
+    for extra in ([], ["--dry-run"]):
+        result = run_job(job_args(empty, str(tmp_path / "out"), "/nonexistent/never-loaded", *extra),
+                         {"RAY_ADDRESS": None})
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "the manifest has no rows" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     path, good, bad = mixed
     out = str(tmp_path / "out")
@@ -53,6 +70,10 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     assert summary["scripts_with_errors"] == len(bad)
     assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
     assert summary["audio_seconds"] > 0 and summary["wall_seconds"] > 0
+    assert summary["turns_generated_this_run"] == len(good) and summary["audio_seconds_this_run"] == pytest.approx(
+        summary["audio_seconds"])
+    assert summary["x_real_time"] == pytest.approx(summary["audio_seconds"] / summary["wall_seconds"])
+    assert f"(this run: {len(good)} turns, " in first.stdout
     ds = load_output(out)
     assert sorted(ds["id"]) == sorted(good)
     check_audio_rows(ds)
@@ -61,6 +82,27 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     again = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
     assert again.returncode == 0, again.stderr
     assert "4 already done, 0 to run" in again.stdout
+    assert sorted(os.listdir(os.path.join(out, "data"))) == files
+    # a relaunch with nothing to do says so, and reports no speed made of zero work; the totals stay
+    relaunch = json.load(open(os.path.join(out, RUN_RECORD)))
+    done_line = again.stdout.split("synth: done", 1)[1].splitlines()[0]
+    assert f"(nothing to do); in all {len(good)} turns" in done_line and "real time" not in done_line
+    assert relaunch["x_real_time"] is None and relaunch["turns_generated_this_run"] == 0
+    assert relaunch["audio_seconds_this_run"] == 0
+    assert relaunch["turns_generated"] == summary["turns_generated"]
+    assert relaunch["audio_seconds"] == pytest.approx(summary["audio_seconds"])
+
+    # shard 0 as a crash leaves it: part 0 (dialogue-a, 2 turns) committed, part 1 (single-b) not
+    os.remove(os.path.join(out, shard_marker_file(0)))
+    os.remove(os.path.join(out, part_marker_file(0, 1)))
+    partial = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
+    assert partial.returncode == 0, partial.stdout + partial.stderr
+    assert "3 already done, 1 to run" in partial.stdout and "(this run: 1 turns, " in partial.stdout
+    resumed = json.load(open(os.path.join(out, RUN_RECORD)))
+    assert resumed["turns_generated_this_run"] == 1 and resumed["turns_generated"] == len(good)
+    single_b = [r["duration_s"] for r in load_output(out) if r["id"] == "single-b:0"]
+    assert resumed["audio_seconds_this_run"] == pytest.approx(sum(single_b))
+    assert resumed["x_real_time"] == pytest.approx(sum(single_b) / resumed["wall_seconds"])
     assert sorted(os.listdir(os.path.join(out, "data"))) == files
 
     strict = run_job(job_args(path, out, tiny_checkpoint), env)  # default max_error_rate 0: 4/7 bad rows

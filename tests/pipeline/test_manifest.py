@@ -94,6 +94,14 @@ def test_manifest_level_errors(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(ManifestError, match="not a readable Parquet"):
         open_manifest(str(tmp_path / "junk.parquet"))
+    empty = write_manifest(str(tmp_path / "empty" / "0.parquet"), [])  # the right columns, no rows
+    with pytest.raises(ManifestError, match=r"empty/0\.parquet: the manifest has no rows \(1 file\(s\), all empty\)"):
+        open_manifest(empty)
+    write_manifest(str(tmp_path / "empty" / "1.parquet"), [])
+    with pytest.raises(ManifestError, match=r"the manifest has no rows \(2 file\(s\)"):
+        open_manifest(str(tmp_path / "empty"))
+    write_manifest(str(tmp_path / "empty" / "2.parquet"), [{"id": "a", "turns": [{"speaker": 0, "text": "Hi."}]}])
+    assert open_manifest(str(tmp_path / "empty")).num_rows == 1  # empty files among others are fine
 
 
 def test_duplicate_ids_are_refused_across_files(tmp_path):

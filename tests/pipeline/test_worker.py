@@ -74,6 +74,14 @@ def test_good_rows_present_bad_rows_recorded(shard_output):
     assert [c.part for c in commits] == [0, 1, 2]
 
 
+def test_a_corrupt_clip_error_row_names_the_clip_not_a_python_object(shard_output):
+    out, *_ = shard_output
+    (error,) = [e for e in load_errors(out) if e["id"] == "bad-corrupt-audio"]
+    assert error["stage"] == "audio" and error["turn"] == 0
+    assert os.path.join("clips", "corrupt.wav") in error["reason"], error
+    assert "object at 0x" not in error["reason"], error
+
+
 def test_audio_is_24k_mono_and_matches_frames_and_codes(shard_output):
     out, *_ = shard_output
     for row in _rows(out):
@@ -196,6 +204,29 @@ def test_unreadable_clip_references_become_audio_errors(shard_output, ref, reaso
     worker = shard_output[4]
     with pytest.raises(AudioError, match=reason):
         worker._clip(ref)
+
+
+def test_the_clip_cache_is_bounded_by_bytes_least_recently_used_out(shard_output, tmp_path):
+    from synth.pipeline.worker import CLIP_CACHE_BYTES
+
+    assert CLIP_CACHE_BYTES == 256 * 2**20  # the default README states
+    worker = shard_output[4]
+    fresh = ShardWorker(worker.config, worker.engine, worker.manifest, storage.resolve(str(tmp_path / "out")),
+                        log=lambda m: None)
+    paths = {}
+    for name, seconds in (("a", 1), ("b", 1), ("c", 1), ("long", 3)):
+        paths[name] = str(tmp_path / f"{name}.wav")
+        sf.write(paths[name], np.full(24000 * seconds, 0.1, dtype=np.float32), 24000)  # 96000 bytes per second
+    fresh.clip_cache_bytes = 2 * 96000  # room for two one-second clips
+    a = fresh._clip(paths["a"])
+    fresh._clip(paths["b"])
+    assert fresh._clip(paths["a"]) is a  # cached, and now the most recently used
+    fresh._clip(paths["c"])  # evicts b, the least recently used
+    assert list(fresh._clips) == [paths["a"], paths["c"]]
+    assert fresh._clip(paths["a"]) is a
+    long = fresh._clip(paths["long"])  # larger than the whole cache: decoded, not kept, evicts nothing
+    assert len(long) == 3 * 24000 and list(fresh._clips) == [paths["c"], paths["a"]]
+    assert sum(clip.nbytes for clip in fresh._clips.values()) <= fresh.clip_cache_bytes
 
 
 def test_nan_audio_is_refused(shard_output, tmp_path):
