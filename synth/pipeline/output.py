@@ -233,10 +233,16 @@ class LeaseLost(StopRun):
 
 # -- the run record -------------------------------------------------------------------
 
+# The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
+# versions do not load as one dataset, so an output is only ever continued by its own.
+# 1: before plan.json recorded it; 2: adds `warnings`. Bump it with every column change.
+DATA_SCHEMA = 2
+
 
 def run_identity(config: SynthConfig, plan: Plan) -> dict:
     """What must not change between a run and its relaunch on the same output (plan.json)."""
     return {
+        "data_schema": DATA_SCHEMA,
         "model": config.model.resolved_id,
         "engine": config.model.engine,
         "dtype": config.model.dtype,
@@ -414,6 +420,14 @@ class OutputDir:
         identity = run_identity(config, plan)
         if storage.exists(self.at(PLAN_RECORD)):
             previous = self.read_json(PLAN_RECORD)
+            recorded_schema = previous.get("data_schema", 1)
+            if recorded_schema != DATA_SCHEMA:
+                raise OutputError(
+                    f"{self.uri} was written with the data columns of another synth version (schema "
+                    f"{recorded_schema}; this one writes schema {DATA_SCHEMA}): parts of both would not load as one "
+                    "dataset, so it cannot be continued, not even with --allow-changes. Finish it with the synth "
+                    "version that started it, or use a new --output."
+                )
             diffs = [k for k in identity if previous.get(k) != identity[k]]
             per_part = "commit_every_scripts"
             if previous.get("plan") != identity["plan"] or (

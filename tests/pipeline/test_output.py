@@ -279,3 +279,24 @@ def test_a_run_that_lost_the_lease_commits_no_marker(tmp_path):
             writer.commit_part(1, 1, [_row("s11", 0, 1)], [], 1)
         assert not (tmp_path / "out" / part_marker_file(1, 1)).exists()
         mine.check_lease()  # the holder may
+
+
+# data/'s columns for each `DATA_SCHEMA` version: a column change without a new version fails here.
+COLUMNS_OF_SCHEMA = {2: ["id", "script_id", "turn", "speaker", "text", "audio", "sampling_rate", "duration_s",
+                         "num_frames", "codes", "stop_reason", "seed", "voice", "context_turns", "context_ids",
+                         "num_prompt_tokens", "model", "model_weights", "engine", "generation", "warnings"]}
+
+
+def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):
+    from synth.pipeline.output import DATA_SCHEMA, PLAN_RECORD
+    from synth.pipeline.writer import output_features
+
+    assert list(output_features(SR)) == COLUMNS_OF_SCHEMA[DATA_SCHEMA], "bump output.DATA_SCHEMA with the columns"
+    output = _committed_output(tmp_path)
+    config = SynthConfig.model_validate({"output": {"scripts_per_shard": 2, "commit_every_scripts": 1}})
+    output.prepare(config, PLAN, allow_changes=False)  # the same run continues
+    record = json.loads((tmp_path / PLAN_RECORD).read_text())
+    del record["data_schema"]  # what synth wrote before it recorded the columns' version
+    (tmp_path / PLAN_RECORD).write_text(json.dumps(record))
+    with pytest.raises(OutputError, match=f"schema 1; this one writes schema {DATA_SCHEMA}.*not even with --allow"):
+        output.prepare(config, PLAN, allow_changes=True)
