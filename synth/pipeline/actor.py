@@ -15,6 +15,7 @@ import os
 
 from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
+from synth.pipeline.faults import crash_point
 from synth.pipeline.manifest import open_manifest
 from synth.pipeline.output import ShardSummary
 from synth.pipeline.plan import Shard
@@ -49,5 +50,7 @@ class SynthActor:
         encoded_before = self.worker.voices.encoded
         commits = self.worker.run_shard(shard)
         summary = ShardSummary.of(shard.index, commits, voice_encodes=self.worker.voices.encoded - encoded_before)
+        crash_point("shard-parts-committed")
         self.output.commit_shard(summary)
+        crash_point("shard-done")
         return summary

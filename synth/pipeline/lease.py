@@ -25,6 +25,7 @@ import time
 import uuid
 
 from synth.pipeline import storage
+from synth.pipeline.faults import crash_point
 from synth.pipeline.output import LEASE_FILE, OutputDir, OutputError, OutputWriteError
 
 OBJECT_STORE_SETTLE_S = 1.0  # object stores: how long to wait before reading a new lease back
@@ -71,6 +72,7 @@ class Lease:
                 if output.location.is_local or cls._confirmed(output, record):
                     lease = cls(output, record, heartbeat_s=max(0.5, stale_after_s / 6), log=log)
                     lease._thread.start()
+                    crash_point("lease-taken")
                     return lease
                 continue
             holder = output.lease_holder()

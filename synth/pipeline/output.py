@@ -41,6 +41,7 @@ from synth import __version__
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
+from synth.pipeline.faults import crash_point
 from synth.pipeline.plan import Plan
 
 # -- the layout: paths relative to OUT ------------------------------------------------
@@ -327,16 +328,20 @@ class OutputDir:
         """Write a part's audio files, errors and data, then its marker (last), which records
         every file with its size and sha256."""
         shard, part = files.commit.shard, files.commit.part
-        written = list(files.audio)
-        if files.errors is not None:
-            written.append((errors_file(shard, part), files.errors))
+        tables = [(errors_file(shard, part), files.errors)] if files.errors is not None else []
         if files.data is not None:
-            written.append((data_file(shard, part), files.data))
-        for path, data in written:
+            tables.append((data_file(shard, part), files.data))
+        for path, data in files.audio:
             self.write(path, data)
+        crash_point("commit-audio")
+        for path, data in tables:
+            self.write(path, data)
+        crash_point("commit-data")  # the torn commit: the part's files are whole, its marker missing
+        written = [*files.audio, *tables]
         commit = replace(files.commit, files=tuple(FileRecord.of(path, data) for path, data in written))
         self.check_lease()
         self.write(part_marker_file(shard, part), commit.to_json().encode())
+        crash_point("commit-marker")
         return commit
 
     def commit_shard(self, summary: ShardSummary) -> None:

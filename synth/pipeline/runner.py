@@ -21,6 +21,7 @@ from synth.pipeline import storage
 from synth.pipeline.actor import SynthActor
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.dispatcher import Dispatcher, RunError, fmt_duration
+from synth.pipeline.faults import actor_runtime_env, crash_point
 from synth.pipeline.lease import Lease
 from synth.pipeline.manifest import Manifest, check_unique_ids, open_manifest
 from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary, StopRun
@@ -71,6 +72,7 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
 
     # What this run committed, checked as a relaunch would check it: a part that does not match
     # its marker is quarantined now, its shard counted as failed, and a relaunch redoes it.
+    crash_point("driver-final-recover")
     final = recover(output, plan, per_part, batch=batch)
     _report(final, "this run", log)
     done = final.done
@@ -112,6 +114,7 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
         "audio_seconds_this_run": audio_now,
         "x_real_time": audio_now / wall if rows_now else None,
     }
+    crash_point("driver-run-record")
     output.write_run_record(summary)
     if rows_now:
         this_run = f"this run: {rows_now} turns, {audio_now:.1f} s audio, {audio_now / wall:.2f}x real time"
@@ -147,7 +150,8 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
 
     _check_resources(ray, config)
     actor_cls = ray.remote(
-        num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus, max_restarts=-1, max_task_retries=0
+        num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus, max_restarts=-1, max_task_retries=0,
+        runtime_env=actor_runtime_env(),  # None unless a fault-injection test arms crash points
     )(SynthActor)
     actors = [actor_cls.remote(config.model_dump(), input_uri, output.uri, lease.run_id)
               for _ in range(config.actors.num_actors)]
@@ -183,6 +187,7 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
             dispatcher.raised(call, str(e))
         else:
             dispatcher.returned(call, value)
+        crash_point("driver-result")
         sys.stdout.flush()
     return dispatcher
 

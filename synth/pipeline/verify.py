@@ -11,7 +11,8 @@ This module owns two checks over a `synth.pipeline.output.OutputDir`:
   is touched.
 - `verify` (`synth verify OUT`): the same checks over the whole output, plus every
   file's sha256, every row id exactly once, each data part opening as the dataset's
-  Parquet with its row count; it reports and changes nothing.
+  Parquet with its row count; it reports and changes nothing, and a file that is not one
+  of synth's names (a user's, in an adopted directory) is no finding.
 
 It knows nothing about Ray or the model.
 """
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.pipeline import storage
+from synth.pipeline.faults import crash_point
 from synth.pipeline.output import (
     AUDIO_DIRS,
     DATA_DIR,
@@ -130,6 +132,7 @@ def recover(output: OutputDir, plan: Plan, commit_every_scripts: int, *, batch: 
         else:
             found.parts.setdefault(shard, []).append(commit)
     found.quarantined = output.quarantine(dict.fromkeys(suspect), batch)
+    crash_point("recover-quarantined")
     found.removed = _remove_uncovered(output, committed, check_audio)
     return found
 
@@ -145,6 +148,7 @@ def _remove_uncovered(output: OutputDir, committed: set[tuple[int, int]], check_
         uncovered_part = path.split("/", 1)[0] in PART_FILE_DIRS and path not in covered
         if is_synth_name(path) and (temp or uncovered_part):
             output.delete(path)
+            crash_point("recover-removing")
             removed.append(path)
     return removed
 
@@ -210,8 +214,8 @@ def verify(output: OutputDir, *, checksums: bool = True) -> Verification:
             report.findings += _check_data_part(output, commit, ids)
     report.rows = sum(ids.values())
     report.findings += [f"row id {key!r} appears {n} times" for key, n in ids.items() if n > 1]
-    report.findings += [f"{path}: no marker covers it (a part that was never committed)"
-                        for path in sizes if path.split("/", 1)[0] in PART_FILE_DIRS and path not in covered]
+    report.findings += [f"{path}: no marker covers it (a part that was never committed)" for path in sizes
+                        if path.split("/", 1)[0] in PART_FILE_DIRS and path not in covered and is_synth_name(path)]
     return report
 
 
