@@ -300,3 +300,24 @@ def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):
     (tmp_path / PLAN_RECORD).write_text(json.dumps(record))
     with pytest.raises(OutputError, match=f"schema 1; this one writes schema {DATA_SCHEMA}.*not even with --allow"):
         output.prepare(config, PLAN, allow_changes=True)
+
+
+def test_a_write_the_output_refuses_stops_the_run_a_shard_s_own_failure_does_not(tmp_path):
+    from synth.pipeline.output import OutputWriteError, StopRun
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN) here")
+    try:
+        output = OutputDir(storage.resolve(str(disk / "out")))
+        output.claim()
+        (disk / "out" / data_file(0, 0)).mkdir(parents=True)  # a directory where the file goes: the shard's failure
+        with pytest.raises(IsADirectoryError):
+            output.write(data_file(0, 0), b"x")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(OutputWriteError, match="Read-only file system.*run the same command again") as raised:
+            output.write(data_file(0, 1), b"x")
+        assert isinstance(raised.value, StopRun)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
