@@ -68,7 +68,8 @@ class FastEngine:
         if compile:
             self.step.compile_steps(options.compile_mode)
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=options.cuda_graph, status_lag=options.status_lag,
-                                   min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows)
+                                   min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
+                                   prefill_tokens=options.prefill_tokens)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
         self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
 

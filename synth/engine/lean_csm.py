@@ -5,7 +5,8 @@ This module owns the model math of Sesame's CSM as transformers implements it
 decoding: every KV cache is a preallocated buffer of `[num_slots, kv_heads,
 max_positions, head_dim]`, each slot (batch row) carries its own position, so rows
 at different lengths share one decode step with static shapes. It also owns the
-mapping from transformers' parameter names to its own (`lean_state_dict`). It knows
+mapping from transformers' parameter names to its own (`lean_state_dict`), and which
+fused attention kernels prefill and decode may use on CUDA (`*_SDPA_BACKENDS`). It knows
 nothing about files (`synth.engine.checkpoint` reads them and loads this model),
 tokenizers, the Mimi codec, scheduling or sampling.
 
@@ -15,12 +16,33 @@ K = num_codebooks, V = audio vocab per codebook.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# The fused attention kernels SDPA may pick on CUDA (CPU keeps PyTorch's own choice). Unmeasured
+# on a GPU so far: a device run has to confirm them (README, "Engines").
+# Prefill (causal, no mask, grouped-query): not cuDNN. PyTorch prefers cuDNN attention on
+# H100-class GPUs, and cuDNN builds an execution plan on the host for every new shape (reported
+# at 55-400 ms each), on the frame loop's thread while only two frames are queued. Flash needs no
+# plan, supports causal grouped-query attention natively (bf16/fp16); math is the fallback for
+# float32/float64, which flash does not take (and memory-efficient does not with enable_gqa).
+PREFILL_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+# Decode (one token per slot, GQA folded into query rows, a per-slot mask over the cache): the
+# memory-efficient kernel, which takes an arbitrary mask and is what the fold was written to
+# reach; flash takes no mask. cuDNN is left out until a device run shows it beats memory-efficient
+# on these short-query, long-cache shapes. Math only where memory-efficient cannot run (float64).
+DECODE_SDPA_BACKENDS = (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def _sdpa_backends(x: torch.Tensor, backends: tuple[SDPBackend, ...]):
+    """The SDPA backend choice as a context (traceable by torch.compile) on CUDA; none elsewhere."""
+    return sdpa_kernel(list(backends)) if x.is_cuda else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -156,21 +178,20 @@ class Attention(nn.Module):
         q, k, v = qkv.split([a.num_heads, a.num_kv_heads, a.num_kv_heads], dim=1)  # [B, H|Hkv, S, Dh]
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def _attend(self, q, k, v, mask, is_causal=False):
-        # Grouped-query attention without copying the cache: [B, Hkv, P, Dh] serves [B, H, S, Dh].
-        gqa = self.a.num_heads != self.a.num_kv_heads
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
-        B, H, S, Dh = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, H * Dh))
-
     def prefill(self, x, cos, sin, slots):
-        """x: [N, T, D] right-padded prompts written into cache rows `slots` [N] at 0..T-1."""
+        """x: [R, T, D] right-padded prompts; the first N rows are written into cache rows `slots`
+        [N] at 0..T-1, rows N.. are padding (a prefill's bucketed shape) and write nothing."""
         q, k, v = self._qkv(x, cos, sin)
-        T = x.shape[1]
-        self.cache.k[slots, :, :T] = k
-        self.cache.v[slots, :, :T] = v
-        # Causal attention over the prompt only: padding sits after every valid position.
-        return self._attend(q, k, v, None, is_causal=True)
+        T, n = x.shape[1], slots.shape[0]
+        self.cache.k[slots, :, :T] = k[:n]
+        self.cache.v[slots, :, :T] = v[:n]
+        # Causal attention over the prompt only: padding sits after every valid position. Grouped
+        # query attention without copying k/v: [R, Hkv, T, Dh] serves [R, H, T, Dh].
+        gqa = self.a.num_heads != self.a.num_kv_heads
+        with _sdpa_backends(q, PREFILL_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [R, H, T, Dh]
+        R, H, _, Dh = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(R, T, H * Dh))
 
     def step(self, x, cos, sin, rows, pos, mask):
         """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, L] (True = attend): attends
@@ -186,8 +207,10 @@ class Attention(nn.Module):
         a = self.a
         B = q.shape[0]
         G = a.num_heads // a.num_kv_heads
-        out = F.scaled_dot_product_attention(q.reshape(B, a.num_kv_heads, G, a.head_dim), self.cache.k[:, :, :L],
-                                             self.cache.v[:, :, :L], attn_mask=mask)  # [B, Hkv, G, Dh]
+        with _sdpa_backends(q, DECODE_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q.reshape(B, a.num_kv_heads, G, a.head_dim),
+                                                 self.cache.k[:, :, :L], self.cache.v[:, :, :L],
+                                                 attn_mask=mask)  # [B, Hkv, G, Dh]
         return self.o_proj(out.reshape(B, 1, a.num_heads * a.head_dim))
 
 
@@ -252,7 +275,8 @@ class Decoder(nn.Module):
         self.num_slots, self.cache_positions = num_slots, max_positions
 
     def prefill(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """x: [N, T, D] -> normed hidden [N, T, D]; fills cache rows `slots` at 0..T-1."""
+        """x: [R, T, D] -> normed hidden [R, T, D]; fills cache rows `slots` [N] at 0..T-1 from
+        the first N rows (the rest are padding and write nothing)."""
         T = x.shape[1]
         cos, sin = self.cos[None, None, :T], self.sin[None, None, :T]
         for layer in self.layers:
@@ -298,20 +322,40 @@ class LeanCsm(nn.Module):
         self.depth.setup_caches(num_slots, self.args.num_codebooks)
 
     def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings."""
+        """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings. Builds
+        [..., K, Db] first: for the frame step's [B, K] only (prompts: `embed_prompt`)."""
         return self.embed_audio_tokens(codes + self.audio_offsets).sum(dim=-2)
+
+    def embed_prompt(self, ids: torch.Tensor, audio_index: torch.Tensor, audio_frames: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings [R, T, Db]: text tokens `ids` [R, T], except at the audio positions
+        `audio_index` [A] (flat indices into R * T), which take their frame `audio_frames` [A, K]
+        embedded as the sum over codebooks (CSM's `_merge_input_ids_with_input_values`).
+
+        Audio is embedded only where it is, one codebook at a time into an [A, Db] sum, so no
+        [R, T, K, Db] tensor exists: that one was K times the prompt's own embeddings. The sum
+        accumulates in float32 at least and rounds once, as `embed_frames`' sum does."""
+        x = self.embed_text_tokens(ids)  # [R, T, Db]
+        if audio_index.numel():
+            table = self.embed_audio_tokens.weight  # [K * V, Db]
+            frames = torch.zeros(audio_frames.shape[0], table.shape[1], device=table.device,
+                                 dtype=torch.promote_types(table.dtype, torch.float32))  # [A, Db]
+            for k in range(self.args.num_codebooks):
+                frames += F.embedding(audio_frames[:, k] + k * self.args.audio_vocab_size, table)
+            x.view(-1, x.shape[-1]).index_copy_(0, audio_index, frames.to(x.dtype))
+        return x
 
     def embed_codebook(self, codes: torch.Tensor, codebook: int) -> torch.Tensor:
         """codes: [B] of codebook `codebook` -> [B, Db]."""
         return self.embed_audio_tokens(codes + codebook * self.args.audio_vocab_size)
 
     def prefill(self, embeds: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Backbone over right-padded prompts. embeds: [N, T, Db], lengths: [N], slots: [N].
+        """Backbone over right-padded prompts. embeds: [R, T, Db] whose first N rows are the
+        prompts of lengths [N] for cache rows slots [N]; rows N.. are padding (write nothing).
 
         Returns the normed hidden state at each prompt's last position: [N, Db].
         """
         h = self.backbone.prefill(embeds, slots)
-        return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        return h[torch.arange(lengths.shape[0], device=h.device), lengths - 1]
 
     def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]; attention over

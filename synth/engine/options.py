@@ -2,8 +2,8 @@
 
 This module owns `FastEngineOptions`: how the fast engine runs (CUDA graphs, compile
 mode, attention buckets, how its frame loop handles finished rows, the codec's dtype,
-admission), none of which changes what it generates. It is a frozen stdlib dataclass
-that checks its values when built, so the benchmark's flags and a run's YAML
+admission, prefill sizes), none of which changes what it generates. It is a frozen
+stdlib dataclass that checks its values when built, so the benchmark's flags and a run's YAML
 (`synth.pipeline.config`, whose pydantic validates it from a dict and, through
 `__pydantic_config__`, refuses unknown keys) fill the same record. It knows nothing
 about torch, models, configs or Ray; `synth.engine.fast_engine` reads it.
@@ -64,9 +64,16 @@ class FastEngineOptions:
     max_prefill_rows: int | None = None
     """Most rows prefilled in one batch; None: all slots."""
 
+    prefill_tokens: int = 16384
+    """Most positions one prefill computes: rows x length, both rounded up to their buckets
+    (powers of two; lengths from 64). A larger admission is split into several prefills. This
+    bounds a prefill's memory (about 4 x (FFN + hidden) values per position, the MLP's
+    activations: 16384 positions hold about 1.25 GiB at CSM-1B's widths in bf16) and how long
+    it holds up the frames. Raised to the longest length bucket (max_positions) when below it."""
+
     def __post_init__(self):
         at_least = {"num_kv_buckets": 1, "decode_batch": 1, "decode_interval_frames": 0, "status_lag": 0,
-                    "min_admit": 1, "max_prefill_rows": 1}
+                    "min_admit": 1, "max_prefill_rows": 1, "prefill_tokens": 1}
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:

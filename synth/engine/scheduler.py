@@ -4,7 +4,14 @@ This module owns the queue of prepared prompts (`Job`), slot bookkeeping, prefil
 of newly admitted rows into free slots while other slots keep decoding, and pulling
 finished rows out as soon as their stop rule fires (EOS frame, length cap, silence,
 loop), so their slots are refilled on the next frame. Jobs may be submitted while it
-runs (from the `on_finished` callback), e.g. a conversation's next turn. On CUDA the
+runs (from the `on_finished` callback), e.g. a conversation's next turn.
+
+A prefill holds at most `prefill_tokens` positions (rows x padded length), which bounds
+its memory: an admission larger than that is split into several prefills. Its shape comes
+from a small set of buckets (`PrefillBuckets`: lengths and rows rounded up to powers of
+two), so the kernels it runs (and any plans they build per shape) are reused all run long;
+padding rows write no cache row, padding positions sit after each row's last one, where
+decoding writes before it reads. On CUDA the
 host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
 memory, so the GPU always has frames queued and never waits on the host; a finished
 row then sits frozen in its slot for that many frames. It knows nothing about text,
@@ -24,6 +31,7 @@ import torch
 from synth.engine.frame_step import FrameStep, GraphedFrame, to_device
 from synth.engine.interface import SamplingParams
 from synth.engine.lean_csm import LeanCsm
+from synth.engine.options import FastEngineOptions
 from synth.engine.stop import RUNNING, STOP_REASONS
 
 
@@ -75,25 +83,79 @@ class SchedulerStats:
     useful_frames: int = 0  # frames delivered in results
     prefills: int = 0
     prefill_rows: int = 0
+    prefill_tokens: int = 0  # prompt positions prefilled
+    prefill_positions: int = 0  # positions computed: rows x length of each prefill's bucketed shape
     attended_positions: int = 0  # sum over frames of the backbone's attention length (its bucket)
+
+
+PREFILL_MIN_LENGTH = 64  # the shortest prefill length bucket; the others are its powers-of-two multiples
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclass(frozen=True)
+class PrefillBuckets:
+    """The shapes a prefill runs at, and how many rows one may hold.
+
+    A prefill of N prompts whose longest has L positions runs at (R, T): T is L rounded up to
+    a power-of-two multiple of PREFILL_MIN_LENGTH (at most max_positions), R is N rounded up
+    to a power of two (at most the row cap). The row cap keeps R x T within `tokens`, the
+    budget, so a prefill's memory is bounded; `tokens` is raised to the longest length bucket
+    when below it, so any prompt fits.
+    """
+
+    max_positions: int
+    max_rows: int
+    tokens: int
+
+    def __post_init__(self):
+        if self.tokens < 1 or self.max_rows < 1:
+            raise ValueError(f"prefill tokens={self.tokens} and rows={self.max_rows} must be >= 1")
+        object.__setattr__(self, "tokens", max(self.tokens, self.length(self.max_positions)))
+
+    def length(self, longest: int) -> int:
+        """The length bucket of a prefill whose longest prompt has `longest` positions."""
+        return min(PREFILL_MIN_LENGTH * _next_power_of_two(-(-longest // PREFILL_MIN_LENGTH)), self.max_positions)
+
+    def row_cap(self, length_bucket: int) -> int:
+        """Most rows a prefill of this length bucket may hold (at least 1)."""
+        return min(self.max_rows, self.tokens // length_bucket)
+
+    def shape(self, num_rows: int, longest: int) -> tuple[int, int]:
+        """(R, T) of a prefill of `num_rows` prompts (at most the row cap), the longest `longest` long."""
+        T = self.length(longest)
+        cap = self.row_cap(T)
+        assert 1 <= num_rows <= cap, (num_rows, longest, cap)
+        return min(_next_power_of_two(num_rows), cap), T
+
+    def all_shapes(self) -> set[tuple[int, int]]:
+        """Every shape `shape` can give."""
+        lengths = {self.length(PREFILL_MIN_LENGTH << i) for i in range(self.max_positions.bit_length())}
+        return {self.shape(n, T) for T in lengths for n in range(1, self.row_cap(T) + 1)}
 
 
 class Scheduler:
     """Runs jobs through a FrameStep with `num_slots` rows decoding concurrently."""
 
     def __init__(self, model: LeanCsm, step: FrameStep, *, use_cuda_graph: bool | None = None,
-                 max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None):
+                 max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None,
+                 prefill_tokens: int = FastEngineOptions.prefill_tokens):
         """min_admit: while rows are decoding, wait until this many slots are free before a
         prefill (default num_slots // 32, at least 1): fewer, larger prefills.
         status_lag: frames the host reads the stop flags behind the newest queued frame
-        (default 2 on CUDA, 0 on CPU, where frames run synchronously anyway)."""
+        (default 2 on CUDA, 0 on CPU, where frames run synchronously anyway).
+        prefill_tokens: most positions (rows x bucketed length) in one prefill; raised to the
+        longest length bucket when below it, so that any prompt fits."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
         self.is_cuda = self.device.type == "cuda"
         use_cuda_graph = self.is_cuda if use_cuda_graph is None else use_cuda_graph
         self.run_frame = GraphedFrame(step) if use_cuda_graph else step.frame
-        self.max_prefill_rows = max_prefill_rows or self.num_slots
+        self.prefill = PrefillBuckets(self.max_positions, min(max_prefill_rows or self.num_slots, self.num_slots),
+                                      prefill_tokens)
         self.min_admit = min_admit or max(1, self.num_slots // 32)
         self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
         self.queue: deque[Job] = deque()
@@ -153,15 +215,23 @@ class Scheduler:
         if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
             return finished
         while free and self.queue:
+            # One prefill: queued jobs in order while its bucketed shape stays within the budget.
             batch: list[tuple[int, Job]] = []
-            while free and self.queue and len(batch) < self.max_prefill_rows:
-                job = self.queue.popleft()
+            longest = 0
+            while free and self.queue:
+                job = self.queue[0]
                 if job.max_frames <= 0:  # nothing to generate: done without a slot
+                    self.queue.popleft()
                     now = time.perf_counter()
                     finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
                                              int(job.input_ids.shape[0]), -1, job.submitted_s, now, now))
                     continue
+                length = max(longest, int(job.input_ids.shape[0]))
+                if len(batch) + 1 > self.prefill.row_cap(self.prefill.length(length)):
+                    break  # the next prefill takes it
+                self.queue.popleft()
                 batch.append((free.pop(0), job))
+                longest = length
             if batch:
                 self._prefill(batch)
         return finished
@@ -170,19 +240,21 @@ class Scheduler:
         return to_device(t, self.device)
 
     def _prefill(self, batch: list[tuple[int, Job]]) -> None:
+        """Prefill `batch` (at most the row cap of its length bucket) at its bucketed shape."""
         m = self.model
         lens = [int(j.input_ids.shape[0]) for _, j in batch]
-        T = max(lens)
-        N, K = len(batch), self.step.K
-        ids = torch.zeros(N, T, dtype=torch.long)
-        codes = torch.zeros(N, T, K, dtype=torch.long)
-        is_audio = torch.zeros(N, T, dtype=torch.bool)
-        for r, (_, j) in enumerate(batch):  # right-padded: padding never precedes a valid position
+        N = len(batch)
+        R, T = self.prefill.shape(N, max(lens))
+        # Right-padded rows and padding rows (r >= N) of text id 0: padding never precedes a valid
+        # position, and padding rows write no cache row (`LeanCsm.prefill`).
+        ids = torch.zeros(R, T, dtype=torch.long)
+        for r, (_, j) in enumerate(batch):
             ids[r, : lens[r]] = j.input_ids
-            codes[r, : lens[r]] = j.audio_codes
-            is_audio[r, : lens[r]] = j.is_audio
-        ids, codes, is_audio = self._to_device(ids), self._to_device(codes), self._to_device(is_audio)
-        embeds = torch.where(is_audio[..., None], m.embed_frames(codes), m.embed_text_tokens(ids))  # [N, T, Db]
+        # Audio positions as flat indices into [R, T], in row-major order, with their frames [A, K].
+        audio_index = torch.cat([j.is_audio.nonzero()[:, 0] + r * T for r, (_, j) in enumerate(batch)])
+        audio_frames = torch.cat([j.audio_codes[j.is_audio] for _, j in batch]).long()
+        embeds = m.embed_prompt(self._to_device(ids), self._to_device(audio_index),
+                                self._to_device(audio_frames))  # [R, T, Db]
         slots = self._to_device(torch.tensor([s for s, _ in batch]))
         lengths = self._to_device(torch.tensor(lens))
         hidden = m.prefill(embeds, lengths, slots)
@@ -196,6 +268,8 @@ class Scheduler:
         self._update_pos_base()
         self.stats.prefills += 1
         self.stats.prefill_rows += N
+        self.stats.prefill_tokens += sum(lens)
+        self.stats.prefill_positions += R * T
 
     def _update_pos_base(self) -> None:
         self._pos_base = max((row.prompt_len - row.first_frame for row in self.rows if row is not None), default=-1)

@@ -302,6 +302,41 @@ def test_attention_buckets_cover_every_row_and_change_nothing(tiny_checkpoint, r
     assert full.scheduler.stats.attended_positions == 256 * full.scheduler.stats.frames
 
 
+def test_prefills_take_bucketed_shapes_within_the_budget_and_change_nothing(tiny_checkpoint, reference,
+                                                                            reference_codes):
+    """Prompts of 10 to about 170 positions admitted 1 to 4 at a time, with a budget of 256
+    positions (of 256): every prefill runs at one of six shapes, rows in powers of two up to
+    256 / length, lengths 64, 128 or 256, so some carry padding rows and all padding
+    positions; the codes stay transformers' own."""
+    extra = [GenerationRequest("ctx-6s", "And then?", 0, 2, context=(Segment(1, "Go on.", _clip(6.0, 2)),)),
+             GenerationRequest("ctx-5s", "Right.", 1, 3, context=(Segment(0, "So it goes.", _clip(5.0, 3)),)),
+             GenerationRequest("ctx-12s", "The end.", 0, 2, context=(Segment(1, "Once upon a time.", _clip(12.0, 4)),)),
+             *(GenerationRequest(f"short-{i}", "Pack my box." * (i + 1), i, 1 + i % 3) for i in range(5))]
+    requests = REQUESTS + extra
+    engine = _engine(tiny_checkpoint, num_slots=6, dtype="float64", options=FastEngineOptions(prefill_tokens=256))
+    buckets = engine.scheduler.prefill
+    assert buckets.all_shapes() == {(1, 64), (2, 64), (4, 64), (1, 128), (2, 128), (1, 256)}
+    calls = []
+    prefill = engine.model.prefill
+
+    def recording(embeds, lengths, slots):
+        calls.append((tuple(embeds.shape[:2]), len(lengths), int(lengths.max())))
+        return prefill(embeds, lengths, slots)
+
+    engine.model.prefill = recording
+    results = engine.generate(requests, GREEDY)
+    assert {shape for shape, _, _ in calls} <= buckets.all_shapes()
+    assert {shape[1] for shape, _, _ in calls} == {64, 128, 256}
+    assert any(rows > n for (rows, _), n, _ in calls)  # padding rows
+    assert all(rows * length <= 256 and longest <= length for (rows, length), _, longest in calls)
+    assert sum(n for _, n, _ in calls) == len(requests) and len(calls) > 3
+    stats = engine.scheduler.stats
+    assert stats.prefill_positions == sum(rows * length for (rows, length), _, _ in calls) > stats.prefill_tokens
+    want = {**reference_codes, **{r.request_id: transformers_codes(*reference, r, dtype=torch.float64) for r in extra}}
+    for req, res in zip(requests, results):
+        np.testing.assert_array_equal(res.codes, want[req.request_id], err_msg=req.request_id)
+
+
 def test_codec_batched_decode_and_encode_are_exact(engine64, reference):
     codec = engine64.codec
     rng = np.random.RandomState(0)
