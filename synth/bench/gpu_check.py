@@ -572,9 +572,11 @@ def memory_step(ctx: Context) -> None:
     from synth.engine.scheduler import Job
 
     S, P = ctx.sizes.prod_slots, ctx.sizes.prod_positions
-    print(f"# memory: {ctx.sizes.dtype}, configs/csm-1b.yaml's {S} slots x {P} positions and fast_engine options, "
-          f"CUDA graphs {'on' if ctx.cuda else 'off (no CUDA)'}, steps not compiled (a cold compile at "
-          f"{P} positions does not fit the budget); "
+    where = ("configs/csm-1b.yaml's" if ctx.cuda else
+             f"small stand-ins for configs/csm-1b.yaml's {PRODUCTION_SLOTS} x {PRODUCTION_POSITIONS}")
+    print(f"# memory: {ctx.sizes.dtype}, {S} slots x {P} positions ({where}) and its fast_engine options, "
+          + ("CUDA graphs, steps not compiled (a cold compile at these sizes does not fit the budget); "
+             if ctx.cuda else "no CUDA graphs; ")
           + ("each phase's peak allocated and reserved (torch's allocator; what was allocated before the phase "
              "counts), and what the device has in use (as nvidia-smi counts)" if ctx.cuda
              else "CPU: the process's peak RSS so far"), flush=True)
@@ -590,7 +592,7 @@ def memory_step(ctx: Context) -> None:
     record("loaded (weights, KV caches)")
     _new_phase(ctx)
     engine.warmup()
-    record("warmed up (graphs captured)")
+    record("warmed up" + (" (graphs captured)" if ctx.cuda else ""))
     _new_phase(ctx)
     engine.generate([replace(r, max_frames=8) for r in _workload(ctx, S)], SAMPLED)
     record(f"{S} rows x 8 frames, sampled and decoded")
