@@ -88,19 +88,24 @@ def test_engine_layer_imports_neither_ray_nor_pydantic():
 
 
 def test_the_benchmark_runs_where_ray_and_pydantic_are_missing():
-    """A GPU box has torch and transformers but neither Ray nor pydantic: the benchmark's
-    imports (the engines, chains, the context planner) and its command line must load there."""
+    """A GPU box has torch and transformers but neither Ray nor pydantic: the benchmark's and the
+    device check's imports (the engines, chains, the context planner) and command lines must load there."""
     blocker = (
         "import sys\n"
         "for name in ('ray', 'pydantic', 'yaml'):\n"
         "    sys.modules[name] = None  # import fails, as where the package is not installed\n"
         "from synth.cli import main\n"
         "import synth.bench.throughput, synth.engine.fast_engine, synth.engine.reference_engine\n"
+        "import synth.bench.gpu_check\n"
+        "try:\n"
+        "    synth.bench.gpu_check.main(['--help'])  # scripts/gpu_check.sh --help\n"
+        "except SystemExit:\n"
+        "    pass\n"
         "sys.exit(main(['bench', '--help']))\n"
     )
     result = subprocess.run([sys.executable, "-c", blocker], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "--workload" in result.stdout
+    assert "--workload" in result.stdout and "--timeouts" in result.stdout
 
 
 def test_the_readme_layout_table_matches_the_tree():

@@ -51,6 +51,10 @@ WORDS = (
 ).split()
 
 
+# How every benchmark samples: both decoders, temperature 0.9, top-k 50 (as configs/csm-1b.yaml).
+SAMPLING = SamplingParams(do_sample=True, temperature=0.9, top_k=50, depth_temperature=0.9, depth_top_k=50)
+
+
 def workload(n: int, *, seed: int = 0, max_cap: int, frames_per_word: float = 4.0) -> list[GenerationRequest]:
     """n scripts: 2..60 words (log-uniform), cap = ~0.3 s of speech per word + slack, <= max_cap."""
     rng = np.random.RandomState(seed)
@@ -330,8 +334,7 @@ def main(argv=None):
     codec = CsmConfig.from_pretrained(path).codec_config
     frame_rate = float(codec.frame_rate)
     requests = workload(cfg["requests"], max_cap=cfg["max_cap"])
-    sampling = SamplingParams(do_sample=False) if args.greedy else SamplingParams(
-        do_sample=True, temperature=0.9, top_k=50, depth_temperature=0.9, depth_top_k=50)
+    sampling = SamplingParams(do_sample=False) if args.greedy else SAMPLING
     print(f"# {args.config}: {len(requests)} requests, caps {min(r.max_frames for r in requests)}.."
           f"{max(r.max_frames for r in requests)} frames (sum {sum(r.max_frames for r in requests)}), "
           f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "

@@ -403,19 +403,37 @@ def test_compiled_steps_equal_transformers_generate(tiny_checkpoint, reference_c
         np.testing.assert_array_equal(res.codes, reference_codes[req.request_id], err_msg=req.request_id)
 
 
+SAMPLED = SamplingParams(do_sample=True, temperature=0.9, top_k=50, depth_temperature=0.9, depth_top_k=50)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("compile", [False, True])
-def test_cuda_graph_matches_eager(tiny_checkpoint, compile):
-    """One CUDA-graph replay per frame (over compiled steps or not) gives the eager codes."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("compile", [False, True], ids=["eager-steps", "compiled-steps"])
+def test_cuda_graph_matches_eager(tiny_checkpoint, compile, dtype, monkeypatch):
+    """One CUDA-graph replay per frame gives the codes of the same steps launched eagerly, bit for
+    bit, greedy and sampled, in float32 and bfloat16 (production's dtype), compiled or not: a graph
+    replays the very kernels an eager frame launches."""
+    # Every compiled engine adds one graph per attention bucket to dynamo's cache of the same step
+    # functions; the third in a process passes dynamo's recompile limit (a known issue, not this test's).
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
     reqs = REQUESTS + [GenerationRequest(f"x{i}", "Pack my box.", i, 4 + i) for i in range(4)]
-    kw = dict(device="cuda", dtype="float32", num_slots=3, max_positions=256, warmup=False)
-    graphed = FastEngine.load(tiny_checkpoint, compile=compile, **kw).generate(reqs, GREEDY)
-    engine = FastEngine.load(tiny_checkpoint, compile=False, **kw)
-    engine.scheduler.run_frame = engine.step.frame  # eager on the same device
-    eager = engine.generate(reqs, GREEDY)
-    same = [np.mean(g.codes == e.codes) for g, e in zip(graphed, eager) if g.codes.shape == e.codes.shape]
-    assert len(same) == len(reqs)
-    # Eager ops replayed from a graph are bitwise the same; fused (compiled) kernels may round differently.
-    assert min(same) == 1.0 if not compile else np.mean(same) > 0.95
-    assert [g.stop_reason for g in graphed] == [e.stop_reason for e in eager]
+    kw = dict(device="cuda", dtype=dtype, num_slots=3, max_positions=256, warmup=False)
+    engine = FastEngine.load(tiny_checkpoint, compile=compile, **kw)
+    graphed = {mode: engine.generate(reqs, sampling) for mode, sampling in (("greedy", GREEDY), ("sampled", SAMPLED))}
+    engine.scheduler.run_frame = engine.step.frame  # the same steps, launched eagerly on the same device
+    for mode, sampling in (("greedy", GREEDY), ("sampled", SAMPLED)):
+        for g, e in zip(graphed[mode], engine.generate(reqs, sampling)):
+            np.testing.assert_array_equal(g.codes, e.codes, err_msg=f"{mode} {g.request_id}")
+            assert g.stop_reason == e.stop_reason
+    if compile:
+        # Against steps that are not compiled: fused kernels round differently, and a greedy row
+        # diverges from its first flipped near-tie on. Rare in float32; in bfloat16 every rounding is
+        # 2^-8, so only the lengths are compared there (tests/engine/test_attention.py bounds the
+        # bfloat16 attention's error directly).
+        plain = FastEngine.load(tiny_checkpoint, compile=False, **kw)
+        plain.scheduler.run_frame = plain.step.frame
+        reference = plain.generate(reqs, GREEDY)
+        assert [g.codes.shape for g in graphed["greedy"]] == [r.codes.shape for r in reference]
+        if dtype == "float32":
+            assert np.mean([np.mean(g.codes == r.codes) for g, r in zip(graphed["greedy"], reference)]) > 0.95

@@ -1,0 +1,871 @@
+"""The device check: everything a GPU session must record, most important first, in one call.
+
+This module owns `scripts/gpu_check.sh` (`python -m synth.bench.gpu_check`): six steps, each in
+its own process under its own timeout, inside one overall budget (525 s on a GPU, so the
+whole check ends within nine minutes cold), in priority order, so whatever finished is on
+disk when time runs out:
+
+  1 attention       which SDPA kernel each decode and prefill call of the engine gets (the
+                    profiler's aten op and CUDA kernels), its time and first-call cost, and each
+                    backend forced in turn (time, error against fp32, or why it refuses)
+  2 bench           the headline benchmark (`synth.bench.throughput`) at 256 slots and batch 1
+  3 graph_vs_eager  codes of CUDA-graph replays against eager launches of the same steps, and
+                    the attention ops and kernels of one real compiled frame
+  4 result_thread   finished rows on the worker thread against inline: same codes, same audio
+  5 memory          peak memory at `configs/csm-1b.yaml`'s slots and positions, then full-width
+                    prefills of growing prompt length up to the worst case
+  6 cudnn_off       the 256-slot run with cuDNN attention on, then off
+
+Results go to OUT (`--out`, else `$OUT`, else a new temp dir), eight files at most:
+`gpu_check.txt` (the environment and one line per step), one log per step
+(`1_attention.txt` .. `6_cudnn_off.txt`) and `summary.json` (each step's status, seconds,
+timeout and numbers, rewritten after every step). Exit status 0 when every step that could
+run finished and its checks held, 1 otherwise.
+
+On CPU (`--cpu`, or where torch sees no CUDA) it runs the same steps at small sizes on the tiny
+checkpoint, says which parts need CUDA and skips them, so CI keeps it working
+(`tests/bench/test_gpu_check.py`). It imports neither Ray, pydantic nor yaml (a bare GPU box
+has none of them) and knows nothing about manifests or outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from synth.bench.throughput import SAMPLING as SAMPLED
+from synth.engine.interface import SamplingParams
+from synth.engine.options import FastEngineOptions
+
+REPO = Path(__file__).resolve().parents[2]
+
+# configs/csm-1b.yaml's engine, which a GPU box cannot read (no yaml there); a test keeps them equal.
+PRODUCTION_SLOTS, PRODUCTION_POSITIONS = 256, 2048
+PRODUCTION_OPTIONS = FastEngineOptions(num_kv_buckets=4, result_thread=True, status_lag=2)
+
+GREEDY = SamplingParams(do_sample=False)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How large each step runs: CSM-1B sizes on a GPU, small ones on CPU."""
+
+    dtype: str
+    bench_config: str  # the `synth bench` config whose workload and checkpoint the steps use
+    bench_requests: int
+    max_frames: int  # the longest row of every workload
+    bench_slots: tuple[int, ...]  # the first is the slot count of steps 3, 4 and 6
+    positions: int  # max_positions of the bench-sized engines
+    check_rows: int  # rows of steps 3 and 4 (step 4 runs twice as many)
+    ab_requests: int
+    prod_slots: int
+    prod_positions: int
+    attention_slots: tuple[int, ...]
+    prefills: tuple[tuple[int, int], ...]  # (rows, tokens) of the attention step's prefill calls
+    timing_calls: int  # calls averaged per attention timing
+
+
+# The GPU's bench sizes are `synth bench --config csm1b-cuda --requests 1024 --slots 256,1`'s.
+GPU_SIZES = Sizes(dtype="bfloat16", bench_config="csm1b-cuda", bench_requests=1024, max_frames=250,
+                  bench_slots=(256, 1), positions=512, check_rows=256, ab_requests=512,
+                  prod_slots=PRODUCTION_SLOTS, prod_positions=PRODUCTION_POSITIONS, attention_slots=(1, 256),
+                  prefills=((1, 100), (8, 301), (16, 517), (256, 64), (256, 400)), timing_calls=20)
+CPU_SIZES = Sizes(dtype="float32", bench_config="tiny-cpu", bench_requests=8, max_frames=12, bench_slots=(4, 1),
+                  positions=256, check_rows=4, ab_requests=8, prod_slots=4, prod_positions=256,
+                  attention_slots=(1, 4), prefills=((1, 40), (4, 64)), timing_calls=3)
+
+
+def _clean(value):
+    """JSON-safe: NaN and infinities as null, tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- one step's process
+
+
+class Context:
+    """What a step knows: the device, its sizes, where the model is, where its numbers go."""
+
+    def __init__(self, device: str, checkpoint: str | None, build_dir: Path, result_path: Path):
+        self.device, self.cuda = device, device == "cuda"
+        self.sizes = GPU_SIZES if self.cuda else CPU_SIZES
+        self.compile = self.cuda  # as production: compiled steps on CUDA only
+        self._checkpoint, self.build_dir, self.result_path = checkpoint, build_dir, result_path
+        self.result: dict = {}
+
+    def save(self, **fields) -> None:
+        """Record numbers now, so a step killed later still leaves them."""
+        self.result.update(fields)
+        _write_json(self.result_path, self.result)
+
+    def checkpoint(self) -> str:
+        """The model the engine steps load: `--checkpoint`, else the bench config's random one,
+        built under the build dir once and reused by later steps and later runs."""
+        if self._checkpoint:
+            return self._checkpoint
+        if self.cuda:
+            from synth.engine.tiny_checkpoint import build_csm1b_random
+
+            return str(build_csm1b_random(self.build_dir / "csm1b-random", "cuda"))
+        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
+
+        return str(ensure_tiny_checkpoint(self.build_dir / "tiny-csm"))
+
+    def sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def load(self, path: str, *, num_slots: int, max_positions: int, compile: bool | None = None,
+             options: FastEngineOptions = FastEngineOptions(), warmup: bool = True):
+        from synth.engine.fast_engine import FastEngine
+
+        return FastEngine.load(path, device=self.device, dtype=self.sizes.dtype, num_slots=num_slots,
+                               max_positions=max_positions, compile=self.compile if compile is None else compile,
+                               options=options, warmup=warmup)
+
+
+def _frame_rate(path: str) -> float:
+    from transformers import CsmConfig
+
+    return float(CsmConfig.from_pretrained(path).codec_config.frame_rate)
+
+
+def _workload(ctx: Context, n: int):
+    """`synth bench`'s workload (rows of 2..60 words, caps from their length), rows cut to `max_frames`."""
+    from synth.bench.throughput import workload
+
+    return workload(n, max_cap=ctx.sizes.max_frames)
+
+
+# ----------------------------------------------------------------------------- 1 attention
+
+SDPA_OPS = {  # aten op of each SDPA backend, as the profiler names them
+    "_scaled_dot_product_cudnn_attention": "CUDNN_ATTENTION",
+    "_scaled_dot_product_flash_attention": "FLASH_ATTENTION",
+    "_scaled_dot_product_flash_attention_for_cpu": "FLASH_ATTENTION",
+    "_scaled_dot_product_efficient_attention": "EFFICIENT_ATTENTION",
+    "_scaled_dot_product_attention_math": "MATH",
+    "_scaled_dot_product_fused_attention_overrideable": "OVERRIDEABLE",
+}
+ATTENTION_KERNEL = re.compile(r"attn|attention|fmha|flash|cudnn|sdpa|softmax", re.IGNORECASE)
+
+
+def _profile(fn, cuda: bool) -> tuple[list[str], list[str]]:
+    """Run fn once under the profiler: (the SDPA backends its aten ops name, the CUDA kernels
+    whose names look like attention). Without CUDA tracing (no CUPTI) the kernels stay unknown."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+    except RuntimeError as err:
+        if not cuda:
+            raise
+        print(f"CUDA profiling failed ({err}); aten ops only", flush=True)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    backends, kernels = [], []
+    for event in prof.events():
+        backend = SDPA_OPS.get(event.name.removeprefix("aten::"))
+        if backend:
+            backends.append(backend)
+        if str(event.device_type).endswith("CUDA") and ATTENTION_KERNEL.search(event.name):  # a kernel
+            kernels.append(event.name)
+    return backends, kernels
+
+
+def _counts(names: list[str], width: int = 160) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in names:
+        out[name[:width]] = out.get(name[:width], 0) + 1
+    return out
+
+
+def _sdpa_capture():
+    """A torch function mode that records the `scaled_dot_product_attention` calls made inside it."""
+    from torch.overrides import TorchFunctionMode
+
+    class CaptureSdpa(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if getattr(func, "__name__", "") == "scaled_dot_product_attention":
+                self.calls.append((func, args, kwargs))
+            return func(*args, **kwargs)
+
+    return CaptureSdpa()
+
+
+def _time_us(ctx: Context, fn, n: int) -> float:
+    fn()
+    ctx.sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    ctx.sync()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def _first_ms(ctx: Context, fn) -> float:
+    ctx.sync()
+    t0 = time.perf_counter()
+    fn()
+    ctx.sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _forced(ctx: Context, call, backend, reference) -> dict:
+    """The captured SDPA call with only `backend` allowed: its time and error, or why it refuses."""
+    import warnings
+
+    from torch.nn.attention import sdpa_kernel
+
+    func, args, kwargs = call
+    run = lambda: func(*args, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel([backend]):
+                first = _first_ms(ctx, run)
+                out = run()
+                us = _time_us(ctx, run, ctx.sizes.timing_calls)
+        except (RuntimeError, NotImplementedError) as err:
+            reasons = [str(w.message).strip() for w in caught if "not used because" not in str(w.message)]
+            reason = " / ".join(reasons) or str(err).splitlines()[0]
+            return {"refused": re.sub(r"\s+", " ", reason)[:300]}
+    err = (out.float() - reference).abs().max().item()
+    return {"us": round(us, 1), "first_ms": round(first, 2), "max_err": err,
+            "rel_err": err / max(reference.abs().max().item(), 1e-12), "dtype": str(out.dtype).removeprefix("torch.")}
+
+
+def _one_layer(args, device: str, dtype, **changes):
+    """A one-layer lean decoder with random weights: the engine's own attention code at its shapes."""
+    import torch
+
+    from synth.engine.lean_csm import Decoder, rope_inv_freq
+
+    a = replace(args, num_layers=1, **changes)
+    with torch.device(device):
+        decoder = Decoder(a)
+    decoder = decoder.to(dtype)
+    decoder.inv_freq = rope_inv_freq(a.rope, a.head_dim).to(device)  # float32, as load_lean_csm keeps it
+    return decoder.eval().requires_grad_(False)
+
+
+def attention_step(ctx: Context) -> None:
+    import torch
+    from transformers import CsmConfig
+
+    from synth.engine.lean_csm import CsmArgs
+
+    torch.manual_seed(0)
+    dev, dtype = ctx.device, getattr(torch, ctx.sizes.dtype)
+    args = CsmArgs.from_hf(CsmConfig())  # CSM-1B's heads and widths; no checkpoint needed
+    mlp = {} if ctx.cuda else {"intermediate_size": 256}  # a CPU does the layer's MLP slowly, and it is not measured
+    backbone, depth = _one_layer(args.backbone, dev, dtype, **mlp), _one_layer(args.depth, dev, dtype, **mlp)
+    P, K = ctx.sizes.prod_positions, args.num_codebooks
+    Db, Dd = args.backbone.hidden_size, args.depth.hidden_size
+    randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)
+    print(f"# attention: one {ctx.sizes.dtype} layer of CSM-1B's backbone ({args.backbone.num_heads} query / "
+          f"{args.backbone.num_kv_heads} kv heads, head dim {args.backbone.head_dim}) and depth decoder "
+          f"({args.depth.num_heads} / {args.depth.num_kv_heads}, {args.depth.head_dim}); backbone cache {P} "
+          f"positions; the engine's own Decoder.step / Decoder.prefill, each SDPA call captured and re-run "
+          f"with one backend allowed at a time (error: max |out - fp32 math|)", flush=True)
+
+    def calls():  # (label, decoder, cache rows, cache positions, fn) in the engine's shapes
+        for B in ctx.sizes.attention_slots:
+            for L in (P // 4, P):
+                x, pos = randn(B, Db), torch.randint(0, L, (B,), device=dev)
+                yield f"backbone decode, {B} slots, {L} positions", backbone, B, P, \
+                    lambda x=x, pos=pos, L=L: backbone.step(x, pos, L)
+            x, pos = randn(B, Dd), torch.full((B,), 5, device=dev)
+            yield f"depth decode, {B} slots, {K} positions", depth, B, K, lambda x=x, pos=pos: depth.step(x, pos)
+            x = randn(B, 2, Dd)
+            yield f"depth two-token pass, {B} slots", depth, B, K, lambda x=x: depth.prefill(x, depth.rows)
+        for N, T in ctx.sizes.prefills:
+            x, slots = randn(N, T, Db), torch.arange(N, device=dev)
+            yield f"backbone prefill, {N} rows x {T} tokens", backbone, N, P, \
+                lambda x=x, slots=slots: backbone.prefill(x, slots)
+
+    results = []
+    with torch.inference_mode():
+        (randn(64, 64) @ randn(64, 64)).sum().item()  # CUDA and cuBLAS start-up, out of the first call's time
+        for label, decoder, rows, positions, fn in calls():
+            decoder.setup_caches(rows, positions)
+            results.append(_probe_call(ctx, label, fn))
+            _print_attention(results[-1])
+            ctx.save(calls=results)
+    decode = sorted({e["backend"] for e in results if "decode" in e["call"]})
+    prefill = sorted({e["backend"] for e in results if "decode" not in e["call"]})
+    ctx.save(headline=f"decode calls: {', '.join(decode)}; prefill calls: {', '.join(prefill)}")
+
+
+def _probe_call(ctx: Context, label: str, fn) -> dict:
+    """One engine call with one SDPA call in it: the backend and kernels it gets where the engine
+    makes it, then the captured SDPA call with each backend forced in turn."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    entry = {"call": label, "first_call_ms": round(_first_ms(ctx, fn), 2)}  # a new shape: plans get built
+    capture = _sdpa_capture()
+    with capture:
+        backends, kernels = _profile(fn, ctx.cuda)
+    entry.update(backend="+".join(sorted(set(backends))) or "none (decomposed?)", kernels=_counts(kernels),
+                 layer_us=round(_time_us(ctx, fn, ctx.sizes.timing_calls), 1))
+    if not capture.calls:
+        return {**entry, "sdp_choice": "no scaled_dot_product_attention call seen", "forced": {}}
+    func, args, kwargs = call = capture.calls[0]
+    shape = lambda t: "x".join(map(str, t.shape)) if t is not None else None
+    entry.update(q=shape(args[0]), k=shape(args[1]), mask=shape(kwargs.get("attn_mask")),
+                 is_causal=bool(kwargs.get("is_causal", False)), enable_gqa=bool(kwargs.get("enable_gqa", False)))
+    names = {int(v): k for k, v in SDPBackend.__members__.items()}
+    try:
+        entry["sdp_choice"] = names.get(int(torch._fused_sdp_choice(*args, **kwargs)), "?")
+    except Exception as err:  # a private function: record, do not fail
+        entry["sdp_choice"] = f"n/a ({type(err).__name__})"
+    up = lambda t: t.float() if torch.is_tensor(t) and t.is_floating_point() else t
+    with sdpa_kernel([SDPBackend.MATH]):
+        reference = func(*[up(t) for t in args], **{k: up(v) for k, v in kwargs.items()}).float()
+    entry["forced"] = {b.name: _forced(ctx, call, b, reference) for b in
+                       (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH)}
+    entry["attention_us"] = entry["forced"].get(entry["backend"], {}).get("us")
+    if ctx.cuda:  # the backend the same call falls to with cuDNN attention off (step 6's second arm)
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        try:
+            entry["backend_cudnn_off"] = "+".join(sorted(set(_profile(lambda: func(*args, **kwargs), True)[0])))
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+    return entry
+
+
+def _print_attention(e: dict) -> None:
+    forced = " | ".join(f"{name} refused" if "refused" in r else f"{name} {r['us']:.0f} us, err {r['max_err']:.1e}"
+                        for name, r in e["forced"].items())
+    if not e["forced"]:
+        print(e, flush=True)
+        return
+    off = f", cuDNN off -> {e['backend_cudnn_off']}" if "backend_cudnn_off" in e else ""
+    print(f"{e['call']}: {e['backend']} (sdp choice {e['sdp_choice']}{off}); first call {e['first_call_ms']:.1f} ms, "
+          f"layer {e['layer_us']:.0f} us; q {e['q']} k {e['k']} mask {e['mask']} causal {e['is_causal']} "
+          f"gqa {e['enable_gqa']}", flush=True)
+    print(f"    forced: {forced}", flush=True)
+    for name, r in e["forced"].items():
+        if "refused" in r:
+            print(f"    {name} refused: {r['refused']}", flush=True)
+    for kernel, n in e["kernels"].items():
+        print(f"    kernel x{n}: {kernel}", flush=True)
+
+
+# ----------------------------------------------------------------------------- 2 bench, 6 cudnn_off
+
+
+def _bench(ctx: Context, path: str, slots: int, requests, *, compile: bool, frame_rate: float, label: str = ""):
+    from synth.bench.throughput import run_fast
+
+    row = run_fast(path, requests, SAMPLED, device=ctx.device, dtype=ctx.sizes.dtype, num_slots=slots,
+                   max_positions=ctx.sizes.positions, compile=compile, options=FastEngineOptions())
+    row.setting += label
+    print("done:", _clean(row.as_dict(frame_rate)), flush=True)
+    return row
+
+
+def _row_headline(row, frame_rate: float) -> str:
+    return (f"{row.setting}: {row.fps:.0f} frames/s = {row.fps / frame_rate:.1f}x real time, frame step "
+            f"{row.frame_ms:.1f} ms, useful {row.frames / max(row.slot_frames, 1):.2f}, warm-up {row.warmup_s:.0f} s")
+
+
+def bench_step(ctx: Context) -> None:
+    from synth.bench.throughput import print_table
+
+    t0 = time.perf_counter()
+    path = ctx.checkpoint()
+    ctx.save(checkpoint=path, checkpoint_s=round(time.perf_counter() - t0, 1))
+    frame_rate = _frame_rate(path)
+    requests = _workload(ctx, ctx.sizes.bench_requests)
+    print(f"# bench: the fast engine on `synth bench --config {ctx.sizes.bench_config}`'s workload "
+          f"({len(requests)} rows, sampled), {ctx.sizes.positions} positions, compiled: {ctx.compile}; "
+          f"batch 1 runs the first 2 rows (checkpoint ready in {ctx.result['checkpoint_s']} s)", flush=True)
+    rows = []
+    for slots in ctx.sizes.bench_slots:  # two engines: at most two compiled engines per process
+        rows.append(_bench(ctx, path, slots, requests if slots > 1 else requests[:2], compile=ctx.compile,
+                           frame_rate=frame_rate))
+        ctx.save(rows=[r.as_dict(frame_rate) for r in rows],
+                 headline="; ".join(_row_headline(r, frame_rate) for r in rows))
+    print_table(rows, frame_rate)
+
+
+def cudnn_off_step(ctx: Context) -> None:
+    import torch
+
+    from synth.bench.throughput import print_table
+
+    path = ctx.checkpoint()
+    frame_rate = _frame_rate(path)
+    slots = ctx.sizes.bench_slots[0]
+    requests = _workload(ctx, ctx.sizes.ab_requests)
+    print(f"# cudnn_off: {slots} slots, {len(requests)} rows, cuDNN attention on then off; both arms eager "
+          f"steps in CUDA graphs (not compiled: inductor's caches could serve the cuDNN-on compile to the "
+          f"cuDNN-off arm, and a cold compile of each arm does not fit the budget)", flush=True)
+    rows = []
+    for enabled in (True, False):
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+        rows.append(_bench(ctx, path, slots, requests, compile=False, frame_rate=frame_rate,
+                           label=f", cuDNN attention {'on' if enabled else 'off'}"))
+        ctx.save(rows=[r.as_dict(frame_rate) for r in rows])
+    on, off = rows
+    ctx.save(off_over_on_throughput=off.fps / on.fps, off_over_on_frame_step=off.frame_ms / on.frame_ms,
+             headline=f"cuDNN off / on: throughput x{off.fps / on.fps:.3f}, frame step {off.frame_ms:.2f} vs "
+                      f"{on.frame_ms:.2f} ms")
+    print_table(rows, frame_rate)
+
+
+# ----------------------------------------------------------------------------- 3 graph_vs_eager
+
+
+def _compare_codes(a, b) -> dict:
+    import numpy as np
+
+    same = [float(np.mean(x.codes == y.codes)) if x.codes.shape == y.codes.shape else 0.0 for x, y in zip(a, b)]
+    return {"rows": len(same), "rows_equal": float(np.mean([s == 1.0 for s in same])),
+            "mean_code_match": float(np.mean(same)),
+            "stop_reasons_equal": [x.stop_reason for x in a] == [y.stop_reason for y in b]}
+
+
+def graph_vs_eager_step(ctx: Context) -> None:
+    import torch
+
+    from synth.engine.frame_step import GraphedFrame
+
+    slots = ctx.sizes.bench_slots[0]
+    engine = ctx.load(ctx.checkpoint(), num_slots=slots, max_positions=ctx.sizes.positions)
+    graphed = isinstance(engine.scheduler.run_frame, GraphedFrame)
+    requests = _workload(ctx, ctx.sizes.check_rows)
+    print(f"# graph_vs_eager: {ctx.sizes.dtype}, {slots} slots, {len(requests)} rows, compiled: {ctx.compile}; "
+          + ("each run's frames as CUDA-graph replays, then the same steps launched eagerly; equal codes expected "
+             "bit for bit" if graphed else "no CUDA: no graphs, both runs eager (this checks the script, not graphs)"),
+          flush=True)
+    checks = {}
+    for mode, sampling in (("greedy", GREEDY), ("sampled", SAMPLED)):
+        replayed = engine.generate(requests, sampling, decode=False)
+        run_frame, engine.scheduler.run_frame = engine.scheduler.run_frame, engine.step.frame
+        try:
+            eager = engine.generate(requests, sampling, decode=False)
+        finally:
+            engine.scheduler.run_frame = run_frame
+        checks[mode] = _compare_codes(replayed, eager)
+        print(f"{mode}: {checks[mode]}", flush=True)
+        ctx.save(graphs=graphed, **checks)
+    # The attention a real frame runs: the compiled steps of this engine, one eager frame, all positions.
+    with torch.inference_mode(), engine.step.state_kept():
+        backends, kernels = _profile(lambda: engine.step.frame(True, engine.step.max_positions), ctx.cuda)
+    frame_attention = {"sdpa_ops": _counts(backends), "kernels": _counts(kernels)}
+    print(f"attention in one frame ({'compiled' if ctx.compile else 'eager'} steps): {frame_attention}", flush=True)
+    ok = all(c["rows_equal"] == 1.0 and c["stop_reasons_equal"] for c in checks.values())
+    ctx.save(frame_attention=frame_attention, **{"pass": ok},
+             headline=("graphed == eager" if ok else "graphed != eager") + ": " + ", ".join(
+                 f"{m} rows equal {c['rows_equal']:.3f}" for m, c in checks.items())
+             + f"; attention ops per frame {frame_attention['sdpa_ops']}")
+
+
+# ----------------------------------------------------------------------------- 4 result_thread
+
+
+def result_thread_step(ctx: Context) -> None:
+    import numpy as np
+
+    slots = ctx.sizes.bench_slots[0]
+    engine = ctx.load(ctx.checkpoint(), num_slots=slots, max_positions=ctx.sizes.positions)
+    requests = _workload(ctx, 2 * ctx.sizes.check_rows)  # more rows than slots: decodes overlap frames
+    print(f"# result_thread: {ctx.sizes.dtype}, {slots} slots, {len(requests)} rows, sampled, decoded; the "
+          f"same run with finished rows on the worker thread (Mimi on its side stream), then inline. Equal codes "
+          f"with different audio would be a race", flush=True)
+    outs, walls = {}, {}
+    for threaded in (True, False):
+        engine.result_thread = threaded
+        decode_s = engine.codec.decode_s
+        t0 = time.perf_counter()
+        outs[threaded] = engine.generate(requests, SAMPLED)
+        walls[threaded] = time.perf_counter() - t0
+        print(f"result_thread={threaded}: {walls[threaded]:.1f} s, decode {engine.codec.decode_s - decode_s:.1f} s",
+              flush=True)
+    pairs = list(zip(outs[True], outs[False]))
+    codes_equal = all(np.array_equal(x.codes, y.codes) for x, y in pairs)
+    lengths_equal = all(x.audio.shape == y.audio.shape for x, y in pairs)
+    diff = max((float(np.abs(x.audio - y.audio).max()) for x, y in pairs if x.audio.shape == y.audio.shape and
+                x.audio.size), default=0.0)
+    undecodable = sum(int((r.codes >= 2048).sum()) for r in outs[True])
+    ok = codes_equal and lengths_equal and diff <= 1e-3
+    ctx.save(codes_equal=codes_equal, audio_lengths_equal=lengths_equal, audio_max_diff=diff,
+             codes_at_least_2048=undecodable, threaded_s=walls[True], inline_s=walls[False], **{"pass": ok},
+             headline=f"codes equal {codes_equal}, audio max |diff| {diff:.2e}, threaded {walls[True]:.1f} s "
+                      f"vs inline {walls[False]:.1f} s, codes >= 2048: {undecodable}")
+    print(ctx.result["headline"], flush=True)
+
+
+# ----------------------------------------------------------------------------- 5 memory
+
+
+def _memory(ctx: Context, phase: str) -> dict:
+    import resource
+
+    import torch
+
+    if not ctx.cuda:
+        return {"phase": phase, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    free, total = torch.cuda.mem_get_info()
+    return {"phase": phase, "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "allocated_gib": torch.cuda.memory_allocated() / 2**30,
+            "device_used_gib": (total - free) / 2**30, "device_total_gib": total / 2**30}
+
+
+def _new_phase(ctx: Context) -> None:
+    """Peaks from here on start at what is allocated now (on CUDA; a process's peak RSS cannot be reset)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if ctx.cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_step(ctx: Context) -> None:
+    import torch
+
+    from synth.engine.scheduler import Job
+
+    S, P = ctx.sizes.prod_slots, ctx.sizes.prod_positions
+    where = ("configs/csm-1b.yaml's" if ctx.cuda else
+             f"small stand-ins for configs/csm-1b.yaml's {PRODUCTION_SLOTS} x {PRODUCTION_POSITIONS}")
+    print(f"# memory: {ctx.sizes.dtype}, {S} slots x {P} positions ({where}) and its fast_engine options, "
+          + ("CUDA graphs, steps not compiled (a cold compile at these sizes does not fit the budget); "
+             if ctx.cuda else "no CUDA graphs; ")
+          + ("each phase's peak allocated and reserved (torch's allocator; what was allocated before the phase "
+             "counts), and what the device has in use (as nvidia-smi counts)" if ctx.cuda
+             else "CPU: the process's peak RSS so far"), flush=True)
+    phases = []
+
+    def record(phase: str) -> None:
+        phases.append(_memory(ctx, phase))
+        print(phases[-1], flush=True)
+        ctx.save(phases=phases)
+
+    engine = ctx.load(ctx.checkpoint(), num_slots=S, max_positions=P, compile=False, options=PRODUCTION_OPTIONS,
+                      warmup=False)
+    record("loaded (weights, KV caches)")
+    _new_phase(ctx)
+    engine.warmup()
+    record("warmed up" + (" (graphs captured)" if ctx.cuda else ""))
+    _new_phase(ctx)
+    engine.generate([replace(r, max_frames=8) for r in _workload(ctx, S)], SAMPLED)
+    record(f"{S} rows x 8 frames, sampled and decoded")
+    K, audio_id = engine.num_codebooks, engine.config.audio_token_id
+    largest = None
+    for T in (P // 5, P // 2, P - 2):  # full-width prefills of all-audio prompts, up to the longest a row allows
+        _new_phase(ctx)
+        for i in range(S):
+            engine.scheduler.submit(Job(f"m{i}", torch.full((T,), audio_id), torch.randint(0, 2048, (T, K)),
+                                        torch.ones(T, dtype=torch.bool), max_frames=2, sampling=GREEDY))
+        t0 = time.perf_counter()
+        try:
+            engine.scheduler.run()
+        except torch.OutOfMemoryError as err:
+            engine.scheduler.abort()
+            phases.append({"phase": f"prefill {S} x {T} tokens", "out_of_memory": str(err).splitlines()[0][:300]})
+            print(phases[-1], flush=True)
+            ctx.save(phases=phases)
+            break
+        ctx.sync()
+        record(f"prefill {S} x {T} tokens ({time.perf_counter() - t0:.1f} s)")
+        largest = T
+    peak = max(p.get("peak_allocated_gib", p.get("peak_rss_gib", 0.0)) for p in phases)
+    ctx.save(largest_prefill_tokens=largest, prefill_lengths=[P // 5, P // 2, P - 2], peak_gib=peak,
+             headline=f"{S} slots x {P} positions: peak {peak:.1f} GiB; largest full-width prefill that fit: "
+                      f"{largest} of {P - 2} tokens")
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+@dataclass(frozen=True)
+class Step:
+    number: int
+    name: str
+    run: Callable[[Context], None]
+    timeout_s: int  # on a GPU; CPU_TIMEOUT_S on CPU
+    min_s: int  # not started with less time than this left
+    needs_cuda: str = ""  # why it cannot run without CUDA ("": it runs on CPU too)
+
+    @property
+    def log(self) -> str:
+        return f"{self.number}_{self.name}.txt"
+
+
+STEPS = [
+    Step(1, "attention", attention_step, 90, 20),
+    Step(2, "bench", bench_step, 360, 60),
+    Step(3, "graph_vs_eager", graph_vs_eager_step, 90, 30),
+    Step(4, "result_thread", result_thread_step, 90, 30),
+    Step(5, "memory", memory_step, 90, 30),
+    Step(6, "cudnn_off", cudnn_off_step, 120, 45, needs_cuda="cuDNN attention is a CUDA backend"),
+]
+GPU_BUDGET_S, CPU_BUDGET_S, CPU_TIMEOUT_S = 525, 400, 150
+SUMMARY, MAIN_LOG = "summary.json", "gpu_check.txt"
+
+
+def run_step(name: str, device: str, checkpoint: str | None, build_dir: str, result: str) -> int:
+    """One step in this process (the orchestrator starts one process per step)."""
+    step = next(s for s in STEPS if s.name == name)
+    ctx = Context(device, checkpoint, Path(build_dir), Path(result))
+    import torch
+
+    if not ctx.cuda:  # a small shared CI box: two threads on two busy cores run several times slower than one
+        torch.set_num_threads(1)
+    cuda = f", {torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if ctx.cuda else ""
+    print(f"# step {step.number} {name} on {device}: torch {torch.__version__}{cuda}, "
+          f"{torch.get_num_threads()} CPU threads", flush=True)
+    t0 = time.perf_counter()
+    try:
+        step.run(ctx)
+    except BaseException as err:
+        import traceback
+
+        traceback.print_exc()
+        ctx.save(error=f"{type(err).__name__}: {str(err)[:500]}")
+        return 1
+    print(f"# step {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- the orchestrator
+
+
+def _environment(device: str) -> dict:
+    import numpy
+    import torch
+    import transformers
+
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+           "transformers": transformers.__version__, "numpy": numpy.__version__, "device": device,
+           "cuda_available": torch.cuda.is_available(), "cpu_count": os.cpu_count()}
+    try:
+        env["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        env["cudnn"] = None
+    try:  # nvidia-smi, not torch: the orchestrator holds no CUDA context while steps measure memory
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                               check=False, capture_output=True, text=True, timeout=30)
+        env["nvidia_smi"] = query.stdout.strip() or query.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        env["nvidia_smi"] = f"n/a ({type(err).__name__})"
+    return env
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+_children: list[subprocess.Popen] = []  # the step running now, for the signal handler
+
+
+def _stop(signum, frame) -> None:
+    """The orchestrator is told to stop: end the running step's process group with it."""
+    for child in _children:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    raise SystemExit(128 + signum)
+
+
+def _run_child(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float]:
+    """Run `cmd` in its own process group with its output in `log`; kill the group at `timeout`.
+    Returns (exit status, None on timeout; seconds)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    t0 = time.monotonic()
+    with open(log, "a") as out:
+        child = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        _children.append(child)
+        try:
+            rc = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+            _children.remove(child)
+    return rc, time.monotonic() - t0
+
+
+class Orchestrator:
+    def __init__(self, args: argparse.Namespace, t_start: float):
+        self.args, self.t_start = args, t_start
+        self.out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="synth-gpu-check-"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="synth-gpu-check-results-"))
+        self.log = open(self.out / MAIN_LOG, "w")
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+        self.log.write(line + "\n")
+        self.log.flush()
+
+    def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.log.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _run(self) -> int:
+        args = self.args
+        import torch
+
+        device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+        budget = args.budget_s or (GPU_BUDGET_S if device == "cuda" else CPU_BUDGET_S)
+        deadline = self.t_start + budget
+        env = _environment(device)
+        summary = {"check": "synth GPU check (synth/bench/gpu_check.py)", "mode": device,
+                   "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
+                   "out": str(self.out), "environment": env, "steps": {}}
+        self.say(f"# synth GPU check on {device}, budget {budget} s, results in {self.out}")
+        self.say("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        if device == "cpu":
+            self.say("# CPU: small sizes on the tiny checkpoint; CUDA graphs, cuDNN and GPU memory are not checked")
+        for step in STEPS:
+            if args.only and step.name not in args.only:
+                continue
+            entry = summary["steps"][step.name] = self._step(step, device, deadline)
+            _write_json(self.out / SUMMARY, {**summary, "elapsed_s": round(time.monotonic() - self.t_start, 1)})
+            headline = entry.get("result", {}).get("headline") or entry.get("reason", "")
+            self.say(f"step {step.number} {step.name}: {entry['status']} in {entry['seconds']:.0f} s "
+                     f"(timeout {entry['timeout_s']} s) -> {step.log}" + (f": {headline}" if headline else ""))
+            if entry["status"] in ("failed", "timeout") and entry.get("error_tail"):
+                self.say("    " + entry["error_tail"].replace("\n", "\n    "))
+        statuses = [e["status"] for e in summary["steps"].values()]
+        bad = [n for n, e in summary["steps"].items()
+               if e["status"] in ("failed", "timeout", "mismatch") or e.get("reason", "").startswith("not enough time")]
+        summary.update(elapsed_s=round(time.monotonic() - self.t_start, 1), problems=bad)
+        _write_json(self.out / SUMMARY, summary)
+        self.say(f"# done in {summary['elapsed_s']:.0f} s: " + ", ".join(
+            f"{statuses.count(s)} {s}" for s in ("ok", "mismatch", "failed", "timeout", "skipped") if s in statuses)
+            + (f"; problems: {', '.join(bad)}" if bad else "") + f"; results in {self.out}")
+        return 1 if bad else 0
+
+    def _step(self, step: Step, device: str, deadline: float) -> dict:
+        log = self.out / step.log
+        timeout = step.timeout_s if device == "cuda" else CPU_TIMEOUT_S
+        timeout = int(self.args.timeouts.get(step.name, timeout))
+        left = deadline - time.monotonic()
+        entry = {"number": step.number, "log": step.log, "timeout_s": timeout, "seconds": 0.0}
+        if step.needs_cuda and device != "cuda":
+            log.write_text(f"# step {step.number} {step.name}: skipped on {device}: needs CUDA ({step.needs_cuda})\n")
+            return {**entry, "status": "skipped", "reason": f"needs CUDA ({step.needs_cuda})"}
+        if left < min(step.min_s, timeout):
+            log.write_text(f"# step {step.number} {step.name}: not started, {left:.0f} s of the budget left\n")
+            return {**entry, "status": "skipped", "reason": f"not enough time left ({left:.0f} s)"}
+        timeout = min(timeout, int(left))
+        entry["timeout_s"] = timeout
+        result = self.scratch / f"{step.name}.json"
+        log.write_text("")
+        cmd = [sys.executable, "-m", "synth.bench.gpu_check", "--step", step.name, "--device", device,
+               "--build-dir", self.args.build_dir, "--result", str(result)]
+        if self.args.checkpoint:
+            cmd += ["--checkpoint", self.args.checkpoint]
+        rc, seconds = _run_child(cmd, log, timeout)
+        entry["seconds"] = round(seconds, 1)
+        try:
+            entry["result"] = json.loads(result.read_text())
+        except (OSError, ValueError):
+            entry["result"] = {}
+        if rc is None:
+            with open(log, "a") as f:
+                f.write(f"\n# killed at the step's timeout, {timeout} s\n")
+            return {**entry, "status": "timeout", "error_tail": _tail(log)}
+        if rc != 0:
+            return {**entry, "status": "failed", "exit_status": rc, "error_tail": _tail(log)}
+        return {**entry, "status": "mismatch" if entry["result"].get("pass") is False else "ok"}
+
+
+def _timeouts(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, seconds = item.partition("=")
+        out[name] = float(seconds)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
+    parser = argparse.ArgumentParser(prog="scripts/gpu_check.sh", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="steps: " + ", ".join(f"{s.number} {s.name} ({s.timeout_s} s on a GPU)"
+                                                                  for s in STEPS))
+    parser.add_argument("--cpu", action="store_true", help="small sizes on CPU even where CUDA is available")
+    parser.add_argument("--out", help="results directory (default: $OUT, else a new temp dir)")
+    parser.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "synth-gpu-check"),
+                        help="where the random checkpoint is built once and reused (default: %(default)s)")
+    parser.add_argument("--checkpoint", help="a checkpoint to load instead of building the random one")
+    parser.add_argument("--only", type=lambda text: text.split(","), metavar="NAME,...",
+                        help="the steps to run (default: all, in order)")
+    parser.add_argument("--budget-s", type=float, help=f"overall seconds (default {GPU_BUDGET_S} on a GPU, "
+                        f"{CPU_BUDGET_S} on CPU); a step starts only with its minimum left and stops at the budget")
+    parser.add_argument("--timeouts", type=_timeouts, default={}, metavar="NAME=S,...",
+                        help="per-step timeouts instead of the defaults, e.g. bench=400")
+    parser.add_argument("--step", choices=[s.name for s in STEPS], help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=["cpu", "cuda"], help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        return run_step(args.step, args.device, args.checkpoint, args.build_dir, args.result)
+    names = {s.name for s in STEPS}
+    for name in set(args.timeouts) | set(args.only or ()):
+        if name not in names:
+            parser.error(f"unknown step {name!r} (steps: {', '.join(s.name for s in STEPS)})")
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    return Orchestrator(args, t_start).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
