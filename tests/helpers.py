@@ -82,8 +82,10 @@ def transformers_codes(model, processor, request, *, dtype: torch.dtype | None =
     `request` (a `GenerationRequest`: its context clips, text, speaker, `max_frames`), through
     CSM's processor and chat template. dtype: run the model (moved in place) and the audio
     inputs in this dtype. stop_at_eos: only the frames before the EOS frame (by the one EOS
-    rule, `synth.engine.stop`); otherwise the EOS frame is included if one came."""
+    rule, `synth.engine.stop`); otherwise the EOS frame is included if one came. Both decoders
+    keep off the ids Mimi cannot decode, by the engines' rule (`suppress_undecodable`)."""
     from synth.engine.prompt import conversation
+    from synth.engine.reference_engine import suppress_undecodable
     from synth.engine.stop import frames_before_eos
 
     if dtype is not None:
@@ -93,7 +95,7 @@ def transformers_codes(model, processor, request, *, dtype: torch.dtype | None =
         inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in inputs.items()}
     with torch.inference_mode():
         codes = model.generate(**inputs, max_new_tokens=request.max_frames, do_sample=False,
-                               depth_decoder_do_sample=False)[0]
+                               depth_decoder_do_sample=False, **suppress_undecodable(model.config))[0]
     if stop_at_eos:
         codes, _ = frames_before_eos(codes, model.config.codebook_eos_token_id)
     return codes.numpy()

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from synth.engine.interface import GenerationRequest, SamplingParams
-from synth.engine.options import FastEngineOptions
+from synth.engine.options import COMPILE_MODES, FastEngineOptions
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.context_plan import SegmentCost
 
@@ -190,6 +190,7 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
             engine.scheduler.run_frame(sample)
         _sync(device)
         row.frame_ms = (time.perf_counter() - t0) / 20 * 1000
+    engine.close()
     del engine, results
     gc.collect()
     return row
@@ -237,6 +238,7 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns"
     row, results = _timed_fast(engine, setting, device, lambda e: run_dialogues(e, dialogues, sampling))
     row.in_flight = row.frames * num_slots / max(1, row.slot_frames)  # useful frames per frame step
+    engine.close()
     del engine, results
     gc.collect()
     return row
@@ -289,8 +291,9 @@ def main(argv=None):
     parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
     parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
                         help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
-    parser.add_argument("--compile-mode", help="torch.compile mode for the fast engine's steps, "
-                        "e.g. max-autotune-no-cudagraphs (default: inductor's default)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES,
+                        help="torch.compile mode for the fast engine's steps, one without CUDA graphs of its own "
+                        "(the engine graphs each frame itself; default: inductor's default)")
     parser.add_argument("--coordinate-descent", action="store_true",
                         help="inductor's coordinate-descent tuning of its generated kernels (longer compile)")
     parser.add_argument("--kv-buckets", type=int, default=4,

@@ -4,8 +4,9 @@ This module owns `FastEngine`, the default `Engine` (see `synth.engine.interface
 `GenerationRequest`s into prompts (`synth.engine.prompt`, exactly as CSM's processor and
 chat template do), encodes context clips through the batched, cached Mimi codec, runs
 them through the `Scheduler`, and decodes finished rows in batches on their way to
-results (`_ResultPipeline`, one per `run` call). It knows nothing about manifests, Ray
-or output files; the model math lives in `synth.engine.lean_csm`, checkpoint loading in
+results (`_ResultPipeline`, one per `run` call, on the engine's one result thread when it
+has one). It knows nothing about manifests, Ray or output files; the model math lives in
+`synth.engine.lean_csm`, checkpoint loading in
 `synth.engine.checkpoint`, the frame step in `synth.engine.frame_step`, the batching in
 `synth.engine.scheduler`, its tuning options in `synth.engine.options`.
 
@@ -16,16 +17,22 @@ or output files; the model math lives in `synth.engine.lean_csm`, checkpoint loa
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from synth.engine.checkpoint import load_lean_csm, parse_dtype, resolve_checkpoint
+from synth.engine.checkpoint import (
+    decodable_codes,
+    load_lean_csm,
+    parse_dtype,
+    resolve_checkpoint,
+)
 from synth.engine.codec import MimiCodec, PendingAudio, load_mimi
-from synth.engine.frame_step import FrameStep
+from synth.engine.frame_step import FrameStep, on_device
 from synth.engine.interface import (
     EngineInfo,
     GenerationRequest,
@@ -62,7 +69,7 @@ class FastEngine:
         self.max_positions = max_positions
         self.num_slots = num_slots
         self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max,
-                              num_kv_buckets=options.num_kv_buckets)
+                              num_kv_buckets=options.num_kv_buckets, num_codes=decodable_codes(config))
         self.compile_s = 0.0
         self.compiled = compile
         if compile:
@@ -71,7 +78,28 @@ class FastEngine:
                                    min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
                                    prefill_tokens=options.prefill_tokens)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
+        self._pool: ThreadPoolExecutor | None = None  # the result thread, from the first run on
+        self._closed = False
         self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
+
+    def close(self) -> None:
+        """Stop the result thread, after the work it has; the engine runs nothing after this.
+        Garbage collection and interpreter exit stop it too (without waiting)."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _result_pool(self) -> ThreadPoolExecutor | None:
+        """The engine's one result thread (`result_thread`), started by the first run and kept for
+        the engine's life, so its per-thread state (CUDA stream, caches) stays warm across runs.
+        None when rows are finished on the frame loop's thread (`result_thread` off, now)."""
+        if not self.result_thread:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="synth-results")
+            # holds the pool, not the engine: stops the thread once the engine is collected, or at exit
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
 
     @classmethod
     def load(cls, model_path: str, *, device: str = "cuda", dtype: str | torch.dtype = "bfloat16",
@@ -109,7 +137,7 @@ class FastEngine:
         for do_sample in (False, True):
             self.generate([req], SamplingParams(do_sample=do_sample), decode=False)
         if self.model.lm_head.weight.is_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.model.lm_head.weight.device)
         self.compile_s = time.perf_counter() - t0
         return self.compile_s
 
@@ -147,7 +175,7 @@ class FastEngine:
     # ------------------------------------------------------------------ generation
 
     def _check_sampling(self, sampling: SamplingParams) -> None:
-        if not sampling.do_sample or self.step.top_k_max >= self.step.V:
+        if not sampling.do_sample or self.step.top_k_max >= self.step.num_codes:
             return
         for name in ("top_k", "depth_top_k"):
             k = getattr(sampling, name)
@@ -169,8 +197,10 @@ class FastEngine:
         completion order. With `result_thread`, `on_result` runs on the engine's worker thread
         (one call at a time, in completion order); when a call raises, the call already under
         way for the next batch may still finish before the error reaches the caller."""
+        if self._closed:
+            raise RuntimeError("FastEngine.run() after close()")
         self._check_sampling(sampling)
-        self.scheduler.prepare(sampling.do_sample)  # before the result thread exists (graph capture)
+        self.scheduler.prepare(sampling.do_sample)  # before any work goes to the result thread (graph capture)
         pipeline = _ResultPipeline(self, sampling, on_result, decode)
         try:
             jobs = self._jobs(requests, sampling)
@@ -236,11 +266,15 @@ class _ResultPipeline:
         self.to_decode: list[Finished] = []
         self.finishing: deque[Future | _DecodingBatch] = deque()  # in the order the rows finished
         self.oldest_frame = 0  # scheduler frame count when the oldest row in `to_decode` finished
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="synth-results") if engine.result_thread else None
+        self.pool = engine._result_pool()
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        """Leave nothing of this call on the result thread: after an error, batches not yet
+        started are cancelled and the one under way finishes."""
+        futures = [f for f in self.finishing if isinstance(f, Future)]
+        for f in futures:
+            f.cancel()
+        wait(futures)
 
     # ------------------------------------------------------------------ the frame loop's side
 
@@ -306,8 +340,8 @@ class _ResultPipeline:
 
     @torch.inference_mode()
     def _finish_rows_in_thread(self, batch: list[Finished]) -> tuple[list[GenerationResult], list[Job]]:
-        # Grad mode and the current CUDA stream are per thread: set both here.
+        # Grad mode, the current CUDA device and stream are per thread: set them here.
         codec = self.engine.codec
-        with codec.side_stream():
+        with on_device(codec.device), codec.side_stream():
             audio = codec.decode([f.codes for f in batch]) if self.decode else None
             return self.finish_rows(batch, audio)

@@ -14,12 +14,14 @@ reads only `SamplingParams`, when a row is admitted.
 
 Sampling needs no generator state: the Gumbel noise for (seed, frame, codebook,
 token) comes from an integer hash, so a row's samples depend only on its own seed
-and logits, never on its slot or on the other rows.
+and logits, never on its slot or on the other rows. Greedy or sampled, only codes the
+codec can decode are ever chosen (`num_codes`: Mimi's 2048 of CSM's 2051 audio ids).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import types
+from contextlib import contextmanager, nullcontext
 from typing import Sequence
 
 import torch
@@ -49,10 +51,37 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_noise(row_keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """row_keys: [B] hashed (seed, frame, codebook); token_ids: [B, N] -> Gumbel noise [B, N] float32."""
+    """row_keys: [B] hashed (seed, frame, codebook); token_ids: [B, N] -> Gumbel noise [B, N] float32,
+    always finite.
+
+    u = (m + 0.5) / 2^23 from the hash's top 23 bits m: float32 holds every such value exactly, so
+    2^-24 <= u <= 1 - 2^-24. (With 24 bits, the top value 2^24 - 0.5 rounds to 2^24 in float32: u = 1.0
+    and the noise +inf.) -log(u) is then at least 2^-24; the clamp keeps it off 0 even where a log
+    rounds differently, so the noise lies within about [-2.8, 17.3]."""
     h = _mix32((row_keys[:, None] ^ token_ids) & _M32)
-    u = ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))  # (0, 1), 24 bits
-    return -torch.log(-torch.log(u))
+    u = ((h >> 9).float() + 0.5) * (1.0 / (1 << 23))
+    return -torch.log((-torch.log(u)).clamp_min(2.0**-25))
+
+
+def on_device(device: torch.device):
+    """A block in which `device` is the current CUDA device (nothing on CPU). Streams, events,
+    `synchronize()`, graph capture and pinned allocations that name no device use the current
+    one, which is cuda:0 in any thread that set none, wherever the model is: with the model on
+    cuda:1 they would wait on, record and capture the wrong GPU's work. The engine runs its frame
+    loop, captures and result thread inside this, and names the device where a call takes one."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+def _own_code(method):
+    """`method` (bound) as a function with a code object of its own. Dynamo keeps compiled graphs,
+    their guards and the recompile limit (8) on the code object, which every FrameStep shares:
+    each engine's steps (other slot counts: other shapes) and each attention bucket (a Python int)
+    would add entries there until the limit raised `FailOnRecompileLimitHit` (fullgraph=True), on
+    the third engine of a process. A copy compiles into its own cache, freed with it."""
+    f = method.__func__
+    copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = f.__kwdefaults__, f.__qualname__
+    return types.MethodType(copy, method.__self__)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -93,10 +122,12 @@ class FrameStep:
     """Builds and runs the per-frame function over a LeanCsm with caches set up."""
 
     def __init__(self, model: LeanCsm, num_slots: int, max_positions: int, *, stop_rules: StopRules = StopRules(),
-                 top_k_max: int | None = None, num_kv_buckets: int = 4):
+                 top_k_max: int | None = None, num_kv_buckets: int = 4, num_codes: int | None = None):
         """num_kv_buckets: the backbone attends over the smallest of this many equal prefixes of
         the cache (multiples of 64 positions) that covers every slot, so short rows do not read
-        all `max_positions`; each bucket is its own compiled graph (and CUDA graph). 1: always all."""
+        all `max_positions`; each bucket is its own compiled graph (and CUDA graph). 1: always all.
+        num_codes: only audio ids below this are ever chosen, greedy or sampled, on both decoders:
+        the codes the codec decodes (Mimi's codebook size); None: all of the model's audio vocab."""
         args = model.args
         self.model = model
         self.num_slots, self.max_positions = num_slots, max_positions
@@ -108,7 +139,8 @@ class FrameStep:
         self.K, self.V = args.num_codebooks, args.audio_vocab_size
         self.eos = args.codebook_eos_token_id
         self.stop_rules = stop_rules
-        self.top_k_max = min(top_k_max or self.V, self.V)
+        self.num_codes = min(num_codes or self.V, self.V)
+        self.top_k_max = min(top_k_max or self.num_codes, self.num_codes)
         device, dtype = model.lm_head.weight.device, model.lm_head.weight.dtype
         model.setup_caches(num_slots, max_positions)
         self.state = SlotState(num_slots, max_positions, self.K, args.backbone.hidden_size, dtype, device)
@@ -119,9 +151,8 @@ class FrameStep:
         loop_periods = max(stop_rules.loop_max_period - 1, 1)
         self.loop_run = torch.zeros(num_slots, loop_periods, dtype=torch.long, device=device)
         self._warm: set[bool] = set()  # sampling modes whose frames have run in every bucket
-        self.advance = self._advance
-        self.first_codebooks = self._first_codebooks
-        self.next_codebook = self._next_codebook
+        # compile_steps: each piece of the frame per variant (sampling mode, or bucket) -> its compiled copy
+        self._compiled: dict[tuple[str, bool | int], object] | None = None
 
     def compile_steps(self, mode: str | None = None) -> None:
         """torch.compile the three per-frame pieces: codebooks 0 and 1, one further depth
@@ -129,16 +160,28 @@ class FrameStep:
         (history, stop rules, the backbone step). mode: a
         `torch.compile` mode without CUDA graphs of its own (the whole frame is graphed
         here), e.g. "max-autotune-no-cudagraphs" to autotune the matmuls and fuse their
-        epilogues; None is inductor's default."""
+        epilogues; None is inductor's default.
+
+        Each piece is compiled once per variant it is called with (the first two per sampling
+        mode, the last per attention bucket), each from its own copy of the code (`_own_code`),
+        so every compiled function holds one graph, whatever the number of buckets or of
+        engines in the process."""
         opts = dict(fullgraph=True, dynamic=False, mode=mode)
-        self.advance = torch.compile(self._advance, **opts)
-        self.first_codebooks = torch.compile(self._first_codebooks, **opts)
-        self.next_codebook = torch.compile(self._next_codebook, **opts)
+
+        def compiled(method):
+            return torch.compile(_own_code(method), **opts)
+
+        self._compiled = {
+            **{("first", sample): compiled(self._first_codebooks) for sample in (False, True)},
+            **{("next", sample): compiled(self._next_codebook) for sample in (False, True)},
+            **{("advance", kv_len): compiled(self._advance) for kv_len in self.kv_buckets},
+        }
 
     # ------------------------------------------------------------------ the frame
 
     def _choose(self, logits, temperature, top_k, keys, sample: bool):
-        """logits: [B, V] float32 -> codes [B]; greedy rows take the argmax."""
+        """logits: [B, V] float32 -> codes [B] below `num_codes`; greedy rows take the argmax."""
+        logits = logits[:, : self.num_codes]  # ids the codec cannot decode are never chosen
         if not sample:
             return logits.argmax(dim=-1)
         vals, idx = logits.topk(self.top_k_max, dim=-1)  # [B, k], sorted
@@ -209,13 +252,18 @@ class FrameStep:
         backbone attends over the cache's first kv_len positions (a bucket; default all), which
         must exceed every live slot's position."""
         s = self.state
+        kv_len = kv_len or self.max_positions
+        first, next_codebook, advance = self._first_codebooks, self._next_codebook, self._advance
+        if self._compiled is not None:
+            first, next_codebook = self._compiled["first", sample], self._compiled["next", sample]
+            advance = self._compiled["advance", kv_len]
         base = _mix32(_mix32(s.seed & _M32) ^ (s.frame & _M32)) if sample else None
-        c0, c, x = self.first_codebooks(s.hidden, base, sample)
+        c0, c, x = first(s.hidden, base, sample)
         codes = [c0, c]
         for k in range(2, self.K):
-            c, x = self.next_codebook(x, self.depth_pos[k], base, sample)
+            c, x = next_codebook(x, self.depth_pos[k], base, sample)
             codes.append(c)
-        self.advance(torch.stack(codes, dim=1), kv_len or self.max_positions)
+        advance(torch.stack(codes, dim=1), kv_len)
 
     def _advance(self, frame: torch.Tensor, kv_len: int) -> None:
         """frame: [B, K] codes just generated -> history, stop rules, and the backbone step
@@ -301,35 +349,42 @@ class GraphedFrame:
 
     def __init__(self, step: FrameStep):
         self.step = step
+        self.device = step.state.hidden.device
         self.graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = {}
         self.pool = None
+        self.stream = None  # the side stream of warm-ups and captures, on the model's device
 
     def _capture(self, sample: bool, kv_len: int) -> torch.cuda.CUDAGraph:
         # Warm up on a side stream (lazy init, compilation, autotuning), then capture; neither
-        # may advance live rows.
-        with self.step.state_kept():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+        # may advance live rows. Every stream here is the model's device's (see `on_device`):
+        # `torch.cuda.graph`'s default capture stream is made once per process, on whichever
+        # device was current then, so the capture names its own.
+        device = self.device
+        with on_device(device), self.step.state_kept():
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(device)
+            self.stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(self.stream):
                 for _ in range(2):
                     self.step.frame(sample, kv_len)
-            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.current_stream(device).wait_stream(self.stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
                 self.step.frame(sample, kv_len)
             self.pool = graph.pool()
-        torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         return graph
 
     def capture(self, sample: bool) -> None:
         """Capture the graphs of this sampling mode (every bucket) now, if not yet done. Capture
-        forbids CUDA calls from other threads, so the engine does this before its result thread
-        starts."""
+        forbids CUDA calls from other threads, so the engine does this before it hands any
+        work to its result thread (which sits idle between runs)."""
         for kv_len in self.step.kv_buckets:
             if (sample, kv_len) not in self.graphs:
                 self.graphs[sample, kv_len] = self._capture(sample, kv_len)
 
     def __call__(self, sample: bool, kv_len: int | None = None) -> None:
+        """Replay on the current stream of the model's device (the scheduler's loop runs `on_device`)."""
         key = (sample, kv_len or self.step.max_positions)
         if key not in self.graphs:
             self.capture(sample)

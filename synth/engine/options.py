@@ -15,6 +15,11 @@ from dataclasses import dataclass
 
 from synth.engine.interface import DTYPE_NAMES
 
+# `torch.compile` modes without CUDA graphs of their own. The engine captures each whole frame as
+# one CUDA graph; "reduce-overhead" and "max-autotune" would turn on inductor's own CUDA graphs
+# (cudagraph trees) inside that capture.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
 
 @dataclass(frozen=True)
 class FastEngineOptions:
@@ -28,7 +33,8 @@ class FastEngineOptions:
 
     compile_mode: str | None = None
     """`torch.compile` mode of the frame's steps when they are compiled (`model.compile`), one
-    without CUDA graphs of its own, e.g. "max-autotune-no-cudagraphs"; None: inductor's default."""
+    without CUDA graphs of its own (`COMPILE_MODES`: "default", "max-autotune-no-cudagraphs");
+    None: inductor's default."""
 
     num_kv_buckets: int = 4
     """The backbone attends over the smallest of this many equal prefixes of the KV cache that
@@ -80,3 +86,7 @@ class FastEngineOptions:
                 raise ValueError(f"{name}={value!r} must be >= {low}")
         if self.codec_dtype is not None and self.codec_dtype not in DTYPE_NAMES:
             raise ValueError(f"codec_dtype={self.codec_dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
+        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={self.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)} "
+                             "(or null); the engine captures each frame as one CUDA graph itself, and modes such as "
+                             "reduce-overhead or max-autotune turn on inductor's own CUDA graphs inside that capture")

@@ -4,8 +4,10 @@ This module owns the reference path that every faster engine is checked against:
 `CsmProcessor.apply_chat_template` for the prompt (the conversation from
 `synth.engine.prompt`), `CsmForConditionalGeneration.generate` on a left-padded batch,
 then a per-row cut at the EOS frame (`synth.engine.stop`, the rule `generate` stops on)
-or at the row's own cap, and Mimi decoding of exactly the kept frames. It knows nothing
-about manifests or Ray; loading goes through `synth.engine.checkpoint`.
+or at the row's own cap, and Mimi decoding of exactly the kept frames. Both decoders are kept
+off the audio ids Mimi cannot decode (`suppress_undecodable`), as the fast engine's sampler
+is, so greedy codes stay identical. It knows nothing about manifests or Ray; loading goes
+through `synth.engine.checkpoint`.
 
 Limits it inherits from transformers: finished rows keep generating until the longest
 row of the batch stops, and one seed is set per batch (rows of a batch share a random
@@ -22,6 +24,7 @@ import torch
 from synth.engine import interface
 from synth.engine.checkpoint import (
     check_tied_audio_embeddings,
+    decodable_codes,
     parse_dtype,
     resolve_device,
 )
@@ -29,6 +32,15 @@ from synth.engine.codec import clip_key
 from synth.engine.interface import GenerationRequest, GenerationResult, SamplingParams
 from synth.engine.prompt import conversation
 from synth.engine.stop import frames_before_eos
+
+
+def suppress_undecodable(config) -> dict:
+    """`generate` kwargs that keep the backbone and the depth decoder off the audio ids Mimi
+    cannot decode (`synth.engine.checkpoint.decodable_codes`): their logits become -inf before
+    any sampling or argmax. Pass them on every call: `depth_decoder_*` kwargs persist in the
+    depth decoder's generation config."""
+    ids = list(range(decodable_codes(config), config.vocab_size)) or None
+    return {"suppress_tokens": ids, "depth_decoder_suppress_tokens": ids}
 
 
 class TransformersEngine:
@@ -111,7 +123,8 @@ class TransformersEngine:
         self.remembered[clip_key(clip)] = np.asarray(codes, dtype=np.int16)
 
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict:
-        kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample}
+        kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample,
+              **suppress_undecodable(self.model.config)}
         if sampling.do_sample:
             kw.update(
                 temperature=sampling.temperature,

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from synth.engine.frame_step import FrameStep, GraphedFrame, to_device
+from synth.engine.frame_step import FrameStep, GraphedFrame, on_device, to_device
 from synth.engine.interface import SamplingParams
 from synth.engine.lean_csm import LeanCsm
 from synth.engine.options import FastEngineOptions
@@ -295,7 +295,7 @@ class Scheduler:
             event = None
             if self.is_cuda:
                 event = torch.cuda.Event()
-                event.record()
+                event.record(torch.cuda.current_stream(self.device))
             self._pending_copies.append((event, out, row, slot, STOP_REASONS[codes_now[slot]]))
             self.step.release(self._slot_index[slot])
             self.rows[slot] = None
@@ -333,7 +333,7 @@ class Scheduler:
         snapshot, event = self._snapshots[i], self._events[i]
         snapshot.copy_(self.step.state.status, non_blocking=self.is_cuda)
         if event is not None:
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
         self._unread.append((event, snapshot, self.stats.frames - 1))
 
     def _read_snapshots(self, keep: int) -> None:
@@ -359,6 +359,11 @@ class Scheduler:
         `on_finished(result)` is called as each row completes and may `submit()` more jobs;
         `on_frame()` after every frame (e.g. to decode finished rows now and then).
         """
+        with on_device(self.device):  # graph replays, events and pinned copies: the model's GPU's (`on_device`)
+            return self._run(on_finished, on_frame)
+
+    def _run(self, on_finished: Callable[[Finished], None] | None,
+             on_frame: Callable[[], None] | None) -> list[Finished]:
         results: list[Finished] = []
         while True:
             results += self._deliver(self._admit(), on_finished)

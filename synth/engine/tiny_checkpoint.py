@@ -105,7 +105,7 @@ def tiny_model_and_processor(
         num_filters=8,
         codebook_dim=16,
         vector_quantization_hidden_dimension=16,
-        codebook_size=4096,  # power of two >= audio vocab: any sampled id decodes
+        codebook_size=2048,  # the real Mimi's: CSM's ids 2048..2050 fail to decode here too
         num_quantizers=num_codebooks,
         num_semantic_quantizers=1,
         upsample_groups=32,
@@ -157,9 +157,6 @@ def tiny_model_and_processor(
         for name, buffer in model.codec_model.named_buffers():
             if name.endswith("codebook.embed_sum"):
                 buffer.copy_(0.02 * torch.randn_like(buffer))  # decodes to roughly +-1
-                # Codes past the 2048 real ones (room for sampled special ids) sit far away,
-                # so encoding never picks them: CSM embeds only the first 2051.
-                buffer[2048:] += 10.0
     model.generation_config.do_sample = False
     model.depth_decoder.generation_config.do_sample = False
     feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=24000)
@@ -203,8 +200,9 @@ def ensure_tiny_checkpoint(path: str | os.PathLike, **kwargs) -> Path:
 def build_csm1b_random(out_dir: str | os.PathLike, device: str) -> Path:
     """Random bf16 weights at csm-1b's dimensions (CsmConfig defaults; Mimi defaults) with the
     tiny tokenizer/processor, built on `device` and saved to `out_dir` (kept if already there),
-    so that both engines load it from disk. Codes 2048..2050 (specials) are out of reach of
-    sampling and argmax, as Mimi has 2048."""
+    so that both engines load it from disk. Its heads favour no id: like the real model's, they
+    may score CSM's specials 2048..2050 highest, which both engines keep off (Mimi has 2048 codes;
+    `synth.engine.checkpoint.decodable_codes`)."""
     import torch
     from transformers import CsmConfig, CsmForConditionalGeneration
 
@@ -223,9 +221,6 @@ def build_csm1b_random(out_dir: str | os.PathLike, device: str) -> Path:
     with torch.device(device):
         model = CsmForConditionalGeneration(config).to(torch.bfloat16).eval()
     tie_audio_embeddings(model)
-    with torch.no_grad():
-        model.lm_head.weight[2048:] = 0
-        model.depth_decoder.codebooks_head.weight[:, :, 2048:] = 0
     _save(model, processor, out)
     del model
     gc.collect()

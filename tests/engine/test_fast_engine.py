@@ -7,6 +7,8 @@ forward is compared in float32. The reference is transformers' own per-row
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import shutil
 import threading
@@ -410,13 +412,10 @@ SAMPLED = SamplingParams(do_sample=True, temperature=0.9, top_k=50, depth_temper
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("compile", [False, True], ids=["eager-steps", "compiled-steps"])
-def test_cuda_graph_matches_eager(tiny_checkpoint, compile, dtype, monkeypatch):
+def test_cuda_graph_matches_eager(tiny_checkpoint, compile, dtype):
     """One CUDA-graph replay per frame gives the codes of the same steps launched eagerly, bit for
     bit, greedy and sampled, in float32 and bfloat16 (production's dtype), compiled or not: a graph
     replays the very kernels an eager frame launches."""
-    # Every compiled engine adds one graph per attention bucket to dynamo's cache of the same step
-    # functions; the third in a process passes dynamo's recompile limit (a known issue, not this test's).
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
     reqs = REQUESTS + [GenerationRequest(f"x{i}", "Pack my box.", i, 4 + i) for i in range(4)]
     kw = dict(device="cuda", dtype=dtype, num_slots=3, max_positions=256, warmup=False)
     engine = FastEngine.load(tiny_checkpoint, compile=compile, **kw)
@@ -437,3 +436,148 @@ def test_cuda_graph_matches_eager(tiny_checkpoint, compile, dtype, monkeypatch):
         assert [g.codes.shape for g in graphed["greedy"]] == [r.codes.shape for r in reference]
         if dtype == "float32":
             assert np.mean([np.mean(g.codes == r.codes) for g, r in zip(graphed["greedy"], reference)]) > 0.95
+
+
+def test_compiled_engines_of_any_slot_count_and_bucket_count_share_a_process(tiny_checkpoint, reference_codes,
+                                                                           monkeypatch):
+    """Compiled engines of 1, 2 and 3 slots in one process, the third with 10 attention buckets:
+    each compiled piece holds one graph in a cache of its own, so neither more engines nor more
+    buckets reach dynamo's recompile limit (8), which with fullgraph=True raised
+    FailOnRecompileLimitHit in the third engine's frame. A counting backend (dynamo's
+    tracing and guards, no inductor) keeps it fast and shows every graph the engines made."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counting_backend))
+    sampling = SamplingParams(do_sample=True, top_k=20, depth_top_k=20)
+    sampled = [GenerationRequest("s", "Hello there.", 0, 3, seed=5)]
+    eager = _engine(tiny_checkpoint, num_slots=1, dtype="float64")
+    [want] = eager.generate(sampled, sampling)
+    for num_slots, max_positions, buckets in [(1, 256, 4), (2, 256, 4), (3, 640, 10)]:
+        before = len(graphs)
+        engine = FastEngine.load(tiny_checkpoint, device="cpu", dtype="float64", num_slots=num_slots,
+                                 max_positions=max_positions, compile=True, warmup=False,
+                                 options=FastEngineOptions(num_kv_buckets=buckets))
+        assert len(engine.step.kv_buckets) == buckets
+        for req, res in zip(REQUESTS[:2], engine.generate(REQUESTS[:2], GREEDY)):
+            np.testing.assert_array_equal(res.codes, reference_codes[req.request_id], err_msg=req.request_id)
+        [got] = engine.generate(sampled, sampling)
+        np.testing.assert_array_equal(got.codes, want.codes)
+        # codebooks 0-1 and the depth step per sampling mode, the rest of the frame per bucket
+        assert len(graphs) - before == 2 + 2 + buckets, (num_slots, buckets)
+
+
+def _unmix32(h: np.ndarray) -> np.ndarray:
+    """The inverse of `frame_step._mix32` (xorshifts and odd multipliers are bijections on 32 bits)."""
+    m = np.uint64(0xFFFFFFFF)
+    h = h.astype(np.uint64)
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(pow(0x5BD1E995, -1, 2**32))) & m
+    h = h ^ (h >> np.uint64(15)) ^ (h >> np.uint64(30))
+    h = (h * np.uint64(pow(0x7FEB352D, -1, 2**32))) & m
+    return h ^ (h >> np.uint64(16))
+
+
+def test_gumbel_noise_is_finite_at_every_extreme_hash():
+    """Every hash whose top 24 bits are among the 2^16 smallest or largest values (low byte
+    0x00 and 0xFF), reached through row keys that hash to them: the noise stays finite. A
+    uniform from 24 bits, u = (m + 0.5) / 2^24, rounds to 1.0 in float32 at the top value,
+    and -log(-log(u)) was +inf there."""
+    from synth.engine.frame_step import _mix32, gumbel_noise
+
+    top = np.concatenate([np.arange(2**16), np.arange(2**24 - 2**16, 2**24)]).astype(np.uint64)
+    hashes = np.concatenate([top << np.uint64(8), (top << np.uint64(8)) | np.uint64(0xFF)])
+    keys = torch.from_numpy(_unmix32(hashes).astype(np.int64))
+    assert torch.equal(_mix32(keys), torch.from_numpy(hashes.astype(np.int64)))  # the keys hash to them
+    noise = gumbel_noise(keys, torch.zeros(len(keys), 1, dtype=torch.long))[:, 0]
+    assert noise.dtype == torch.float32 and bool(torch.isfinite(noise).all())
+    # the smallest u gives the smallest noise, the largest u the largest: about -2.8 and 16.6
+    assert -2.9 < float(noise.min()) < -2.7 and 16.5 < float(noise.max()) < 17.4
+    assert float(noise[2**16 - 1]) < float(noise[2**16])  # and it still grows with the hash across the range
+
+
+def test_the_result_thread_lives_as_long_as_the_engine(tiny_checkpoint):
+    """One worker thread finishes rows for every run of an engine (its per-thread state stays
+    warm); close() stops it, and so does dropping the engine."""
+    reqs = [GenerationRequest("a", "Hello.", 0, 2), GenerationRequest("b", "Bye.", 1, 3)]
+
+    def threads_of_a_run(engine) -> set[threading.Thread]:
+        seen = set()
+        engine.run(reqs, GREEDY, on_result=lambda res: seen.add(threading.current_thread()))
+        return seen
+
+    engine = _engine(tiny_checkpoint, options=FastEngineOptions(result_thread=True))
+    [first] = threads_of_a_run(engine)
+    assert threads_of_a_run(engine) == {first} and first is not threading.main_thread() and first.is_alive()
+    engine.result_thread = False  # a run may finish rows inline, and the thread waits for the next
+    assert threads_of_a_run(engine) == {threading.main_thread()} and first.is_alive()
+    engine.result_thread = True
+    assert threads_of_a_run(engine) == {first}
+    engine.close()
+    assert not first.is_alive()
+    with pytest.raises(RuntimeError, match="close"):
+        engine.generate(reqs, GREEDY)
+
+    engine = _engine(tiny_checkpoint, options=FastEngineOptions(result_thread=True))
+    [thread] = threads_of_a_run(engine)
+    del engine
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def _favouring_undecodable_ids(tiny_checkpoint, directory):
+    """A copy of the tiny checkpoint whose heads (backbone and depth) score CSM's specials
+    2048..2050 far above every code Mimi has, for any hidden state: ids 2048 and 2049 get +-50
+    times one direction, 2050 another."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = directory / "favours-specials"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    lm_head = tensors["lm_head.weight"]  # [V, Db]
+    u, v = torch.randn(2, lm_head.shape[1], generator=gen)
+    lm_head[2048], lm_head[2049], lm_head[2050] = 50 * u, -50 * u, 50 * v
+    heads = tensors["depth_decoder.codebooks_head.weight"]  # [K-1, Dd, V]
+    u, v = torch.randn(2, heads.shape[1], generator=gen)
+    heads[:, :, 2048], heads[:, :, 2049], heads[:, :, 2050] = 50 * u, -50 * u, 50 * v
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    return str(ckpt)
+
+
+def test_no_engine_emits_a_code_the_codec_cannot_decode(tiny_checkpoint, tmp_path):
+    """CSM scores 2051 audio ids; Mimi decodes 2048 (the tiny checkpoint's as the real one).
+    With heads that favour the specials, both engines, greedy or sampled, still emit only codes
+    below 2048 (an undecodable one was an IndexError in Mimi on CPU, a device-side assert on
+    CUDA), the audio decodes, and the greedy codes stay the same in both engines."""
+    from synth.engine.reference_engine import TransformersEngine
+
+    ckpt = _favouring_undecodable_ids(tiny_checkpoint, tmp_path)
+    reqs = [GenerationRequest("a", "Hello there.", 0, 4, seed=1),
+            GenerationRequest("b", "Call me Ishmael.", 1, 5, context=(Segment(0, "Hi."),), seed=2)]
+    fast = _engine(ckpt, dtype="float64")
+    reference = TransformersEngine.load(ckpt, device="cpu", dtype="float64", compile=False)
+    assert reference.model.codec_model.config.codebook_size == 2048
+
+    # Unchecked, the heads pick the specials nearly always.
+    inputs = reference._inputs(reqs[:1])
+    with torch.inference_mode():
+        raw = reference.model.generate(**inputs, max_new_tokens=3, do_sample=False, depth_decoder_do_sample=False,
+                                       suppress_tokens=None, depth_decoder_suppress_tokens=None)
+    assert (raw >= 2048).float().mean() > 0.9
+
+    sampling = SamplingParams(do_sample=True, top_k=50, depth_top_k=50)
+    results = {}
+    for name, engine in [("fast", fast), ("transformers", reference)]:
+        for mode, params in [("greedy", GREEDY), ("sampled", sampling)]:
+            results[name, mode] = engine.generate(reqs, params)
+            for req, res in zip(reqs, results[name, mode]):
+                assert res.num_frames == req.max_frames, (name, mode, req.request_id)
+                assert int(res.codes.max()) < 2048 and int(res.codes.min()) >= 0, (name, mode, req.request_id)
+                assert res.audio.shape == (req.max_frames * 1920,) and np.isfinite(res.audio).all()
+    for f, r in zip(results["fast", "greedy"], results["transformers", "greedy"]):
+        np.testing.assert_array_equal(f.codes, r.codes, err_msg=f.request_id)

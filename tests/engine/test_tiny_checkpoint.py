@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoProcessor, CsmForConditionalGeneration
 
@@ -74,3 +75,16 @@ def test_ensure_builds_once(tmp_path):
     mtime = os.path.getmtime(path / "model.safetensors")
     assert ensure_tiny_checkpoint(tmp_path / "ckpt") == path
     assert os.path.getmtime(path / "model.safetensors") == mtime
+
+
+def test_tiny_mimi_has_the_real_codebook_size_and_codes_shape_the_audio(tiny_checkpoint):
+    """2048 codes, as the real Mimi: CSM's ids 2048..2050 do not decode (so an engine that
+    emitted one fails a test); the random codebooks make each code decode to its own audio."""
+    model = CsmForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    mimi = model.codec_model
+    assert mimi.config.codebook_size == 2048 < model.config.vocab_size
+    with torch.inference_mode():
+        a, b = (mimi.decode(torch.full((1, 32, 3), code)).audio_values for code in (5, 700))
+        assert not torch.allclose(a, b)
+        with pytest.raises(IndexError):
+            mimi.decode(torch.full((1, 32, 3), 2049))

@@ -76,14 +76,18 @@ def test_the_shipped_configs_load():
 def test_fast_engine_options_load_from_yaml_and_bad_ones_name_the_field(tmp_path):
     assert SynthConfig().fast_engine == FastEngineOptions()
     path = tmp_path / "c.yaml"
-    path.write_text("fast_engine:\n  num_kv_buckets: 2\n  result_thread: false\n  codec_dtype: bfloat16\n")
+    path.write_text("fast_engine:\n  num_kv_buckets: 2\n  result_thread: false\n  codec_dtype: bfloat16\n"
+                    "  compile_mode: max-autotune-no-cudagraphs\n")
     config = load_config(path, ["fast_engine.status_lag=1"])
     assert config.fast_engine == FastEngineOptions(num_kv_buckets=2, result_thread=False, codec_dtype="bfloat16",
-                                                   status_lag=1)
+                                                   status_lag=1, compile_mode="max-autotune-no-cudagraphs")
     assert SynthConfig.model_validate(config.model_dump()) == config  # as the Ray actors receive it
     for override, field in [
         ("fast_engine.num_kv_buckets=0", "num_kv_buckets"),  # the record's own check
         ("fast_engine.codec_dtype=fp8", "codec_dtype"),
+        # modes that turn on inductor's CUDA graphs inside the engine's own capture
+        ("fast_engine.compile_mode=reduce-overhead", "compile_mode"),
+        ("fast_engine.compile_mode=max-autotune", "compile_mode"),
         ("fast_engine.decode_batch=lots", "fast_engine.decode_batch"),  # a type pydantic checks
         ("fast_engine.surprise=1", "fast_engine.surprise"),  # unknown keys are refused
     ]:
@@ -92,3 +96,7 @@ def test_fast_engine_options_load_from_yaml_and_bad_ones_name_the_field(tmp_path
         message = str(err.value)
         assert "fast_engine" in message and field in message, message
         assert override.split("=", 1)[1] in message, message
+    for mode in (None, "default", "max-autotune-no-cudagraphs"):
+        assert FastEngineOptions(compile_mode=mode).compile_mode == mode
+    with pytest.raises(ValueError, match="inductor's own CUDA graphs"):
+        FastEngineOptions(compile_mode="reduce-overhead")
