@@ -137,10 +137,9 @@ class Context:
         return str(ensure_tiny_checkpoint(self.build_dir / "tiny-csm"))
 
     def sync(self) -> None:
-        if self.cuda:
-            import torch
+        from synth.bench.throughput import sync
 
-            torch.cuda.synchronize()
+        sync(self.device)
 
     def load(self, path: str, *, num_slots: int, max_positions: int, compile: bool | None = None,
              options: FastEngineOptions = FastEngineOptions(), warmup: bool = True):
@@ -554,21 +553,10 @@ def _memory(ctx: Context, phase: str) -> dict:
             "device_used_gib": (total - free) / 2**30, "device_total_gib": total / 2**30}
 
 
-def _new_phase(ctx: Context) -> None:
-    """Peaks from here on start at what is allocated now (on CUDA; a process's peak RSS cannot be reset)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if ctx.cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def memory_step(ctx: Context) -> None:
     import torch
 
+    from synth.bench.throughput import reset_peak
     from synth.engine.scheduler import Job
 
     S, P = ctx.sizes.prod_slots, ctx.sizes.prod_positions
@@ -590,16 +578,16 @@ def memory_step(ctx: Context) -> None:
     engine = ctx.load(ctx.checkpoint(), num_slots=S, max_positions=P, compile=False, options=PRODUCTION_OPTIONS,
                       warmup=False)
     record("loaded (weights, KV caches)")
-    _new_phase(ctx)
+    reset_peak(ctx.device)
     engine.warmup()
     record("warmed up" + (" (graphs captured)" if ctx.cuda else ""))
-    _new_phase(ctx)
+    reset_peak(ctx.device)
     engine.generate([replace(r, max_frames=8) for r in _workload(ctx, S)], SAMPLED)
     record(f"{S} rows x 8 frames, sampled and decoded")
     K, audio_id = engine.num_codebooks, engine.config.audio_token_id
     largest = None
     for T in (P // 5, P // 2, P - 2):  # full-width prefills of all-audio prompts, up to the longest a row allows
-        _new_phase(ctx)
+        reset_peak(ctx.device)
         for i in range(S):
             engine.scheduler.submit(Job(f"m{i}", torch.full((T,), audio_id), torch.randint(0, 2048, (T, K)),
                                         torch.ones(T, dtype=torch.bool), max_frames=2, sampling=GREEDY))

@@ -95,12 +95,14 @@ class Row:
                 "useful_fraction": self.frames / max(self.slot_frames, 1)}
 
 
-def _sync(device):
+def sync(device):
+    """Wait for the device's queued work (CUDA); nothing on CPU."""
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def _reset_peak(device):
+def reset_peak(device):
+    """Peak memory from here on starts at what is allocated now (on CUDA; a process's peak RSS cannot be reset)."""
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -118,13 +120,13 @@ def run_reference(path, requests, sampling, *, device, dtype, batch_size) -> Row
 
     engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
     batches = engine.batches(requests)  # the reference's own batching, timed batch by batch below
-    _reset_peak(device)
+    reset_peak(device)
     frames = slot_frames = 0
     ttfa = None
     c0, t0 = time.process_time(), time.perf_counter()
     for batch in batches:
         results = engine.generate_batch(batch, sampling)
-        _sync(device)
+        sync(device)
         ttfa = ttfa if ttfa is not None else time.perf_counter() - t0
         frames += sum(r.num_frames for r in results)
         slot_frames += results[0].info.batch_frames * len(results)
@@ -152,7 +154,7 @@ def _loop_setting(engine) -> str:
 def _load_fast(path, *, device, dtype, num_slots, max_positions, compile, options: FastEngineOptions):
     from synth.engine.fast_engine import FastEngine
 
-    _reset_peak(device)
+    reset_peak(device)
     return FastEngine.load(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                            compile=compile, warmup=True, options=options)
 
@@ -164,7 +166,7 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
                                              engine.loop_result_s)
     c0, t0 = time.process_time(), time.perf_counter()
     results = work(engine)
-    _sync(device)
+    sync(device)
     wall = time.perf_counter() - t0
     row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
               stats.slot_frames - slot_frames, min(r.info.ready_s for r in results), _peak_gib(device),
@@ -184,11 +186,11 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     with torch.inference_mode():
         sample = sampling.do_sample
         engine.scheduler.run_frame(sample)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(20):
             engine.scheduler.run_frame(sample)
-        _sync(device)
+        sync(device)
         row.frame_ms = (time.perf_counter() - t0) / 20 * 1000
     engine.close()
     del engine, results
@@ -248,7 +250,7 @@ def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_s
     from synth.engine.reference_engine import TransformersEngine
 
     engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
-    _reset_peak(device)
+    reset_peak(device)
     c0, t0 = time.process_time(), time.perf_counter()
     results = run_dialogues(engine, dialogues, sampling)
     wall = time.perf_counter() - t0

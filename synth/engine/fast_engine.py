@@ -144,9 +144,9 @@ class FastEngine:
     # ------------------------------------------------------------------ prompts
 
     def _job(self, request: GenerationRequest, sampling: SamplingParams, clip_codes: list[torch.Tensor]) -> Job:
-        input_ids, audio_codes, is_audio = prompt_positions(render_ids(self.processor, request), clip_codes,
-                                                            self.config)
-        return Job(key=request.request_id, input_ids=input_ids, audio_codes=audio_codes, is_audio=is_audio,
+        input_ids, audio_frames, is_audio = prompt_positions(render_ids(self.processor, request), clip_codes,
+                                                             self.config)
+        return Job(key=request.request_id, input_ids=input_ids, audio_frames=audio_frames, is_audio=is_audio,
                    max_frames=request.max_frames, seed=request.seed, sampling=sampling)
 
     def _jobs(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Job]:

@@ -49,27 +49,28 @@ def render_ids(processor, request: GenerationRequest) -> list[int]:
 def prompt_positions(ids: Sequence[int], clip_codes: Sequence[torch.Tensor], config,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rendered ids and each context clip's codes [T_clip, K] -> one backbone input per position:
-    (input_ids [T], audio_codes [T, K], is_audio [T]). Audio positions hold the `<|AUDIO|>` /
-    `<|audio_eos|>` id in input_ids and their frame in audio_codes; text positions zeros there.
+    (input_ids [T], audio_frames [A, K], is_audio [T]). Audio positions hold the `<|AUDIO|>` /
+    `<|audio_eos|>` id in input_ids; audio_frames holds their frames, one per True of is_audio,
+    in order (each clip's frames at its `<|AUDIO|>`, the all-EOS frame at `<|audio_eos|>`).
 
     config: a CsmConfig (num_codebooks, audio_token_id, audio_eos_token_id, codebook_eos_token_id).
     """
     K = config.num_codebooks
-    out_ids, out_codes, out_audio = [], [], []
+    out_ids, out_frames, out_audio = [], [], []
     clip_iter = iter(clip_codes)
     eos_frame = torch.full((1, K), config.codebook_eos_token_id, dtype=torch.long)
     for tok in ids:
         if tok == config.audio_token_id:
             codes = next(clip_iter)  # [T_clip, K]
             out_ids += [tok] * len(codes)
-            out_codes.append(codes)
+            out_frames.append(codes)
             out_audio += [True] * len(codes)
         elif tok == config.audio_eos_token_id:
             out_ids.append(tok)
-            out_codes.append(eos_frame)
+            out_frames.append(eos_frame)
             out_audio.append(True)
         else:
             out_ids.append(tok)
-            out_codes.append(torch.zeros(1, K, dtype=torch.long))
             out_audio.append(False)
-    return torch.tensor(out_ids, dtype=torch.long), torch.cat(out_codes), torch.tensor(out_audio)
+    frames = torch.cat(out_frames).long() if out_frames else torch.zeros(0, K, dtype=torch.long)
+    return torch.tensor(out_ids, dtype=torch.long), frames, torch.tensor(out_audio, dtype=torch.bool)

@@ -40,13 +40,13 @@ class Job:
     """One row to generate.
 
     input_ids: [T] text token ids of the prompt; audio positions hold any valid text id.
-    audio_codes: [T, K] codes embedded instead of text where `is_audio` [T] is True
-      (context frames, and the all-EOS frame at `<|audio_eos|>`).
+    audio_frames: [A, K] the frames embedded instead of text where `is_audio` [T] is True, one
+      per audio position in order (context frames, and the all-EOS frame at `<|audio_eos|>`).
     """
 
     key: Any
     input_ids: torch.Tensor
-    audio_codes: torch.Tensor
+    audio_frames: torch.Tensor
     is_audio: torch.Tensor
     max_frames: int
     sampling: SamplingParams
@@ -252,7 +252,7 @@ class Scheduler:
             ids[r, : lens[r]] = j.input_ids
         # Audio positions as flat indices into [R, T], in row-major order, with their frames [A, K].
         audio_index = torch.cat([j.is_audio.nonzero()[:, 0] + r * T for r, (_, j) in enumerate(batch)])
-        audio_frames = torch.cat([j.audio_codes[j.is_audio] for _, j in batch]).long()
+        audio_frames = torch.cat([j.audio_frames for _, j in batch])
         embeds = m.embed_prompt(self._to_device(ids), self._to_device(audio_index),
                                 self._to_device(audio_frames))  # [R, T, Db]
         slots = self._to_device(torch.tensor([s for s, _ in batch]))

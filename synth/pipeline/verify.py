@@ -34,6 +34,7 @@ from synth.pipeline.output import (
     ERRORS_DIR,
     PLAN_RECORD,
     PROGRESS_DIR,
+    QUARANTINE_DIR,
     VOICES_DIR,
     FileRecord,
     OutputDir,
@@ -98,7 +99,9 @@ def recover(output: OutputDir, plan: Plan, commit_every_scripts: int, *, batch: 
     actor writes. batch: the quarantine sub-directory for this call (e.g. the run's start)."""
     expected = parts_of(plan, commit_every_scripts)
     check_audio = output.location.is_local  # listing every clip of an object store is costly
-    sizes = output.file_sizes(*PART_FILE_DIRS, *(AUDIO_DIRS if check_audio else ()))
+    # One listing of every directory recovery reads: sizes to check markers against, and the
+    # leftovers to delete (audio on object stores is neither checked nor listed).
+    sizes = output.file_sizes(*PART_FILE_DIRS, *(AUDIO_DIRS if check_audio else ()), PROGRESS_DIR, VOICES_DIR)
     committed, done_shards = output.markers()
     found = Recovery()
     suspect: list[str] = []  # files to quarantine
@@ -133,15 +136,15 @@ def recover(output: OutputDir, plan: Plan, commit_every_scripts: int, *, batch: 
             found.parts.setdefault(shard, []).append(commit)
     found.quarantined = output.quarantine(dict.fromkeys(suspect), batch)
     crash_point("recover-quarantined")
-    found.removed = _remove_uncovered(output, committed, check_audio)
+    moved = {path.removeprefix(f"{QUARANTINE_DIR}/{batch}/") for path in found.quarantined}
+    found.removed = _remove_uncovered(output, committed, [path for path in sizes if path not in moved])
     return found
 
 
-def _remove_uncovered(output: OutputDir, committed: set[tuple[int, int]], check_audio: bool) -> list[str]:
-    """Delete part files no marker covers and temp files of synth's names; nothing else."""
+def _remove_uncovered(output: OutputDir, committed: set[tuple[int, int]], listed: list[str]) -> list[str]:
+    """Delete, of the `listed` paths under OUT, part files no marker covers and temp files of
+    synth's names; nothing else."""
     covered = {path for shard, part in committed for path in (data_file(shard, part), errors_file(shard, part))}
-    temp_dirs = [PROGRESS_DIR, VOICES_DIR, *(AUDIO_DIRS if check_audio else ())]
-    listed = [*output.file_sizes(*PART_FILE_DIRS), *output.file_sizes(*temp_dirs)]
     removed = []
     for path in listed:
         temp = storage.is_temp(path.rsplit("/", 1)[-1])

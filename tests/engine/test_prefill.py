@@ -50,8 +50,7 @@ def _job(key, length: int, args: CsmArgs, generator: torch.Generator, audio=(0, 
     codes = torch.randint(0, args.audio_vocab_size, (length, args.num_codebooks), generator=generator)
     is_audio = torch.zeros(length, dtype=torch.bool)
     is_audio[audio[0]: length - audio[1]] = True
-    codes[~is_audio] = 0
-    return Job(key, ids, codes, is_audio, max_frames=4, sampling=SamplingParams(do_sample=False))
+    return Job(key, ids, codes[is_audio], is_audio, max_frames=4, sampling=SamplingParams(do_sample=False))
 
 
 def _peak_allocated_bytes(fn) -> int:
