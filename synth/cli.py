@@ -4,6 +4,7 @@
     synth run   --config configs/demo.yaml --input examples/dialogues.parquet --dry-run
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
     synth verify out/demo                    (check an output against its commit markers)
+    synth train --config configs/train-demo.yaml --data out/demo --output out/demo-ft   (fine-tune CSM)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
 
@@ -73,6 +74,26 @@ def _verify_parser(sub) -> None:
     parser.add_argument("--sizes-only", action="store_true", help="skip the checksums (reads no file's contents)")
 
 
+def _train_parser(sub) -> None:
+    parser = sub.add_parser("train", help="fine-tune CSM on a synth dataset (Ray Train; resumes a killed run)",
+                            description="Fine-tune CSM (full or LoRA) on a synth dataset's stored codes with Ray "
+                            "Train, one worker per GPU; the same command resumes a killed run from its newest "
+                            "checkpoint. OUTPUT/model/ is then a checkpoint synth run takes as model.id.")
+    parser.add_argument("--config", help="YAML training config (defaults when omitted; see configs/train-*.yaml)")
+    parser.add_argument("--data", required=True, help="a synth output directory (local or URI): its data/ rows train")
+    parser.add_argument("--output", required=True, help="training output directory (local or URI)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set model.method=lora (repeatable)")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from synth.train.config import load_train_config
+    from synth.train.job import train
+
+    record = train(load_train_config(args.config, args.overrides), args.data, args.output)
+    return 0 if record["finished"] else 1
+
+
 def verify_command(args: argparse.Namespace) -> int:
     from synth.pipeline import storage
     from synth.pipeline.output import OutputDir
@@ -136,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _book_parser(sub)
     _verify_parser(sub)
+    _train_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
-    command = {"run": run_command, "book": book_command, "verify": verify_command}[args.command]
+    command = {"run": run_command, "book": book_command, "verify": verify_command, "train": train_command,
+               }[args.command]
     try:
         return command(args)
     except SynthError as e:
