@@ -5,6 +5,7 @@
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
     synth verify out/demo                    (check an output against its commit markers)
     synth train --config configs/train-demo.yaml --data out/demo --output out/demo-ft   (fine-tune CSM)
+    synth import --clips recordings/ --model sesame/csm-1b --output out/recorded      (recorded data in)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
 
@@ -94,6 +95,51 @@ def train_command(args: argparse.Namespace) -> int:
     return 0 if record["finished"] else 1
 
 
+def _import_parser(sub) -> None:
+    parser = sub.add_parser("import", help="bring recorded speech into synth's dataset schema, codes included",
+                            description="Turn a recorded corpus (a directory of clips with transcripts, or a Hugging "
+                            "Face audio dataset) into a synth output (same layout and columns as synth run, Mimi "
+                            "codes included), committed in parts: a killed import resumes; synth train reads it.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--clips", help="directory of audio files, each with <stem>.txt beside it or a line in "
+                        "metadata.csv (name|text, LJSpeech style) at the top")
+    source.add_argument("--hf-dataset", help="a datasets.save_to_disk directory, a Parquet dataset directory, or a "
+                        "hub dataset in the local cache")
+    parser.add_argument("--split", default="train", help="--hf-dataset's split (default train)")
+    parser.add_argument("--audio-column", default="audio")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--speaker-column", help="integer speaker ids (default: --speaker for every row)")
+    parser.add_argument("--speaker", type=int, default=0, help="the speaker id of every clip (default 0)")
+    parser.add_argument("--model", required=True, help="CSM checkpoint whose Mimi encodes the clips (hub id or dir); "
+                        "train with the same one")
+    parser.add_argument("--output", required=True, help="output dataset directory (local or URI)")
+    parser.add_argument("--rows-per-part", type=int, default=64, help="clips per committed part (default 64)")
+    parser.add_argument("--audio-format", choices=["wav", "flac"], default="flac")
+    parser.add_argument("--adopt-output", action="store_true", help="write into a non-empty directory synth did not create")
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from synth.train import importer
+
+    if args.rows_per_part < 1:
+        raise SynthError(f"--rows-per-part must be at least 1, got {args.rows_per_part}")
+    if args.speaker < 0:
+        raise SynthError(f"--speaker must be a non-negative integer, got {args.speaker}")
+    if args.clips:
+        clips, source = importer.clips_in_directory(args.clips, args.speaker), args.clips
+    else:
+        clips = importer.clips_in_hf_dataset(args.hf_dataset, split=args.split, audio_column=args.audio_column,
+                                             text_column=args.text_column, speaker_column=args.speaker_column,
+                                             speaker=args.speaker)
+        source = f"{args.hf_dataset}[{args.split}]"
+    totals = importer.import_clips(clips, args.output, source=source, codec=importer.load_codec(args.model),
+                                   model_id=args.model, rows_per_part=args.rows_per_part,
+                                   audio_format=args.audio_format, adopt=args.adopt_output)
+    print(f"import: {totals['rows']} rows, {totals['errors']} error rows in {totals['parts']} parts "
+          f"({totals['skipped_parts']} committed before) -> {args.output}", flush=True)
+    return 1 if totals["errors"] else 0
+
+
 def verify_command(args: argparse.Namespace) -> int:
     from synth.pipeline import storage
     from synth.pipeline.output import OutputDir
@@ -158,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     _book_parser(sub)
     _verify_parser(sub)
     _train_parser(sub)
+    _import_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
     command = {"run": run_command, "book": book_command, "verify": verify_command, "train": train_command,
-               }[args.command]
+               "import": import_command}[args.command]
     try:
         return command(args)
     except SynthError as e:

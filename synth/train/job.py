@@ -65,17 +65,12 @@ def _claim(out: storage.Location, data_uri: str, config: TrainConfig) -> dict:
     return record
 
 
-def _codec_encoder(model_path: str, model_config):
+def _codec_encoder(model_id: str):
     """clips -> codes through synth's batched Mimi, loaded on first use."""
     def encode(clips):
-        import torch
+        from synth.train.importer import load_codec
 
-        from synth.engine.codec import MimiCodec, load_mimi
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        mimi = load_mimi(model_path, model_config, device=device, dtype=torch.float32)
-        codec = MimiCodec(mimi, num_codebooks=model_config.num_codebooks)
-        return [c.numpy() for c in codec.encode(clips)]
+        return [c.numpy() for c in load_codec(model_id).encode(clips)]
     return encode
 
 
@@ -94,7 +89,7 @@ def prepared_train_set(out: storage.Location, record: dict, data_uri: str, confi
     train_set, skipped = prepare_train_set(
         data_uri, processor=AutoProcessor.from_pretrained(model_path), model_config=model_config,
         qc_filter=config.data.qc_filter, max_positions=max_positions,
-        encode=_codec_encoder(model_path, model_config))
+        encode=_codec_encoder(model_path))
     for line in skipped[:20]:
         print(f"train: skipped {line}", flush=True)
     if len(skipped) > 20:
