@@ -28,6 +28,7 @@ from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.train.config import TrainConfig
 from synth.train.dataset import TrainSet, prepare_train_set
+from synth.train.sampler import BatchPlan
 
 TRAIN_RECORD = "train.json"
 TRAIN_SET_FILE = "train_set.parquet"
@@ -109,6 +110,12 @@ def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
     train_set = prepared_train_set(out, record, data_uri, config)
     print(f"train: {len(train_set.targets)} examples ({sum(train_set.lengths)} positions) from {data_uri}, "
           f"{len(record.get('skipped', []))} rows skipped", flush=True)
+    try:  # the workers' plan, checked here: a set too small for the workers fails before any starts
+        BatchPlan(train_set.lengths, batch_positions=config.data.batch_positions,
+                  num_workers=config.workers.num_workers, seed=config.optim.seed, epochs=config.optim.epochs,
+                  max_steps=config.optim.max_steps)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     result = _fit(config, out)
     history = result.metrics.get("history", [])
     record.update(finished=True, steps=result.metrics.get("step"), losses=history, model=MODEL_DIR,
