@@ -47,6 +47,36 @@ TRAIN_SET_SCHEMA = pa.schema([
 ])
 
 
+def codes_arrays(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """A `list<list<int>>` codes column -> per row an int64 array [num_frames, width], read from Arrow's
+    buffers (no Python int per code); None for a null row or one whose frames differ in width."""
+    out: list[np.ndarray | None] = []
+    for chunk in column.chunks:
+        outer = chunk.offsets.to_numpy()  # [rows + 1] into chunk.values (the slice's own offsets)
+        inner = chunk.values.offsets.to_numpy()  # [frames + 1] into chunk.values.values
+        values = chunk.values.values.to_numpy(zero_copy_only=False).astype(np.int64)
+        nulls = chunk.is_null().to_numpy(zero_copy_only=False)
+        for i in range(len(chunk)):
+            a, b = outer[i], outer[i + 1]
+            widths = np.diff(inner[a:b + 1])
+            if nulls[i] or (len(widths) and (widths != widths[0]).any()):
+                out.append(None)
+                continue
+            out.append(values[inner[a]:inner[b]].reshape(b - a, widths[0] if len(widths) else 0))
+    return out
+
+
+def codes_column(codes: Sequence[np.ndarray]) -> pa.Array:
+    """Arrays [num_frames_i, K] -> a `list<list<int16>>` column, built from numpy buffers."""
+    frames = np.array([len(c) for c in codes], dtype=np.int32)
+    widths = np.concatenate([np.full(len(c), c.shape[1] if c.ndim == 2 else 0, dtype=np.int32) for c in codes]
+                            ) if codes else np.zeros(0, np.int32)
+    values = np.concatenate([np.asarray(c, dtype=np.int16).reshape(-1) for c in codes]) if codes else np.zeros(0, np.int16)
+    inner = pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(widths)]).astype(np.int32)),
+                                     pa.array(values, type=pa.int16()))
+    return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(frames)]).astype(np.int32)), inner)
+
+
 class DatasetError(SynthError, ValueError):
     """A dataset that cannot be trained on as a whole; the message names it and says why."""
 
@@ -68,26 +98,34 @@ class TrainSet:
 
     def to_parquet(self) -> bytes:
         targets = {tid: (context, n) for tid, context, n in self.targets}
-        rows = [{"id": i, "speaker": t.speaker, "text": t.text, "codes": np.asarray(t.codes, dtype=np.int16).tolist(),
-                 "target": i in targets, "context_ids": list(targets.get(i, ((), 0))[0]),
-                 "num_positions": targets.get(i, ((), 0))[1]} for i, t in sorted(self.turns.items())]
+        ids = sorted(self.turns)
+        table = pa.table({
+            "id": pa.array(ids, pa.string()),
+            "speaker": pa.array([self.turns[i].speaker for i in ids], pa.int32()),
+            "text": pa.array([self.turns[i].text for i in ids], pa.string()),
+            "codes": codes_column([np.asarray(self.turns[i].codes) for i in ids]),
+            "target": pa.array([i in targets for i in ids]),
+            "context_ids": pa.array([list(targets[i][0]) if i in targets else [] for i in ids], pa.list_(pa.string())),
+            "num_positions": pa.array([targets[i][1] if i in targets else 0 for i in ids], pa.int32()),
+        }, schema=TRAIN_SET_SCHEMA)
         sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows, schema=TRAIN_SET_SCHEMA), sink, compression="zstd")
+        pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
 
     @classmethod
     def from_parquet(cls, data: bytes) -> "TrainSet":
         table = pq.read_table(pa.BufferReader(data))
+        codes = codes_arrays(table.column("codes"))
         turns, targets = {}, []
-        for row in table.to_pylist():
-            turns[row["id"]] = CodedTurn(row["speaker"], row["text"], np.asarray(row["codes"], dtype=np.int16))
+        for row, c in zip(table.drop_columns(["codes"]).to_pylist(), codes):
+            turns[row["id"]] = CodedTurn(row["speaker"], row["text"], c.astype(np.int16))
             if row["target"]:
                 targets.append((row["id"], tuple(row["context_ids"]), row["num_positions"]))
         return cls(turns, targets)
 
 
 def read_rows(output: OutputDir, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
-    """Rows of the committed parts (data/ files a marker covers), and the ids to train on."""
+    """Rows of the committed parts (data/ files a marker covers; codes as arrays), and the ids to train on."""
     if not storage.exists(output.at("data")):
         raise DatasetError(f"{output.uri} is not a synth dataset: it has no data/ directory")
     committed, _ = output.markers()
@@ -105,7 +143,10 @@ def read_rows(output: OutputDir, *, qc_filter: bool) -> tuple[list[dict], set[st
             tables.append(pq.read_table(f, columns=COLUMNS + ([QC_COLUMN] if qc_filter else [])))
     if not tables:
         raise DatasetError(f"{output.uri} has no committed rows to train on")
-    rows = pa.concat_tables(tables).to_pylist()
+    table = pa.concat_tables(tables)
+    rows = table.drop_columns(["codes"]).to_pylist()
+    for row, codes in zip(rows, codes_arrays(table.column("codes"))):
+        row["codes"] = codes  # [num_frames, K] int64, or None (null, or frames of different widths)
     train = {r["id"] for r in rows if not qc_filter or r[QC_COLUMN] is True}
     return rows, train
 
@@ -194,8 +235,10 @@ def prepare_train_set(data_uri: str, *, processor, model_config, qc_filter: bool
     turns: dict[str, CodedTurn] = {}
     skipped: list[str] = []
     for row in rows:
-        codes = np.asarray(row["codes"], dtype=np.int64)
-        if codes.ndim != 2 or codes.shape[1] != K or len(codes) == 0:
+        codes = row["codes"]
+        if codes is None:
+            bad = "codes missing, or frames of different widths"
+        elif codes.shape[1] != K or len(codes) == 0:
             bad = f"codes of shape {list(codes.shape)}, expected [num_frames > 0, {K}]"
         elif codes.min() < 0 or codes.max() >= codebook_size:
             bad = f"codes outside the codec's 0..{codebook_size - 1}"

@@ -116,9 +116,12 @@ def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
                   max_steps=config.optim.max_steps)
     except ValueError as e:
         raise TrainError(str(e)) from None
-    result = _fit(config, out)
-    history = result.metrics.get("history", [])
-    record.update(finished=True, steps=result.metrics.get("step"), losses=history, model=MODEL_DIR,
+    if record.get("finished"):  # a relaunch (a longer run) rewrites model/: it is not complete until the end
+        record["finished"] = False
+        storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
+    metrics = _fit(config, out).metrics or {}  # none when a finished run is launched again with no step to do
+    history = metrics.get("history", record.get("losses", []))
+    record.update(finished=True, steps=metrics.get("step", record.get("steps")), losses=history, model=MODEL_DIR,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
     if history:

@@ -1,5 +1,5 @@
 """The fine-tuning job end to end: a real synthesis run of the tiny CSM, a two-worker Ray Train run
-(LoRA) killed with SIGKILL after a checkpoint and resumed, its model loaded by `from_pretrained` and
+(LoRA) whose driver is killed with SIGKILL after a checkpoint and which resumes, its model loaded by `from_pretrained` and
 used by the synthesis job; and the training set's context, QC filter, bad rows and refusals."""
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import REPO, JobProcess, job_args, load_output, private_ray, run_job
+from helpers import (
+    REPO,
+    JobProcess,
+    free_port,
+    job_args,
+    kill_session,
+    load_output,
+    private_ray,
+    run_job,
+)
 
 from synth.pipeline.manifest import write_manifest
 from synth.train.batches import CodesLoss, collate
@@ -26,9 +35,33 @@ NUM_STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def ray_job_env():
+def ray_job_env(tmp_path_factory):
+    """The environment of jobs on one private single-node Ray cluster (`ray start --head`, its own temp dir,
+    token and port), shared by the module's four jobs: a killed driver leaves it running, as on a real
+    cluster. Afterwards the cluster's session is killed."""
+    import secrets
+    import subprocess
+    import sys
+    import time
+
     with private_ray() as env:
-        yield env
+        port = free_port()
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        log = str(tmp_path_factory.mktemp("cluster") / "cluster.log")
+        with open(log, "w") as out:
+            cluster = subprocess.Popen(
+                [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+                 "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={env['RAY_TMPDIR']}"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while "Ray runtime started" not in open(log, errors="replace").read():
+                assert cluster.poll() is None and time.time() < deadline, open(log, errors="replace").read()[-3000:]
+                time.sleep(0.2)
+            yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        finally:
+            kill_session(cluster.pid)
+            cluster.wait()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +93,7 @@ def _train_args(data: str, out: str, checkpoint: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(synth_output, tiny_checkpoint, tmp_path_factory, ray_job_env):
-    """Train, kill the driver (and its Ray) with SIGKILL once a checkpoint is recorded, run it again."""
+    """Train, kill the driver with SIGKILL once a checkpoint is recorded, run it again."""
     _, data = synth_output
     root = tmp_path_factory.mktemp("train")
     out = str(root / "ft")
@@ -118,7 +151,10 @@ def test_the_trained_model_loads_and_runs_the_synthesis_job(trained, synth_outpu
     assert len(ds) == 8 and set(ds["model"]) == {model_dir}
 
 
-def test_the_train_set_holds_each_row_with_the_context_it_was_conditioned_on(trained, synth_output):
+def test_the_train_set_holds_each_row_with_the_context_it_was_conditioned_on(trained, synth_output, speech_clip,
+                                                                            tiny_checkpoint):
+    from synth.train.importer import load_codec
+
     out, _, _ = trained
     _, data = synth_output
     train_set = TrainSet.from_parquet(open(os.path.join(out, TRAIN_SET_FILE), "rb").read())
@@ -136,7 +172,10 @@ def test_the_train_set_holds_each_row_with_the_context_it_was_conditioned_on(tra
         cached = os.path.join(data, voice_codes_file(clip_key(decode_clip(f.read(), 24000))))
     assert np.array_equal(train_set.turns["voice:narrator"].codes, np.load(cached))
     recorded = train_set.turns["rec:0"]
-    assert recorded.text.startswith("Hello there") and recorded.codes.shape[1] == 32 and len(recorded.codes) > 10
+    assert recorded.text.startswith("Hello there") and recorded.speaker == 0
+    with open(speech_clip, "rb") as f:
+        (expected,) = load_codec(tiny_checkpoint).encode([decode_clip(f.read(), 24000)])
+    assert np.array_equal(recorded.codes, expected.numpy())
 
 
 def _copy_with_qc(data: str, dest: str, qc: dict[str, bool], bad_codes: str | None = None) -> str:
