@@ -105,6 +105,8 @@ def prepared_train_set(out: storage.Location, record: dict, data_uri: str, confi
 
 def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
     """Fine-tune on the dataset at `data_uri` into `output_uri` (resuming a killed run there); the record."""
+    if not storage.exists(storage.resolve(data_uri).join("data")):  # before OUT is claimed for it
+        raise TrainError(f"--data {data_uri} is not a synth dataset: it has no data/ directory")
     out = storage.resolve(output_uri)
     record = _claim(out, data_uri, config)
     train_set = prepared_train_set(out, record, data_uri, config)
@@ -148,14 +150,16 @@ def _fit(config: TrainConfig, out: storage.Location):
             cluster.get("CPU", 0) < workers.num_workers * workers.cpus_per_worker:
         raise TrainError(f"the Ray cluster has {cluster.get('CPU', 0)} CPUs and {cluster.get('GPU', 0)} GPUs; "
                          f"{workers.num_workers} workers need {resources} each (workers.*)")
-    storage_path = out.join(RAY_DIR).path if out.is_local else out.join(RAY_DIR).uri
+    def where(name: str) -> str:  # absolute for local paths: workers need not share the driver's cwd
+        return out.join(name).path if out.is_local else out.join(name).uri
+
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "train_set": out.join(TRAIN_SET_FILE).uri,
-                           "model_dir": out.join(MODEL_DIR).uri},
+        train_loop_config={"config": config.model_dump(mode="json"), "train_set": where(TRAIN_SET_FILE),
+                           "model_dir": where(MODEL_DIR)},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path,
+        run_config=RunConfig(name=RUN_NAME, storage_path=where(RAY_DIR),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints.keep),
                              failure_config=FailureConfig(max_failures=config.checkpoints.max_failures)),
     )

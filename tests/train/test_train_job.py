@@ -239,3 +239,15 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
     with pytest.raises(TrainError, match=r"optim.learning_rate differ"):
         _claim(mine, data, other)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_bad_training_config_fails_before_anything_runs(tmp_path, capsys):
+    from synth.cli import main
+
+    out = tmp_path / "ft"
+    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--set", "model.precision=bfloat16"]) == 2
+    assert "model.precision 'bfloat16' needs workers.use_gpu: true" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path), "--output", str(out), "--set", "optim.learning_rate=-1"]) == 2
+    assert "optim.learning_rate" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "--data", str(tmp_path), "--output", str(out)]) == 2
+    assert "is not a synth dataset: it has no data/ directory" in capsys.readouterr().err and not out.exists()
