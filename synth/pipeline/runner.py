@@ -145,7 +145,7 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
                      done: dict[int, ShardSummary], lease: Lease, *, log) -> Dispatcher:
     """Start the actors and hand them `todo` until every shard is done or failed; returns the
     dispatcher, which holds what happened (done, failed, voices)."""
-    ray = _init_ray(config)
+    ray = init_ray(config.ray.address)
     from ray.exceptions import RayActorError, RayTaskError
 
     _check_resources(ray, config)
@@ -192,13 +192,14 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
     return dispatcher
 
 
-def _init_ray(config: SynthConfig):
+def init_ray(address: str | None):
+    """Ray for the driver: already initialised, or `address` (ray.address), RAY_ADDRESS, else a new local one."""
     import ray
 
     if not ray.is_initialized():
         # Never join a cluster by accident (ray.init() with no address joins whatever
         # `ray start` last recorded on this machine): no address means a new local one.
-        address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True, logging_level="warning")
     return ray
 
