@@ -113,3 +113,50 @@ def test_every_format_loads_with_its_library_without_and_with_qc(fmt, synth_outp
     if fmt == "webdataset":
         sizes = [os.path.getsize(os.path.join(dest, "wds", n)) for n in os.listdir(os.path.join(dest, "wds"))]
         assert len(sizes) > 4 and max(sizes) < 0.05 * 2**20 + 200_000
+
+
+def test_filters_drop_exactly_the_rows_they_should(qc_output, tmp_path):
+    out, ids = qc_output
+    rows = source_rows(out)
+    shortest, longest = min(r["duration_s"] for r in rows.values()), max(r["duration_s"] for r in rows.values())
+    cases = [
+        ({"qc_pass_only": True}, lambda r: r["qc_pass"], "qc"),
+        ({"min_duration_s": shortest + 0.01}, lambda r: r["duration_s"] >= shortest + 0.01, "duration"),
+        ({"min_duration_s": 0.5, "max_duration_s": longest - 0.01}, lambda r: r["duration_s"] <= longest - 0.01,
+         "duration"),
+        ({"speakers": (0, 2)}, lambda r: r["speaker"] in (0, 2), "speaker"),
+        ({"voices": ("narrator",)}, lambda r: r["voice"] == "narrator", "voice"),
+    ]
+    for i, (options, keep, reason) in enumerate(cases):
+        kept = {row_id for row_id, r in rows.items() if keep(r)}
+        assert 0 < len(kept) < len(rows), (options, kept)  # the filter has something to drop and to keep
+        record = export(out, str(tmp_path / f"nemo-{i}"), format="nemo", **options)
+        check_nemo(str(tmp_path / f"nemo-{i}"), rows, kept)
+        assert record["rows"] == len(kept) and record["dropped"] == {reason: len(rows) - len(kept)}, options
+    # filters combine: each row is dropped by the first filter it fails
+    both = {row_id for row_id, r in rows.items() if r["qc_pass"] and r["speaker"] in (0, 2)}
+    export(out, str(tmp_path / "wds-both"), format="webdataset", qc_pass_only=True, speakers=(0, 2))
+    check_webdataset(str(tmp_path / "wds-both"), rows, both)
+
+
+def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(synth_output, tmp_path):
+    out, _ = synth_output
+    with pytest.raises(ExportError, match="has no `qc_pass` column"):
+        export(out, str(tmp_path / "qc"), format="nemo", qc_pass_only=True)
+    assert not (tmp_path / "qc").exists()  # refused before anything was written
+    with pytest.raises(ExportError, match="overlap"):
+        export(out, os.path.join(out, "export"), format="nemo")
+    (tmp_path / "a-run").mkdir()
+    (tmp_path / "a-run" / "plan.json").write_text("{}")  # what marks another run's output
+    with pytest.raises(ExportError, match="run's output"):
+        export(out, str(tmp_path / "a-run"), format="nemo")
+    # a finished export is continued only with the same options
+    export(out, str(tmp_path / "once"), format="nemo", speakers=(0,))
+    with pytest.raises(ExportError, match="speakers"):
+        export(out, str(tmp_path / "once"), format="nemo", speakers=(1,))
+    # a user's directory is refused as a run's OUT is
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not a synth output"):
+        export(out, str(tmp_path / "mine"), format="nemo")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
