@@ -161,7 +161,11 @@ def run_command(args: argparse.Namespace) -> int:
     summary = run(config, args.input, args.output, allow_changes=args.allow_changes, adopt=args.adopt_output)
     from synth.export.describe import describe_output
 
-    describe_output(args.output, lease_stale_seconds=config.job.lease_stale_seconds)
+    try:  # the rows are committed and run.json written: a card that cannot be written fails nothing
+        describe_output(args.output, lease_stale_seconds=config.job.lease_stale_seconds)
+    except (SynthError, OSError) as e:
+        print(f"warning: the dataset card and report were not written ({e}); `synth card` / `synth report` "
+              "write them later", file=sys.stderr)
     return 0 if summary["ok"] else 1
 
 

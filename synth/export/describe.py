@@ -31,7 +31,17 @@ def describe_output(output_uri: str, *, card: bool = True, report: bool = True, 
         stats = collect(output)
         if card:
             written.append(write_card(output, stats, license_id=license_id, log=log))
-        if report:
+        if report and _have_matplotlib(log):
             written.append(write_report(output, stats))
     log(f"synth: wrote {', '.join(written)} in {output.uri}")
     return written
+
+
+def _have_matplotlib(log) -> bool:
+    """The report needs matplotlib (the `export` extra); a run without it still writes its card."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("synth: report.html not written: matplotlib is missing (pip install 'synth[export]')")
+        return False
+    return True

@@ -64,13 +64,15 @@ def _bars(counts: dict, title: str, ylabel: str, *, limit: int = 30) -> str:
 
 
 def _throughput(stats: OutputStats) -> str:
-    fig, ax = _figure("Throughput: audio committed over time", "minutes since the first commit", "audio hours")
+    span_s = stats.commits[-1][0] - stats.commits[0][0] if stats.commits else 0.0
+    unit, per = ("hours", 3600) if span_s > 3 * 3600 else ("minutes", 60) if span_s > 180 else ("seconds", 1)
+    fig, ax = _figure("Throughput: audio committed over time", f"{unit} since the first commit", "audio hours")
     if stats.commits:
         start = stats.commits[0][0]
         total, xs, ys = 0.0, [], []
         for when, seconds in stats.commits:
             total += seconds
-            xs.append((when - start) / 60)
+            xs.append((when - start) / per)
             ys.append(total / 3600)
         ax.step(xs, ys, where="post", color="#c44e52")
         ax.plot(xs, ys, "o", markersize=3, color="#c44e52")
@@ -100,6 +102,10 @@ def plots(stats: OutputStats) -> list[tuple[str, str]]:
     return out
 
 
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+
+
 def _audio_mime(data: bytes) -> str:
     return "audio/flac" if data[:4] == b"fLaC" else "audio/wav"
 
@@ -110,12 +116,12 @@ def report_html(output: OutputDir, stats: OutputStats) -> str:
     esc = html.escape
     summary_keys = ("scripts", "scripts_ok", "scripts_with_errors", "scripts_in_failed_shards", "shards",
                     "shards_done", "turns_generated", "error_rows", "audio_hours", "wall_seconds", "x_real_time")
-    summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(run[k]))}</td></tr>" for k in summary_keys
+    summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_number(run[k]))}</td></tr>" for k in summary_keys
                       if k in run) or "<tr><td>no run.json: the run has not finished</td></tr>"
     qc_line = (f"<p>QC: {stats.qc_passed} of {stats.qc_rows} rows passed.</p>" if stats.has_qc
                else "<p>QC: not measured (the output has no QC columns).</p>")
-    figures = "\n".join(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{png}">'
-                        f"<figcaption>{esc(title)}</figcaption></figure>" for title, png in plots(stats))
+    figures = "\n".join(f'<img alt="{esc(title)}" title="{esc(title)}" src="data:image/png;base64,{png}">'
+                        for title, png in plots(stats))
     clips = "\n".join(
         f'<li><code>{esc(row_id)}</code> {esc(text)}<br><audio controls preload="none" '
         f'src="data:{_audio_mime(data)};base64,{base64.b64encode(data).decode()}"></audio></li>'
@@ -127,7 +133,7 @@ def report_html(output: OutputDir, stats: OutputStats) -> str:
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
 table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding: 2px 8px; text-align: left; }}
-.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }} figure {{ margin: 0; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 </style></head>
 <body>
 <h1>synth run report</h1>
