@@ -99,7 +99,9 @@ def card_text(output: OutputDir, stats: OutputStats, *, license_id: str = "other
     }
     features = _features_yaml(output)
     if features is not None:
-        header["dataset_info"] = {"features": features, "splits": [{"name": "train", "num_examples": stats.rows}]}
+        num_bytes = sum(output.file_sizes(DATA_DIR).values())  # the Parquet parts, as the hub counts them
+        header["dataset_info"] = {"features": features,
+                                  "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": stats.rows}]}
     header["synth"] = {
         "machine_generated": True,
         "synth_version": __version__,

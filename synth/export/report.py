@@ -22,25 +22,21 @@ from synth.pipeline import storage
 from synth.pipeline.output import REPORT_FILE, RUN_RECORD, OutputDir
 
 FIGSIZE_IN = (6.4, 3.2)
-DPI = 90
+DPI = 80
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
 def _figure(title: str, xlabel: str, ylabel: str):
-    import matplotlib
+    # A bare Figure draws with the Agg canvas: no pyplot, no display, nothing global to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # headless: the report is drawn on machines without a display
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=FIGSIZE_IN)
+    fig = Figure(figsize=FIGSIZE_IN)
+    ax = fig.subplots()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

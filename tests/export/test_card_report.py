@@ -33,15 +33,17 @@ def card_header(out: str, name: str = CARD_FILE) -> dict:
     return yaml.safe_load(text.split("\n---\n", 1)[0][4:])
 
 
-def load_through_card(out: str):
+def load_through_card(out: str, cache_dir):
+    """The directory itself through `load_dataset`, its own cache (an earlier session's OUT of the
+    same name and file sizes can hit datasets' shared cache)."""
     from datasets import Audio, load_dataset
 
-    return load_dataset(out, split="train").cast_column("audio", Audio(decode=False))
+    return load_dataset(out, split="train", cache_dir=str(cache_dir)).cast_column("audio", Audio(decode=False))
 
 
-def test_card_loads_with_datasets_and_its_numbers_are_run_jsons(synth_output):
+def test_card_loads_with_datasets_and_its_numbers_are_run_jsons(synth_output, tmp_path):
     out, ids = synth_output
-    ds = load_through_card(out)  # the directory itself: its README's configs point at data/
+    ds = load_through_card(out, tmp_path / "cache")  # the directory itself: its README's configs point at data/
     assert sorted(ds["id"]) == sorted(ids)
     run = json.load(open(os.path.join(out, RUN_RECORD)))
     header = card_header(out)
@@ -69,7 +71,7 @@ def test_card_with_qc_columns_and_a_users_readme(qc_output, tmp_path):
     assert 0 < passed < len(rows) and numbers["qc_passed"] == passed
     assert numbers["qc_pass_rate"] == pytest.approx(passed / len(rows))
     assert numbers["qc_failure_reasons"] == {"wer_above_max": len(rows) - passed}
-    ds = load_through_card(out)
+    ds = load_through_card(out, tmp_path / "cache")
     assert "qc_pass" in ds.features and sorted(ds["id"]) == sorted(ids)
     # a README.md synth did not write (an adopted directory's, or one whose mark was removed) stays as it is
     mine = str(tmp_path / "mine")
