@@ -25,7 +25,8 @@ class ShardBar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done_before, unit="shard", desc="synth", file=self.stream,
-                            dynamic_ncols=True, smoothing=0.3)
+                            dynamic_ncols=True, smoothing=0.3,
+                            bar_format="{l_bar}{bar:20}{r_bar}")  # a short bar leaves room for the totals
 
     def log(self, message: str) -> None:
         """A log line: above the bar when there is one, else as the run prints it."""
