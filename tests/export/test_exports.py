@@ -160,3 +160,17 @@ def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(syn
     with pytest.raises(Exception, match="not a synth output"):
         export(out, str(tmp_path / "mine"), format="nemo")
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_the_export_job_script_is_the_command_and_bad_options_exit_2(synth_output, tmp_path):
+    from helpers import run_job
+
+    out, _ = synth_output
+    helped = run_job(["jobs/export.py", "--help"])
+    assert helped.returncode == 0 and "usage: synth export" in helped.stdout, helped.stderr
+    bad = run_job(["jobs/export.py", out, "--format", "nemo", "--to", str(tmp_path / "x"), "--min-duration", "3",
+                   "--max-duration", "1"])
+    assert bad.returncode == 2 and "min_duration_s (3.0) is above max_duration_s (1.0)" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+    unknown = run_job(["jobs/export.py", out, "--format", "hdf5", "--to", str(tmp_path / "x")])
+    assert unknown.returncode == 2 and "invalid choice: 'hdf5'" in unknown.stderr
