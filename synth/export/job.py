@@ -29,7 +29,7 @@ from synth.export.rows import (
 from synth.pipeline import storage
 from synth.pipeline.faults import actor_runtime_env, crash_point
 from synth.pipeline.lease import Lease
-from synth.pipeline.output import FileRecord, OutputDir
+from synth.pipeline.output import FileRecord, OutputDir, StopRun
 
 
 def export_part(options_dict: dict, source_uri: str, dest_uri: str, part: SourcePart, run_id: str) -> UnitCommit:
@@ -65,7 +65,7 @@ def run_export(source_uri: str, dest_uri: str, options: ExportOptions, *, log=pr
     check_filters(options, source_columns(source, parts), source.uri)
     dest = ExportDir(OutputDir(storage.resolve(dest_uri)))
     dest.claim(source)
-    identity = options.identity(source.uri)
+    identity = options.identity(source.location.path)  # absolute: `out` and `./out` are one source
     with Lease.acquire(dest.output, stale_after_s=options.lease_stale_seconds, log=log) as lease:
         dest.check_identity(identity)
         dest.write_record({"identity": identity, "finished": False})
@@ -103,6 +103,8 @@ def _fan_out(options: ExportOptions, source_uri: str, dest: ExportDir, todo: lis
         try:
             commit = ray.get(ended[0])
         except RayError as e:  # the task raised, or its worker died past its retries: record the part, go on
+            if isinstance(getattr(e, "cause", None), StopRun):  # a full disk, a lost lease: no part can succeed
+                raise ExportError(f"the export stopped: {e.cause}") from None
             failed[part.name] = str(e).strip().splitlines()[-1][:500]
             log(f"synth export: part {part.name} FAILED: {failed[part.name]}")
             continue

@@ -174,3 +174,23 @@ def test_the_export_job_script_is_the_command_and_bad_options_exit_2(synth_outpu
     assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
     unknown = run_job(["jobs/export.py", out, "--format", "hdf5", "--to", str(tmp_path / "x")])
     assert unknown.returncode == 2 and "invalid choice: 'hdf5'" in unknown.stderr
+
+
+def test_a_partly_finished_output_exports_what_it_committed(synth_output, tmp_path):
+    import shutil
+
+    out, ids = synth_output
+    partial = str(tmp_path / "partial")
+    shutil.copytree(out, partial)
+    # as a run killed before the last part's marker leaves it: the part's data is there, its marker is not
+    markers = sorted(n for n in os.listdir(os.path.join(partial, "_progress")) if "-part-" in n)
+    last = json.load(open(os.path.join(partial, "_progress", markers[-1])))
+    while not last["rows"]:  # the last part that holds rows
+        markers.pop()
+        last = json.load(open(os.path.join(partial, "_progress", markers[-1])))
+    os.remove(os.path.join(partial, "_progress", markers[-1]))
+    uncommitted = {r["id"] for r in pq.read_table(os.path.join(partial, "data", markers[-1].replace(".json", ".parquet")))
+                   .to_pylist()}
+    record = export(partial, str(tmp_path / "wds"), format="webdataset")
+    check_webdataset(str(tmp_path / "wds"), source_rows(out), set(ids) - uncommitted)
+    assert record["rows"] == len(ids) - len(uncommitted) and uncommitted
