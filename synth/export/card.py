@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import yaml
 
 from synth import __version__
@@ -51,8 +52,6 @@ def _features_yaml(output: OutputDir) -> list | None:
     if not files:
         return None
     with output.location.fs.open_input_file(files[0]) as f:
-        import pyarrow.parquet as pq
-
         schema = pq.ParquetFile(f).schema_arrow
     return DatasetInfo(features=Features.from_arrow_schema(schema))._to_yaml_dict()["features"]
 
@@ -88,6 +87,7 @@ def card_text(output: OutputDir, stats: OutputStats, *, license_id: str = "other
     """The whole README.md."""
     models = sorted({(m or "?", w or "?", e or "?") for m, w, e in stats.models})
     numbers = statistics(stats)
+    settings = _settings(output)
     header = {
         "license": license_id,
         "task_categories": ["text-to-speech", "automatic-speech-recognition"],
@@ -106,7 +106,7 @@ def card_text(output: OutputDir, stats: OutputStats, *, license_id: str = "other
         "machine_generated": True,
         "synth_version": __version__,
         "models": [{"model": m, "model_weights": w, "engine": e} for m, w, e in models],
-        "settings": _settings(output),
+        "settings": settings,
         "statistics": numbers,
     }
     yaml_text = yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=120)
@@ -135,7 +135,7 @@ person. The clips carry no audio watermark: their provenance is this card, the `
 Settings that shaped the audio (from `plan.json`):
 
 ```json
-{json.dumps(_settings(output), indent=2)[:4000]}
+{json.dumps(settings, indent=2)[:4000]}
 ```
 
 ## Statistics

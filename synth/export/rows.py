@@ -10,6 +10,7 @@ output has them). It knows nothing about the formats' files or Ray.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -110,8 +111,6 @@ def metadata(row: dict) -> dict:
 
 def sample_key(row_id: str) -> str:
     """A file-name-safe key for a row id, unique per id (WebDataset keys hold no '.')."""
-    import hashlib
-
     slug = re.sub(r"[^A-Za-z0-9_-]", "_", row_id)[:100]
     return slug if slug == row_id else f"{slug}-{hashlib.sha1(row_id.encode()).hexdigest()[:8]}"
 
