@@ -87,4 +87,4 @@ def acx_check(audio: np.ndarray, sample_rate_hz: int) -> AcxReport:
         reasons.append(f"room tone at the head {head:.2f} s is under {HEAD_S[0]} s")
     if not TAIL_S[0] <= tail + 1e-9:
         reasons.append(f"room tone at the tail {tail:.2f} s is under {TAIL_S[0]} s")
-    return AcxReport(rms, peak, floor, head, tail, tuple(reasons))
+    return AcxReport(rms, peak, floor, float(head), float(tail), tuple(reasons))

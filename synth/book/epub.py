@@ -126,7 +126,10 @@ def _join(base: str, href: str) -> str:
 
 
 def _xml(archive: zipfile.ZipFile, name: str, *, html: bool = False):
-    from lxml import etree
+    try:
+        from lxml import etree
+    except ImportError:
+        raise BookError("reading an EPUB needs lxml: pip install -e '.[book]' (or pip install lxml)") from None
 
     try:
         data = archive.read(name)

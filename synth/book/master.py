@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from synth.book.acx import RMS_DB
+from synth.errors import SynthError
 
 MIN_LOUDNESS_S = 0.4  # BS.1770 gates 400 ms blocks: pyloudnorm refuses anything shorter
 
@@ -49,7 +50,11 @@ class MasterSettings:
 
 def integrated_loudness(audio: np.ndarray, sample_rate_hz: int) -> float:
     """BS.1770 integrated loudness in LUFS; -inf for silence or audio under 0.4 s."""
-    import pyloudnorm
+    try:
+        import pyloudnorm
+    except ImportError:
+        raise SynthError("mastering needs pyloudnorm: pip install -e '.[book]' (or pip install pyloudnorm), "
+                         "or render with --no-master") from None
 
     if len(audio) < MIN_LOUDNESS_S * sample_rate_hz or not np.any(audio):
         return float("-inf")

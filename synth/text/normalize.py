@@ -95,7 +95,11 @@ def _nemo() -> Callable[[str], str]:
 
 
 def _words(number: str | int | float, to: str = "cardinal") -> str:
-    from num2words import num2words
+    try:
+        from num2words import num2words
+    except ImportError:
+        raise NormalizerError("the light normaliser needs num2words: pip install -e '.[book]' "
+                              "(or pip install num2words)") from None
 
     return num2words(number, to=to, lang="en")
 
@@ -154,13 +158,15 @@ def _number_sign(m: re.Match) -> str:
 
 @_sub(r"\b(?=[A-Z])((?i:" + _CHAPTER_WORDS + r"))(\s+)(" + _ROMAN + r")\b(?!['’])")  # `the book I read` stays
 def _chapter_numeral(m: re.Match) -> str:
+    if not m.group(3):  # the numeral pattern also matches nothing (`Part I’ve`): not a numeral
+        return m.group(0)
     return f"{m.group(1)}{m.group(2)}{_words(_roman(m.group(3)))}"
 
 
 @_sub(r"\b([A-Z][a-z]+)\s+(" + _ROMAN + r")\b(?!['’])")
 def _regnal(m: re.Match) -> str:
     name, numeral = m.group(1), m.group(2)
-    if numeral == "I" or len(numeral) > 6:  # `Then I`: the pronoun, not Henry I
+    if numeral in ("", "I") or len(numeral) > 6:  # `Then I`: the pronoun, not Henry I
         return m.group(0)
     return f"{name} the {_words(_roman(numeral), to='ordinal')}"
 

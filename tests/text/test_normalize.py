@@ -93,6 +93,8 @@ CASES = [
     # left alone
     ("Then I said no.", "Then I said no."),
     ("the book I read", "the book I read"),
+    ("what Longitude I’ve got to", "what Longitude I’ve got to"),
+    ("Part I’d say", "Part I’d say"),
     ("Alice was beginning to get very tired.", "Alice was beginning to get very tired."),
     ("“Oh dear! Oh dear!”", "“Oh dear! Oh dear!”"),
 ]
