@@ -109,3 +109,36 @@ def test_unmastered_chapters_fail_the_acx_check_with_reasons(rendered, tmp_path,
     assert "ACX FAIL: " in capsys.readouterr().out
     assert main(["acx", "--strict", *sorted(str(p) for p in (out / "chapters").glob("*.wav"))]) == 0
     assert "acx: 2 of 2 files pass" in capsys.readouterr().out
+
+
+def test_a_chunks_qc_scores_and_its_passing_take_are_used_when_the_rows_have_them(tmp_path):
+    """With issue 12's columns in data/ (several takes of a turn), the chapter uses the take that
+    passed and its timing entry carries that take's scores; written without a model."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+
+    from synth.book.render import _chunk_audio
+
+    def clip(value: float) -> dict:
+        buf = io.BytesIO()
+        sf.write(buf, np.full(240, value, np.float32), SAMPLE_RATE_HZ, format="WAV", subtype="FLOAT")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = [  # turn 0: take 1 failed, take 2 passed; turn 1: one take; another script's row
+        {"script_id": "chapter-001", "turn": 0, "audio": clip(0.1), "spoken_text": "one", "qc_pass": False,
+         "take": 1, "wer": 0.8},
+        {"script_id": "chapter-001", "turn": 0, "audio": clip(0.2), "spoken_text": "one", "qc_pass": True,
+         "take": 2, "wer": 0.0},
+        {"script_id": "chapter-001", "turn": 1, "audio": clip(0.3), "spoken_text": "two", "qc_pass": True,
+         "take": 1, "wer": 0.1},
+        {"script_id": "chapter-002", "turn": 0, "audio": clip(0.4), "spoken_text": "x", "qc_pass": True,
+         "take": 1, "wer": 0.0},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")
+    found = _chunk_audio(storage.resolve(str(tmp_path)), [str(tmp_path / "part.parquet")], "chapter-001")
+    assert sorted(found) == [0, 1]
+    assert found[0][0][0] == pytest.approx(0.2) and found[0][1] == {"spoken_text": "one", "qc_pass": True,
+                                                                   "take": 2, "wer": 0.0}
+    assert found[1][1]["wer"] == 0.1
