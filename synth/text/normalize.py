@@ -36,7 +36,7 @@ _MONTH = r"(?P<month>" + "|".join(_MONTHS) + r"|(?:Jan|Feb|Mar|Apr|Jun|Jul|Aug|S
 _MONTH_BY_ABBREVIATION = {m[:3].lower(): m for m in _MONTHS} | {"sept": "September"}
 _ROMAN = r"(?=[MDCLXVI]+\b)M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})"
 _ROMAN_VALUES = {"M": 1000, "D": 500, "C": 100, "L": 50, "X": 10, "V": 5, "I": 1}
-_CHAPTER_WORDS = r"(?:chapter|book|part|volume|vol\.|act|scene|canto|section|letter|stave|appendix)"
+_CHAPTER_WORDS = r"(?:chapter|book|part|volume|vol\.|act|scene|canto|section|letter|stave)"
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"  # 1,234.5 or 1234.5
 _SCALES = {"k": "thousand", "m": "million", "bn": "billion", "thousand": "thousand", "million": "million",
            "billion": "billion", "trillion": "trillion"}
@@ -158,7 +158,7 @@ def _number_sign(m: re.Match) -> str:
 
 @_sub(r"\b(?=[A-Z])((?i:" + _CHAPTER_WORDS + r"))(\s+)(" + _ROMAN + r")\b(?!['’])")  # `the book I read` stays
 def _chapter_numeral(m: re.Match) -> str:
-    if not m.group(3):  # the numeral pattern also matches nothing (`Part I’ve`): not a numeral
+    if m.group(3) in ("", "L", "C", "D", "M"):  # `Part I’ve` (the pattern matched nothing); `Section D`: a letter
         return m.group(0)
     return f"{m.group(1)}{m.group(2)}{_words(_roman(m.group(3)))}"
 
@@ -166,7 +166,8 @@ def _chapter_numeral(m: re.Match) -> str:
 @_sub(r"\b([A-Z][a-z]+)\s+(" + _ROMAN + r")\b(?!['’])")
 def _regnal(m: re.Match) -> str:
     name, numeral = m.group(1), m.group(2)
-    if numeral in ("", "I") or len(numeral) > 6:  # `Then I`: the pronoun, not Henry I
+    # regnal numbers are I, V and X only (Louis XIV, Henry V); not `Then I` (the pronoun), `Malcolm X`, `Section D`
+    if numeral in ("", "I", "X") or set(numeral) - set("IVX"):
         return m.group(0)
     return f"{name} the {_words(_roman(numeral), to='ordinal')}"
 
@@ -209,7 +210,7 @@ def _day_month(m: re.Match) -> str:
     return spoken + (f" {_year(int(m.group('year')))}" if m.group("year") else "")
 
 
-@_sub(r"\b(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)\b(?:\s?(?P<half>[ap])\.?\s?m\b\.?)?", re.IGNORECASE)
+@_sub(r"\b(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)(?:\s?(?P<half>[ap])\.?\s?m\b\.?|\b)", re.IGNORECASE)
 def _time(m: re.Match) -> str:
     hour, minute = int(m.group("hour")), int(m.group("minute"))
     half = f" {m.group('half').lower()} m" if m.group("half") else ""
@@ -229,13 +230,13 @@ def _ordinal(m: re.Match) -> str:
     return _words(int(m.group("number")), to="ordinal")
 
 
-@_sub(r"\b(?P<decade>1[1-9]\d0|20\d0)['’]?s\b")
+@_sub(r"(?:\b(?P<decade>1[1-9]\d0|20\d0)|(?<![\w'’])['’]?(?P<short>[2-9]0))['’]?s\b")
 def _decade(m: re.Match) -> str:
-    year = _year(int(m.group("decade")))
+    year = _year(int(m.group("decade"))) if m.group("decade") else _words(int(m.group("short")))  # 1920s; '80s
     return year[:-1] + "ies" if year.endswith("y") else year + "s"
 
 
-@_sub(r"(?<![\d,.$£€¥])\b(?P<start>" + _NUMBER + r")\s?[-–](?=\s?\d)(?P<stop>\s?" + _NUMBER + r")\b(?![,.]\d)")
+@_sub(r"(?<![\d,.$£€¥\-–])\b(?P<start>" + _NUMBER + r")\s?[-–](?=\s?\d)(?P<stop>\s?" + _NUMBER + r")\b(?![,.]\d|[-–]\d)")
 def _range(m: re.Match) -> str:
     start, stop = m.group("start"), m.group("stop").strip()
     as_years = all(re.fullmatch(r"1[1-9]\d\d|20\d\d", n) for n in (start, stop))

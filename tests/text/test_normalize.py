@@ -32,6 +32,7 @@ CASES = [
     ("the war of 1812", "the war of eighteen twelve"),
     ("in the 1920s", "in the nineteen twenties"),
     ("during the 1860s", "during the eighteen sixties"),
+    ("in the '80s", "in the eighties"),
     ("from 1914-1918", "from nineteen fourteen to nineteen eighteen"),
     # dates
     ("on March 3, 1865", "on March third, eighteen sixty-five"),
@@ -48,6 +49,7 @@ CASES = [
     ("at 9:00 am", "at nine a m"),
     ("around 12:45 PM", "around twelve forty-five p m"),
     ("at 6:15 a.m. sharp", "at six fifteen a m sharp"),
+    ("by 12:00am", "by twelve a m"),
     # currency
     ("It cost $5.", "It cost five dollars."),
     ("only $1", "only one dollar"),
@@ -95,6 +97,7 @@ CASES = [
     ("the book I read", "the book I read"),
     ("what Longitude I’ve got to", "what Longitude I’ve got to"),
     ("Part I’d say", "Part I’d say"),
+    ("Section D", "Section D"),
     ("Alice was beginning to get very tired.", "Alice was beginning to get very tired."),
     ("“Oh dear! Oh dear!”", "“Oh dear! Oh dear!”"),
 ]
