@@ -242,8 +242,9 @@ class LeaseLost(StopRun):
 
 # The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
 # versions do not load as one dataset, so an output is only ever continued by its own.
-# 1: before plan.json recorded it; 2: adds `warnings`. Bump it with every column change.
-DATA_SCHEMA = 2
+# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`. Bump it with every
+# column change.
+DATA_SCHEMA = 3
 
 
 def run_identity(config: SynthConfig, plan: Plan) -> dict:
@@ -257,6 +258,7 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "generation": config.generation.model_dump(exclude={"batch_size"}),
         "output": config.output.model_dump(),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
+        "text": config.text.model_dump(),
         "plan": plan.to_dict(),
     }
 

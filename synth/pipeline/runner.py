@@ -27,6 +27,7 @@ from synth.pipeline.manifest import Manifest, check_unique_ids, open_manifest
 from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary, StopRun
 from synth.pipeline.plan import Plan, Shard, plan_shards
 from synth.pipeline.progress_bar import ShardBar
+from synth.pipeline.spoken import spoken_text
 from synth.pipeline.verify import Recovery, recover
 
 
@@ -37,6 +38,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     The output must be synth's (or `adopt`ed, see `OutputDir.claim`); the run holds its lease
     throughout (taking it here unless the caller holds it already, e.g. a book render)."""
     t_start = time.time()
+    spoken_text(config.text)  # a lexicon that cannot be read stops the run here, not in every actor
     manifest = open_manifest(input_uri)
     check_unique_ids(manifest)
     plan = plan_shards(manifest, config.output.scripts_per_shard)
