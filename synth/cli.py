@@ -5,6 +5,8 @@
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
     synth book  --config configs/demo.yaml --book book.epub --voice narrator --output out/book --strict
     synth verify out/demo                    (check an output against its commit markers)
+    synth export out/demo --format lhotse_shar --to out/demo-shar   (also: nemo, webdataset)
+    synth card out/demo / synth report out/demo   (rewrite the dataset card / the HTML run report)
     synth acx out/alice/chapters/*.wav       (ACX's audio numbers, per file)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
@@ -113,6 +115,68 @@ def _verify_parser(sub) -> None:
     parser.add_argument("--sizes-only", action="store_true", help="skip the checksums (reads no file's contents)")
 
 
+def _export_parser(sub) -> None:
+    parser = sub.add_parser("export", help="export an output as Lhotse Shar, NeMo JSON lines or WebDataset shards",
+                            description="Export the committed parts of an output into a separate directory, part "
+                            "by part on Ray; a rerun with the same options finishes an interrupted export.")
+    parser.add_argument("output", help="the synth output to export (local or URI)")
+    parser.add_argument("--format", required=True, choices=["lhotse_shar", "nemo", "webdataset"])
+    parser.add_argument("--to", required=True, dest="destination",
+                        help="the export directory: new, empty, or an earlier export of the same options")
+    parser.add_argument("--qc-pass-only", action="store_true", help="keep only rows that passed QC (qc_pass)")
+    parser.add_argument("--min-duration", type=float, metavar="S", help="drop rows shorter than S seconds")
+    parser.add_argument("--max-duration", type=float, metavar="S", help="drop rows longer than S seconds")
+    parser.add_argument("--speakers", help="comma-separated speaker ids to keep")
+    parser.add_argument("--voices", help="comma-separated voice names to keep")
+    parser.add_argument("--shard-mb", type=float, default=256.0, help="webdataset: tar shard size in MB (256)")
+    parser.add_argument("--workers", type=int, default=2, help="parts exported at once (Ray tasks, 2)")
+    parser.add_argument("--ray-address", help="as ray.address for a run (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _describe_parsers(sub) -> None:
+    card = sub.add_parser("card", help="(re)write an output's dataset card, OUT/README.md",
+                          description="Write OUT/README.md (the Hugging Face dataset card) from the committed parts; "
+                          "a README.md synth did not write is left alone and the card goes to README.synth.md.")
+    card.add_argument("output", help="the output directory (local or URI)")
+    card.add_argument("--license", default="other", help="the card's license field (default: other)")
+    report = sub.add_parser("report", help="(re)write an output's HTML run report, OUT/report.html",
+                            description="Write OUT/report.html: plots and example clips, self-contained.")
+    report.add_argument("output", help="the output directory (local or URI)")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from synth.export.job import run_export
+    from synth.export.options import ExportOptions
+    from synth.pipeline.config import ConfigError
+
+    split = (lambda text, kind: tuple(kind(x.strip()) for x in text.split(",") if x.strip()) if text else None)
+    try:
+        options = ExportOptions(format=args.format, qc_pass_only=args.qc_pass_only, min_duration_s=args.min_duration,
+                                max_duration_s=args.max_duration, speakers=split(args.speakers, int),
+                                voices=split(args.voices, str), shard_max_mb=args.shard_mb, num_workers=args.workers,
+                                ray_address=args.ray_address)
+    except (ValidationError, ValueError) as e:
+        raise ConfigError(f"synth export: {e}") from None
+    record = run_export(args.output, args.destination, options)
+    return 0 if record["finished"] else 1
+
+
+def card_command(args: argparse.Namespace) -> int:
+    from synth.export.describe import describe_output
+
+    describe_output(args.output, report=False, license_id=args.license)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from synth.export.describe import describe_output
+
+    describe_output(args.output, card=False)
+    return 0
+
+
 def verify_command(args: argparse.Namespace) -> int:
     from synth.pipeline import storage
     from synth.pipeline.output import OutputDir
@@ -135,6 +199,13 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.output:
         raise SynthError("--output is required unless --dry-run")
     summary = run(config, args.input, args.output, allow_changes=args.allow_changes, adopt=args.adopt_output)
+    from synth.export.describe import describe_output
+
+    try:  # the rows are committed and run.json written: a card that cannot be written fails nothing
+        describe_output(args.output, lease_stale_seconds=config.job.lease_stale_seconds)
+    except (SynthError, OSError) as e:
+        print(f"warning: the dataset card and report were not written ({e}); `synth card` / `synth report` "
+              "write them later", file=sys.stderr)
     return 0 if summary["ok"] else 1
 
 
@@ -180,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     _book_parser(sub)
     _verify_parser(sub)
     _acx_parser(sub)
+    _export_parser(sub)
+    _describe_parsers(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
-    command = {"run": run_command, "book": book_command, "verify": verify_command, "acx": acx_command}[args.command]
+    command = {"run": run_command, "book": book_command, "verify": verify_command, "acx": acx_command,
+               "export": export_command, "card": card_command, "report": report_command}[args.command]
     try:
         return command(args)
     except SynthError as e:
