@@ -1,7 +1,8 @@
 """A synth dataset as a training set: every trained turn with the context it was conditioned on, as codes.
 
 This module owns reading a synth output (local or object store) for training: the rows of its
-committed parts (the `qc_pass` filter when asked), each row's context from `context_ids`
+committed parts (the `qc_pass` filter when asked; the text the model was given, `spoken_text`,
+where the output has it), each row's context from `context_ids`
 resolved to coded turns (generated turns: their stored codes; voice prompts: the run's
 OUT/_voices/ cache, or encoded; recorded manifest clips: read through the run's plan.json and
 Mimi-encoded, all in one batched call of synth's codec), per-row checks (codes of the wrong
@@ -23,17 +24,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synth.engine.codec import clip_key
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip
+from synth.pipeline.config import TextConfig
 from synth.pipeline.manifest import ManifestError, Script, iter_scripts, open_manifest
 from synth.pipeline.output import PLAN_RECORD, OutputDir, data_file, voice_codes_file
+from synth.pipeline.spoken import spoken_text
 from synth.train.batches import CodedTurn, Example, render_ids
 
 COLUMNS = ["id", "speaker", "text", "codes", "context_ids"]
+SPOKEN_COLUMN = "spoken_text"  # what the model was given (data schema 3 on); `text` before it
 QC_COLUMN = "qc_pass"
 
 TRAIN_SET_SCHEMA = pa.schema([
@@ -140,7 +145,13 @@ def read_rows(output: OutputDir, *, qc_filter: bool) -> tuple[list[dict], set[st
                 raise DatasetError(
                     f"{loc.uri} has no `{QC_COLUMN}` column, so data.qc_filter cannot pick rows: run synth's QC "
                     f"on {output.uri} first, or train without data.qc_filter")
-            tables.append(pq.read_table(f, columns=COLUMNS + ([QC_COLUMN] if qc_filter else [])))
+            table = pq.read_table(f, columns=[c for c in (*COLUMNS, SPOKEN_COLUMN) if c in names]
+                                  + ([QC_COLUMN] if qc_filter else []))
+            if SPOKEN_COLUMN in names:  # the model read the spoken form: train on what it read
+                spoken = pc.coalesce(table.column(SPOKEN_COLUMN), table.column("text"))
+                table = table.set_column(table.schema.get_field_index("text"), "text", spoken).drop_columns(
+                    [SPOKEN_COLUMN])
+            tables.append(table)
     if not tables:
         raise DatasetError(f"{output.uri} has no committed rows to train on")
     table = pa.concat_tables(tables)
@@ -190,8 +201,9 @@ def _voice_turns(output: OutputDir, voices: dict, needed: set[str], clips: _Clip
 
 
 def _recorded_turns(manifest_uris: Sequence[str], needed: set[str], clips: _ClipsToEncode,
-                    voices: dict) -> dict[str, str]:
-    """Queue the recorded manifest turns (`script:turn`) among `needed`; returns problems by id."""
+                    voices: dict, spoken: Callable[[str], str]) -> dict[str, str]:
+    """Queue the recorded manifest turns (`script:turn`) among `needed`, their transcripts in the spoken
+    form the run gave the model (`spoken`); returns problems by id."""
     problems: dict[str, str] = {}
     wanted: dict[str, set[int]] = {}
     for key in needed:
@@ -215,7 +227,7 @@ def _recorded_turns(manifest_uris: Sequence[str], needed: set[str], clips: _Clip
                     speaker = turn.speaker if turn.speaker is not None else voices.get(
                         turn.voice or script.voice or "", {}).get("speaker", 0)
                     try:
-                        clips.pending[key] = (speaker, turn.text, clips.read(turn.audio))
+                        clips.pending[key] = (speaker, spoken(turn.text), clips.read(turn.audio))
                         problems.pop(key, None)
                     except AudioError as e:
                         problems[key] = str(e)
@@ -255,7 +267,9 @@ def prepare_train_set(data_uri: str, *, processor, model_config, qc_filter: bool
     turns.update(found)
     recorded = {k for k in needed if not k.startswith("voice:")}
     manifests = [uri for uri, _ in plan.get("plan", {}).get("manifest_files", [])]
-    problems.update(_recorded_turns(manifests, recorded, clips, voices))
+    # the run's `text:` settings (plan.json), as its worker applied them to recorded transcripts
+    spoken = spoken_text(TextConfig(**plan["text"])) if "text" in plan else (lambda text: text)
+    problems.update(_recorded_turns(manifests, recorded, clips, voices, spoken))
     if clips.pending:
         keys = sorted(clips.pending)
         for key, codes in zip(keys, encode([clips.pending[k][2] for k in keys])):

@@ -171,6 +171,7 @@ def _row(clip: Clip, samples: np.ndarray, codes: np.ndarray, writer: DatasetWrit
     """A data/ row of synth's schema for one recorded clip."""
     return {
         "id": f"{clip.id}:0", "script_id": clip.id, "turn": 0, "speaker": clip.speaker, "text": clip.text.strip(),
+        "spoken_text": clip.text.strip(),
         "audio": {"bytes": encode_audio(samples, rate, audio_format), "path": writer.audio_path(shard, clip.id, 0)},
         "sampling_rate": rate, "duration_s": len(samples) / rate, "num_frames": len(codes),
         "codes": codes_to_list(codes), "stop_reason": STOP_REASON, "seed": None, "voice": None,

@@ -285,6 +285,7 @@ def test_a_run_that_lost_the_lease_commits_no_marker(tmp_path):
 COLUMNS_OF_SCHEMA = {2: ["id", "script_id", "turn", "speaker", "text", "audio", "sampling_rate", "duration_s",
                          "num_frames", "codes", "stop_reason", "seed", "voice", "context_turns", "context_ids",
                          "num_prompt_tokens", "model", "model_weights", "engine", "generation", "warnings"]}
+COLUMNS_OF_SCHEMA[3] = [*COLUMNS_OF_SCHEMA[2][:5], "spoken_text", *COLUMNS_OF_SCHEMA[2][5:]]
 
 
 def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):
