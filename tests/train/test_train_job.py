@@ -29,6 +29,7 @@ from helpers import (
 from synth.pipeline.manifest import write_manifest
 from synth.train.batches import CodesLoss, collate
 from synth.train.dataset import DatasetError, TrainSet
+from synth.train.importer import load_codec
 from synth.train.job import MODEL_DIR, RAY_DIR, RUN_NAME, TRAIN_RECORD, TRAIN_SET_FILE
 
 NUM_STEPS = 6
@@ -153,8 +154,6 @@ def test_the_trained_model_loads_and_runs_the_synthesis_job(trained, synth_outpu
 
 def test_the_train_set_holds_each_row_with_the_context_it_was_conditioned_on(trained, synth_output, speech_clip,
                                                                             tiny_checkpoint):
-    from synth.train.importer import load_codec
-
     out, _, _ = trained
     _, data = synth_output
     train_set = TrainSet.from_parquet(open(os.path.join(out, TRAIN_SET_FILE), "rb").read())
@@ -251,3 +250,36 @@ def test_a_bad_training_config_fails_before_anything_runs(tmp_path, capsys):
     assert "optim.learning_rate" in capsys.readouterr().err and not out.exists()
     assert main(["train", "--data", str(tmp_path), "--output", str(out)]) == 2
     assert "is not a synth dataset: it has no data/ directory" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_train_set_reads_the_same_from_an_object_store(trained, synth_output, tiny_checkpoint, monkeypatch):
+    """The synth output copied to a local S3 server (moto) prepares the same examples as the local one."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+    from transformers import AutoConfig, AutoProcessor
+
+    from synth.train.dataset import prepare_train_set
+
+    out, _, _ = trained
+    _, data = synth_output
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        client.create_bucket(Bucket="synth-test")
+        for path in glob.glob(os.path.join(data, "**", "*"), recursive=True):
+            if os.path.isfile(path) and not path.endswith((".wav", ".flac")):  # what training reads
+                client.upload_file(path, "synth-test", "out/" + os.path.relpath(path, data))
+        from_s3, skipped = prepare_train_set(
+            "s3://synth-test/out", processor=AutoProcessor.from_pretrained(tiny_checkpoint),
+            model_config=AutoConfig.from_pretrained(tiny_checkpoint), qc_filter=False, max_positions=2048,
+            encode=lambda clips: load_codec(tiny_checkpoint).encode(clips))
+    finally:
+        server.stop()
+    local = TrainSet.from_parquet(open(os.path.join(out, TRAIN_SET_FILE), "rb").read())
+    assert not skipped and from_s3.targets == local.targets
+    assert all(np.array_equal(from_s3.turns[k].codes, local.turns[k].codes) for k in local.turns)
