@@ -28,5 +28,5 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
-python -m pip install -q -e '.[test,book,export]' 2>&1 | grep -v "^WARNING: Location\|BuildBackendWarning\|^ \|^$" || true
+python -m pip install -q -e '.[test,book,export,train]' 2>&1 | grep -v "^WARNING: Location\|BuildBackendWarning\|^ \|^$" || true
 python -c "import torch, transformers, ray, synth; print(f'synth ready: torch {torch.__version__}, transformers {transformers.__version__}, ray {ray.__version__}')"

@@ -8,6 +8,8 @@
     synth export out/demo --format lhotse_shar --to out/demo-shar   (also: nemo, webdataset)
     synth card out/demo / synth report out/demo   (rewrite the dataset card / the HTML run report)
     synth acx out/alice/chapters/*.wav       (ACX's audio numbers, per file)
+    synth train --config configs/train-demo.yaml --data out/demo --output out/demo-ft   (fine-tune CSM)
+    synth import --clips recordings/ --model sesame/csm-1b --output out/recorded      (recorded data in)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
 
@@ -177,6 +179,71 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_parser(sub) -> None:
+    parser = sub.add_parser("train", help="fine-tune CSM on a synth dataset (Ray Train; resumes a killed run)",
+                            description="Fine-tune CSM (full or LoRA) on a synth dataset's stored codes with Ray "
+                            "Train, one worker per GPU; the same command resumes a killed run from its newest "
+                            "checkpoint. OUTPUT/model/ is then a checkpoint synth run takes as model.id.")
+    parser.add_argument("--config", help="YAML training config (defaults when omitted; see configs/train-*.yaml)")
+    parser.add_argument("--data", required=True, help="a synth output directory (local or URI): its data/ rows train")
+    parser.add_argument("--output", required=True, help="training output directory (local or URI)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set model.method=lora (repeatable)")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from synth.train.config import load_train_config
+    from synth.train.job import train
+
+    record = train(load_train_config(args.config, args.overrides), args.data, args.output)
+    return 0 if record["finished"] else 1
+
+
+def _import_parser(sub) -> None:
+    parser = sub.add_parser("import", help="bring recorded speech into synth's dataset schema, codes included",
+                            description="Turn a recorded corpus (a directory of clips with transcripts, or a Hugging "
+                            "Face audio dataset) into a synth output (same layout and columns as synth run, Mimi "
+                            "codes included), committed in parts: a killed import resumes; synth train reads it.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--clips", help="directory of audio files, each with <stem>.txt beside it or a line in "
+                        "metadata.csv (name|text, LJSpeech style) at the top")
+    source.add_argument("--hf-dataset", help="a datasets.save_to_disk directory, a Parquet dataset directory, or a "
+                        "hub dataset in the local cache")
+    parser.add_argument("--split", default="train", help="--hf-dataset's split (default train)")
+    parser.add_argument("--audio-column", default="audio")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--speaker-column", help="integer speaker ids (default: --speaker for every row)")
+    parser.add_argument("--speaker", type=int, default=0, help="the speaker id of every clip (default 0)")
+    parser.add_argument("--model", required=True, help="CSM checkpoint whose Mimi encodes the clips (hub id or dir); "
+                        "train with the same one")
+    parser.add_argument("--output", required=True, help="output dataset directory (local or URI)")
+    parser.add_argument("--rows-per-part", type=int, default=64, help="clips per committed part (default 64)")
+    parser.add_argument("--audio-format", choices=["wav", "flac"], default="flac")
+    parser.add_argument("--adopt-output", action="store_true", help="write into a non-empty directory synth did not create")
+
+
+def import_command(args: argparse.Namespace) -> int:
+    from synth.train import importer
+
+    if args.rows_per_part < 1:
+        raise SynthError(f"--rows-per-part must be at least 1, got {args.rows_per_part}")
+    if args.speaker < 0:
+        raise SynthError(f"--speaker must be a non-negative integer, got {args.speaker}")
+    if args.clips:
+        clips, source = importer.clips_in_directory(args.clips, args.speaker), args.clips
+    else:
+        clips = importer.clips_in_hf_dataset(args.hf_dataset, split=args.split, audio_column=args.audio_column,
+                                             text_column=args.text_column, speaker_column=args.speaker_column,
+                                             speaker=args.speaker)
+        source = f"{args.hf_dataset}[{args.split}]"
+    totals = importer.import_clips(clips, args.output, source=source, codec=importer.load_codec(args.model),
+                                   model_id=args.model, rows_per_part=args.rows_per_part,
+                                   audio_format=args.audio_format, adopt=args.adopt_output)
+    print(f"import: {totals['rows']} rows, {totals['errors']} error rows in {totals['parts']} parts "
+          f"({totals['skipped_parts']} committed before) -> {args.output}", flush=True)
+    return 1 if totals["errors"] else 0
+
+
 def verify_command(args: argparse.Namespace) -> int:
     from synth.pipeline import storage
     from synth.pipeline.output import OutputDir
@@ -253,11 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     _acx_parser(sub)
     _export_parser(sub)
     _describe_parsers(sub)
+    _train_parser(sub)
+    _import_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
     command = {"run": run_command, "book": book_command, "verify": verify_command, "acx": acx_command,
-               "export": export_command, "card": card_command, "report": report_command}[args.command]
+               "export": export_command, "card": card_command, "report": report_command, "train": train_command,
+               "import": import_command}[args.command]
     try:
         return command(args)
     except SynthError as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -221,6 +221,9 @@ class SynthConfig(_Section):
         return model
 
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
 class ConfigError(SynthError, ValueError):
     """A configuration file or override that cannot be used; the message says why."""
 
@@ -271,8 +274,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynthConfig:
-    """Load a YAML config (or the defaults) and apply overrides; raise ConfigError naming bad fields."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                schema: type[ConfigT] = SynthConfig) -> ConfigT:
+    """Load a YAML config (or the defaults) and apply overrides; raise ConfigError naming bad fields.
+    schema: the config's model (SynthConfig for runs; synth.train's TrainConfig for fine-tuning)."""
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -289,6 +294,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, overrides)
         source += " + overrides"
     try:
-        return SynthConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
