@@ -23,7 +23,15 @@ import numpy as np
 from synth.engine.interface import GenerationRequest, GenerationResult
 from synth.pipeline.chain import Chain
 from synth.qc import cleanup
-from synth.qc.policy import METRICS, QcSettings, judge, pick, reason_metric, take_score, take_seed
+from synth.qc.policy import (
+    METRICS,
+    QcSettings,
+    judge,
+    pick,
+    reason_metric,
+    take_score,
+    take_seed,
+)
 from synth.qc.scorer import Take, TakeScorer
 
 TAKE_SEPARATOR = "#take"  # a retake's request id: "SCRIPT:TURN#takeN" (take 1 keeps the turn's id)

@@ -37,6 +37,10 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     The output must be synth's (or `adopt`ed, see `OutputDir.claim`); the run holds its lease
     throughout (taking it here unless the caller holds it already, e.g. a book render)."""
     t_start = time.time()
+    if config.qc.enabled:
+        from synth.qc.deps import check_installed
+
+        check_installed()  # before any actor loads: a missing extra is one clear error, not a failed shard
     manifest = open_manifest(input_uri)
     check_unique_ids(manifest)
     plan = plan_shards(manifest, config.output.scripts_per_shard)

@@ -9,9 +9,13 @@ an actor. It knows nothing about what the modules compute.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from synth.errors import SynthError
 
+# the import names of the `qc` extra's libraries (and resemblyzer, installed without its pins)
+MODULES = ("jiwer", "whisper_normalizer", "resemblyzer", "speechmos", "onnxruntime", "librosa", "silero_vad",
+           "pyloudnorm", "webrtcvad")
 INSTALL_LINE = "pip install -e '.[qc]' && pip install --no-deps resemblyzer==0.1.4"
 
 
@@ -26,3 +30,12 @@ def require(module: str):
     except ImportError as e:
         raise QcUnavailable(f"quality control (qc.enabled) needs the `qc` extra, and {module!r} cannot be "
                             f"imported ({e}); install it with: {INSTALL_LINE}") from None
+
+
+def check_installed() -> None:
+    """Raise QcUnavailable, naming every missing library, unless the whole `qc` extra is installed
+    (a run checks this before it starts any actor)."""
+    missing = [m for m in MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QcUnavailable(f"quality control (qc.enabled) needs the `qc` extra; missing: {', '.join(missing)}. "
+                            f"Install it with: {INSTALL_LINE}")
