@@ -29,7 +29,13 @@ from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.lease import Lease
-from synth.pipeline.output import DATA_DIR, OWNER_RECORD, PLAN_RECORD, OutputDir, scores_file
+from synth.pipeline.output import (
+    DATA_DIR,
+    OWNER_RECORD,
+    PLAN_RECORD,
+    OutputDir,
+    scores_file,
+)
 from synth.qc.deps import check_installed
 from synth.qc.policy import METRICS, judge
 from synth.qc.scorer import Take, TakeScorer
