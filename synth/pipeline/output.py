@@ -274,7 +274,7 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "generation": config.generation.model_dump(exclude={"batch_size"}),
         "output": config.output.model_dump(),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
-        "qc": asdict(config.qc),
+        "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)
         "plan": plan.to_dict(),
     }
 

@@ -18,7 +18,7 @@ from synth.engine.interface import GenerationRequest
 from synth.pipeline import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest, write_manifest
-from synth.pipeline.output import RUN_RECORD, OutputDir, marked_part, takes_file
+from synth.pipeline.output import RUN_RECORD, OutputDir, takes_file
 from synth.pipeline.plan import plan_shards
 from synth.pipeline.verify import verify
 from synth.pipeline.worker import ShardWorker, load_engine
@@ -160,7 +160,8 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     takes = pq.read_table(os.path.join(out, "takes")).to_pylist()
     assert_exactly_once([f"{t['id']}#{t['take']}" for t in takes],
                         [f"{row['id']}#{3 - row['take']}" for row in ds])  # the one rejected take of each turn
-    assert all(marked_part(os.path.basename(takes_file(0, p))) for p in range(3))
+    for shard, part in sorted(output.markers()[0]):  # each part's takes file is listed in its marker
+        assert takes_file(shard, part) in {f.path for f in output.read_commit(shard, part).files}
     # the torn part was generated again with the same seeds: the same takes, the same decisions
     again_takes = {t["id"]: t for t in pq.read_table(os.path.join(out, takes_file(*torn[0]))).to_pylist()}
     for t in torn_takes:
