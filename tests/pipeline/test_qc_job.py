@@ -12,7 +12,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from helpers import JobProcess, assert_exactly_once, job_args, load_output, write_scripts_manifest
+from helpers import (
+    JobProcess,
+    assert_exactly_once,
+    job_args,
+    load_output,
+    write_scripts_manifest,
+)
 
 from synth.engine.interface import GenerationRequest
 from synth.pipeline import storage
