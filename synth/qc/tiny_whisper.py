@@ -55,7 +55,7 @@ def build_tiny_whisper(path: str | os.PathLike, *, seed: int = 0) -> Path:
     model = WhisperForConditionalGeneration(config).eval()
     generation = GenerationConfig(
         decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
-        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=MAX_TARGET_POSITIONS,
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"],
         lang_to_id={"<|en|>": ids["<|en|>"]}, task_to_id={"transcribe": ids["<|transcribe|>"],
                                                           "translate": ids["<|translate|>"]},
         no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
