@@ -131,7 +131,9 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
         this_run = "no turns generated" if todo else "nothing to do"
     log(
         f"synth: done in {fmt_duration(wall)} ({this_run}); in all {rows} turns, {audio_s / 3600:.3f} h audio, "
-        f"{errors} error rows, {len(failed)} failed shards -> {output.uri}"
+        f"{errors} error rows, {len(failed)} failed shards"
+        + (f", QC passed {qc['passed']}/{qc['turns']} turns in {qc['takes']} takes" if qc else "")
+        + f" -> {output.uri}"
     )
     bad_fraction = (error_scripts + failed_scripts + qc_bad) / max(1, manifest.num_rows)
     summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate
