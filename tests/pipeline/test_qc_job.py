@@ -179,3 +179,43 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     assert qc["turns"] == len(ids) and qc["takes"] == 2 * len(ids) and qc["takes_per_turn"] == 2.0
     assert qc["pass_rate"] == 0 and qc["failed_by_metric"]["wer"] == len(ids)
     assert set(METRICS) >= set(qc["takes_failed_by_metric"])
+
+
+def test_the_kept_take_is_trimmed_in_whole_frames_with_its_codes(qc_shard, speech_clip):
+    """`qc.cleanup.trim_silence` on a real clip with silence around it, through a real chain."""
+    from synth.engine.interface import GenerationResult
+    from synth.pipeline.audio_io import decode_clip
+    from synth.pipeline.chain import Chain, ChainTurn
+    from synth.pipeline.context_plan import SegmentCost
+    from synth.pipeline.retakes import Accepted, QcCounts, Retakes
+    from synth.qc.policy import CleanupSettings, QcSettings
+    from synth.qc.scorer import TakeScorer
+
+    engine = qc_shard[0].engine
+    spf, rate = engine.samples_per_frame, engine.sample_rate_hz
+    speech = decode_clip(open(speech_clip, "rb").read(), rate)
+    audio = np.concatenate([np.zeros(rate, np.float32), speech, np.zeros(rate, np.float32)])
+    frames = len(audio) // spf
+    audio = audio[: frames * spf]
+    codes = np.random.default_rng(0).integers(0, 2048, (frames, 32)).astype(np.int16)
+    settings = QcSettings(enabled=True, metrics=("timing",), max_takes=1,
+                          cleanup=CleanupSettings(trim_silence=True, keep_silence_s=0.16))
+    retakes = Retakes(settings, TakeScorer(settings, rate).load(), samples_per_frame=spf,
+                      encode_audio=lambda a: b"")
+    chain = Chain([ChainTurn("t:0", 0, "Hello there, this is a recorded voice prompt.", max_frames=frames, seed=3),
+                   ChainTurn("t:1", 0, "And then the next turn.", max_frames=8, seed=4)], engine, SegmentCost(engine))
+    retakes.start_chain(chain)
+    request = chain.next_request(lambda turn, reason: pytest.fail(reason))
+    result = GenerationResult(request.request_id, codes, audio, "eos", 0)
+    accepted = retakes.on_take(chain, result, QcCounts(), "t")
+    assert isinstance(accepted, Accepted)
+    start, end = accepted.columns["trimmed_frames"]
+    # ~1 s of silence added each side (espeak leaves some of its own at the end), less 0.16 s kept, in 80 ms frames
+    assert 9 <= start <= 12 and 9 <= end <= 18
+    kept = accepted.result
+    assert len(kept.audio) == kept.num_frames * spf and kept.num_frames == frames - start - end
+    assert np.array_equal(kept.codes, codes[start : frames - end])
+    assert np.array_equal(kept.audio, audio[start * spf : (frames - end) * spf])
+    chain.add_result(kept)
+    later = chain.next_request(lambda turn, reason: pytest.fail(reason))
+    assert np.array_equal(later.context[-1].audio, kept.audio)  # the next turn hears the trimmed take
