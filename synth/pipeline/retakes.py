@@ -151,7 +151,8 @@ class Retakes:
             counts.failed_scripts.add(script_id)
         accepted = self._accept(chain, kept, num_takes=len(takes))
         accepted.rejected = [self._take_row(key, script_id, chain.turn, t, kept.number) for t in takes if t is not kept]
-        self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
+        if accepted.result.num_frames:  # the speaker's first accepted turn: the reference of its later ones
+            self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
         return accepted
 
     def _accept(self, chain: Chain, kept: _Take, num_takes: int) -> Accepted:
