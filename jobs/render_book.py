@@ -1,4 +1,4 @@
-"""Render a plain-text or Markdown book to one audio file per chapter, in one narrator's voice (`synth book`).
+"""Render an EPUB, Markdown or plain-text book to one audio file per chapter, in one narrator's voice (`synth book`).
 
     python jobs/render_book.py --config configs/demo.yaml --book examples/books/alice-ch1-3.md \
         --voice narrator --output out/alice

@@ -3,7 +3,11 @@
     synth run   --config configs/demo.yaml --input examples/dialogues.parquet --output out/demo
     synth run   --config configs/demo.yaml --input examples/dialogues.parquet --dry-run
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
+    synth book  --config configs/demo.yaml --book book.epub --voice narrator --output out/book --strict
     synth verify out/demo                    (check an output against its commit markers)
+    synth export out/demo --format lhotse_shar --to out/demo-shar   (also: nemo, webdataset)
+    synth card out/demo / synth report out/demo   (rewrite the dataset card / the HTML run report)
+    synth acx out/alice/chapters/*.wav       (ACX's audio numbers, per file)
     synth rescore out/demo --set qc.asr.model=openai/whisper-large-v3   (QC metrics of an existing dataset)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
@@ -19,7 +23,7 @@ ran (a bad config, manifest, book or output directory; the message says which).
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 
 from synth.errors import SynthError
@@ -47,22 +51,60 @@ def _run_parser(sub) -> None:
 
 def _book_parser(sub) -> None:
     parser = sub.add_parser("book", help="render a book to one audio file per chapter in a narrator's voice",
-                            description="Render a plain-text or Markdown book to one audio file per chapter, "
-                            "in one narrator's voice.")
+                            description="Render an EPUB, Markdown or plain-text book to one audio file per "
+                            "chapter, in one narrator's voice: text read in its spoken form, chapters mastered "
+                            "for publication and checked against ACX's numbers.")
     parser.add_argument("--config", help="YAML config with a `voices:` library (defaults when omitted)")
-    parser.add_argument("--book", required=True, help="the book: .md/.markdown (chapters at headings) or plain text")
+    parser.add_argument("--book", required=True, help="the book: .epub (chapters in spine order), .md/.markdown "
+                        "(chapters at headings) or plain text")
     parser.add_argument("--voice", required=True, help="narrator: a name from the config's voices")
     parser.add_argument("--output", required=True, help="output directory (local or URI)")
     parser.add_argument("--formats", default="wav,flac",
                         help="comma-separated: wav, flac, mp3 (one file per chapter), m4b (one file for the book "
                         "with a marker per chapter)")
-    parser.add_argument("--title", help="the book's title in its M4B (default: the book file's name)")
+    parser.add_argument("--title", help="the book's title in its M4B (default: the EPUB's title, a Markdown book's "
+                        "single top heading, else the book file's name)")
+    parser.add_argument("--keep-matter", action="store_true",
+                        help="EPUB: also read front and back matter (cover, title page, contents, copyright, index)")
+    parser.add_argument("--no-normalize", action="store_true",
+                        help="read the text as written (same as --set text.normalize=false)")
+    parser.add_argument("--lexicon", metavar="FILE",
+                        help="pronunciation lexicon, `word = respelling` per line (same as --set text.lexicon=FILE)")
+    parser.add_argument("--no-master", action="store_true",
+                        help="chapters as stitched: no loudness normalisation, limiter or room tone")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a chapter fails the ACX check")
     parser.add_argument("--passage-chunks", type=int, default=40, metavar="N",
                         help="cut chapters into passages of at least N chunks, at paragraph ends, which render "
                         "in parallel, each with its own rolling context; 0: a chapter is one passage")
     parser.add_argument("--sentence-pause", type=float, metavar="S", help="seconds between sentences (default 0.25)")
     parser.add_argument("--paragraph-pause", type=float, metavar="S", help="seconds between paragraphs (default 0.7)")
     _add_run_options(parser)
+
+
+def _acx_parser(sub) -> None:
+    parser = sub.add_parser("acx", help="check audio files against ACX's numbers (RMS, peak, noise floor, room tone)",
+                            description="Measure audio files (WAV, FLAC, MP3) as ACX does and print, per file, "
+                            "whether it passes and what fails.")
+    parser.add_argument("files", nargs="+", help="audio files, e.g. OUT/chapters/*.wav")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a file fails")
+
+
+def acx_command(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from synth.book.acx import acx_check
+
+    failed = 0
+    for path in args.files:
+        try:
+            audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        except (OSError, RuntimeError) as e:  # soundfile's LibsndfileError is a RuntimeError
+            raise SynthError(f"{path}: cannot read audio ({e})") from None
+        report = acx_check(audio.mean(axis=1), rate)
+        failed += not report.passes
+        print(f"{path}: {report.line()}")
+    print(f"acx: {len(args.files) - failed} of {len(args.files)} files pass")
+    return 1 if failed and args.strict else 0
 
 
 def _verify_parser(sub) -> None:
@@ -106,6 +148,68 @@ def rescore_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser(sub) -> None:
+    parser = sub.add_parser("export", help="export an output as Lhotse Shar, NeMo JSON lines or WebDataset shards",
+                            description="Export the committed parts of an output into a separate directory, part "
+                            "by part on Ray; a rerun with the same options finishes an interrupted export.")
+    parser.add_argument("output", help="the synth output to export (local or URI)")
+    parser.add_argument("--format", required=True, choices=["lhotse_shar", "nemo", "webdataset"])
+    parser.add_argument("--to", required=True, dest="destination",
+                        help="the export directory: new, empty, or an earlier export of the same options")
+    parser.add_argument("--qc-pass-only", action="store_true", help="keep only rows that passed QC (qc_pass)")
+    parser.add_argument("--min-duration", type=float, metavar="S", help="drop rows shorter than S seconds")
+    parser.add_argument("--max-duration", type=float, metavar="S", help="drop rows longer than S seconds")
+    parser.add_argument("--speakers", help="comma-separated speaker ids to keep")
+    parser.add_argument("--voices", help="comma-separated voice names to keep")
+    parser.add_argument("--shard-mb", type=float, default=256.0, help="webdataset: tar shard size in MB (256)")
+    parser.add_argument("--workers", type=int, default=2, help="parts exported at once (Ray tasks, 2)")
+    parser.add_argument("--ray-address", help="as ray.address for a run (default: RAY_ADDRESS, else a local Ray)")
+
+
+def _describe_parsers(sub) -> None:
+    card = sub.add_parser("card", help="(re)write an output's dataset card, OUT/README.md",
+                          description="Write OUT/README.md (the Hugging Face dataset card) from the committed parts; "
+                          "a README.md synth did not write is left alone and the card goes to README.synth.md.")
+    card.add_argument("output", help="the output directory (local or URI)")
+    card.add_argument("--license", default="other", help="the card's license field (default: other)")
+    report = sub.add_parser("report", help="(re)write an output's HTML run report, OUT/report.html",
+                            description="Write OUT/report.html: plots and example clips, self-contained.")
+    report.add_argument("output", help="the output directory (local or URI)")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from synth.export.job import run_export
+    from synth.export.options import ExportOptions
+    from synth.pipeline.config import ConfigError
+
+    split = (lambda text, kind: tuple(kind(x.strip()) for x in text.split(",") if x.strip()) if text else None)
+    try:
+        options = ExportOptions(format=args.format, qc_pass_only=args.qc_pass_only, min_duration_s=args.min_duration,
+                                max_duration_s=args.max_duration, speakers=split(args.speakers, int),
+                                voices=split(args.voices, str), shard_max_mb=args.shard_mb, num_workers=args.workers,
+                                ray_address=args.ray_address)
+    except (ValidationError, ValueError) as e:
+        raise ConfigError(f"synth export: {e}") from None
+    record = run_export(args.output, args.destination, options)
+    return 0 if record["finished"] else 1
+
+
+def card_command(args: argparse.Namespace) -> int:
+    from synth.export.describe import describe_output
+
+    describe_output(args.output, report=False, license_id=args.license)
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from synth.export.describe import describe_output
+
+    describe_output(args.output, card=False)
+    return 0
+
+
 def verify_command(args: argparse.Namespace) -> int:
     from synth.pipeline import storage
     from synth.pipeline.output import OutputDir
@@ -128,25 +232,35 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.output:
         raise SynthError("--output is required unless --dry-run")
     summary = run(config, args.input, args.output, allow_changes=args.allow_changes, adopt=args.adopt_output)
+    from synth.export.describe import describe_output
+
+    try:  # the rows are committed and run.json written: a card that cannot be written fails nothing
+        describe_output(args.output, lease_stale_seconds=config.job.lease_stale_seconds)
+    except (SynthError, OSError) as e:
+        print(f"warning: the dataset card and report were not written ({e}); `synth card` / `synth report` "
+              "write them later", file=sys.stderr)
     return 0 if summary["ok"] else 1
 
 
 def book_command(args: argparse.Namespace) -> int:
+    from synth.book.master import MasterSettings
     from synth.book.render import render_book
     from synth.book.stitch import StitchSettings
     from synth.pipeline.config import ConfigError, load_config
 
-    config = load_config(args.config, args.overrides)
+    shortcuts = (["text.normalize=false"] if args.no_normalize else []) + (
+        [f"text.lexicon={json.dumps(args.lexicon)}"] if args.lexicon else [])  # a YAML string, whatever the path
+    config = load_config(args.config, [*args.overrides, *shortcuts])
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     pauses = {"sentence_pause_s": args.sentence_pause, "paragraph_pause_s": args.paragraph_pause}
     try:
         settings = StitchSettings(**{k: v for k, v in pauses.items() if v is not None})
     except ValueError as e:
         raise ConfigError(f"--sentence-pause/--paragraph-pause: {e}") from None
-    title = args.title or os.path.splitext(os.path.basename(args.book))[0]
     ok = render_book(config, args.book, voice=args.voice, output_uri=args.output, formats=formats,
-                     passage_chunks=args.passage_chunks, settings=settings, title=title,
-                     allow_changes=args.allow_changes, adopt=args.adopt_output)
+                     passage_chunks=args.passage_chunks, settings=settings, title=args.title,
+                     mastering=None if args.no_master else MasterSettings(), strict=args.strict,
+                     keep_matter=args.keep_matter, allow_changes=args.allow_changes, adopt=args.adopt_output)
     return 0 if ok else 1
 
 
@@ -169,11 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     _run_parser(sub)
     _book_parser(sub)
     _verify_parser(sub)
+    _acx_parser(sub)
+    _export_parser(sub)
+    _describe_parsers(sub)
     _rescore_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
-    command = {"run": run_command, "book": book_command, "verify": verify_command,
+    command = {"run": run_command, "book": book_command, "verify": verify_command, "acx": acx_command,
+               "export": export_command, "card": card_command, "report": report_command,
                "rescore": rescore_command}[args.command]
     try:
         return command(args)

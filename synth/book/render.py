@@ -13,12 +13,16 @@ from its passages:
     OUT/book/manifest.parquet          the passages as scripts (rewritten identically on resume)
     OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
     OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
-    OUT/chapters/chapter-001.json      timing: each chunk's start/end and text
+    OUT/chapters/chapter-001.json      timing: the book's metadata, the chapter's ACX numbers, and each
+                                       chunk's start/end, written and spoken text, and QC scores
     OUT/chapters/chapter-001.srt|vtt   the same as subtitles
     OUT/book.m4b                       with format "m4b": the whole book, a marker per chapter
 
-`render_book` runs the pieces: the manifest, the run (`synth.pipeline.runner`), then the
-chapters. It knows nothing about the model beyond what the output dataset holds.
+`render_book` runs the pieces: the book read (`open_book`: EPUB, Markdown or text), the
+manifest, the run (`synth.pipeline.runner`, normalising the text unless the config says
+not to), then the chapters, mastered for publication (`synth.book.master`) and checked
+against ACX's numbers (`synth.book.acx`). It knows nothing about the model beyond what
+the output dataset holds.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 import soundfile as sf
 
+from synth.book.acx import AcxReport, acx_check
+from synth.book.epub import load_epub
 from synth.book.m4b import FORMAT as M4B
 from synth.book.m4b import M4bBook
+from synth.book.master import MasterSettings, master
 from synth.book.stitch import (
     AUDIO_FORMATS,
     StitchSettings,
@@ -45,7 +53,7 @@ from synth.book.stitch import (
     to_vtt,
     write_audio,
 )
-from synth.book.text import Chapter, load_book
+from synth.book.text import Book, Chapter, load_text_book
 from synth.errors import SynthError
 from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, SynthConfig
@@ -53,6 +61,20 @@ from synth.pipeline.lease import Lease
 from synth.pipeline.manifest import write_manifest
 from synth.pipeline.output import OutputDir
 from synth.pipeline.runner import run
+
+# The quality-control columns a run may add to data/ (issue 12): a chunk's scores, copied into
+# its chapter's timing file when the rows have them.
+QC_COLUMNS = ("qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer", "speaker_sim", "dnsmos",
+              "loudness_lufs", "peak_dbfs", "clipped_fraction", "leading_silence_s", "trailing_silence_s",
+              "speech_ratio", "chars_per_s", "loop_score")
+
+
+def open_book(path: str, *, keep_matter: bool = False) -> Book:
+    """The book at `path`: `.epub` (front and back matter skipped unless `keep_matter`),
+    `.md`/`.markdown`, or anything else as plain text."""
+    if str(path).lower().endswith(".epub"):
+        return load_epub(path, keep_matter=keep_matter)
+    return load_text_book(path)
 
 
 def chapter_id(chapter: Chapter) -> str:
@@ -128,11 +150,13 @@ def _spoken(row: dict) -> tuple:
 def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location) -> SynthConfig:
     """The run's config for a book: passages spread evenly over the actors (each actor renders
     its passages at once, one chain each), and every passage committed as soon as it is done.
-    A resumed render keeps the shard size it started with, whatever the actor count now."""
+    A resumed render keeps the shard size it started with, whatever the actor count now. The
+    text is normalised to its spoken form unless the config's `text.normalize` says false."""
     recorded = OutputDir(out).recorded_plan()
     per_shard = recorded.scripts_per_shard if recorded else max(1, math.ceil(num_scripts / config.actors.num_actors))
     output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
-    return config.model_copy(update={"output": output})
+    text = config.text.model_copy(update={"normalize": config.text.normalize is not False})
+    return config.model_copy(update={"output": output, "text": text})
 
 
 @dataclass(frozen=True)
@@ -143,6 +167,7 @@ class ChapterFiles:
     chunks: int
     missing_chunks: int
     files: tuple[str, ...]
+    acx: AcxReport
 
 
 def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
@@ -155,53 +180,80 @@ def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
     return parts
 
 
-def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dict[int, np.ndarray]:
-    """turn -> audio [num_samples] float32 of one script (chapter), from its part files."""
-    audio = {}
+def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dict[int, tuple[np.ndarray, dict]]:
+    """turn -> (audio [num_samples] float32, what else the row says: `spoken_text` and the QC
+    scores it has) of one script (passage), from its part files. Where a turn has several rows
+    (takes), the one that passed QC is used, else the latest take."""
+    found: dict[int, tuple[tuple, np.ndarray, dict]] = {}
     for path in paths:
-        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio"],
+        names = set(pq.read_schema(out.fs.open_input_file(path)).names)
+        extra = [c for c in ("spoken_text", *QC_COLUMNS) if c in names]
+        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio", *extra],
                               filters=[("script_id", "=", script_id)])
-        for turn, clip in zip(table.column("turn").to_pylist(), table.column("audio").to_pylist()):
-            audio[turn], _ = sf.read(io.BytesIO(clip["bytes"]), dtype="float32")
-    return audio
+        for row in table.to_pylist():
+            scores = {c: row[c] for c in extra}
+            rank = (bool(scores.get("qc_pass", True)), scores.get("take") or 0)
+            if row["turn"] not in found or rank >= found[row["turn"]][0]:
+                audio, _ = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+                found[row["turn"]] = (rank, audio, scores)
+    return {turn: (audio, scores) for turn, (_, audio, scores) in found.items()}
 
 
-def assemble_chapters(chapters: Sequence[Chapter], out: storage.Location, *, sample_rate_hz: int,
-                      formats: Sequence[str], passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
-                      title: str = "", log=print) -> list[ChapterFiles]:
+def assemble_chapters(book: Book, out: storage.Location, *, sample_rate_hz: int, formats: Sequence[str],
+                      passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
+                      mastering: MasterSettings | None = MasterSettings(), title: str = "",
+                      log=print) -> list[ChapterFiles]:
     """Stitch every chapter's chunks, from its passages, into OUT/chapters/ (audio, timing
-    JSON, SRT, VTT); with "m4b" among the formats, also the whole book as OUT/book.m4b with
-    a marker per chapter, titled `title`. A chunk that failed is left out and marked
-    `missing` in the timing file."""
+    JSON, SRT, VTT), mastered with `mastering` (None: as stitched) and checked against ACX's
+    numbers (a line per chapter in the log); with "m4b" among the formats, also the whole
+    book as OUT/book.m4b with a marker per chapter, titled `title`, with the book's author,
+    language and cover. A chunk that failed is left out and marked `missing` in the timing file."""
     parts = _parts_by_script(out)
     written = []
-    book = M4bBook(out.join(f"book.{M4B}"), sample_rate_hz=sample_rate_hz, title=title) if M4B in formats else None
+    m4b = None
+    if M4B in formats:
+        m4b = M4bBook(out.join(f"book.{M4B}"), sample_rate_hz=sample_rate_hz, title=title, author=book.author,
+                      language=book.language, cover=book.cover, cover_type=book.cover_type)
+        if m4b.cover_skipped:
+            log(f"book: the cover is {book.cover_type}, which an M4B cannot carry (JPEG or PNG): left out")
     formats = [f for f in formats if f != M4B]
+    if mastering is not None:  # room tone at the head and tail: the stitch's lead-in and tail, at least as long
+        settings = replace(settings, lead_in_s=max(settings.lead_in_s, mastering.head_s),
+                           tail_s=max(settings.tail_s, mastering.tail_s))
+    about = {"title": title, "author": book.author, "language": book.language}
     try:
-        for chapter in chapters:  # one chapter's audio in memory at a time
+        for chapter in book.chapters:  # one chapter's audio in memory at a time
             written.append(_assemble_chapter(chapter, out, parts, sample_rate_hz=sample_rate_hz, formats=formats,
-                                             passage_chunks=passage_chunks, settings=settings, book=book, log=log))
-        if book is not None:
-            log(f"book: {len(chapters)} chapters with markers -> {book.close()}")
+                                             passage_chunks=passage_chunks, settings=settings, mastering=mastering,
+                                             about=about, m4b=m4b, log=log))
+        if m4b is not None:
+            log(f"book: {len(book.chapters)} chapters with markers -> {m4b.close()}")
     finally:
-        if book is not None:
-            book.discard()
+        if m4b is not None:
+            m4b.discard()
     return written
 
 
 def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, list[str]], *, sample_rate_hz: int,
-                      formats: Sequence[str], passage_chunks: int, settings: StitchSettings, book: M4bBook | None,
-                      log) -> ChapterFiles:
-    clips = {p.start + turn: audio for p in passages(chapter, passage_chunks)
-             for turn, audio in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
-             if turn < p.stop - p.start}
-    pieces = [(chunk.text, clips.get(i), chunk.paragraph_end) for i, chunk in enumerate(chapter.chunks)]
+                      formats: Sequence[str], passage_chunks: int, settings: StitchSettings,
+                      mastering: MasterSettings | None, about: dict, m4b: M4bBook | None, log) -> ChapterFiles:
+    rows = {p.start + turn: found for p in passages(chapter, passage_chunks)
+            for turn, found in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
+            if turn < p.stop - p.start}
+    pieces = [(chunk.text, rows[i][0] if i in rows else None, chunk.paragraph_end)
+              for i, chunk in enumerate(chapter.chunks)]
     samples, timed = stitch(pieces, sample_rate_hz, settings)
+    if mastering is not None:
+        samples = master(samples, sample_rate_hz, mastering)
+    acx = acx_check(samples, sample_rate_hz)
     stem = out.join("chapters", chapter_id(chapter))
     files = write_audio(stem.uri, samples, sample_rate_hz, formats)
-    if book is not None:
-        book.add_chapter(chapter.title, samples)
-    timing = timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed)
+    if m4b is not None:
+        m4b.add_chapter(chapter.title, samples)
+    timing = {"book": about, **timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed),
+              "mastered": mastering is not None, "acx": acx.to_json()}
+    for entry in timing["chunks"]:  # the written text stays `text`; what was said, and how well, beside it
+        entry.update(rows[entry["index"]][1] if entry["index"] in rows else {})
     for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
                          (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
         location = out.join("chapters", chapter_id(chapter) + suffix)
@@ -210,7 +262,9 @@ def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, 
     missing = sum(t.missing for t in timed)
     log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
         f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
-    return ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz, len(timed), missing, tuple(files))
+    log(f"chapter {chapter.index + 1}: {acx.line()}")
+    return ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz, len(timed), missing, tuple(files),
+                        acx)
 
 
 FORMATS = (*AUDIO_FORMATS, M4B)
@@ -218,11 +272,14 @@ SAMPLE_RATE_HZ = 24000  # CSM's codec (Mimi): the rate of every chunk in the out
 
 
 def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: str, formats: Sequence[str],
-                passage_chunks: int = 40, settings: StitchSettings = StitchSettings(), title: str = "",
+                passage_chunks: int = 40, settings: StitchSettings = StitchSettings(), title: str | None = None,
+                mastering: MasterSettings | None = MasterSettings(), strict: bool = False, keep_matter: bool = False,
                 allow_changes: bool = False, adopt: bool = False, log=print) -> bool:
     """Render a book into `output_uri`: its passages through a synthesis run (resuming one
     that was killed), then every chapter's files. Returns True when every chunk was
-    rendered and the run failed nowhere; raises a SynthError when nothing could run."""
+    rendered and the run failed nowhere (and, when `strict`, every chapter passes the ACX
+    check); raises a SynthError when nothing could run. `title`: the M4B's, else the book's
+    own (an EPUB's metadata, a Markdown book's single top heading), else the file's name."""
     if voice not in config.voices:
         known = ", ".join(sorted(config.voices)) or "none"
         raise ConfigError(f"--voice {voice!r} is not in the config's voices ({known})")
@@ -230,7 +287,11 @@ def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: 
         raise ConfigError(f"--formats {','.join(formats)!r}: choose from {','.join(FORMATS)}")
     if passage_chunks < 0:
         raise ConfigError(f"--passage-chunks {passage_chunks}: must be >= 0")
-    chapters = load_book(book_path)
+    book = open_book(book_path, keep_matter=keep_matter)
+    chapters = book.chapters
+    title = title or book.title or os.path.splitext(os.path.basename(book_path))[0]
+    if book.skipped:
+        log(f"book: skipped as front/back matter: {', '.join(book.skipped)} (--keep-matter reads them)")
     num_passages = sum(len(passages(c, passage_chunks)) for c in chapters)
     log(f"book: {len(chapters)} chapters, {num_passages} passages, {sum(len(c.chunks) for c in chapters)} chunks "
         f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {book_path}")
@@ -243,10 +304,15 @@ def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: 
                                        allow_changes=allow_changes)
         summary = run(book_run_config(config, num_passages, out), manifest, output_uri, allow_changes=allow_changes,
                       lease=lease, log=log)
-        written = assemble_chapters(chapters, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
-                                    passage_chunks=passage_chunks, settings=settings, title=title, log=log)
+        written = assemble_chapters(book, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
+                                    passage_chunks=passage_chunks, settings=settings, mastering=mastering,
+                                    title=title, log=log)
     missing = sum(c.missing_chunks for c in written)
     hours = sum(c.duration_s for c in written) / 3600
+    failing = [c.chapter + 1 for c in written if not c.acx.passes]
     log(f"book: {len(written)} chapters, {hours:.3f} h -> {output_uri}/chapters"
         + (f" ({missing} chunks missing: see {output_uri}/errors)" if missing else ""))
-    return summary["ok"] and not missing
+    log(f"book: ACX check: {len(written) - len(failing)} of {len(written)} chapters pass"
+        + (f"; failing: chapters {', '.join(map(str, failing))}" + (" (--strict: exit 1)" if strict else "")
+           if failing else ""))
+    return summary["ok"] and not missing and not (strict and failing)

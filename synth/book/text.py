@@ -1,10 +1,12 @@
 """A book's text as chapters of sentence-sized chunks, ready to be spoken one by one.
 
 This module owns reading a book (Markdown or plain text) into `Chapter`s: finding the
-chapter headings, dropping markup that should not be spoken, joining hard-wrapped lines
-into paragraphs, and cutting paragraphs into `Chunk`s of about one sentence (pysbd
-finds the sentences). Every character of a paragraph's text lands in exactly one chunk.
-It knows nothing about audio, models or Ray.
+chapter headings and the book's title (a single top heading above the chapters),
+dropping markup that should not be spoken, joining hard-wrapped lines into paragraphs,
+and cutting paragraphs into `Chunk`s of about one sentence (pysbd finds the
+sentences); and the `Book` those chapters make with their metadata, whatever the
+source (`synth.book.epub` reads EPUBs into the same sections). Every character of a
+paragraph's text lands in exactly one chunk. It knows nothing about audio, models or Ray.
 
 Markdown support is deliberately small and regex-based: ATX headings (`# Title`),
 emphasis, inline code, links, images, HTML tags, block quotes, bullets and thematic
@@ -67,15 +69,33 @@ class Chapter:
 
 
 @dataclass(frozen=True)
-class _Section:
+class Section:
     """A chapter before chunking: its title and its paragraphs (whitespace-normalised)."""
 
     title: str
     paragraphs: list[str]
 
 
+@dataclass(frozen=True)
+class Book:
+    """A book's chapters and what is known about it (EPUBs carry the most)."""
+
+    chapters: list[Chapter]
+    title: str | None = None  # None: the source names none (the caller falls back to the file's name)
+    author: str | None = None
+    language: str | None = None  # as the source gives it (BCP 47, e.g. `en`)
+    cover: bytes | None = None  # the cover image's bytes
+    cover_type: str | None = None  # its media type: image/jpeg, image/png
+    skipped: tuple[str, ...] = ()  # front and back matter left out (cover, contents, copyright, ...)
+
+
 def load_book(path: str) -> list[Chapter]:
     """Read a UTF-8 book file; `.md`/`.markdown` is Markdown, anything else plain text."""
+    return load_text_book(path).chapters
+
+
+def load_text_book(path: str) -> Book:
+    """The Markdown or plain-text book at `path` (see `load_book`), with its title if it names one."""
     path = os.fspath(path)
     fmt: Format = "markdown" if path.lower().endswith((".md", ".markdown")) else "text"
     try:
@@ -90,7 +110,7 @@ def load_book(path: str) -> list[Chapter]:
     except UnicodeDecodeError as e:
         raise BookError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
     try:
-        return read_book(text, fmt=fmt)
+        return read_text_book(text, fmt=fmt)
     except BookError as e:
         raise BookError(f"{path}: {e}") from None
 
@@ -105,17 +125,30 @@ def read_book(
     is cut at clause breaks and one shorter than `min_chunk_chars` is joined to the next
     sentence of its paragraph when the result still fits in `max_chunk_chars`.
     """
-    if max_chunk_chars < 1 or min_chunk_chars < 0:
-        raise ValueError(f"need max_chunk_chars >= 1, min_chunk_chars >= 0; got {max_chunk_chars}, {min_chunk_chars}")
+    return read_text_book(text, fmt=fmt, max_chunk_chars=max_chunk_chars, min_chunk_chars=min_chunk_chars).chapters
+
+
+def read_text_book(
+    text: str, *, fmt: Format | None = None, max_chunk_chars: int = 250, min_chunk_chars: int = 20
+) -> Book:
+    """`read_book`'s chapters as a `Book`, titled by its single top heading (Markdown) or its
+    opening title line (plain text) when it has one."""
     _refuse_control_characters(text)
     if fmt is None:
         fmt = "markdown" if any(_ATX_HEADING.match(line) for line in text.splitlines()) else "text"
     if fmt == "markdown":
-        sections = _markdown_sections(text)
+        title, sections = _markdown_sections(text)
     elif fmt == "text":
-        sections = _text_sections(text)
+        title, sections = _text_sections(text)
     else:
         raise ValueError(f"fmt must be 'markdown', 'text' or None, got {fmt!r}")
+    return Book(chunk_sections(sections, max_chunk_chars, min_chunk_chars), title=title)
+
+
+def chunk_sections(sections: list[Section], max_chunk_chars: int = 250, min_chunk_chars: int = 20) -> list[Chapter]:
+    """The sections as chapters of chunks (see `read_book`), the title spoken first."""
+    if max_chunk_chars < 1 or min_chunk_chars < 0:
+        raise ValueError(f"need max_chunk_chars >= 1, min_chunk_chars >= 0; got {max_chunk_chars}, {min_chunk_chars}")
     if not sections:
         raise BookError("the book holds no text")
     chapters = []
@@ -148,7 +181,8 @@ def _refuse_control_characters(text: str) -> None:
 # --- Markdown ------------------------------------------------------------------------
 
 
-def _markdown_sections(text: str) -> list[_Section]:
+def _markdown_sections(text: str) -> tuple[str | None, list[Section]]:
+    """The book's title (None if it has none) and its sections."""
     # blocks: ("heading", level, text) or ("paragraph", 0, joined text)
     blocks: list[tuple[str, int, str]] = []
     lines: list[str] = []
@@ -183,27 +217,35 @@ def _markdown_sections(text: str) -> list[_Section]:
     flush()
 
     levels = [level for kind, level, _ in blocks if kind == "heading"]
+    book_title = None
+    if len(levels) > 1 and all(level > levels[0] for level in levels[1:]):
+        # a single top heading above all the others: the book's title, not a chapter
+        at = next(i for i, (kind, _, _) in enumerate(blocks) if kind == "heading")
+        book_title = blocks[at][2]
+        blocks = blocks[:at] + blocks[at + 1:]
+        levels = levels[1:]
     if not levels:
-        return [_Section("Chapter 1", [t for _, _, t in blocks])] if blocks else []
+        return book_title, ([Section("Chapter 1", [t for _, _, t in blocks])] if blocks else [])
     repeated = [lv for lv in set(levels) if levels.count(lv) > 1]
     chapter_level = min(repeated) if repeated else min(levels)
 
     first = next(i for i, (kind, level, _) in enumerate(blocks) if kind == "heading" and level == chapter_level)
-    sections = _front_matter(blocks[:first], chapter_level)
+    sections = _front_matter(blocks[:first], chapter_level, book_title)
     for kind, level, body in blocks[first:]:
         if kind == "heading" and level == chapter_level:
-            sections.append(_Section(body, []))
+            sections.append(Section(body, []))
         else:  # deeper (or stray shallower) headings are read as paragraphs
             sections[-1].paragraphs.append(body)
-    return sections
+    return book_title, sections
 
 
-def _front_matter(blocks: list[tuple[str, int, str]], chapter_level: int) -> list[_Section]:
-    """Text before the first chapter heading, titled by its single top heading if it has one."""
+def _front_matter(blocks: list[tuple[str, int, str]], chapter_level: int, book_title: str | None) -> list[Section]:
+    """Text before the first chapter heading, titled by its single top heading if it has one
+    (or else by the book's title)."""
     top = [i for i, (kind, level, _) in enumerate(blocks) if kind == "heading" and level < chapter_level]
-    title = blocks[top[0]][2] if len(top) == 1 else "Front matter"
+    title = blocks[top[0]][2] if len(top) == 1 else book_title or "Front matter"
     paragraphs = [body for i, (_, _, body) in enumerate(blocks) if not (len(top) == 1 and i == top[0])]
-    return [_Section(title, paragraphs)] if paragraphs else []
+    return [Section(title, paragraphs)] if paragraphs else []
 
 
 def _strip_inline(text: str) -> str:
@@ -215,11 +257,13 @@ def _strip_inline(text: str) -> str:
 # --- Plain text ----------------------------------------------------------------------
 
 
-def _text_sections(text: str) -> list[_Section]:
+def _text_sections(text: str) -> tuple[str | None, list[Section]]:
     """Headings are lines like `CHAPTER IV.` that start a block, at the left margin.
 
     The line directly under a heading (no blank line between) is its title when the
     block holds just those two lines. Symbol-only lines (`*  *  *`) are scene breaks.
+    A single line standing alone before the first heading, not ending like a sentence,
+    is the book's title. Returns (the title or None, the sections).
     """
     blocks: list[list[str]] = [[]]
     for line in text.splitlines():
@@ -229,17 +273,22 @@ def _text_sections(text: str) -> list[_Section]:
             blocks[-1].append(line.rstrip())
     blocks = [b for b in blocks if b]
 
-    sections = [_Section("Front matter", [])]
+    book_title = None
+    headed = any(_TEXT_HEADING.match(b[0]) for b in blocks)
+    if headed and len(blocks[0]) == 1 and not _TEXT_HEADING.match(blocks[0][0]) \
+            and not blocks[0][0].rstrip().endswith((".", "!", "?", ",", ";", ":", "”", '"')):
+        book_title = _normalise(blocks.pop(0)[0])
+    sections = [Section(book_title or "Front matter", [])]
     for block in blocks:
         if _TEXT_HEADING.match(block[0]):
             title_lines = block if len(block) == 2 else block[:1]
-            sections.append(_Section(_normalise(" ".join(title_lines)), []))
+            sections.append(Section(_normalise(" ".join(title_lines)), []))
             block = block[len(title_lines):]
         if block:
             sections[-1].paragraphs.append(_normalise(" ".join(block)))
     if len(sections) == 1:
-        return [_Section("Chapter 1", sections[0].paragraphs)] if sections[0].paragraphs else []
-    return sections if sections[0].paragraphs else sections[1:]
+        return book_title, ([Section("Chapter 1", sections[0].paragraphs)] if sections[0].paragraphs else [])
+    return book_title, (sections if sections[0].paragraphs else sections[1:])
 
 
 # --- Sentences and chunks ------------------------------------------------------------

@@ -163,6 +163,23 @@ def unknown_voice(name: str, voices: dict[str, VoiceConfig]) -> str:
     return f"unknown voice {name!r} (the config's voices: {', '.join(sorted(voices)) or 'none'})"
 
 
+class TextConfig(_Section):
+    """What the model is given to say: the written text, or its spoken form (synth.text)."""
+
+    normalize: bool | None = Field(
+        None, description="Read numbers, dates, times, money, percentages, abbreviations and chapter numerals "
+        "out as words before synthesis; None = on for books (`synth book`), off for manifests (`synth run`).",
+    )
+    normalizer: Literal["light", "nemo"] = Field(
+        "light", description="`light`: num2words plus rules; `nemo`: NeMo's normaliser (pip install "
+        "nemo_text_processing)."
+    )
+    lexicon: str | None = Field(
+        None, description="Path or URI of a pronunciation lexicon (`word = respelling` per line), applied "
+        "after normalisation (and without it)."
+    )
+
+
 class RayConfig(_Section):
     """How to reach Ray."""
 
@@ -182,6 +199,7 @@ class SynthConfig(_Section):
     output: OutputConfig = OutputConfig()
     job: JobConfig = JobConfig()
     ray: RayConfig = RayConfig()
+    text: TextConfig = TextConfig()
     fast_engine: FastEngineOptions = Field(
         FastEngineOptions(), description="How the fast engine runs (CUDA graphs, attention buckets, result "
         "thread, ...); none of it changes outputs, so it is not part of a run's recorded settings.",

@@ -64,6 +64,10 @@ class Progress:
         self.clock = clock
         self.started = clock()
 
+    def x_real_time(self) -> float:
+        """Audio seconds this run generated per second since it started."""
+        return (self.audio_seconds - self.audio_before) / max(self.clock() - self.started, 1e-9)
+
     def shard_done(self, summary: ShardSummary, *, shards_done: int, shards_failed: int) -> str:
         """Count a shard done; `shards_done` includes it (and those done before this run)."""
         self.rows += summary.rows

@@ -13,6 +13,8 @@
     OUT/_quarantine/<when>/...                 files that failed verification, moved aside
     OUT/plan.json                              the run's identity: its plan and the settings that shape output
     OUT/run.json                               the run's summary
+    OUT/README.md                              the dataset card (README.synth.md if README.md is the user's)
+    OUT/report.html                            the run report
 
 synth owns only what it wrote: a directory is synth's if it holds `_synth.json` (or,
 from before that record existed, `plan.json`); `claim` refuses any other non-empty
@@ -60,6 +62,9 @@ QUARANTINE_DIR = "_quarantine"
 AUDIO_DIRS = ("wav", "flac")  # one per output.audio_format
 PLAN_RECORD = "plan.json"
 RUN_RECORD = "run.json"
+CARD_FILE = "README.md"  # the dataset card (synth.export.card), rewritten only when synth wrote it
+CARD_FILE_ASIDE = "README.synth.md"  # the card, when README.md is the user's own
+REPORT_FILE = "report.html"  # the run report (synth.export.report)
 
 PART_MARKER = re.compile(r"shard-(\d{5,})-part-(\d{4,})\.json")  # a part marker's file name: (shard, part)
 SHARD_MARKER = re.compile(r"shard-(\d{5,})\.done\.json")  # a shard done marker's file name: (shard,)
@@ -71,6 +76,7 @@ _SYNTH_PATH = re.compile(
     rf"|(?:{'|'.join(AUDIO_DIRS)})/\d{{5,}}/[A-Za-z0-9._-]+-\d{{3,}}\.(?:{'|'.join(AUDIO_DIRS)})"
     rf"|{VOICES_DIR}/[0-9a-f]{{64}}\.npy"
     rf"|{re.escape(OWNER_RECORD)}|{re.escape(LEASE_FILE)}|{re.escape(PLAN_RECORD)}|{re.escape(RUN_RECORD)}"
+    rf"|{re.escape(CARD_FILE)}|{re.escape(CARD_FILE_ASIDE)}|{re.escape(REPORT_FILE)}"
 )
 
 
@@ -258,9 +264,9 @@ class LeaseLost(StopRun):
 
 # The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
 # versions do not load as one dataset, so an output is only ever continued by its own.
-# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds the QC columns (`qc_pass`, ...).
-# Bump it with every column change.
-DATA_SCHEMA = 3
+# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`; 4: adds the QC columns
+# (`qc_pass`, ...). Bump it with every column change.
+DATA_SCHEMA = 4
 
 
 def run_identity(config: SynthConfig, plan: Plan) -> dict:
@@ -274,6 +280,7 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "generation": config.generation.model_dump(exclude={"batch_size"}),
         "output": config.output.model_dump(),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
+        "text": config.text.model_dump(),
         "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)
         "plan": plan.to_dict(),
     }

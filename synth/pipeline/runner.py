@@ -26,7 +26,9 @@ from synth.pipeline.lease import Lease
 from synth.pipeline.manifest import Manifest, check_unique_ids, open_manifest
 from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary, StopRun
 from synth.pipeline.plan import Plan, Shard, plan_shards
+from synth.pipeline.progress_bar import ShardBar
 from synth.pipeline.retakes import qc_totals
+from synth.pipeline.spoken import spoken_text
 from synth.pipeline.verify import Recovery, recover
 
 
@@ -37,6 +39,7 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     The output must be synth's (or `adopt`ed, see `OutputDir.claim`); the run holds its lease
     throughout (taking it here unless the caller holds it already, e.g. a book render)."""
     t_start = time.time()
+    spoken_text(config.text)  # a lexicon that cannot be read stops the run here, not in every actor
     if config.qc.enabled:
         from synth.qc.deps import check_installed
 
@@ -156,9 +159,7 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
                      done: dict[int, ShardSummary], lease: Lease, *, log) -> Dispatcher:
     """Start the actors and hand them `todo` until every shard is done or failed; returns the
     dispatcher, which holds what happened (done, failed, voices)."""
-    ray = _init_ray(config)
-    from ray.exceptions import RayActorError, RayTaskError
-
+    ray = init_ray(config.ray.address)
     _check_resources(ray, config)
     actor_cls = ray.remote(
         num_cpus=config.actors.num_cpus, num_gpus=config.actors.num_gpus, max_restarts=-1, max_task_retries=0,
@@ -166,9 +167,21 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
     )(SynthActor)
     actors = [actor_cls.remote(config.model_dump(), input_uri, output.uri, lease.run_id)
               for _ in range(config.actors.num_actors)]
+    bar = ShardBar(len(todo) + len(done), len(done), log)  # a live bar where stderr is a terminal
     dispatcher = Dispatcher(todo, num_actors=len(actors), max_shard_attempts=config.job.max_shard_attempts,
                             prepare_voices=bool(config.voices), done=done,
-                            voices_uri=output.at(VOICES_DIR).uri, log=log)
+                            voices_uri=output.at(VOICES_DIR).uri, log=bar.log)
+    try:
+        _dispatch_loop(ray, dispatcher, actors, output, lease, bar)
+    finally:
+        bar.close()
+    return dispatcher
+
+
+def _dispatch_loop(ray, dispatcher: Dispatcher, actors: list, output: OutputDir, lease: Lease, bar: ShardBar) -> None:
+    """Make the dispatcher's calls on the actors and report how each ended, until it is finished."""
+    from ray.exceptions import RayActorError, RayTaskError
+
     in_flight: dict = {}  # ObjectRef -> the dispatcher's Call it answers
     while not dispatcher.finished:
         if lease.lost:
@@ -198,18 +211,21 @@ def _dispatch_on_ray(config: SynthConfig, input_uri: str, output: OutputDir, tod
             dispatcher.raised(call, str(e))
         else:
             dispatcher.returned(call, value)
+        progress = dispatcher.progress
+        bar.update(len(dispatcher.done) + len(dispatcher.failed), progress.rows, progress.audio_seconds,
+                   progress.x_real_time())
         crash_point("driver-result")
         sys.stdout.flush()
-    return dispatcher
 
 
-def _init_ray(config: SynthConfig):
+def init_ray(address: str | None):
+    """Ray for the driver: already initialised, or `address` (ray.address), RAY_ADDRESS, else a new local one."""
     import ray
 
     if not ray.is_initialized():
         # Never join a cluster by accident (ray.init() with no address joins whatever
         # `ray start` last recorded on this machine): no address means a new local one.
-        address = config.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True, logging_level="warning")
     return ray
 

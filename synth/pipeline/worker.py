@@ -35,6 +35,7 @@ from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.output import OutputDir, PartCommit
 from synth.pipeline.plan import Shard
 from synth.pipeline.retakes import Accepted, QcCounts, Retakes, no_qc_columns
+from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
 
@@ -127,6 +128,7 @@ class ShardWorker:
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
         self._cost = SegmentCost(engine)
+        self.spoken = spoken_text(config.text)  # written -> what the model is given
         self.retakes = self._retakes(config, engine)
 
     @staticmethod
@@ -177,13 +179,14 @@ class ShardWorker:
         turns = []
         for i, turn in enumerate(script.turns):
             recorded = None
+            text = self.spoken(turn.text)  # a recorded turn's transcript too: the model reads it as it would say it
             if turn.audio is not None:
                 try:
-                    recorded = Segment(speakers[i], turn.text, self._clip(turn.audio))
+                    recorded = Segment(speakers[i], text, self._clip(turn.audio))
                 except AudioError as e:
                     return RowError(script.row, script.id, "audio", str(e), i)
-            turns.append(ChainTurn(f"{script.id}:{i}", speakers[i], turn.text, recorded,
-                                   max_frames=self.max_frames_for(script, turn.text), seed=base_seed + i))
+            turns.append(ChainTurn(f"{script.id}:{i}", speakers[i], text, recorded,
+                                   max_frames=self.max_frames_for(script, text), seed=base_seed + i))
         prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
                    for v in voices]
         return Chain(turns, self.engine, self._cost, prompts)
@@ -205,6 +208,7 @@ class ShardWorker:
             "turn": turn_index,
             "speaker": request.speaker,
             "text": turn.text,
+            "spoken_text": request.text,
             "audio": {"bytes": audio_bytes, "path": self.writer.audio_path(shard.index, script.id, turn_index)},
             "sampling_rate": self.engine.sample_rate_hz,
             "duration_s": len(result.audio) / self.engine.sample_rate_hz,

@@ -27,7 +27,8 @@ def output_features(sample_rate_hz: int):
             "script_id": Value("string"),
             "turn": Value("int32"),
             "speaker": Value("int32"),
-            "text": Value("string"),
+            "text": Value("string"),  # as written in the manifest
+            "spoken_text": Value("string"),  # what the model was given: normalised, respelled (config `text:`)
             "audio": Audio(sampling_rate=sample_rate_hz),
             "sampling_rate": Value("int32"),
             "duration_s": Value("float64"),

@@ -20,7 +20,7 @@ from synth.book.stitch import (
     to_vtt,
     write_audio,
 )
-from synth.book.text import BookError, Chunk, load_book, read_book
+from synth.book.text import BookError, Chunk, load_book, read_book, read_text_book
 
 ALICE = Path(REPO) / "examples" / "books" / "alice-ch1-3.md"
 ALICE_TITLES = [
@@ -253,6 +253,10 @@ After the break, snake_case and 2*3*4 stay.
 def test_markdown_chapter_level_and_front_matter():
     one_title = read_book("# Book\n\n## One\n\nText one here.\n\n## Two\n\nText two here.\n", fmt="markdown")
     assert [ch.title for ch in one_title] == ["One", "Two"]  # nothing but the title before chapter one
+    # a single top heading above one chapter is the book's title, not the chapter (issue 15)
+    book = read_text_book("# The Book\n\n## Only\n\nText here.\n", fmt="markdown")
+    assert book.title == "The Book" and [ch.title for ch in book.chapters] == ["Only"]
+    assert read_text_book("# One\n\nA.\n\n# Two\n\nB.\n").title is None
     untitled = read_book("Some words first.\n\n# One\n\nA.\n\n# Two\n\nB.\n", fmt="markdown")
     assert [ch.title for ch in untitled] == ["Front matter", "One", "Two"]
     no_headings = read_book("Just a paragraph.\n\nAnd *another*.", fmt="markdown")
@@ -276,8 +280,14 @@ def test_plain_text_chapters_titles_and_paragraphs():
 
 
 def test_plain_text_front_matter_and_no_headings():
-    chapters = read_book("A Title Page\n\n" + PLAIN_BOOK, fmt="text")
+    chapters = read_book("A preface of one sentence.\n\n" + PLAIN_BOOK, fmt="text")
     assert [ch.title for ch in chapters][:2] == ["Front matter", "CHAPTER I. The Letter"]
+    # a lone title line above the chapters is the book's title, not a chapter (issue 15)
+    titled = read_text_book("The Walk North\n\n" + PLAIN_BOOK, fmt="text")
+    assert titled.title == "The Walk North" and titled.chapters[0].title == "CHAPTER I. The Letter"
+    titled = read_text_book("The Walk North\n\nBy A. Writer, 1901.\n\n" + PLAIN_BOOK, fmt="text")
+    assert titled.title == "The Walk North" and titled.chapters[0].title == "The Walk North"  # its front matter
+    assert read_text_book(PLAIN_BOOK, fmt="text").title is None
     (only,) = read_book("Once upon a time.\nThe end.", fmt="text")
     assert only.title == "Chapter 1" and only.chunks[1].text == "Once upon a time. The end."
 

@@ -1,6 +1,7 @@
 """Writing a whole book as one M4B (synth.book.m4b), read back with FFmpeg through PyAV; no model."""
 
 import os
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -49,3 +50,25 @@ def test_a_book_that_fails_midway_leaves_nothing_behind(tmp_path):
     book.add_chapter("one", _tone(0.5, 200))
     book.discard()  # what assemble_chapters does when a chapter raises
     assert os.listdir(tmp_path) == []
+
+
+def test_a_jpeg_cover_and_the_book_metadata_are_carried(tmp_path):
+    encoder = av.CodecContext.create("mjpeg", "w")
+    encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = 40, 24, "yuvj420p", Fraction(1, 25)
+    image = av.VideoFrame.from_ndarray(np.full((24, 40, 3), 120, np.uint8), format="rgb24").reformat(format="yuvj420p")
+    jpeg = b"".join(bytes(p) for p in encoder.encode(image) + encoder.encode(None))
+    book = M4bBook(storage.resolve(str(tmp_path / "book.m4b")), sample_rate_hz=SR, title="Emma", author="Jane Austen",
+                   language="en", cover=jpeg, cover_type="image/jpeg")
+    book.add_chapter("Volume one", _tone(0.5, 200))
+    book.close()
+    with av.open(str(tmp_path / "book.m4b")) as f:
+        assert {k: f.metadata.get(k) for k in ("title", "album", "artist", "album_artist", "genre")} == {
+            "title": "Emma", "album": "Emma", "artist": "Jane Austen", "album_artist": "Jane Austen",
+            "genre": "Audiobook"}
+        (picture,) = [s for s in f.streams if s.disposition & av.stream.Disposition.attached_pic]
+        assert picture.codec_context.name == "mjpeg" and (picture.width, picture.height) == (40, 24)
+        assert bytes(next(f.demux(picture))) == jpeg
+    gif = M4bBook(storage.resolve(str(tmp_path / "gif.m4b")), sample_rate_hz=SR, title="x", cover=b"GIF89a",
+                  cover_type="image/gif")
+    assert gif.cover_skipped
+    gif.discard()

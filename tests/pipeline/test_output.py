@@ -289,7 +289,8 @@ def test_a_run_that_lost_the_lease_commits_no_marker(tmp_path):
 COLUMNS_OF_SCHEMA = {2: ["id", "script_id", "turn", "speaker", "text", "audio", "sampling_rate", "duration_s",
                          "num_frames", "codes", "stop_reason", "seed", "voice", "context_turns", "context_ids",
                          "num_prompt_tokens", "model", "model_weights", "engine", "generation", "warnings"]}
-COLUMNS_OF_SCHEMA[3] = [*COLUMNS_OF_SCHEMA[2], "qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer",
+COLUMNS_OF_SCHEMA[3] = [*COLUMNS_OF_SCHEMA[2][:5], "spoken_text", *COLUMNS_OF_SCHEMA[2][5:]]
+COLUMNS_OF_SCHEMA[4] = [*COLUMNS_OF_SCHEMA[3], "qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer",
                         "speaker_sim", "dnsmos", "loudness_lufs", "peak_dbfs", "clipped_fraction", "leading_silence_s",
                         "trailing_silence_s", "speech_ratio", "chars_per_s", "loop_score", "trimmed_frames", "gain_db"]
 

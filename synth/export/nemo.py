@@ -1,0 +1,34 @@
+"""NeMo: a JSON-lines manifest (`audio_filepath`, `duration`, `text`, speaker, metadata) and its clips.
+
+This module owns one source part's share of a NeMo export: each kept row's clip as
+`nemo/audio/<shard>/<key>.<wav|flac>` and its manifest line in
+`nemo/manifests/<part>.jsonl`; `audio_filepath` is relative to `nemo/`, where the whole
+manifest (`nemo/manifest.jsonl`, the parts' lines in order) is written once every part is
+committed (`synth.export.job`). NeMo resolves relative paths against the manifest's
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterator
+
+from synth.export.rows import SourcePart, audio_extension, metadata, sample_key
+
+
+def manifest_line(row: dict, audio_path: str) -> dict:
+    """The row's NeMo manifest entry: the three fields NeMo reads, then speaker, QC fields and the rest."""
+    return {"audio_filepath": audio_path, "duration": row["duration_s"], "text": row["text"], **metadata(row)}
+
+
+def write_part(rows: Iterator[dict], part: SourcePart, put: Callable[[str, bytes], None]) -> tuple[int, float]:
+    """Write the part's clips, then its manifest lines, through `put`; returns (rows, audio seconds)."""
+    lines, seconds = [], 0.0
+    for row in rows:
+        audio_path = f"audio/{part.shard:05d}/{sample_key(row['id'])}.{audio_extension(row)}"
+        put(f"nemo/{audio_path}", row["audio"]["bytes"])
+        lines.append(json.dumps(manifest_line(row, audio_path), ensure_ascii=False))
+        seconds += row["duration_s"]
+    if lines:
+        put(f"nemo/manifests/{part.name}.jsonl", ("\n".join(lines) + "\n").encode())
+    return len(lines), seconds

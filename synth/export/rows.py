@@ -1,0 +1,127 @@
+"""The rows an export reads: committed data parts of an output, streamed, with the filters applied.
+
+This module owns which source parts count (those a commit marker covers: a partly
+finished output exports what it committed), reading one part batch by batch (memory stays
+bounded by a batch, whatever the output's size), the export filters (QC pass, duration
+range, speakers, voices) with a count of what each dropped, and the metadata a row carries
+into every format (every column but the audio and the codes, QC columns included when the
+output has them). It knows nothing about the formats' files or Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from synth.errors import SynthError
+from synth.export.options import ExportOptions
+from synth.pipeline import storage
+from synth.pipeline.output import OutputDir, data_file
+
+READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
+HEAVY_COLUMNS = ("audio", "codes")  # what the metadata leaves out (each format stores them its own way)
+QC_PASS = "qc_pass"
+FRAME_SHIFT_S = 0.08  # one Mimi frame: 1920 samples at 24 kHz (a row's duration_s = num_frames x this)
+
+
+class ExportError(SynthError, RuntimeError):
+    """The export cannot run as asked (no such output, no QC columns for --qc-pass-only...)."""
+
+
+@dataclass(frozen=True)
+class SourcePart:
+    """One committed data part of the source output: the unit an export task handles."""
+
+    shard: int
+    part: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.shard:05d}-part-{self.part:04d}"
+
+    @property
+    def data_path(self) -> str:
+        return data_file(self.shard, self.part)
+
+
+def committed_parts(source: OutputDir) -> list[SourcePart]:
+    """Every committed part of `source` that holds rows, in (shard, part) order."""
+    if not storage.exists(source.at("_synth.json")) and not storage.exists(source.at("plan.json")):
+        raise ExportError(f"{source.uri} is not a synth output (no _synth.json or plan.json in it)")
+    parts, _ = source.markers()
+    found = [SourcePart(s, p, source.read_commit(s, p).rows) for s, p in sorted(parts)]
+    return [p for p in found if p.rows]
+
+
+def source_columns(source: OutputDir, parts: list[SourcePart]) -> list[str]:
+    """The data columns of `source` (from its first part's schema); [] when nothing is committed.
+    `qc_pass` counts only when it holds values: an output made with QC off has the column, all null."""
+    if not parts:
+        return []
+    location = source.at(parts[0].data_path)
+    with location.fs.open_input_file(location.path) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        if QC_PASS in names and parquet.read(columns=[QC_PASS]).column(QC_PASS).null_count == parquet.metadata.num_rows:
+            names = [name for name in names if name != QC_PASS]
+    return names
+
+
+def check_filters(options: ExportOptions, columns: list[str], uri: str) -> None:
+    """Refuse filters the output cannot answer, before anything runs."""
+    if options.qc_pass_only and columns and QC_PASS not in columns:
+        raise ExportError(f"--qc-pass-only: {uri} has no `{QC_PASS}` column with values (it was generated without "
+                          "QC), so no "
+                          "row can be said to pass; export it without --qc-pass-only, or run QC on it first")
+
+
+def drop_reason(row: dict, options: ExportOptions) -> str | None:
+    """Why the filters drop `row` (qc, duration, speaker, voice), or None when it is kept."""
+    if options.qc_pass_only and not row.get(QC_PASS):
+        return "qc"
+    duration = row["duration_s"]
+    if (options.min_duration_s is not None and duration < options.min_duration_s) or (
+            options.max_duration_s is not None and duration > options.max_duration_s):
+        return "duration"
+    if options.speakers is not None and row["speaker"] not in options.speakers:
+        return "speaker"
+    if options.voices is not None and row.get("voice") not in options.voices:
+        return "voice"
+    return None
+
+
+def read_rows(source: OutputDir, part: SourcePart, options: ExportOptions, dropped: Counter) -> Iterator[dict]:
+    """The part's rows that pass the filters, a batch at a time; counts the rest in `dropped` by reason."""
+    location = source.at(part.data_path)
+    with location.fs.open_input_file(location.path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS):
+            for row in batch.to_pylist():
+                reason = drop_reason(row, options)
+                if reason is None:
+                    yield row
+                else:
+                    dropped[reason] += 1
+
+
+def metadata(row: dict) -> dict:
+    """Everything a row says but its audio and codes: the manifest's fields, seed, voice,
+    context, model, and the QC columns when the output has them."""
+    return {k: v for k, v in row.items() if k not in HEAVY_COLUMNS}
+
+
+def sample_key(row_id: str) -> str:
+    """A file-name-safe key for a row id, unique per id (WebDataset keys hold no '.')."""
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", row_id)[:100]
+    return slug if slug == row_id else f"{slug}-{hashlib.sha1(row_id.encode()).hexdigest()[:8]}"
+
+
+def audio_extension(row: dict) -> str:
+    """wav or flac: the format the output stored the clip in (its `audio.path`'s suffix)."""
+    path = row["audio"].get("path") or ""
+    return "flac" if path.endswith(".flac") else "wav"

@@ -1,0 +1,137 @@
+"""What an output holds, counted from its committed parts: the numbers the card and the report show.
+
+This module owns `collect`: one pass over the committed data parts, reading only the
+light columns (never audio or codes) a batch at a time, and over the parts' markers for
+the error counts and commit times. Totals are exact; the per-row series the report plots
+(durations, characters per second, QC metrics) keep at most `MAX_SAMPLES` values each,
+drawn uniformly (reservoir), so memory stays bounded whatever the output's size. It
+knows nothing about HTML or YAML.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+
+from synth.pipeline.output import OutputDir, data_file, errors_file, part_marker_file
+
+MAX_SAMPLES = 200_000  # values kept per plotted series
+EXAMPLES = 4  # clips the report embeds
+# QC columns issue #12 adds to data/ (numbers, plotted when present); qc_pass / qc_reasons are counted apart
+QC_METRICS = ("wer", "cer", "speaker_sim", "dnsmos", "loudness_lufs", "peak_dbfs", "clipped_fraction",
+              "leading_silence_s", "trailing_silence_s", "speech_ratio", "chars_per_s", "loop_score")
+LIGHT_COLUMNS = ("id", "speaker", "voice", "text", "duration_s", "stop_reason", "model", "model_weights", "engine",
+                 "qc_pass", "qc_reasons", *QC_METRICS)
+
+
+class Reservoir:
+    """A uniform sample of at most `size` values of a stream (Algorithm R, seeded)."""
+
+    def __init__(self, size: int = MAX_SAMPLES, seed: int = 0):
+        self.size, self.seen, self.values = size, 0, []
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+        elif (j := self._rng.randrange(self.seen)) < self.size:
+            self.values[j] = value
+
+
+@dataclass
+class OutputStats:
+    """Counts over an output's committed parts."""
+
+    rows: int = 0
+    error_rows: int = 0
+    audio_seconds: float = 0.0
+    seconds_by_speaker: Counter = field(default_factory=Counter)
+    seconds_by_voice: Counter = field(default_factory=Counter)  # key "(none)" for rows without a voice
+    stop_reasons: Counter = field(default_factory=Counter)
+    error_reasons: Counter = field(default_factory=Counter)  # stage: first words of the reason
+    qc_rows: int = 0  # rows that carry a qc_pass value
+    qc_passed: int = 0
+    qc_reasons: Counter = field(default_factory=Counter)
+    durations: Reservoir = field(default_factory=Reservoir)
+    chars_per_s: Reservoir = field(default_factory=Reservoir)
+    qc_metrics: dict = field(default_factory=lambda: defaultdict(Reservoir))
+    commits: list = field(default_factory=list)  # (commit time, audio seconds) per committed part
+    models: set = field(default_factory=set)  # (model, model_weights, engine) the rows name
+    examples: list = field(default_factory=list)  # (id, text, audio bytes) of a few rows
+    columns: list = field(default_factory=list)
+
+    @property
+    def has_qc(self) -> bool:
+        return "qc_pass" in self.columns and self.qc_rows > 0  # QC off: the column is there, all null
+
+
+def _error_reason(stage: str, reason: str) -> str:
+    words = " ".join(reason.split()[:6])
+    return f"{stage}: {words}"
+
+
+def collect(output: OutputDir, *, examples: int = EXAMPLES) -> OutputStats:
+    """Count what the committed parts of `output` hold (see the module docstring)."""
+    stats = OutputStats()
+    parts, _ = output.markers()
+    progress = {info.path.rsplit("/", 1)[-1]: info.mtime.timestamp() for info in output.location.fs.get_file_info(
+        [output.at(part_marker_file(s, p)).path for s, p in sorted(parts)]) if info.mtime is not None}
+    for shard, part in sorted(parts):
+        commit = output.read_commit(shard, part)
+        stats.error_rows += commit.errors
+        when = progress.get(part_marker_file(shard, part).rsplit("/", 1)[-1])
+        if when is not None:
+            stats.commits.append((when, commit.audio_seconds))
+        if commit.errors:
+            _count_errors(output, errors_file(shard, part), stats)
+        if commit.rows:
+            _count_rows(output, data_file(shard, part), stats, examples)
+    stats.commits.sort()
+    return stats
+
+
+def _count_errors(output: OutputDir, path: str, stats: OutputStats) -> None:
+    table = pq.read_table(output.at(path).path, filesystem=output.location.fs, columns=["stage", "reason"])
+    for row in table.to_pylist():
+        stats.error_reasons[_error_reason(row["stage"], row["reason"])] += 1
+
+
+def _count_rows(output: OutputDir, path: str, stats: OutputStats, examples: int) -> None:
+    location = output.at(path)
+    with location.fs.open_input_file(location.path) as f:
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        stats.columns = stats.columns or names
+        wanted = [c for c in LIGHT_COLUMNS if c in names]
+        for batch in parquet.iter_batches(batch_size=1024, columns=wanted):
+            for row in batch.to_pylist():
+                _count_row(row, stats)
+        if len(stats.examples) < examples:
+            table = parquet.read_row_group(0, columns=["id", "text", "audio"])
+            for row in table.slice(0, examples - len(stats.examples)).to_pylist():
+                stats.examples.append((row["id"], row["text"], row["audio"]["bytes"]))
+
+
+def _count_row(row: dict, stats: OutputStats) -> None:
+    duration = row["duration_s"]
+    stats.rows += 1
+    stats.audio_seconds += duration
+    stats.seconds_by_speaker[row["speaker"]] += duration
+    stats.seconds_by_voice[row.get("voice") or "(none)"] += duration
+    stats.stop_reasons[row["stop_reason"]] += 1
+    stats.models.add((row.get("model"), row.get("model_weights"), row.get("engine")))
+    stats.durations.add(duration)
+    if duration > 0:
+        stats.chars_per_s.add(len(row["text"]) / duration)
+    if row.get("qc_pass") is not None:
+        stats.qc_rows += 1
+        stats.qc_passed += bool(row["qc_pass"])
+        stats.qc_reasons.update(row.get("qc_reasons") or [])
+    for metric in QC_METRICS:
+        value = row.get(metric)
+        if value is not None:
+            stats.qc_metrics[metric].add(float(value))

@@ -1,0 +1,196 @@
+"""Exports loaded by their own libraries: Lhotse Shar, NeMo JSON lines, WebDataset tar shards.
+
+One real run (conftest's `synth_output`) and its with-QC copy are exported in every format
+on the package's Ray; each export is read back with its format's own library and checked
+row by row against the output's data parts: every kept row exactly once, audio and codes
+equal, durations matching the files, and the filters dropping exactly the rows they should.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from helpers import assert_exactly_once
+
+from synth.export.job import run_export
+from synth.export.options import ExportOptions
+from synth.export.rows import ExportError
+
+
+def source_rows(out: str) -> dict[str, dict]:
+    """id -> row of every data part of the output."""
+    directory = os.path.join(out, "data")
+    return {r["id"]: r for f in sorted(os.listdir(directory)) for r in pq.read_table(os.path.join(directory, f)).to_pylist()}
+
+
+def samples_of(data: bytes) -> np.ndarray:
+    return sf.read(io.BytesIO(data), dtype="int16")[0]
+
+
+def export(out: str, dest: str, log=None, **options) -> dict:
+    return run_export(out, dest, ExportOptions(num_workers=2, **options), log=log or (lambda m: None))
+
+
+def read_shar(dest: str) -> dict:
+    from lhotse import CutSet
+
+    found = {}
+    for cut in CutSet.from_shar(in_dir=os.path.join(dest, "shar")):
+        assert cut.id not in found, f"{cut.id} twice"
+        found[cut.id] = cut
+    return found
+
+
+def check_shar(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
+    cuts = read_shar(dest)
+    assert_exactly_once(list(cuts), sorted(kept))
+    for row_id, cut in cuts.items():
+        row = rows[row_id]
+        audio = cut.load_audio()  # [1, samples] float32
+        assert audio.shape == (1, row["num_frames"] * 1920)
+        assert np.array_equal(np.round(audio[0] * 32768).astype(np.int16), samples_of(row["audio"]["bytes"]))
+        codes = cut.load_custom("codes")  # [num_frames, K]
+        assert np.array_equal(codes, np.array(row["codes"], dtype=np.int16)), row_id
+        assert cut.codes.frame_shift == 0.08 and cut.codes.temporal_dim == 0
+        assert cut.duration == pytest.approx(row["duration_s"])
+        (sup,) = cut.supervisions
+        assert (sup.text, sup.speaker, sup.language) == (row["text"], str(row["speaker"]), "en")
+        for key in ("seed", "voice", "context_ids", "model_weights"):
+            assert cut.custom[key] == row[key], key
+        if "qc_pass" in row:
+            assert cut.custom["wer"] == row["wer"] and cut.custom["qc_pass"] == row["qc_pass"]
+
+
+def check_nemo(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
+    manifest = os.path.join(dest, "nemo", "manifest.jsonl")
+    lines = [json.loads(line) for line in open(manifest)]
+    assert_exactly_once([entry["id"] for entry in lines], sorted(kept))
+    for entry in lines:
+        row = rows[entry["id"]]
+        path = os.path.join(os.path.dirname(manifest), entry["audio_filepath"])
+        info = sf.info(path)
+        assert entry["duration"] == pytest.approx(info.frames / info.samplerate) == pytest.approx(row["duration_s"])
+        assert open(path, "rb").read() == row["audio"]["bytes"]
+        assert (entry["text"], entry["speaker"]) == (row["text"], row["speaker"])
+        if "qc_pass" in row:
+            assert (entry["qc_pass"], entry["wer"], entry["dnsmos"]) == (row["qc_pass"], row["wer"], row["dnsmos"])
+
+
+def check_webdataset(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
+    import webdataset as wds
+
+    shards = sorted(os.path.join(dest, "wds", name) for name in os.listdir(os.path.join(dest, "wds")))
+    samples = list(wds.WebDataset(shards, shardshuffle=False))
+    meta = [json.loads(s["json"]) for s in samples]
+    assert_exactly_once([m["id"] for m in meta], sorted(kept))
+    for sample, m in zip(samples, meta):
+        row = rows[m["id"]]
+        assert sample["wav"] == row["audio"]["bytes"]
+        codes = np.load(io.BytesIO(sample["codes.npy"]))
+        assert np.array_equal(codes, np.array(row["codes"], dtype=np.int16))
+        assert m["text"] == row["text"] and m.get("qc_pass") == row.get("qc_pass")
+
+
+CHECKS = {"lhotse_shar": check_shar, "nemo": check_nemo, "webdataset": check_webdataset}
+
+
+@pytest.mark.parametrize("fmt", sorted(CHECKS))
+def test_every_format_loads_with_its_library_without_and_with_qc(fmt, synth_output, qc_output, tmp_path):
+    for out, ids in (synth_output, qc_output):
+        rows = source_rows(out)
+        assert sorted(rows) == sorted(ids)
+        dest = str(tmp_path / f"{fmt}-{os.path.basename(os.path.dirname(out))}")
+        record = export(out, dest, format=fmt, shard_max_mb=0.05)
+        assert record["finished"] and record["rows"] == len(ids) and record["dropped"] == {}
+        CHECKS[fmt](dest, rows, set(ids))
+    # the shard size bounds each tar: many small shards, none far past 0.05 MB
+    if fmt == "webdataset":
+        sizes = [os.path.getsize(os.path.join(dest, "wds", n)) for n in os.listdir(os.path.join(dest, "wds"))]
+        assert len(sizes) > 4 and max(sizes) < 0.05 * 2**20 + 200_000
+
+
+def test_filters_drop_exactly_the_rows_they_should(qc_output, tmp_path):
+    out, ids = qc_output
+    rows = source_rows(out)
+    shortest, longest = min(r["duration_s"] for r in rows.values()), max(r["duration_s"] for r in rows.values())
+    cases = [
+        ({"qc_pass_only": True}, lambda r: r["qc_pass"], "qc"),
+        ({"min_duration_s": shortest + 0.01}, lambda r: r["duration_s"] >= shortest + 0.01, "duration"),
+        ({"min_duration_s": 0.5, "max_duration_s": longest - 0.01}, lambda r: r["duration_s"] <= longest - 0.01,
+         "duration"),
+        ({"speakers": (0, 2)}, lambda r: r["speaker"] in (0, 2), "speaker"),
+        ({"voices": ("narrator",)}, lambda r: r["voice"] == "narrator", "voice"),
+    ]
+    for i, (options, keep, reason) in enumerate(cases):
+        kept = {row_id for row_id, r in rows.items() if keep(r)}
+        assert 0 < len(kept) < len(rows), (options, kept)  # the filter has something to drop and to keep
+        record = export(out, str(tmp_path / f"nemo-{i}"), format="nemo", **options)
+        check_nemo(str(tmp_path / f"nemo-{i}"), rows, kept)
+        assert record["rows"] == len(kept) and record["dropped"] == {reason: len(rows) - len(kept)}, options
+    # filters combine: each row is dropped by the first filter it fails
+    both = {row_id for row_id, r in rows.items() if r["qc_pass"] and r["speaker"] in (0, 2)}
+    export(out, str(tmp_path / "wds-both"), format="webdataset", qc_pass_only=True, speakers=(0, 2))
+    check_webdataset(str(tmp_path / "wds-both"), rows, both)
+
+
+def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(synth_output, tmp_path):
+    out, _ = synth_output
+    with pytest.raises(ExportError, match="has no `qc_pass` column"):
+        export(out, str(tmp_path / "qc"), format="nemo", qc_pass_only=True)
+    assert not (tmp_path / "qc").exists()  # refused before anything was written
+    with pytest.raises(ExportError, match="overlap"):
+        export(out, os.path.join(out, "export"), format="nemo")
+    (tmp_path / "a-run").mkdir()
+    (tmp_path / "a-run" / "plan.json").write_text("{}")  # what marks another run's output
+    with pytest.raises(ExportError, match="run's output"):
+        export(out, str(tmp_path / "a-run"), format="nemo")
+    # a finished export is continued only with the same options
+    export(out, str(tmp_path / "once"), format="nemo", speakers=(0,))
+    with pytest.raises(ExportError, match="speakers"):
+        export(out, str(tmp_path / "once"), format="nemo", speakers=(1,))
+    # a user's directory is refused as a run's OUT is
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="not a synth output"):
+        export(out, str(tmp_path / "mine"), format="nemo")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_the_export_job_script_is_the_command_and_bad_options_exit_2(synth_output, tmp_path):
+    from helpers import run_job
+
+    out, _ = synth_output
+    helped = run_job(["jobs/export.py", "--help"])
+    assert helped.returncode == 0 and "usage: synth export" in helped.stdout, helped.stderr
+    bad = run_job(["jobs/export.py", out, "--format", "nemo", "--to", str(tmp_path / "x"), "--min-duration", "3",
+                   "--max-duration", "1"])
+    assert bad.returncode == 2 and "min_duration_s (3.0) is above max_duration_s (1.0)" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+    unknown = run_job(["jobs/export.py", out, "--format", "hdf5", "--to", str(tmp_path / "x")])
+    assert unknown.returncode == 2 and "invalid choice: 'hdf5'" in unknown.stderr
+
+
+def test_a_partly_finished_output_exports_what_it_committed(synth_output, tmp_path):
+    import shutil
+
+    out, ids = synth_output
+    partial = str(tmp_path / "partial")
+    shutil.copytree(out, partial)
+    # as a run killed before the last part's marker leaves it: the part's data is there, its marker is not
+    markers = sorted(n for n in os.listdir(os.path.join(partial, "_progress")) if "-part-" in n)
+    last = json.load(open(os.path.join(partial, "_progress", markers[-1])))
+    while not last["rows"]:  # the last part that holds rows
+        markers.pop()
+        last = json.load(open(os.path.join(partial, "_progress", markers[-1])))
+    os.remove(os.path.join(partial, "_progress", markers[-1]))
+    uncommitted = {r["id"] for r in pq.read_table(os.path.join(partial, "data", markers[-1].replace(".json", ".parquet")))
+                   .to_pylist()}
+    record = export(partial, str(tmp_path / "wds"), format="webdataset")
+    check_webdataset(str(tmp_path / "wds"), source_rows(out), set(ids) - uncommitted)
+    assert record["rows"] == len(ids) - len(uncommitted) and uncommitted
