@@ -77,8 +77,8 @@ def check_filters(options: ExportOptions, columns: list[str], uri: str) -> None:
     """Refuse filters the output cannot answer, before anything runs."""
     if options.qc_pass_only and columns and QC_PASS not in columns:
         raise ExportError(f"--qc-pass-only: {uri} has no `{QC_PASS}` column with values (it was generated without "
-                          "QC), so no "
-                          "row can be said to pass; export it without --qc-pass-only, or run QC on it first")
+                          "QC), so no row can be said to pass; export it without --qc-pass-only, or run QC on it "
+                          "first")
 
 
 def drop_reason(row: dict, options: ExportOptions) -> str | None:

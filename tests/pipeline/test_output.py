@@ -196,7 +196,8 @@ def test_verify_reports_what_a_relaunch_would_not_see(tmp_path):
     row_group = pq.read_metadata(path).row_group(0)  # a byte of the audio's pages, not of Parquet's metadata
     audio = next(row_group.column(i) for i in range(row_group.num_columns)
                  if row_group.column(i).path_in_schema == "audio.bytes")
-    data[audio.data_page_offset + audio.total_compressed_size // 2] ^= 0xFF
+    start = audio.dictionary_page_offset if audio.has_dictionary_page else audio.data_page_offset
+    data[start + audio.total_compressed_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert verify(output, checksums=False).findings == []
     assert verify(output).findings == [f"shard 0 part 0: {data_file(0, 0)}: its sha256 differs from its marker's"]
