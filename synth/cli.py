@@ -125,7 +125,8 @@ def _rescore_parser(sub) -> None:
     parser.add_argument("input", help="a synth output, or a Parquet file or directory of them (local or URI)")
     parser.add_argument("--output", help="where the scores go (default: beside a synth output's data)")
     parser.add_argument("--config", help="YAML config whose `qc:` section applies (defaults when omitted)")
-    parser.add_argument("--text-column", default="text", help="the column with each clip's intended text")
+    parser.add_argument("--text-column", help="the column with each clip's intended text (default: `spoken_text` "
+                        "where the dataset has it, as in a synth output, else `text`)")
     parser.add_argument("--audio-column", default="audio", help="the HF Audio column ({bytes, path})")
     parser.add_argument("--id-column", default="id", help="the row id column (default: row numbers if absent)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",

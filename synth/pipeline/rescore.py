@@ -81,10 +81,11 @@ def _input_files(loc: storage.Location) -> list[tuple[str, str]]:
     return found
 
 
-def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, *, text_column: str = "text",
+def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, *, text_column: str | None = None,
             audio_column: str = "audio", id_column: str = "id", adopt: bool = False, log=print) -> RescoreSummary:
     """Score every clip of `input_uri` into `output_uri` (default: the input itself, if it is a
-    synth output); see the module docstring."""
+    synth output); see the module docstring. text_column: None = `spoken_text` where the dataset
+    has it (what synth asked the model to say, as a run's QC compares), else `text`."""
     check_installed()
     source = storage.resolve(input_uri)
     if output_uri is None:
@@ -140,9 +141,11 @@ def _scores_bytes(rows: list[dict], settings: bytes) -> bytes:
 
 
 def _score_table(table: pa.Table, base: storage.Location, scorer: TakeScorer, config: SynthConfig, *,
-                 text_column: str, audio_column: str, id_column: str, name: str,
+                 text_column: str | None, audio_column: str, id_column: str, name: str,
                  summary: RescoreSummary) -> list[dict]:
     """The scores rows of one input file, in its row order."""
+    if text_column is None:
+        text_column = "spoken_text" if "spoken_text" in table.column_names else "text"
     for column in (text_column, audio_column):
         if column not in table.column_names:
             raise RescoreError(f"{name}: has no column {column!r} (its columns: {', '.join(table.column_names)}); "
