@@ -179,6 +179,14 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     assert qc["turns"] == len(ids) and qc["takes"] == 2 * len(ids) and qc["takes_per_turn"] == 2.0
     assert qc["pass_rate"] == 0 and qc["failed_by_metric"]["wer"] == len(ids)
     assert set(METRICS) >= set(qc["takes_failed_by_metric"])
+    # a turn that keeps failing counts toward job.max_error_rate (0 here) only if the config says so
+    strict = JobProcess([*args, "--set", "qc.count_failures_as_errors=true", "--allow-changes"], ray_env,
+                        str(tmp_path / "strict.log"))
+    assert strict.finish(JOB_TIMEOUT_S) == 1, strict.output()
+    assert "nothing to do" in strict.output()
+    with open(os.path.join(out, RUN_RECORD)) as f:
+        record = json.load(f)
+    assert record["qc"]["scripts_failing_qc"] == 3 and record["shards_failed"] == {}
 
 
 def test_the_kept_take_is_trimmed_in_whole_frames_with_its_codes(qc_shard, speech_clip):
@@ -219,11 +227,3 @@ def test_the_kept_take_is_trimmed_in_whole_frames_with_its_codes(qc_shard, speec
     chain.add_result(kept)
     later = chain.next_request(lambda turn, reason: pytest.fail(reason))
     assert np.array_equal(later.context[-1].audio, kept.audio)  # the next turn hears the trimmed take
-    # a turn that keeps failing counts toward job.max_error_rate (0 here) only if the config says so
-    strict = JobProcess([*args, "--set", "qc.count_failures_as_errors=true", "--allow-changes"], ray_env,
-                        str(tmp_path / "strict.log"))
-    assert strict.finish(JOB_TIMEOUT_S) == 1, strict.output()
-    assert "nothing to do" in strict.output()
-    with open(os.path.join(out, RUN_RECORD)) as f:
-        record = json.load(f)
-    assert record["qc"]["scripts_failing_qc"] == 3 and record["shards_failed"] == {}
