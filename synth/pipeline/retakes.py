@@ -37,11 +37,6 @@ from synth.qc.scorer import Take, TakeScorer
 TAKE_SEPARATOR = "#take"  # a retake's request id: "SCRIPT:TURN#takeN" (take 1 keeps the turn's id)
 
 
-def turn_key(request_id: str) -> str:
-    """The turn a request id belongs to (its output id)."""
-    return request_id.split(TAKE_SEPARATOR, 1)[0]
-
-
 @dataclass
 class _Take:
     number: int
