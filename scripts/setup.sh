@@ -2,7 +2,7 @@
 # Install everything synth needs into ./.venv (idempotent; safe to re-run).
 #   - Debian packages: espeak-ng (real speech for test fixtures), chromium (renders the run report in a test)
 #   - torch==2.13.0 CPU build (pinned: an unpinned torch pulls a multi-GB CUDA build)
-#   - synth itself (editable) with its test, book and export extras
+#   - synth itself (editable) with its test, book, export and quality-control (qc) extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,5 +28,7 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 if ! python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
-python -m pip install -q -e '.[test,book,export,train]' 2>&1 | grep -v "^WARNING: Location\|BuildBackendWarning\|^ \|^$" || true
+python -m pip install -q -e '.[test,book,export,train,qc]' 2>&1 | grep -v "^WARNING: Location\|BuildBackendWarning\|^ \|^$" || true
+# the speaker encoder of quality control, without its pins (see pyproject.toml's `qc` extra)
+python -m pip install -q --no-deps resemblyzer==0.1.4 2>&1 | grep -v "^WARNING: Location" || true
 python -c "import torch, transformers, ray, synth; print(f'synth ready: torch {torch.__version__}, transformers {transformers.__version__}, ray {ray.__version__}')"

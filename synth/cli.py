@@ -10,6 +10,7 @@
     synth acx out/alice/chapters/*.wav       (ACX's audio numbers, per file)
     synth train --config configs/train-demo.yaml --data out/demo --output out/demo-ft   (fine-tune CSM)
     synth import --clips recordings/ --model sesame/csm-1b --output out/recorded      (recorded data in)
+    synth rescore out/demo --set qc.asr.model=openai/whisper-large-v3   (QC metrics of an existing dataset)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
 
@@ -115,6 +116,39 @@ def _verify_parser(sub) -> None:
                             "dataset's Parquet. Changes nothing; exit 1 with the findings if anything is wrong.")
     parser.add_argument("output", help="the output directory (local or URI)")
     parser.add_argument("--sizes-only", action="store_true", help="skip the checksums (reads no file's contents)")
+
+
+def _rescore_parser(sub) -> None:
+    parser = sub.add_parser("rescore", help="compute the QC metrics of an existing dataset (nothing generated)",
+                            description="Compute the quality-control metrics and decisions (the config's `qc:` "
+                            "section) of every clip of a synth output or of any Parquet dataset with an HF Audio "
+                            "column and a text column, into OUT/qc/<file>.parquet. Resumable: files scored with "
+                            "the same settings are skipped.")
+    parser.add_argument("input", help="a synth output, or a Parquet file or directory of them (local or URI)")
+    parser.add_argument("--output", help="where the scores go (default: beside a synth output's data)")
+    parser.add_argument("--config", help="YAML config whose `qc:` section applies (defaults when omitted)")
+    parser.add_argument("--text-column", help="the column with each clip's intended text (default: `spoken_text` "
+                        "where the dataset has it, as in a synth output, else `text`)")
+    parser.add_argument("--audio-column", default="audio", help="the HF Audio column ({bytes, path})")
+    parser.add_argument("--id-column", default="id", help="the row id column (default: row numbers if absent)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field, e.g. --set qc.thresholds.max_wer=0.2 (repeatable)")
+    parser.add_argument("--adopt-output", action="store_true",
+                        help="write into an existing non-empty directory synth did not create")
+
+
+def rescore_command(args: argparse.Namespace) -> int:
+    import time
+
+    from synth.pipeline.config import load_config
+    from synth.pipeline.rescore import render, rescore
+
+    t0 = time.time()
+    config = load_config(args.config, args.overrides)
+    summary = rescore(config, args.input, args.output, text_column=args.text_column,
+                      audio_column=args.audio_column, id_column=args.id_column, adopt=args.adopt_output)
+    print(render(summary, t0))
+    return 0
 
 
 def _export_parser(sub) -> None:
@@ -322,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     _describe_parsers(sub)
     _train_parser(sub)
     _import_parser(sub)
+    _rescore_parser(sub)
     for name, (_, help_text) in TOOLS.items():
         sub.add_parser(name, help=help_text + " (options: synth " + name + " --help)", add_help=False)
     args = parser.parse_args(argv)
     command = {"run": run_command, "book": book_command, "verify": verify_command, "acx": acx_command,
                "export": export_command, "card": card_command, "report": report_command, "train": train_command,
-               "import": import_command}[args.command]
+               "import": import_command, "rescore": rescore_command}[args.command]
     try:
         return command(args)
     except SynthError as e:

@@ -32,3 +32,11 @@ def speech_clip(tmp_path_factory):
     path = tmp_path_factory.mktemp("clips") / "hello.wav"
     subprocess.run(["espeak-ng", "-w", str(path), "Hello there, this is a recorded voice prompt."], check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A tiny random Whisper saved with save_pretrained (QC's ASR offline), shared by the session."""
+    from synth.qc.tiny_whisper import build_tiny_whisper
+
+    return str(build_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper"))

@@ -14,6 +14,12 @@ derived from the text (a random model never emits EOS, so caps decide lengths).
 Prints a table (frames/s, x real time, useful / computed slot-frames, time to first
 audio, peak memory) and the fast / reference ratios; `--json PATH` saves the rows.
 
+`--qc ASR_MODEL` (a Whisper hub id or directory; `tiny` builds the offline tiny Whisper)
+also runs every fast-engine slot count with the QC scorer on the result path (every metric
+of every turn, scored in the batches the engine finishes together, as a QC run scores its
+takes; no retakes), and prints throughput with QC on against off and the QC stage's own
+rate in audio seconds per second.
+
 `--workload dialogue` groups the same turns into dialogues of `--turns` turns, each
 turn conditioned on the generated audio of the turns before it (the context planner
 keeps the newest that fit), and runs them as chains: the fast engine with every
@@ -176,12 +182,37 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     return row, results
 
 
+class QcStage:
+    """An engine's `on_result` that scores every finished turn with a `synth.qc.scorer.TakeScorer`,
+    a batch at a time (`prepare`), as a QC run does (on the result thread when the engine has one)."""
+
+    def __init__(self, scorer, requests: list[GenerationRequest]):
+        self.scorer = scorer
+        self.text = {r.request_id: r.text for r in requests}
+
+    def prepare(self, results) -> None:
+        from synth.qc.scorer import Take
+
+        self.scorer.score([Take(r.audio, self.text[r.request_id], r.codes) for r in results])
+
+    def __call__(self, result) -> None:
+        return None
+
+
 def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile,
-             options: FastEngineOptions = FastEngineOptions()) -> Row:
+             options: FastEngineOptions = FastEngineOptions(), scorer=None) -> Row:
+    """scorer: also score every finished turn (QC on)."""
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
-    setting = f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
-    row, results = _timed_fast(engine, setting, device, lambda e: e.generate(requests, sampling))
+    setting = (f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
+               + (", QC on" if scorer is not None else ""))
+    if scorer is not None:
+        def work(e):
+            return e.run(requests, sampling, on_result=QcStage(scorer, requests))
+    else:
+        def work(e):
+            return e.generate(requests, sampling)
+    row, results = _timed_fast(engine, setting, device, work)
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -301,6 +332,8 @@ def main(argv=None):
     parser.add_argument("--kv-buckets", type=int, default=4,
                         help="backbone attention buckets (1: always all max_positions)")
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
+    parser.add_argument("--qc", metavar="ASR_MODEL", help="also run each slot count with every QC metric scored "
+                        "on the result path, this Whisper transcribing (`tiny`: the offline tiny Whisper)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS[args.config])
@@ -345,6 +378,7 @@ def main(argv=None):
           f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {'greedy' if args.greedy else 'sampling'}", flush=True)
 
+    scorer = _qc_scorer(args.qc, build_dir, codec.sampling_rate, device) if args.qc else None
     rows: list[Row] = []
     if args.workload == "dialogue":
         rows = dialogue_rows(args, cfg, path, requests, sampling, compile, options)
@@ -360,17 +394,47 @@ def main(argv=None):
     for slots in cfg["slots"] if args.workload == "flat" else []:
         try:
             reqs = requests if slots > 1 else requests[: max(cfg["batch1"], 2)]
-            rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
-                                 max_positions=cfg["max_positions"], compile=compile, options=options))
-            print("done:", rows[-1].as_dict(frame_rate), flush=True)
+            for qc in [None, scorer] if scorer is not None else [None]:
+                rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
+                                     max_positions=cfg["max_positions"], compile=compile, options=options,
+                                     scorer=qc))
+                print("done:", rows[-1].as_dict(frame_rate), flush=True)
         except torch.OutOfMemoryError as err:
             print(f"fast {slots} slots: out of memory ({err})", flush=True)
             gc.collect()
             torch.cuda.empty_cache()
 
     print_table(rows, frame_rate)
+    if scorer is not None:
+        print_qc(rows, scorer)
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
+
+
+def _qc_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str):
+    """The QC scorer with every metric on and its models loaded (outside any timing)."""
+    from synth.qc.policy import AsrSettings, QcSettings
+    from synth.qc.scorer import TakeScorer
+
+    if asr_model == "tiny":
+        from synth.qc.tiny_whisper import build_tiny_whisper
+
+        asr_model = str(build_tiny_whisper(build_dir / "tiny-whisper"))
+    settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model))
+    return TakeScorer(settings, sample_rate_hz, device=device).load()
+
+
+def print_qc(rows: list[Row], scorer) -> None:
+    """Throughput with QC on against off at each slot count, and the QC stage's own rate."""
+    print()
+    fast = [r for r in rows if r.engine == "fast"]
+    for on in (r for r in fast if r.setting.endswith(", QC on")):
+        off = next(r for r in fast if r.setting == on.setting.removesuffix(", QC on"))
+        print(f"QC on / off ({off.setting}): throughput x{on.fps / off.fps:.2f} "
+              f"({on.fps:.1f} vs {off.fps:.1f} frames/s)")
+    stats = scorer.stats
+    print(f"QC stage: {stats.takes} turns, {stats.audio_s:.1f} s audio scored in {stats.busy_s:.1f} s: "
+          f"{stats.audio_s / max(stats.busy_s, 1e-9):.2f} audio s/s")
 
 
 def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list[Row]:

@@ -40,6 +40,7 @@ from synth.engine.interface import (
     OnResult,
     ResultInfo,
     SamplingParams,
+    prepare_results,
 )
 from synth.engine.options import FastEngineOptions
 from synth.engine.prompt import context_clips, prompt_positions, render_ids
@@ -335,6 +336,8 @@ class _ResultPipeline:
                                 generate_s=f.finished_s - f.started_s, ready_s=now - self.t0),
             )
             results.append(res)
+        prepare_results(self.on_result, results)
+        for res in results:
             follow_ups += list((self.on_result(res) if self.on_result is not None else None) or ())
         return results, engine._jobs(follow_ups, self.sampling)
 

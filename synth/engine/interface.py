@@ -107,7 +107,17 @@ class GenerationResult:
 
 
 # What `Engine.run` calls with each result: it may return follow-up requests (e.g. a conversation's next turn).
+# An `on_result` object may also have a `prepare(results)` method: engines call it with every result
+# that became ready together, before `on_result` sees each of them (`prepare_results`).
 OnResult = Callable[[GenerationResult], Iterable[GenerationRequest] | None]
+
+
+def prepare_results(on_result: OnResult | None, results: Sequence[GenerationResult]) -> None:
+    """Hand results that became ready together to `on_result.prepare`, if it has one (e.g. to score
+    a batch of takes at once, `synth.pipeline.retakes`)."""
+    prepare = getattr(on_result, "prepare", None)
+    if prepare is not None and results:
+        prepare(results)
 
 
 @dataclass(frozen=True)

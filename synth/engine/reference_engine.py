@@ -170,7 +170,9 @@ class TransformersEngine:
         waiting = list(requests)
         while waiting:
             follow_ups: list[GenerationRequest] = []
-            for result in self.generate(waiting, sampling):
+            batch = self.generate(waiting, sampling)
+            interface.prepare_results(on_result, batch)
+            for result in batch:
                 results.append(result)
                 follow_ups += list((on_result(result) if on_result is not None else None) or ())
             waiting = follow_ups

@@ -60,19 +60,25 @@ def committed_parts(source: OutputDir) -> list[SourcePart]:
 
 
 def source_columns(source: OutputDir, parts: list[SourcePart]) -> list[str]:
-    """The data columns of `source` (from its first part's schema); [] when nothing is committed."""
+    """The data columns of `source` (from its first part's schema); [] when nothing is committed.
+    `qc_pass` counts only when it holds values: an output made with QC off has the column, all null."""
     if not parts:
         return []
     location = source.at(parts[0].data_path)
     with location.fs.open_input_file(location.path) as f:
-        return pq.ParquetFile(f).schema_arrow.names
+        parquet = pq.ParquetFile(f)
+        names = parquet.schema_arrow.names
+        if QC_PASS in names and parquet.read(columns=[QC_PASS]).column(QC_PASS).null_count == parquet.metadata.num_rows:
+            names = [name for name in names if name != QC_PASS]
+    return names
 
 
 def check_filters(options: ExportOptions, columns: list[str], uri: str) -> None:
     """Refuse filters the output cannot answer, before anything runs."""
     if options.qc_pass_only and columns and QC_PASS not in columns:
-        raise ExportError(f"--qc-pass-only: {uri} has no `{QC_PASS}` column (it was generated without QC), so no "
-                          "row can be said to pass; export it without --qc-pass-only, or run QC on it first")
+        raise ExportError(f"--qc-pass-only: {uri} has no `{QC_PASS}` column with values (it was generated without "
+                          "QC), so no row can be said to pass; export it without --qc-pass-only, or run QC on it "
+                          "first")
 
 
 def drop_reason(row: dict, options: ExportOptions) -> str | None:

@@ -66,7 +66,7 @@ class OutputStats:
 
     @property
     def has_qc(self) -> bool:
-        return "qc_pass" in self.columns
+        return "qc_pass" in self.columns and self.qc_rows > 0  # QC off: the column is there, all null
 
 
 def _error_reason(stage: str, reason: str) -> str:

@@ -25,6 +25,7 @@ from pydantic import (
 from synth.engine.interface import DTYPE_NAMES, SamplingParams
 from synth.engine.options import FastEngineOptions
 from synth.errors import SynthError
+from synth.qc.policy import QcSettings
 
 
 class _Section(BaseModel):
@@ -204,6 +205,10 @@ class SynthConfig(_Section):
         "thread, ...); none of it changes outputs, so it is not part of a run's recorded settings.",
     )
     voices: dict[str, VoiceConfig] = Field(default_factory=dict, description="The voice library, by name.")
+    qc: QcSettings = Field(
+        QcSettings(), description="Quality control of every generated turn: metrics, thresholds, retakes, "
+        "clean-up (`synth.qc.policy`; off by default).",
+    )
 
     @field_validator("voices")
     @classmethod

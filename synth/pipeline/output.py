@@ -4,6 +4,8 @@
     OUT/_lease.json                            the lease of the run writing it now (`synth.pipeline.lease`)
     OUT/data/shard-00003-part-0001.parquet     one row per generated turn
     OUT/errors/shard-00003-part-0001.parquet   one row per bad manifest row or turn
+    OUT/takes/shard-00003-part-0001.parquet    one row per rejected take of the part's turns (QC on)
+    OUT/qc/<part or file stem>.parquet         metrics of an existing dataset (`synth rescore`)
     OUT/wav/00003/<script>-<turn>.wav           the same audio as files (optional; or flac/)
     OUT/_voices/<content hash>.npy             the voice library's codes, encoded once per run
     OUT/_progress/shard-00003-part-0001.json   a part's commit marker (its `PartCommit`), written last
@@ -52,6 +54,8 @@ OWNER_RECORD = "_synth.json"
 LEASE_FILE = "_lease.json"
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
+TAKES_DIR = "takes"
+SCORES_DIR = "qc"
 PROGRESS_DIR = "_progress"
 VOICES_DIR = "_voices"
 QUARANTINE_DIR = "_quarantine"
@@ -66,7 +70,8 @@ PART_MARKER = re.compile(r"shard-(\d{5,})-part-(\d{4,})\.json")  # a part marker
 SHARD_MARKER = re.compile(r"shard-(\d{5,})\.done\.json")  # a shard done marker's file name: (shard,)
 # Every path under OUT that synth's layout generates (relative, '/'-separated).
 _SYNTH_PATH = re.compile(
-    rf"(?:{DATA_DIR}|{ERRORS_DIR})/shard-\d{{5,}}-part-\d{{4,}}\.parquet"
+    rf"(?:{DATA_DIR}|{ERRORS_DIR}|{TAKES_DIR})/shard-\d{{5,}}-part-\d{{4,}}\.parquet"
+    rf"|{SCORES_DIR}/[A-Za-z0-9._-]+\.parquet"
     rf"|{PROGRESS_DIR}/(?:shard-\d{{5,}}-part-\d{{4,}}\.json|shard-\d{{5,}}\.done\.json)"
     rf"|(?:{'|'.join(AUDIO_DIRS)})/\d{{5,}}/[A-Za-z0-9._-]+-\d{{3,}}\.(?:{'|'.join(AUDIO_DIRS)})"
     rf"|{VOICES_DIR}/[0-9a-f]{{64}}\.npy"
@@ -86,6 +91,20 @@ def data_file(shard: int, part: int) -> str:
 
 def errors_file(shard: int, part: int) -> str:
     return f"{ERRORS_DIR}/{part_name(shard, part)}.parquet"
+
+
+def takes_file(shard: int, part: int) -> str:
+    return f"{TAKES_DIR}/{part_name(shard, part)}.parquet"
+
+
+def part_table_files(shard: int, part: int) -> tuple[str, str, str]:
+    """Every Parquet file a part may commit: data, errors, rejected takes."""
+    return data_file(shard, part), errors_file(shard, part), takes_file(shard, part)
+
+
+def scores_file(stem: str) -> str:
+    """Where `synth rescore` writes the metrics of one input file (by its stem: a part's name)."""
+    return f"{SCORES_DIR}/{safe_name(stem)}.parquet"
 
 
 def part_marker_file(shard: int, part: int) -> str:
@@ -151,7 +170,8 @@ class PartCommit:
     """What a committed part holds; stored in its marker.
 
     files: every file of the part with its size and checksum; empty in markers written
-    before synth recorded them (those parts are checked by their counts alone)."""
+    before synth recorded them (those parts are checked by their counts alone).
+    qc: the part's QC totals (`synth.pipeline.retakes.QcCounts`); empty without QC."""
 
     shard: int
     part: int
@@ -161,6 +181,7 @@ class PartCommit:
     scripts: int
     error_scripts: int
     files: tuple[FileRecord, ...] = ()
+    qc: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -177,6 +198,7 @@ class PartFiles:
     commit: PartCommit
     data: bytes | None  # data/<part>.parquet; None when the part has no rows
     errors: bytes | None  # errors/<part>.parquet; None when it has no error rows
+    takes: bytes | None = None  # takes/<part>.parquet; None when no take was rejected
     audio: tuple[tuple[str, bytes], ...] = ()  # (path under OUT, bytes) of each clip file
 
 
@@ -242,9 +264,9 @@ class LeaseLost(StopRun):
 
 # The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
 # versions do not load as one dataset, so an output is only ever continued by its own.
-# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`. Bump it with every
-# column change.
-DATA_SCHEMA = 3
+# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`; 4: adds the QC columns
+# (`qc_pass`, ...). Bump it with every column change.
+DATA_SCHEMA = 4
 
 
 def run_identity(config: SynthConfig, plan: Plan) -> dict:
@@ -259,6 +281,7 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "output": config.output.model_dump(),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
+        "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)
         "plan": plan.to_dict(),
     }
 
@@ -337,6 +360,8 @@ class OutputDir:
         every file with its size and sha256."""
         shard, part = files.commit.shard, files.commit.part
         tables = [(errors_file(shard, part), files.errors)] if files.errors is not None else []
+        if files.takes is not None:
+            tables.append((takes_file(shard, part), files.takes))
         if files.data is not None:
             tables.append((data_file(shard, part), files.data))
         for path, data in files.audio:

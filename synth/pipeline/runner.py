@@ -27,6 +27,7 @@ from synth.pipeline.manifest import Manifest, check_unique_ids, open_manifest
 from synth.pipeline.output import VOICES_DIR, OutputDir, ShardSummary, StopRun
 from synth.pipeline.plan import Plan, Shard, plan_shards
 from synth.pipeline.progress_bar import ShardBar
+from synth.pipeline.retakes import qc_totals
 from synth.pipeline.spoken import spoken_text
 from synth.pipeline.verify import Recovery, recover
 
@@ -39,6 +40,10 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
     throughout (taking it here unless the caller holds it already, e.g. a book render)."""
     t_start = time.time()
     spoken_text(config.text)  # a lexicon that cannot be read stops the run here, not in every actor
+    if config.qc.enabled:
+        from synth.qc.deps import check_installed
+
+        check_installed()  # before any actor loads: a missing extra is one clear error, not a failed shard
     manifest = open_manifest(input_uri)
     check_unique_ids(manifest)
     plan = plan_shards(manifest, config.output.scripts_per_shard)
@@ -90,6 +95,9 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
     error_scripts = sum(d.error_scripts for d in counted)
     audio_s = sum(d.audio_seconds for d in counted)
     failed_scripts = sum(s.num_scripts for s in plan.shards if s.index in failed) - sum(c.scripts for c in salvaged)
+    # QC totals (None without QC); a script whose kept take fails QC is a bad one only if asked
+    qc = qc_totals([commit.qc for d in done.values() for commit in d.parts] + [c.qc for c in salvaged])
+    qc_bad = qc["scripts_failing_qc"] if qc and config.qc.count_failures_as_errors else 0
     wall = time.time() - t_start
     rows_now = rows - sum(d.rows for d in before)
     audio_now = max(0.0, audio_s - sum(d.audio_seconds for d in before))
@@ -116,6 +124,7 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
         "turns_generated_this_run": rows_now,
         "audio_seconds_this_run": audio_now,
         "x_real_time": audio_now / wall if rows_now else None,
+        "qc": qc,
     }
     crash_point("driver-run-record")
     output.write_run_record(summary)
@@ -125,9 +134,11 @@ def _run_leased(config: SynthConfig, manifest: Manifest, plan: Plan, input_uri: 
         this_run = "no turns generated" if todo else "nothing to do"
     log(
         f"synth: done in {fmt_duration(wall)} ({this_run}); in all {rows} turns, {audio_s / 3600:.3f} h audio, "
-        f"{errors} error rows, {len(failed)} failed shards -> {output.uri}"
+        f"{errors} error rows, {len(failed)} failed shards"
+        + (f", QC passed {qc['passed']}/{qc['turns']} turns in {qc['takes']} takes" if qc else "")
+        + f" -> {output.uri}"
     )
-    bad_fraction = (error_scripts + failed_scripts) / max(1, manifest.num_rows)
+    bad_fraction = (error_scripts + failed_scripts + qc_bad) / max(1, manifest.num_rows)
     summary["ok"] = not failed and bad_fraction <= config.job.max_error_rate
     return summary
 

@@ -6,8 +6,8 @@ This module owns two checks over a `synth.pipeline.output.OutputDir`:
   counts as done only if every part the plan gives it is committed and its files match
   its marker (present, and of the recorded size: one listing, no reading); a part whose
   files do not match is quarantined (moved to `OUT/_quarantine/`, reported) so that it
-  is generated again; part files that no marker covers (a crash between a part's data
-  and its marker) and temp files of synth's own names are deleted. Nothing else in OUT
+  is generated again; part files (data, errors, rejected takes) that no marker covers (a
+  crash between a part's data and its marker) and temp files of synth's own names are deleted. Nothing else in OUT
   is touched.
 - `verify` (`synth verify OUT`): the same checks over the whole output, plus every
   file's sha256, every row id exactly once, each data part opening as the dataset's
@@ -35,6 +35,7 @@ from synth.pipeline.output import (
     PLAN_RECORD,
     PROGRESS_DIR,
     QUARANTINE_DIR,
+    TAKES_DIR,
     VOICES_DIR,
     FileRecord,
     OutputDir,
@@ -44,11 +45,12 @@ from synth.pipeline.output import (
     errors_file,
     is_synth_name,
     part_marker_file,
+    part_table_files,
     shard_marker_file,
 )
 from synth.pipeline.plan import Plan
 
-PART_FILE_DIRS = (DATA_DIR, ERRORS_DIR)
+PART_FILE_DIRS = (DATA_DIR, ERRORS_DIR, TAKES_DIR)  # a part's Parquet files (`part_table_files`)
 
 
 def parts_of(plan: Plan, commit_every_scripts: int) -> dict[int, int]:
@@ -78,7 +80,7 @@ def mismatch(commit: PartCommit, sizes: dict[str, int], *, check_audio: bool) ->
 def _part_paths(commit: PartCommit) -> list[str]:
     """Every file a part may have left, its marker last."""
     recorded = [record.path for record in commit.files]
-    return recorded + [p for p in (data_file(commit.shard, commit.part), errors_file(commit.shard, commit.part))
+    return recorded + [p for p in part_table_files(commit.shard, commit.part)
                        if p not in recorded] + [part_marker_file(commit.shard, commit.part)]
 
 
@@ -112,7 +114,7 @@ def recover(output: OutputDir, plan: Plan, commit_every_scripts: int, *, batch: 
         for part in range(expected[shard]):
             if (shard, part) not in committed:
                 problems.append(f"part {part}'s marker is missing")
-                suspect += [p for p in (data_file(shard, part), errors_file(shard, part)) if p in sizes]
+                suspect += [p for p in part_table_files(shard, part) if p in sizes]
                 continue
             commit = listed.get(part) or output.read_commit(shard, part)
             if (why := mismatch(commit, sizes, check_audio=check_audio)) is not None:
@@ -144,7 +146,7 @@ def recover(output: OutputDir, plan: Plan, commit_every_scripts: int, *, batch: 
 def _remove_uncovered(output: OutputDir, committed: set[tuple[int, int]], listed: list[str]) -> list[str]:
     """Delete, of the `listed` paths under OUT, part files no marker covers and temp files of
     synth's names; nothing else."""
-    covered = {path for shard, part in committed for path in (data_file(shard, part), errors_file(shard, part))}
+    covered = {path for shard, part in committed for path in part_table_files(shard, part)}
     removed = []
     for path in listed:
         temp = storage.is_temp(path.rsplit("/", 1)[-1])
@@ -205,7 +207,7 @@ def verify(output: OutputDir, *, checksums: bool = True) -> Verification:
     for shard, part in sorted(committed):
         commit = output.read_commit(shard, part)
         report.parts += 1
-        covered.update({data_file(shard, part), errors_file(shard, part)})
+        covered.update(part_table_files(shard, part))
         if (why := mismatch(commit, sizes, check_audio=True)) is not None:
             report.findings.append(f"shard {shard} part {part}: {why}")
             continue

@@ -6,8 +6,9 @@ and voices, deriving per-turn seeds and length caps, running each script as a ch
 (`synth.pipeline.chain`: every generated turn becomes context for the next) while the
 engine interleaves the turns of all the shard's scripts, and turning results and
 per-row problems into output rows (with the context each turn lost in `warnings`) and
-error rows. It holds one loaded
-engine for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
+error rows. With `qc.enabled`, each finished take goes through the retake loop
+(`synth.pipeline.retakes`) before it becomes a row, and a part commits its rejected takes
+with its rows. It holds one loaded engine (and QC scorer) for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
 an actor, and tests drive it directly.
 """
 
@@ -33,6 +34,7 @@ from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, Seg
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.output import OutputDir, PartCommit
 from synth.pipeline.plan import Shard
+from synth.pipeline.retakes import Accepted, QcCounts, Retakes, no_qc_columns
 from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
@@ -96,6 +98,8 @@ class _Part:
     scripts: int
     rows: list[dict] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
+    takes: list[dict] = field(default_factory=list)  # rows of rejected takes (QC on)
+    qc: QcCounts = field(default_factory=QcCounts)
     running: int = 0  # chains not yet finished
 
 
@@ -125,6 +129,19 @@ class ShardWorker:
         self.model_weights = checkpoint_fingerprint(self.model_id)
         self._cost = SegmentCost(engine)
         self.spoken = spoken_text(config.text)  # written -> what the model is given
+        self.retakes = self._retakes(config, engine)
+
+    @staticmethod
+    def _retakes(config: SynthConfig, engine: Engine) -> Retakes | None:
+        """The retake loop with its scorer's models loaded (once, here), or None with QC off."""
+        if not config.qc.enabled:
+            return None
+        from synth.qc.scorer import TakeScorer
+
+        rate, fmt = engine.sample_rate_hz, config.output.audio_format
+        scorer = TakeScorer(config.qc, rate, device=resolve_device(config.model.device)).load()
+        return Retakes(config.qc, scorer, samples_per_frame=engine.samples_per_frame,
+                       encode_audio=lambda audio: encode_audio(audio, rate, fmt))
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -176,8 +193,10 @@ class ShardWorker:
 
     # -- one shard ------------------------------------------------------------------
 
-    def output_row(self, script: Script, chain: Chain, result: GenerationResult, shard: Shard) -> dict:
-        """The output row of the chain's current turn."""
+    def output_row(self, script: Script, chain: Chain, result: GenerationResult, shard: Shard,
+                   qc_columns: dict | None = None) -> dict:
+        """The output row of the chain's current turn; qc_columns: its QC decision and metrics
+        (the kept take's seed among them), or None without QC."""
         turn_index, request, plan = chain.turn, chain.request, chain.plan
         assert request is not None and plan is not None
         turn = script.turns[turn_index]
@@ -206,6 +225,7 @@ class ShardWorker:
             "model_weights": self.model_weights,
             "engine": self.engine.name,
             "generation": json.dumps(settings, sort_keys=True),
+            **(qc_columns or no_qc_columns()),
         }
 
     def run_shard(self, shard: Shard) -> list[PartCommit]:
@@ -216,16 +236,17 @@ class ShardWorker:
         run = _ShardRun(self, shard, items)
         first = [request for index in range(run.num_parts) for request in run.start_part(index)]
         if first:
-            self.engine.run(first, self.config.sampling.to_params(), on_result=run.on_result)
+            self.engine.run(first, self.config.sampling.to_params(), on_result=run)
         return run.finished()
 
 
 class _ShardRun:
     """One shard in flight: its parts, the chains generating their scripts, and the commits.
 
-    The engine interleaves the turns of every chain; `on_result` takes each finished turn,
-    adds its row to its part, and returns the chain's next turn. A part is committed the
-    moment its last chain finishes."""
+    The engine interleaves the turns of every chain; the run is the engine's `on_result`: it
+    takes each finished turn (with QC, each take: `prepare` scores the takes that finished
+    together in one batch first), adds its row to its part, and returns the chain's next
+    turn (or the turn's next take). A part is committed the moment its last chain finishes."""
 
     def __init__(self, worker: ShardWorker, shard: Shard, items: list[Script | RowError]):
         self.worker, self.shard, self.items = worker, shard, items
@@ -250,6 +271,8 @@ class _ShardRun:
             if isinstance(chain, RowError):
                 part.errors.append(chain)
                 continue
+            if self.worker.retakes is not None:
+                self.worker.retakes.start_chain(chain)
             request = self._next(part, item, chain)
             if request is not None:
                 first.append(request)
@@ -258,14 +281,30 @@ class _ShardRun:
             self._commit(part)
         return first
 
-    def on_result(self, result: GenerationResult) -> list[GenerationRequest]:
-        """A finished turn: its row, then its chain's next turn (or the chain's end)."""
+    def prepare(self, results: list[GenerationResult]) -> None:
+        """Takes that finished together: score them in one batch (QC on)."""
+        retakes = self.worker.retakes
+        if retakes is not None:
+            retakes.score_ahead([(self.chains[r.request_id][2], r) for r in results if r.request_id in self.chains])
+
+    def __call__(self, result: GenerationResult) -> list[GenerationRequest]:
+        """A finished turn (or take): its row, then its chain's next turn (or the chain's end)."""
         part, script, chain = self.chains.pop(result.request_id)
-        part.rows.append(self.worker.output_row(script, chain, result, self.shard))
+        retakes, columns = self.worker.retakes, None
+        if retakes is not None:
+            outcome = retakes.on_take(chain, result, part.qc, script.id)
+            if not isinstance(outcome, Accepted):  # the turn's next take
+                self.chains[outcome.request_id] = (part, script, chain)
+                return [outcome]
+            result, columns = outcome.result, outcome.columns
+            part.takes += outcome.rejected
+        part.rows.append(self.worker.output_row(script, chain, result, self.shard, columns))
         chain.add_result(result)
         request = self._next(part, script, chain)
         if request is not None:
             return [request]
+        if retakes is not None:
+            retakes.end_chain(chain)
         part.running -= 1
         if part.running == 0:
             self._commit(part)
@@ -288,13 +327,15 @@ class _ShardRun:
     def _commit(self, part: _Part) -> None:
         del self.parts[part.index]
         part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
+        qc = part.qc.to_dict() if self.worker.retakes is not None else None
         done = self.worker.writer.commit_part(self.shard.index, part.index, part.rows, part.errors,
-                                              scripts=part.scripts)
+                                              scripts=part.scripts, takes=part.takes, qc=qc)
         warned = sum(1 for row in part.rows if row["warnings"])
         self.worker.log(
             f"shard {self.shard.index} part {part.index + 1}/{self.num_parts}: {done.rows} turns, "
             f"{done.audio_seconds:.1f} s audio, {done.errors} errors"
             + (f", {warned} turns with `warnings` (context left out)" if warned else "")
+            + (f", QC passed {part.qc.passed}/{part.qc.turns} turns in {part.qc.takes} takes" if qc else "")
             + f" ({time.perf_counter() - self.t0:.1f} s into the shard)"
         )
         self.commits[part.index] = done

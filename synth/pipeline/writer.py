@@ -1,8 +1,9 @@
 """The output dataset's Parquet side: the HF `Audio` features, the error schema, rows to bytes.
 
 This module owns the schema of data/*.parquet (the `datasets` features, so the dataset
-loads with `load_dataset("parquet", ...)`) and of errors/*.parquet, and turns a part's
-rows and error rows into the bytes of its files. Where those files go, and the order
+loads with `load_dataset("parquet", ...)`, QC columns included), of takes/*.parquet
+(rejected takes) and of errors/*.parquet, and turns a part's rows, rejected takes and
+error rows into the bytes of its files. Where those files go, and the order
 that commits them, is `synth.pipeline.output`'s. It knows nothing about models or Ray.
 """
 
@@ -44,6 +45,41 @@ def output_features(sample_rate_hz: int):
             "engine": Value("string"),
             "generation": Value("string"),
             "warnings": Value("string"),  # what the turn's context left out that it should have held, or null
+            **qc_features(),
+            "trimmed_frames": List(Value("int32")),  # [start, end] frames cut by qc.cleanup.trim_silence, or null
+            "gain_db": Value("float64"),  # gain of qc.cleanup.loudness_lufs, or null
+        }
+    )
+
+
+def qc_features() -> dict:
+    """The QC columns (`synth.qc.policy.METRICS` and the decision): null where QC, or a metric, is off."""
+    from datasets import List, Value
+
+    from synth.qc.policy import METRICS
+
+    metrics = {name: Value("string") if name == "asr_text" else Value("float64") for name in METRICS}
+    return {"qc_pass": Value("bool"), "qc_reasons": List(Value("string")), "take": Value("int32"),
+            "num_takes": Value("int32"), **metrics}
+
+
+def takes_features(sample_rate_hz: int):
+    """The `datasets.Features` of takes/*.parquet: one row per rejected take."""
+    from datasets import Audio, Features, List, Value
+
+    return Features(
+        {
+            "id": Value("string"),  # the turn's output id
+            "script_id": Value("string"),
+            "turn": Value("int32"),
+            "take": Value("int32"),
+            "kept_take": Value("int32"),  # the take data/ holds for this turn
+            "seed": Value("int64"),
+            "num_frames": Value("int32"),
+            "stop_reason": Value("string"),
+            "codes": List(List(Value("int16"))),
+            "audio": Audio(sampling_rate=sample_rate_hz),  # null when qc.keep_take_audio is off
+            **qc_features(),
         }
     )
 
@@ -69,6 +105,7 @@ class DatasetWriter:
         self.audio_format = audio_format
         self.write_audio_files = write_audio_files
         self.schema = output_features(sample_rate_hz).arrow_schema
+        self.takes_schema = takes_features(sample_rate_hz).arrow_schema
 
     def audio_path(self, shard: int, script_id: str, turn: int) -> str:
         """Relative path of a clip's file: deterministic, one per (script, turn)."""
@@ -79,8 +116,10 @@ class DatasetWriter:
         pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
 
-    def part_files(self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int) -> PartFiles:
-        """A part's files as bytes, and what its marker will say."""
+    def part_files(self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int,
+                   takes: list[dict] = (), qc: dict | None = None) -> PartFiles:
+        """A part's files as bytes, and what its marker will say. takes: rows of rejected takes;
+        qc: the part's QC totals."""
         error_bytes = None
         if errors:
             err_table = pa.Table.from_pylist(
@@ -100,15 +139,18 @@ class DatasetWriter:
             audio_seconds=float(sum(r["duration_s"] for r in rows)),
             scripts=scripts,
             error_scripts=len({e.row for e in errors}),
+            qc=qc or {},
         )
+        takes_bytes = self._parquet_bytes(pa.Table.from_pylist(list(takes), schema=self.takes_schema)) if takes else None
         audio = tuple((r["audio"]["path"], r["audio"]["bytes"]) for r in rows) if self.write_audio_files else ()
-        return PartFiles(commit, data=data_bytes, errors=error_bytes, audio=audio)
+        return PartFiles(commit, data=data_bytes, errors=error_bytes, audio=audio, takes=takes_bytes)
 
     def commit_part(
-        self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int
+        self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int,
+        takes: list[dict] = (), qc: dict | None = None,
     ) -> PartCommit:
         """Write a part's files and then its marker (`OutputDir.commit_part`)."""
-        return self.output.commit_part(self.part_files(shard, part, rows, errors, scripts))
+        return self.output.commit_part(self.part_files(shard, part, rows, errors, scripts, takes, qc))
 
 
 def codes_to_list(codes: np.ndarray) -> list[list[int]]:

@@ -14,6 +14,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from synth.pipeline import storage
@@ -192,7 +193,11 @@ def test_verify_reports_what_a_relaunch_would_not_see(tmp_path):
     # same size, other bytes: only the checksum sees it
     path = tmp_path / data_file(0, 0)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    row_group = pq.read_metadata(path).row_group(0)  # a byte of the audio's pages, not of Parquet's metadata
+    audio = next(row_group.column(i) for i in range(row_group.num_columns)
+                 if row_group.column(i).path_in_schema == "audio.bytes")
+    start = audio.dictionary_page_offset if audio.has_dictionary_page else audio.data_page_offset
+    data[start + audio.total_compressed_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     assert verify(output, checksums=False).findings == []
     assert verify(output).findings == [f"shard 0 part 0: {data_file(0, 0)}: its sha256 differs from its marker's"]
@@ -286,6 +291,9 @@ COLUMNS_OF_SCHEMA = {2: ["id", "script_id", "turn", "speaker", "text", "audio", 
                          "num_frames", "codes", "stop_reason", "seed", "voice", "context_turns", "context_ids",
                          "num_prompt_tokens", "model", "model_weights", "engine", "generation", "warnings"]}
 COLUMNS_OF_SCHEMA[3] = [*COLUMNS_OF_SCHEMA[2][:5], "spoken_text", *COLUMNS_OF_SCHEMA[2][5:]]
+COLUMNS_OF_SCHEMA[4] = [*COLUMNS_OF_SCHEMA[3], "qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer",
+                        "speaker_sim", "dnsmos", "loudness_lufs", "peak_dbfs", "clipped_fraction", "leading_silence_s",
+                        "trailing_silence_s", "speech_ratio", "chars_per_s", "loop_score", "trimmed_frames", "gain_db"]
 
 
 def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):

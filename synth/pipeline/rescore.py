@@ -1,0 +1,216 @@
+"""Re-scoring an existing dataset: the QC metrics of clips already written, nothing generated.
+
+This module owns `rescore` (`synth rescore`): for a synth output, or any Parquet dataset
+with an HF `Audio` column (bytes, or a path relative to its file) and a text column, it
+computes the same metrics and decisions a run's QC computes (`synth.qc.scorer`,
+`synth.qc.policy`; for instance with another ASR model or new thresholds) and writes one
+scores file per input file, `qc/<stem>.parquet` (the row's id, `qc_pass`, `qc_reasons`
+and the metric columns), beside a synth output's data (under its lease) or into another
+output directory synth owns. A file is written atomically and records the settings it
+was scored with, so a relaunch skips what is done and redoes what other settings scored.
+The intended voice of a row (`speaker_sim`) is the first clip of its speaker within its
+script (`script_id`, when the dataset has one); a speaker's first clip has none. It holds
+no model math and runs in the calling process (no Ray).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synth.errors import SynthError
+from synth.pipeline import storage
+from synth.pipeline.audio_io import AudioError, decode_clip
+from synth.pipeline.config import SynthConfig
+from synth.pipeline.lease import Lease
+from synth.pipeline.output import (
+    DATA_DIR,
+    OWNER_RECORD,
+    PLAN_RECORD,
+    OutputDir,
+    scores_file,
+)
+from synth.qc.deps import check_installed
+from synth.qc.policy import METRICS, judge
+from synth.qc.scorer import Take, TakeScorer
+
+RATE_HZ = 16000  # every model of the scorer wants 16 kHz: clips are decoded straight to it
+SETTINGS_KEY = b"synth_qc_settings"  # the scores file's metadata: the settings it was scored with
+
+
+class RescoreError(SynthError, ValueError):
+    """The dataset cannot be re-scored as asked (no such column, no Parquet files); the message says why."""
+
+
+@dataclass
+class RescoreSummary:
+    files: int = 0
+    skipped: int = 0  # scored before with the same settings
+    rows: int = 0
+    passed: int = 0
+    errors: int = 0  # rows whose audio could not be decoded (their reasons say why)
+    audio_s: float = 0.0
+    score_s: float = 0.0
+
+
+def _is_synth_output(loc: storage.Location) -> bool:
+    present = storage.entries(loc)
+    return OWNER_RECORD in present or PLAN_RECORD in present
+
+
+def _input_files(loc: storage.Location) -> list[tuple[str, str]]:
+    """(path, stem) of every Parquet file to score: a synth output's data parts, a directory's
+    files (stems: their paths below it), or one file."""
+    if storage.is_dir(loc):
+        base = loc.join(DATA_DIR) if _is_synth_output(loc) else loc
+        files = storage.list_files(base, ".parquet")
+        prefix = base.path.rstrip("/") + "/"
+        found = [(f, f.removeprefix(prefix).removesuffix(".parquet").replace("/", "__")) for f in files]
+    elif storage.exists(loc):
+        found = [(loc.path, loc.path.rsplit("/", 1)[-1].removesuffix(".parquet"))]
+    else:
+        raise RescoreError(f"{loc.uri}: no such file or directory")
+    if not found:
+        raise RescoreError(f"{loc.uri}: holds no .parquet files to re-score")
+    return found
+
+
+def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, *, text_column: str | None = None,
+            audio_column: str = "audio", id_column: str = "id", adopt: bool = False, log=print) -> RescoreSummary:
+    """Score every clip of `input_uri` into `output_uri` (default: the input itself, if it is a
+    synth output); see the module docstring. text_column: None = `spoken_text` where the dataset
+    has it (what synth asked the model to say, as a run's QC compares), else `text`."""
+    check_installed()
+    source = storage.resolve(input_uri)
+    if output_uri is None:
+        if not (storage.is_dir(source) and _is_synth_output(source)):
+            raise RescoreError(f"{input_uri} is not a synth output: give --output, a directory for the scores "
+                               "(synth writes nothing into a dataset it did not make)")
+        output_uri = input_uri
+    files = _input_files(source)
+    output = OutputDir(storage.resolve(output_uri))
+    output.claim(adopt=adopt)
+    settings = json.dumps(asdict(config.qc), sort_keys=True).encode()
+    summary = RescoreSummary()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(Lease.acquire(output, stale_after_s=config.job.lease_stale_seconds, log=log))
+        scorer: TakeScorer | None = None
+        for path, stem in files:
+            target = output.at(scores_file(stem))
+            if storage.exists(target) and _scored_with(target) == settings:
+                summary.skipped += 1
+                continue
+            if scorer is None:
+                scorer = TakeScorer(config.qc, RATE_HZ).load()
+            table = pq.read_table(source.fs.open_input_file(path))
+            base = path.rsplit("/", 1)[0]
+            rows = _score_table(table, storage.Location(source.fs, base, base), scorer, config,
+                                text_column=text_column, audio_column=audio_column, id_column=id_column,
+                                name=path, summary=summary)
+            output.write(scores_file(stem), _scores_bytes(rows, settings))
+            summary.files += 1
+            log(f"synth rescore: {path}: {len(rows)} rows, {sum(bool(r['qc_pass']) for r in rows)} pass "
+                f"-> {target.uri}")
+        if scorer is not None:
+            summary.audio_s, summary.score_s = scorer.stats.audio_s, scorer.stats.busy_s
+    return summary
+
+
+def _scored_with(loc: storage.Location) -> bytes | None:
+    metadata = pq.read_schema(loc.fs.open_input_file(loc.path)).metadata or {}
+    return metadata.get(SETTINGS_KEY)
+
+
+SCORES_SCHEMA = pa.schema(
+    [("id", pa.string()), ("qc_pass", pa.bool_()), ("qc_reasons", pa.list_(pa.string()))]
+    + [(name, pa.string() if name == "asr_text" else pa.float64()) for name in METRICS]
+)
+
+
+def _scores_bytes(rows: list[dict], settings: bytes) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=SCORES_SCHEMA.with_metadata({SETTINGS_KEY: settings}))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def _score_table(table: pa.Table, base: storage.Location, scorer: TakeScorer, config: SynthConfig, *,
+                 text_column: str | None, audio_column: str, id_column: str, name: str,
+                 summary: RescoreSummary) -> list[dict]:
+    """The scores rows of one input file, in its row order."""
+    if text_column is None:
+        text_column = "spoken_text" if "spoken_text" in table.column_names else "text"
+    for column in (text_column, audio_column):
+        if column not in table.column_names:
+            raise RescoreError(f"{name}: has no column {column!r} (its columns: {', '.join(table.column_names)}); "
+                               "name the right one with --text-column / --audio-column")
+    has = set(table.column_names)
+    ids = table.column(id_column).to_pylist() if id_column in has else [str(i) for i in range(table.num_rows)]
+    texts = table.column(text_column).to_pylist()
+    audios = table.column(audio_column).to_pylist()
+    codes = table.column("codes").to_pylist() if "codes" in has else [None] * table.num_rows
+    scripts = table.column("script_id").to_pylist() if "script_id" in has else [None] * table.num_rows
+    speakers = table.column("speaker").to_pylist() if "speaker" in has else [None] * table.num_rows
+    turns = table.column("turn").to_pylist() if "turn" in has else list(range(table.num_rows))
+    order = sorted(range(table.num_rows), key=lambda i: (str(scripts[i]), turns[i] or 0, i))
+    references: dict[tuple, np.ndarray] = {}  # (script, speaker) -> its first clip
+    rows: dict[int, dict] = {}
+    batch: list[tuple[int, Take]] = []
+    measured = config.qc.measured()
+
+    def flush() -> None:
+        for (i, _), metrics in zip(batch, scorer.score([take for _, take in batch])):
+            reasons = judge(metrics, config.qc.thresholds, measured)
+            rows[i] = {"id": str(ids[i]), "qc_pass": not reasons, "qc_reasons": reasons, **metrics}
+            summary.passed += not reasons
+        batch.clear()
+
+    for i in order:
+        summary.rows += 1
+        try:
+            clip = _clip(audios[i], base, f"{name} row {i}")
+        except AudioError as e:
+            rows[i] = {"id": str(ids[i]), "qc_pass": False, "qc_reasons": [f"audio: {e}"], **dict.fromkeys(METRICS)}
+            summary.errors += 1
+            continue
+        key = (scripts[i], speakers[i])
+        reference = references.get(key) if speakers[i] is not None else None
+        if speakers[i] is not None:
+            references.setdefault(key, clip)
+        row_codes = np.asarray(codes[i]) if codes[i] is not None else None
+        batch.append((i, Take(clip, str(texts[i] or ""), row_codes, reference)))
+        if len(batch) >= config.qc.asr.batch_size:
+            flush()
+    flush()
+    return [rows[i] for i in range(table.num_rows)]
+
+
+def _clip(audio, base: storage.Location, name: str) -> np.ndarray:
+    """An HF `Audio` cell ({bytes, path}) as 16 kHz float32 mono."""
+    if not isinstance(audio, dict):
+        raise AudioError(f"{name}: the audio cell is not an HF Audio value ({{bytes, path}})")
+    data = audio.get("bytes")
+    if data is None:
+        path = audio.get("path")
+        if not path:
+            raise AudioError(f"{name}: the audio cell holds neither bytes nor a path")
+        loc = storage.resolve(path) if "://" in path or path.startswith("/") else base.join(path)
+        try:
+            data = storage.read_bytes(loc)
+        except (OSError, pa.ArrowException) as e:
+            raise AudioError(f"{name}: cannot read {loc.uri}: {e}") from None
+    return decode_clip(data, RATE_HZ, name=name)
+
+
+def render(summary: RescoreSummary, t0: float) -> str:
+    rate = summary.audio_s / summary.score_s if summary.score_s else None
+    return (f"synth rescore: {summary.files} file(s) scored, {summary.skipped} already scored with these settings; "
+            f"{summary.rows} rows, {summary.passed} pass, {summary.errors} unreadable; "
+            f"{summary.audio_s:.1f} s audio in {time.time() - t0:.1f} s"
+            + (f" (scoring {rate:.2f} audio s/s)" if rate else ""))

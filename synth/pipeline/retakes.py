@@ -1,0 +1,207 @@
+"""The retake loop: every generated turn measured, retaken while it fails, every take on record.
+
+This module owns what QC does inside a run (`qc.enabled`): each finished take of a turn is
+scored (`synth.qc.scorer`, a batch of ready takes at once) and judged (`synth.qc.policy`);
+a failing take is generated again as the same request (same text and context) with a seed
+derived from the turn's seed and the take number, under its own request id, until a take
+passes or `qc.max_takes` were tried; then the first passing take, else the best by
+`take_score`, is accepted: optionally cleaned up (silence trimmed in whole frames,
+loudness normalised) and handed back as the turn's result, so the chain conditions later
+turns on it. Rejected takes become rows of the part's takes/ file. Each turn's intended
+voice (for `speaker_sim`) is the voice library's clip for its speaker, else the script's
+recorded clip of that speaker, else the speaker's first accepted turn in the script.
+It knows nothing about Ray, commits or files: `synth.pipeline.worker` calls it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from synth.engine.interface import GenerationRequest, GenerationResult
+from synth.pipeline.chain import Chain
+from synth.qc import cleanup
+from synth.qc.policy import (
+    METRICS,
+    QcSettings,
+    judge,
+    pick,
+    reason_metric,
+    take_score,
+    take_seed,
+)
+from synth.qc.scorer import Take, TakeScorer
+
+TAKE_SEPARATOR = "#take"  # a retake's request id: "SCRIPT:TURN#takeN" (take 1 keeps the turn's id)
+
+
+@dataclass
+class _Take:
+    number: int
+    seed: int
+    result: GenerationResult
+    metrics: dict
+    reasons: list[str]
+
+
+@dataclass
+class Accepted:
+    """A turn's kept take: its result (the turn's request id, cleaned up if asked), the QC
+    columns of its output row, and the rows of its rejected takes (takes/)."""
+
+    result: GenerationResult
+    columns: dict
+    rejected: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class QcCounts:
+    """QC totals of a part, for its marker and run.json."""
+
+    turns: int = 0
+    passed: int = 0
+    takes: int = 0
+    failed: Counter = field(default_factory=Counter)  # metric -> kept turns failing it
+    takes_failed: Counter = field(default_factory=Counter)  # metric -> takes failing it
+    failed_scripts: set = field(default_factory=set)
+
+    def to_dict(self) -> dict:
+        return {"turns": self.turns, "passed": self.passed, "takes": self.takes, "failed": dict(self.failed),
+                "takes_failed": dict(self.takes_failed), "failed_scripts": len(self.failed_scripts)}
+
+
+class Retakes:
+    """The retake loop of one worker; see the module docstring."""
+
+    def __init__(self, settings: QcSettings, scorer: TakeScorer, *, samples_per_frame: int, encode_audio):
+        """encode_audio: samples -> bytes in the output's format (rejected takes' audio)."""
+        self.settings = settings
+        self.scorer = scorer
+        self.samples_per_frame = samples_per_frame
+        self.encode_audio = encode_audio
+        self.measured = settings.measured()
+        self._takes: dict[str, list[_Take]] = {}  # turn key -> its takes so far
+        self._voices: dict[int, dict[int, np.ndarray]] = {}  # id(chain) -> speaker -> reference clip
+        self._scored: dict[int, dict] = {}  # id(result) -> metrics, scored ahead in a batch
+
+    # -- references -----------------------------------------------------------------
+
+    def start_chain(self, chain: Chain) -> None:
+        """Note the chain's references: voice prompts first, then recorded turns, by speaker."""
+        voices: dict[int, np.ndarray] = {}
+        for item in chain.candidates:
+            if item.segment.audio is not None:
+                voices.setdefault(item.segment.speaker, item.segment.audio)
+        for turn in chain.turns:
+            if turn.recorded is not None and turn.recorded.audio is not None:
+                voices.setdefault(turn.speaker, turn.recorded.audio)
+        self._voices[id(chain)] = voices
+
+    def end_chain(self, chain: Chain) -> None:
+        self._voices.pop(id(chain), None)
+
+    # -- scoring --------------------------------------------------------------------
+
+    def _take(self, chain: Chain, result: GenerationResult) -> Take:
+        request = chain.request
+        assert request is not None
+        return Take(result.audio, request.text, result.codes, self._voices[id(chain)].get(request.speaker))
+
+    def score_ahead(self, ready: list[tuple[Chain, GenerationResult]]) -> None:
+        """Score a batch of takes that finished together; `on_take` then uses these metrics."""
+        if not ready:
+            return
+        metrics = self.scorer.score([self._take(chain, result) for chain, result in ready])
+        for (_, result), m in zip(ready, metrics):
+            self._scored[id(result)] = m
+
+    # -- the decision ---------------------------------------------------------------
+
+    def on_take(self, chain: Chain, result: GenerationResult, counts: QcCounts,
+                script_id: str) -> GenerationRequest | Accepted:
+        """A finished take of the chain's current turn: the next take's request, or the accepted take."""
+        request = chain.request
+        assert request is not None
+        key = request.request_id
+        metrics = self._scored.pop(id(result), None)
+        if metrics is None:
+            metrics = self.scorer.score([self._take(chain, result)])[0]
+        takes = self._takes.setdefault(key, [])
+        number = len(takes) + 1
+        reasons = judge(metrics, self.settings.thresholds, self.measured)
+        takes.append(_Take(number, take_seed(request.seed, number), result, metrics, reasons))
+        counts.takes += 1
+        counts.takes_failed.update(reason_metric(r) for r in reasons)
+        if reasons and number < self.settings.max_takes:
+            return replace(request, request_id=f"{key}{TAKE_SEPARATOR}{number + 1}",
+                           seed=take_seed(request.seed, number + 1))
+        del self._takes[key]
+        kept = takes[pick([take_score(t.metrics, t.reasons) for t in takes])]
+        counts.turns += 1
+        counts.passed += not kept.reasons
+        counts.failed.update(reason_metric(r) for r in kept.reasons)
+        if kept.reasons:
+            counts.failed_scripts.add(script_id)
+        accepted = self._accept(chain, kept, num_takes=len(takes))
+        accepted.rejected = [self._take_row(key, script_id, chain.turn, t, kept.number) for t in takes if t is not kept]
+        if accepted.result.num_frames:  # the speaker's first accepted turn: the reference of its later ones
+            self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
+        return accepted
+
+    def _accept(self, chain: Chain, kept: _Take, num_takes: int) -> Accepted:
+        """The kept take as the turn's result, cleaned up as configured, with its QC columns."""
+        request = chain.request
+        assert request is not None
+        result = replace(kept.result, request_id=request.request_id)
+        clean = self.settings.cleanup
+        trimmed, gain_db = None, None
+        if clean.trim_silence and kept.metrics.get("leading_silence_s") is not None and result.num_frames:
+            frame_s = self.samples_per_frame / self.scorer.sample_rate_hz
+            cut = cleanup.frames_to_trim(kept.metrics["leading_silence_s"], kept.metrics["trailing_silence_s"],
+                                         result.num_frames, frame_s, clean.keep_silence_s)
+            audio, codes = cleanup.trim(result.audio, result.codes, cut, self.samples_per_frame)
+            result = replace(result, audio=audio, codes=codes)
+            trimmed = list(cut)
+        if clean.loudness_lufs is not None:
+            audio, gain_db = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
+                                                        clean.loudness_lufs, clean.max_peak_dbfs)
+            result = replace(result, audio=audio)
+        columns = {"qc_pass": not kept.reasons, "qc_reasons": list(kept.reasons), "take": kept.number,
+                   "num_takes": num_takes, "seed": kept.seed, **kept.metrics,
+                   "trimmed_frames": trimmed, "gain_db": gain_db}
+        return Accepted(result, columns)
+
+    def _take_row(self, key: str, script_id: str, turn: int, take: _Take, kept: int) -> dict:
+        """A rejected take's row of takes/: metrics, codes, seed, and its audio unless turned off."""
+        audio = None
+        if self.settings.keep_take_audio:
+            audio = {"bytes": self.encode_audio(take.result.audio), "path": None}
+        return {"id": key, "script_id": script_id, "turn": turn, "take": take.number, "kept_take": kept,
+                "seed": take.seed, "num_frames": take.result.num_frames, "stop_reason": take.result.stop_reason,
+                "codes": take.result.codes.astype(np.int16).tolist(), "audio": audio,
+                "qc_pass": not take.reasons, "qc_reasons": list(take.reasons), **take.metrics}
+
+
+def no_qc_columns() -> dict:
+    """The QC columns of a row made without QC."""
+    return {"qc_pass": None, "qc_reasons": None, "take": 1, "num_takes": 1, **dict.fromkeys(METRICS),
+            "trimmed_frames": None, "gain_db": None}
+
+
+def qc_totals(parts: list[dict]) -> dict | None:
+    """run.json's QC totals from the parts' `QcCounts` records; None when no part was checked."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    turns, takes = sum(p["turns"] for p in parts), sum(p["takes"] for p in parts)
+    failed, takes_failed = Counter(), Counter()
+    for p in parts:
+        failed.update(p["failed"])
+        takes_failed.update(p["takes_failed"])
+    passed = sum(p["passed"] for p in parts)
+    return {"turns": turns, "passed": passed, "pass_rate": passed / turns if turns else None,
+            "takes": takes, "takes_per_turn": takes / turns if turns else None,
+            "failed_by_metric": dict(sorted(failed.items())), "takes_failed_by_metric": dict(sorted(takes_failed.items())),
+            "scripts_failing_qc": sum(p["failed_scripts"] for p in parts)}
