@@ -190,8 +190,8 @@ def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dic
         extra = [c for c in ("spoken_text", *QC_COLUMNS) if c in names]
         table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio", *extra],
                               filters=[("script_id", "=", script_id)])
-        for row in table.to_pylist():
-            scores = {c: row[c] for c in extra}
+        for row in table.to_pylist():  # a null QC column: QC was off, or that metric was not measured
+            scores = {c: row[c] for c in extra if c == "spoken_text" or row[c] is not None}
             rank = (bool(scores.get("qc_pass", True)), scores.get("take") or 0)
             if row["turn"] not in found or rank >= found[row["turn"]][0]:
                 audio, _ = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")

@@ -2,7 +2,8 @@
 (one render for the module): chapters mastered and passing the ACX check, an M4B whose title,
 author, cover and chapter marks FFmpeg reads back, spoken-form text with a lexicon beside the
 written text, subtitles showing the written text; then the same chapters stitched without
-mastering fail the check, with reasons, and `synth acx --strict` tells the two apart."""
+mastering fail the check, with reasons, and `synth acx --strict` tells the two apart. The render
+runs with quality control on (`QC_ON`): each chunk's scores and takes land in its chapter's JSON."""
 
 import json
 import os
@@ -21,6 +22,16 @@ from synth.book.stitch import StitchSettings
 from synth.cli import main
 from synth.pipeline import storage
 
+# QC at its cheapest (Silero's VAD and the codes' loop score, no model download), set so that every
+# take fails for a reason the test can state: the VAD hears no speech in the tiny model's noise, so
+# a chunk's trailing silence is its whole clip, and every chunk runs to the 0.4 s cap
+# (max_audio_seconds), over max_trailing_silence_s 0.35. So every chunk is retaken once (max_takes 2).
+# The timing checks that noise fails outright (leading silence, speech ratio) are off.
+MAX_TRAILING_SILENCE_S = 0.35
+QC_ON = [f"qc.{setting}" for setting in (
+    "enabled=true", "metrics=[timing,repetition]", "max_takes=2", "thresholds.max_leading_silence_s=null",
+    "thresholds.min_speech_ratio=null", f"thresholds.max_trailing_silence_s={MAX_TRAILING_SILENCE_S}")]
+
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory, tiny_checkpoint):
@@ -32,7 +43,8 @@ def rendered(tmp_path_factory, tiny_checkpoint):
     args = ["jobs/render_book.py", "--config", "configs/demo.yaml", "--book", str(book), "--voice", "narrator",
             "--output", str(out), "--formats", "wav,m4b", "--lexicon", str(lexicon), "--strict",
             "--set", f"model.id={tiny_checkpoint}", "--set", "generation.max_audio_seconds=0.4",
-            "--set", "generation.min_audio_seconds=0.2", "--set", "actors.num_cpus=0.5"]
+            "--set", "generation.min_audio_seconds=0.2", "--set", "actors.num_cpus=0.5",
+            *[arg for setting in QC_ON for arg in ("--set", setting)]]
     with private_ray() as env:
         result = run_job(args, env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -81,7 +93,6 @@ def test_spoken_text_beside_the_written_and_subtitles_show_the_written(rendered)
     assert second["chunks"][0]["spoken_text"] == "CHAPTER two. The Pool of Tears"
     body = first["chunks"][1]
     assert body["text"].startswith("Alice was beginning") and body["spoken_text"].startswith("AL-iss was beginning")
-    assert not any(column in chunk for t in (first, second) for chunk in t["chunks"] for column in QC_COLUMNS)
     srt = (out / "chapters" / "chapter-001.srt").read_text()
     assert "CHAPTER I. Down the Rabbit-Hole" in srt and "Alice was beginning" in srt
     assert "CHAPTER one" not in srt and "AL-iss" not in srt
@@ -91,6 +102,28 @@ def test_spoken_text_beside_the_written_and_subtitles_show_the_written(rendered)
             for r in pq.read_table(out / "data" / f, columns=["id", "text", "spoken_text"]).to_pylist()]
     assert {r["id"]: r["spoken_text"] for r in rows}["chapter-001:0"] == "CHAPTER one. Down the Rabbit-Hole"
     assert all(r["text"] != r["spoken_text"] for r in rows if "Alice" in r["text"])
+
+
+def test_with_qc_on_each_chunks_scores_are_in_its_chapter_json_and_failing_chunks_were_retaken(rendered):
+    _, out, log = rendered
+    rows = {r["id"]: r for f in sorted(os.listdir(out / "data")) for r in pq.read_table(out / "data" / f).to_pylist()}
+    rejected = pq.read_table(out / "takes").to_pylist()  # every take QC turned down, on record
+    chunks = [(t["chapter"], entry) for t in timings(out) for entry in t["chunks"]]
+    assert len(chunks) == len(rows) == 13 and len(rejected) == 13
+    for chapter, entry in chunks:
+        row = rows[f"chapter-{chapter + 1:03d}:{entry['index']}"]  # one passage per chapter: turn = chunk
+        # the row's QC columns, those QC measured; none it did not (ASR, speaker, DNSMOS, level are off)
+        assert {c: entry[c] for c in QC_COLUMNS if c in entry} == {c: row[c] for c in QC_COLUMNS if row[c] is not None}
+        assert "wer" not in entry and "dnsmos" not in entry and entry["loop_score"] is not None
+        assert entry["end_s"] - entry["start_s"] == pytest.approx(row["duration_s"], abs=1e-3)  # the kept take's clip
+        # failed: trailing silence is the whole clip, at the cap; so it was retaken, and both takes are on record
+        assert entry["trailing_silence_s"] == pytest.approx(row["duration_s"], abs=1e-3)
+        assert entry["trailing_silence_s"] > MAX_TRAILING_SILENCE_S and row["stop_reason"] == "max_length"
+        assert entry["qc_pass"] is False and [r.split(":")[0] for r in entry["qc_reasons"]] == ["trailing_silence_s"]
+        assert entry["num_takes"] == 2 and entry["take"] in (1, 2)
+        (other,) = [t for t in rejected if t["id"] == row["id"]]
+        assert other["take"] == 3 - entry["take"] and other["kept_take"] == entry["take"] and not other["qc_pass"]
+    assert "QC passed 0/13 turns in 26 takes" in log
 
 
 def test_unmastered_chapters_fail_the_acx_check_with_reasons(rendered, tmp_path, capsys):
@@ -113,7 +146,8 @@ def test_unmastered_chapters_fail_the_acx_check_with_reasons(rendered, tmp_path,
 
 def test_a_chunks_qc_scores_and_its_passing_take_are_used_when_the_rows_have_them(tmp_path):
     """With issue 12's columns in data/ (several takes of a turn), the chapter uses the take that
-    passed and its timing entry carries that take's scores; written without a model."""
+    passed and its timing entry carries that take's scores (none where QC was off: the columns are
+    null); written without a model."""
     import io
 
     import numpy as np
@@ -135,6 +169,9 @@ def test_a_chunks_qc_scores_and_its_passing_take_are_used_when_the_rows_have_the
          "take": 1, "wer": 0.1},
         {"script_id": "chapter-002", "turn": 0, "audio": clip(0.4), "spoken_text": "x", "qc_pass": True,
          "take": 1, "wer": 0.0},
+        # a run with QC off writes the columns all null: no scores to record
+        {"script_id": "chapter-003", "turn": 0, "audio": clip(0.5), "spoken_text": "y", "qc_pass": None,
+         "take": None, "wer": None},
     ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")
     found = _chunk_audio(storage.resolve(str(tmp_path)), [str(tmp_path / "part.parquet")], "chapter-001")
@@ -142,3 +179,5 @@ def test_a_chunks_qc_scores_and_its_passing_take_are_used_when_the_rows_have_the
     assert found[0][0][0] == pytest.approx(0.2) and found[0][1] == {"spoken_text": "one", "qc_pass": True,
                                                                    "take": 2, "wer": 0.0}
     assert found[1][1]["wer"] == 0.1
+    (plain,) = _chunk_audio(storage.resolve(str(tmp_path)), [str(tmp_path / "part.parquet")], "chapter-003").values()
+    assert plain[1] == {"spoken_text": "y"}

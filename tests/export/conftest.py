@@ -1,9 +1,10 @@
-"""The export tests' shared outputs: ONE real synthesis per test session, and its with-QC copy.
+"""The export tests' shared outputs: two real syntheses of one manifest per test session, QC off and on.
 
-The run goes through the `synth run` command in this process (so it also writes the card
+Each run goes through the `synth run` command in this process (so it also writes the card
 and the report, as every run does) on a Ray started here once for the package; the
-exports run on the same Ray. `qc_output` is the same output with issue #12's QC columns
-(`qc_columns.with_qc_columns`, the one place to switch to a real QC run).
+exports run on the same Ray. `qc_output` is the same run with quality control on (`QC`):
+its rows carry QC columns measured on their own audio and codes, and a verdict that
+passes some rows and fails others.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ import tempfile
 
 import pytest
 from helpers import REPO
-from qc_columns import with_qc_columns
 
 VOICES = {"narrator": "Good evening. This is the narrator speaking, slowly and clearly.",
           "guest": "Hi! Thanks for having me on the show."}
+
+# Quality control at its cheapest (no model but Silero's VAD, one take per turn), tuned so that a
+# real, explainable mix passes: the VAD hears no speech in the tiny model's noise, so a clip's
+# trailing silence is its whole duration; turns cut at the 1.2 s cap (max_audio_seconds) fail
+# `max_trailing_silence_s` 1.1, turns whose EOS came sooner pass. The timing checks that every
+# noise clip would fail (leading silence, speech ratio) are off; the loop check stays on.
+QC = ("qc:\n  enabled: true\n  metrics: [timing, repetition]\n  max_takes: 1\n  thresholds:\n"
+      "    max_trailing_silence_s: 1.1\n    max_leading_silence_s: null\n"
+      "    min_speech_ratio: null\n    max_loop_score: 0.5\n")
 
 
 def write_manifest_with_voices(directory: str) -> tuple[str, list[str]]:
@@ -52,27 +61,31 @@ def ray_here():
     ray.shutdown()
 
 
-@pytest.fixture(scope="package")
-def synth_output(tmp_path_factory, tiny_checkpoint, ray_here):
-    """(OUT, expected ids): one real run of the tiny checkpoint through `synth run`."""
+def run_synth(base, checkpoint: str, extra: str = "") -> tuple[str, list[str]]:
+    """(OUT, expected ids): a run of `checkpoint` through `synth run` over the manifest above in
+    `base`, with `extra` appended to its YAML config."""
     from synth.cli import main
 
-    base = tmp_path_factory.mktemp("run")
     manifest, ids = write_manifest_with_voices(str(base))
     voices = "".join(f"  {name}:\n    audio: {REPO}/examples/voices/{name}.wav\n    text: {text!r}\n    speaker: {i}\n"
                      for i, (name, text) in enumerate(VOICES.items()))
     config = base / "config.yaml"
-    config.write_text(f"model:\n  id: {tiny_checkpoint}\n  engine: fast\n  dtype: float32\n  device: cpu\n"
+    config.write_text(f"model:\n  id: {checkpoint}\n  engine: fast\n  dtype: float32\n  device: cpu\n"
                       "sampling:\n  do_sample: false\ngeneration:\n  batch_size: 4\n  max_audio_seconds: 1.2\n"
                       "actors:\n  num_actors: 1\n  num_cpus: 1\noutput:\n  scripts_per_shard: 4\n"
-                      "  commit_every_scripts: 2\njob:\n  max_error_rate: 0.5\n" f"voices:\n{voices}")
+                      "  commit_every_scripts: 2\njob:\n  max_error_rate: 0.5\n" f"voices:\n{voices}" + extra)
     out = str(base / "out")
     assert main(["run", "--config", str(config), "--input", manifest, "--output", out]) == 0
     return out, ids
 
 
 @pytest.fixture(scope="package")
-def qc_output(synth_output, tmp_path_factory):
-    """(OUT, expected ids): the run's output with QC columns in its data parts."""
-    out, ids = synth_output
-    return with_qc_columns(out, str(tmp_path_factory.mktemp("qc") / "out")), ids
+def synth_output(tmp_path_factory, tiny_checkpoint, ray_here):
+    """(OUT, expected ids): one real run of the tiny checkpoint through `synth run`, QC off."""
+    return run_synth(tmp_path_factory.mktemp("run"), tiny_checkpoint)
+
+
+@pytest.fixture(scope="package")
+def qc_output(tmp_path_factory, tiny_checkpoint, ray_here):
+    """(OUT, expected ids): the same run with quality control on (`QC`)."""
+    return run_synth(tmp_path_factory.mktemp("qc"), tiny_checkpoint, QC)

@@ -2,7 +2,7 @@
 
 The card: `datasets.load_dataset(OUT)` loads the directory through it, its numbers equal
 run.json's, it marks the data machine-generated with the model and weights fingerprint,
-QC pass rates appear when the output has QC columns, and a README.md synth did not write is
+QC pass rates appear, equal to run.json's, when the run had QC on, and a README.md synth did not write is
 never replaced. The report: Chromium, headless and offline, opens it and every plot's image
 decodes (a probe script appended to a copy of the page reads each <img>'s natural size).
 """
@@ -15,12 +15,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections import Counter
 
 import pytest
 import yaml
 from test_exports import source_rows
 
 from synth.cli import main
+from synth.export.stats import QC_METRICS
 from synth.pipeline.output import CARD_FILE, CARD_FILE_ASIDE, REPORT_FILE, RUN_RECORD
 
 PROBE = """<script>window.addEventListener("load", () => document.body.setAttribute("data-probe", JSON.stringify(
@@ -64,13 +66,17 @@ def test_card_loads_with_datasets_and_its_numbers_are_run_jsons(synth_output, tm
 
 def test_card_with_qc_columns_and_a_users_readme(qc_output, tmp_path):
     out, ids = qc_output
-    assert main(["card", out]) == 0  # rewrites the card the copy carried: it is synth's
+    assert main(["card", out]) == 0  # rewrites the card the run wrote: it is synth's
     rows = source_rows(out)
     numbers = card_header(out)["synth"]["statistics"]
     passed = sum(r["qc_pass"] for r in rows.values())
-    assert 0 < passed < len(rows) and numbers["qc_passed"] == passed
-    assert numbers["qc_pass_rate"] == pytest.approx(passed / len(rows))
-    assert numbers["qc_failure_reasons"] == {"wer_above_max": len(rows) - passed}
+    qc = json.load(open(os.path.join(out, RUN_RECORD)))["qc"]  # what the run itself counted
+    assert 0 < passed < len(rows) and numbers["qc_passed"] == passed == qc["passed"]
+    assert numbers["qc_rows"] == len(rows) == qc["turns"]
+    assert numbers["qc_pass_rate"] == pytest.approx(passed / len(rows), abs=1e-6) == pytest.approx(qc["pass_rate"], abs=1e-6)
+    assert numbers["qc_failure_reasons"] == Counter(reason for r in rows.values() for reason in r["qc_reasons"])
+    assert sum(numbers["qc_failure_reasons"].values()) == qc["failed_by_metric"]["trailing_silence_s"]
+    assert f"| QC pass rate | {passed / len(rows):.1%} ({passed} of {len(rows)}) |" in open(os.path.join(out, CARD_FILE)).read()
     ds = load_through_card(out, tmp_path / "cache")
     assert "qc_pass" in ds.features and sorted(ds["id"]) == sorted(ids)
     # a README.md synth did not write (an adopted directory's, or one whose mark was removed) stays as it is
@@ -110,10 +116,13 @@ def test_report_renders_offline_with_every_plot(synth_output, qc_output, tmp_pat
                                            "Hours per speaker", "Hours per voice", "Stop reasons",
                                            "Error rows by reason"]
     assert all(complete and width > 100 and height > 100 for _, complete, width, height in images), images
-    # with QC columns: a plot per QC metric and the failure reasons, written by `synth report`
+    # with QC on: a plot per measured QC metric and the failure reasons, written again by `synth report`
     qc_out, _ = qc_output
     assert main(["report", qc_out]) == 0
     images = render(os.path.join(qc_out, REPORT_FILE), tmp_path)
     alts = [alt for alt, *_ in images]
-    assert len(alts) == 7 + 12 + 1 and "QC: wer" in alts and "QC failure reasons" in alts
+    rows = source_rows(qc_out).values()
+    measured = sorted(m for m in QC_METRICS if any(r[m] is not None for r in rows))  # a plot per measured metric
+    assert "trailing_silence_s" in measured and "wer" not in measured  # ASR off
+    assert alts[6:] == [f"QC: {m}" for m in measured] + ["QC failure reasons", "Error rows by reason"]
     assert all(complete and width > 100 for _, complete, width, _ in images), images

@@ -1,6 +1,6 @@
 """Exports loaded by their own libraries: Lhotse Shar, NeMo JSON lines, WebDataset tar shards.
 
-One real run (conftest's `synth_output`) and its with-QC copy are exported in every format
+One real run (conftest's `synth_output`) and the same run with QC on are exported in every format
 on the package's Ray; each export is read back with its format's own library and checked
 row by row against the output's data parts: every kept row exactly once, audio and codes
 equal, durations matching the files, and the filters dropping exactly the rows they should.
@@ -21,6 +21,7 @@ from helpers import assert_exactly_once
 from synth.export.job import run_export
 from synth.export.options import ExportOptions
 from synth.export.rows import ExportError
+from synth.pipeline.output import PLAN_RECORD
 
 
 def source_rows(out: str) -> dict[str, dict]:
@@ -63,8 +64,9 @@ def check_shar(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
         assert (sup.text, sup.speaker, sup.language) == (row["text"], str(row["speaker"]), "en")
         for key in ("seed", "voice", "context_ids", "model_weights"):
             assert cut.custom[key] == row[key], key
-        if "qc_pass" in row:
-            assert cut.custom["wer"] == row["wer"] and cut.custom["qc_pass"] == row["qc_pass"]
+        if row["qc_pass"] is not None:  # a run with QC on: its verdict and measured scores come along
+            for key in ("qc_pass", "qc_reasons", "take", "num_takes", "trailing_silence_s", "loop_score"):
+                assert cut.custom[key] == row[key], key
 
 
 def check_nemo(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
@@ -78,8 +80,9 @@ def check_nemo(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
         assert entry["duration"] == pytest.approx(info.frames / info.samplerate) == pytest.approx(row["duration_s"])
         assert open(path, "rb").read() == row["audio"]["bytes"]
         assert (entry["text"], entry["speaker"]) == (row["text"], row["speaker"])
-        if "qc_pass" in row:
-            assert (entry["qc_pass"], entry["wer"], entry["dnsmos"]) == (row["qc_pass"], row["wer"], row["dnsmos"])
+        if row["qc_pass"] is not None:
+            for key in ("qc_pass", "qc_reasons", "take", "num_takes", "trailing_silence_s", "loop_score"):
+                assert entry[key] == row[key], key
 
 
 def check_webdataset(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
@@ -94,7 +97,9 @@ def check_webdataset(dest: str, rows: dict[str, dict], kept: set[str]) -> None:
         assert sample["wav"] == row["audio"]["bytes"]
         codes = np.load(io.BytesIO(sample["codes.npy"]))
         assert np.array_equal(codes, np.array(row["codes"], dtype=np.int16))
-        assert m["text"] == row["text"] and m.get("qc_pass") == row.get("qc_pass")
+        assert m["text"] == row["text"] and m.get("qc_pass") == row["qc_pass"]
+        if row["qc_pass"] is not None:
+            assert (m["trailing_silence_s"], m["qc_reasons"]) == (row["trailing_silence_s"], row["qc_reasons"])
 
 
 CHECKS = {"lhotse_shar": check_shar, "nemo": check_nemo, "webdataset": check_webdataset}
@@ -113,6 +118,22 @@ def test_every_format_loads_with_its_library_without_and_with_qc(fmt, synth_outp
     if fmt == "webdataset":
         sizes = [os.path.getsize(os.path.join(dest, "wds", n)) for n in os.listdir(os.path.join(dest, "wds"))]
         assert len(sizes) > 4 and max(sizes) < 0.05 * 2**20 + 200_000
+
+
+def test_the_qc_runs_verdicts_are_its_thresholds_on_measured_values(qc_output):
+    """The mix of passes and failures the filter tests rely on, explained (see conftest's `QC`)."""
+    out, _ = qc_output
+    rows = source_rows(out)
+    bounds = json.load(open(os.path.join(out, PLAN_RECORD)))["qc"]["thresholds"]  # as the run recorded them
+    for row_id, row in rows.items():
+        assert (row["take"], row["num_takes"]) == (1, 1)  # qc.max_takes 1: takes are numbered from 1
+        assert row["trailing_silence_s"] == pytest.approx(row["duration_s"], abs=1e-3), row_id  # no speech in noise
+        assert row["loop_score"] is not None and row["wer"] is None  # measured; ASR off
+        too_long = row["trailing_silence_s"] > bounds["max_trailing_silence_s"]
+        assert row["qc_pass"] is (not too_long and row["loop_score"] <= bounds["max_loop_score"]), row_id
+        assert [r.split(":")[0] for r in row["qc_reasons"]] == (["trailing_silence_s"] if too_long else []), row_id
+    passed = sum(r["qc_pass"] for r in rows.values())
+    assert 0 < passed < len(rows), passed
 
 
 def test_filters_drop_exactly_the_rows_they_should(qc_output, tmp_path):
