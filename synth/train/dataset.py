@@ -155,6 +155,10 @@ def read_rows(output: OutputDir, *, qc_filter: bool) -> tuple[list[dict], set[st
     if not tables:
         raise DatasetError(f"{output.uri} has no committed rows to train on")
     table = pa.concat_tables(tables)
+    if qc_filter and table.column(QC_COLUMN).null_count == table.num_rows:  # made with QC off: all null
+        raise DatasetError(
+            f"{output.uri} has no `{QC_COLUMN}` values (it was generated with QC off), so data.qc_filter cannot "
+            f"pick rows: run synth's QC on it first (synth rescore), or train without data.qc_filter")
     rows = table.drop_columns(["codes"]).to_pylist()
     for row, codes in zip(rows, codes_arrays(table.column("codes"))):
         row["codes"] = codes  # [num_frames, K] int64, or None (null, or frames of different widths)

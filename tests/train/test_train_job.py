@@ -187,7 +187,9 @@ def _copy_with_qc(data: str, dest: str, qc: dict[str, bool], bad_codes: str | No
                      for i, c in zip(table.column("id").to_pylist(), table.column("codes").to_pylist())]
             table = table.set_column(table.schema.get_field_index("codes"), "codes",
                                      pa.array(codes, type=table.schema.field("codes").type))
-        table = table.append_column("qc_pass", pa.array([qc[i] for i in table.column("id").to_pylist()]))
+        verdicts = pa.array([qc[i] for i in table.column("id").to_pylist()])
+        index = table.schema.get_field_index("qc_pass")  # made with QC off: the column is there, all null
+        table = table.set_column(index, "qc_pass", verdicts) if index >= 0 else table.append_column("qc_pass", verdicts)
         pq.write_table(table, path)
     return dest
 
@@ -207,7 +209,7 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
         return prepare_train_set(uri, processor=processor, model_config=config, qc_filter=qc_filter,
                                  max_positions=2048, encode=lambda clips: pytest.fail("nothing to encode"))
 
-    with pytest.raises(DatasetError, match=r"has no `qc_pass` column.*run synth's QC"):
+    with pytest.raises(DatasetError, match=r"has no `qc_pass` values.*run synth's QC"):
         prepare(data, True)
     ids = [r["id"] for r in load_output(data)]
     qc = {i: not i.startswith("s") or i == "s0:0" for i in ids}  # s1..s4 fail QC
