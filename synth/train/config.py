@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from synth.pipeline.config import load_config
+from synth.pipeline.config import RayConfig, load_config
 
 
 class _Section(BaseModel):
@@ -85,10 +85,6 @@ class WorkersConfig(_Section):
     torch_threads: int | None = Field(None, ge=1, description="Torch threads per worker; None = ceil(cpus_per_worker).")
 
 
-class TrainRayConfig(_Section):
-    address: str | None = Field(None, description="Cluster address; None = RAY_ADDRESS, else a new local cluster.")
-
-
 class TrainConfig(_Section):
     """The whole fine-tuning configuration."""
 
@@ -98,7 +94,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     checkpoints: CheckpointConfig = CheckpointConfig()
     workers: WorkersConfig = WorkersConfig()
-    ray: TrainRayConfig = TrainRayConfig()
+    ray: RayConfig = RayConfig()  # the same cluster conventions as a synthesis run
 
     @model_validator(mode="after")
     def _bf16_needs_gpu(self) -> "TrainConfig":
