@@ -193,6 +193,25 @@ class Attention(nn.Module):
         R, H, _, Dh = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(R, T, H * Dh))
 
+    def extend(self, x, cos, sin, read_slots, write, mask):
+        """New positions after a kept cache prefix. x: [R, S, D]; row r reads cache row
+        read_slots[r] over the first L positions; mask: [R, 1, S, L] (True = attend); write:
+        (flat indices [M] into R * S of the valid positions, their cache rows [M], positions [M]),
+        written before anything reads them. Grouped-query heads are folded into query rows as in `step`."""
+        q, k, v = self._qkv(x, cos, sin)  # [R, H|Hkv, S, Dh]
+        R, _, S, Dh = q.shape
+        at, slots, pos = write
+        a = self.a
+        self.cache.k[slots, :, pos] = k.transpose(1, 2).reshape(R * S, a.num_kv_heads, Dh)[at]  # [M, Hkv, Dh]
+        self.cache.v[slots, :, pos] = v.transpose(1, 2).reshape(R * S, a.num_kv_heads, Dh)[at]
+        L = mask.shape[-1]
+        G = a.num_heads // a.num_kv_heads
+        with _sdpa_backends(q, DECODE_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q.reshape(R, a.num_kv_heads, G * S, Dh),
+                                                 self.cache.k[read_slots, :, :L], self.cache.v[read_slots, :, :L],
+                                                 attn_mask=mask.repeat(1, 1, G, 1))  # [R, Hkv, G*S, Dh]
+        return self.o_proj(out.reshape(R, a.num_heads, S, Dh).transpose(1, 2).reshape(R, S, a.num_heads * Dh))
+
     def step(self, x, cos, sin, rows, pos, mask):
         """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, L] (True = attend): attends
         over the cache's first L positions, which must cover every slot's pos."""
@@ -240,6 +259,9 @@ class Block(nn.Module):
     def prefill(self, x, cos, sin, slots):
         return self._finish(x, self.self_attn.prefill(self.input_layernorm(x), cos, sin, slots))
 
+    def extend(self, x, cos, sin, read_slots, write, mask):
+        return self._finish(x, self.self_attn.extend(self.input_layernorm(x), cos, sin, read_slots, write, mask))
+
     def step(self, x, cos, sin, rows, pos, mask):
         return self._finish(x, self.self_attn.step(self.input_layernorm(x), cos, sin, rows, pos, mask))
 
@@ -281,6 +303,17 @@ class Decoder(nn.Module):
         cos, sin = self.cos[None, None, :T], self.sin[None, None, :T]
         for layer in self.layers:
             x = layer.prefill(x, cos, sin, slots)
+        return self.norm(x)
+
+    def extend(self, x: torch.Tensor, pos: torch.Tensor, read_slots: torch.Tensor, write, kv_len: int) -> torch.Tensor:
+        """x: [R, S, D] at positions pos [R, S] (each row continues a cache row it reads, read_slots
+        [R]) -> normed hidden [R, S, D]; `write` as in `Attention.extend`. Attention reads the first
+        kv_len positions, which must cover every valid position."""
+        at = pos.clamp(max=self.cache_positions - 1)
+        cos, sin = self.cos[at][:, None], self.sin[at][:, None]  # [R, 1, S, Dh]
+        mask = (self.positions[None, None, :kv_len] <= pos[:, :, None])[:, None]  # [R, 1, S, L]
+        for layer in self.layers:
+            x = layer.extend(x, cos, sin, read_slots, write, mask)
         return self.norm(x)
 
     def step(self, x: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
@@ -356,6 +389,18 @@ class LeanCsm(nn.Module):
         """
         h = self.backbone.prefill(embeds, slots)
         return h[torch.arange(lengths.shape[0], device=h.device), lengths - 1]
+
+    def extend(self, embeds: torch.Tensor, pos: torch.Tensor, read_slots: torch.Tensor, write, last: torch.Tensor,
+               kv_len: int) -> torch.Tensor:
+        """Backbone over the new positions of prompts whose cache rows already hold their start
+        (KV continuation). embeds: [R, S, Db] right-padded, at positions pos [R, S]; read_slots [R]:
+        the cache row each row continues; write: (flat indices [M] into R * S, cache rows [M],
+        positions [M]) of the valid positions; last: [N] flat index of each prompt's last position.
+
+        Returns the normed hidden state at each prompt's last position: [N, Db].
+        """
+        h = self.backbone.extend(embeds, pos, read_slots, write, kv_len)
+        return h.reshape(-1, h.shape[-1])[last]
 
     def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]; attention over
