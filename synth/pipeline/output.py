@@ -442,7 +442,7 @@ class OutputDir:
                     "dataset, so it cannot be continued so, not even with --allow-changes. Set "
                     f"generation.context_from={context_from}, or use a new --output."
                 )
-            diffs = [k for k in identity if previous.get(k) != identity[k]]
+            diffs = [k for k in identity if k != "context_from" and previous.get(k) != identity[k]]
             per_part = "commit_every_scripts"
             if previous.get("plan") != identity["plan"] or (
                 previous.get("output", {}).get(per_part) != identity["output"][per_part]
