@@ -339,6 +339,8 @@ def main(argv=None):
     parser.add_argument("--kv-buckets", type=int, default=4,
                         help="backbone attention buckets (1: always all max_positions)")
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
+    parser.add_argument("--park-rows", type=int, help="slot caches the fast engine may park for a chain's next turn "
+                        "(KV continuation; default: as many as slots)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS[args.config])
@@ -357,7 +359,7 @@ def main(argv=None):
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
     options = FastEngineOptions(result_thread={"auto": None, "yes": True, "no": False}[args.result_thread],
                                 status_lag=args.status_lag, compile_mode=args.compile_mode,
-                                num_kv_buckets=args.kv_buckets)
+                                num_kv_buckets=args.kv_buckets, park_rows=args.park_rows)
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:

@@ -77,7 +77,7 @@ class FastEngine:
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=options.cuda_graph, status_lag=options.status_lag,
                                    min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
                                    prefill_tokens=options.prefill_tokens, kv_continuation=options.kv_continuation,
-                                   hold_frames=options.hold_frames)
+                                   hold_frames=options.hold_frames, park_rows=options.park_rows)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
         self._pool: ThreadPoolExecutor | None = None  # the result thread, from the first run on
         self._closed = False

@@ -7,8 +7,10 @@ context is the previous context plus the previous turn) can keep them and prefil
 what is new. Positions are compared as keys (`position_keys`: the text id, or the audio
 frame), never trusted from the caller: the continuation hint (`Job.continues`) only says
 which slot to look at, and the common prefix actually checked decides how much is kept.
-It also owns the reservation that keeps a slot for its follow-up for a few frames while
-the follow-up is prepared. It knows nothing about text, requests, models or audio.
+When a new row needs a slot whose cache a follow-up will want, the cache can be set aside
+in a parked row (`LeanCsm.park`) and brought back into any free slot when the follow-up
+comes: indices num_slots.. here are those parked rows. It also owns the reservation that
+can keep a slot for its follow-up for a few frames while the follow-up is prepared. It knows nothing about text, requests, models or audio.
 """
 
 from __future__ import annotations
@@ -50,14 +52,16 @@ class Held:
     key: Any
     keys: torch.Tensor | None
     reserved_until: int
+    followed: bool = False  # a follow-up will want it: worth parking
 
 
 class HeldCaches:
     """The held cache of every slot, by slot and by the key of the row that left it."""
 
-    def __init__(self, num_slots: int):
-        self.held: list[Held | None] = [None] * num_slots
-        self.epoch = [0] * num_slots  # rows admitted to each slot so far: a late record of an older row is dropped
+    def __init__(self, num_slots: int, park_rows: int = 0):
+        self.num_slots = num_slots
+        self.held: list[Held | None] = [None] * (num_slots + park_rows)  # slots, then parked rows
+        self.epoch = [0] * (num_slots + park_rows)  # rows admitted so far: a late record of an older row is dropped
 
     def take(self, slot: int) -> None:
         """A new row starts in `slot`: what it held is being overwritten."""
@@ -68,10 +72,23 @@ class HeldCaches:
         for slot in range(len(self.held)):
             self.take(slot)
 
-    def ended(self, slot: int, key: Any, reserved_until: int) -> int:
+    def ended(self, slot: int, key: Any, reserved_until: int, followed: bool) -> int:
         """The row `key` ended in `slot`; its keys follow (`record`). Returns the slot's epoch."""
-        self.held[slot] = Held(key, None, reserved_until)
+        self.held[slot] = Held(key, None, reserved_until, followed)
         return self.epoch[slot]
+
+    def to_park(self, slot: int, exclude: int | None) -> int | None:
+        """A free parked row for the cache in `slot` if a follow-up will want it (else None). A full
+        park keeps what it holds: its caches were set aside first, so their follow-ups come first."""
+        held = self.held[slot]
+        if held is None or held.keys is None or not held.followed:
+            return None
+        return next((i for i in range(self.num_slots, len(self.held)) if self.held[i] is None and i != exclude), None)
+
+    def move(self, src: int, dst: int) -> None:
+        """The cache recorded at `src` now lies at `dst` (parked, or back in a slot)."""
+        self.held[dst], self.held[src] = self.held[src], None
+        self.epoch[dst] += 1
 
     def record(self, slot: int, epoch: int, keys: torch.Tensor) -> None:
         """The positions [P, 1 + K] the slot holds, unless a newer row has taken it since."""
@@ -80,7 +97,7 @@ class HeldCaches:
             held.keys = keys
 
     def slot_of(self, key: Any) -> int | None:
-        """The free slot holding what row `key` left, if any."""
+        """The slot (or parked row) holding what row `key` left, if any."""
         if key is None:
             return None
         return next((s for s, h in enumerate(self.held) if h is not None and h.key == key and h.keys is not None),

@@ -170,6 +170,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=False)
         self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=False)
         self.cache: KVCache | None = None
+        self.parked: KVCache | None = None  # slot caches set aside for a later continuation (`LeanCsm.park`)
 
     def _qkv(self, x, cos, sin):
         B, S, _ = x.shape
@@ -353,6 +354,26 @@ class LeanCsm(nn.Module):
             )
         self.backbone.setup_caches(num_slots, max_positions)
         self.depth.setup_caches(num_slots, self.args.num_codebooks)
+
+    def setup_parking(self, rows: int, max_positions: int) -> None:
+        """Room to set aside `rows` slot caches of the backbone (KV continuation): per layer k, v
+        [rows, Hkv, max_positions, Dh], allocated once; 0: none."""
+        for layer in self.backbone.layers:
+            attn, k = layer.self_attn, layer.self_attn.cache.k
+            if rows and (attn.parked is None or attn.parked.k.shape[0] != rows):
+                attn.parked = KVCache(rows, k.shape[1], max_positions, k.shape[3], k.dtype, k.device)
+
+    @torch.inference_mode()
+    def park(self, slot: int, row: int, length: int, *, back: bool = False) -> None:
+        """Copy the backbone cache's positions [0, length): slot -> parked row, or (back) parked row -> slot."""
+        for layer in self.backbone.layers:
+            live, parked = layer.self_attn.cache, layer.self_attn.parked
+            if back:
+                live.k[slot, :, :length] = parked.k[row, :, :length]
+                live.v[slot, :, :length] = parked.v[row, :, :length]
+            else:
+                parked.k[row, :, :length] = live.k[slot, :, :length]
+                parked.v[row, :, :length] = live.v[slot, :, :length]
 
     def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings. Builds

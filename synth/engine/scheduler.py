@@ -160,7 +160,7 @@ class Scheduler:
                  max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None,
                  prefill_tokens: int = FastEngineOptions.prefill_tokens,
                  kv_continuation: bool = FastEngineOptions.kv_continuation,
-                 hold_frames: int = FastEngineOptions.hold_frames):
+                 hold_frames: int = FastEngineOptions.hold_frames, park_rows: int | None = None):
         """min_admit: while rows are decoding, wait until this many slots are free before a
         prefill (default num_slots // 32, at least 1): fewer, larger prefills.
         status_lag: frames the host reads the stop flags behind the newest queued frame
@@ -168,7 +168,8 @@ class Scheduler:
         prefill_tokens: most positions (rows x bucketed length) in one prefill; raised to the
         longest length bucket when below it, so that any prompt fits.
         kv_continuation: admit a job to a free slot whose cache holds the start of its prompt and
-        prefill only the rest; hold_frames: frames a `followed` row's slot waits for its follow-up."""
+        prefill only the rest; hold_frames: frames a `followed` row's slot waits for its follow-up;
+        park_rows: slot caches that can be set aside for follow-ups (None: num_slots)."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -181,7 +182,9 @@ class Scheduler:
         self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
         self.queue: deque[Job] = deque()
         self.kv_continuation, self.hold_frames = kv_continuation, hold_frames
-        self.held = HeldCaches(self.num_slots)
+        self.park_rows = (self.num_slots if park_rows is None else park_rows) if kv_continuation else 0
+        model.setup_parking(self.park_rows, self.max_positions)
+        self.held = HeldCaches(self.num_slots, self.park_rows)
         self.rows: list[SlotRow | None] = [None] * self.num_slots  # slot -> its row, None when free
         # max over busy slots of prompt_len - first_frame: frame t then writes at most position
         # _pos_base + t, so the backbone attends over a bucket of at least _pos_base + t + 1
@@ -246,21 +249,25 @@ class Scheduler:
         fresh: list[tuple[int, Job]] = []
         continued: list[tuple[int, Job, int]] = []  # (slot, job, prompt positions its slot holds)
         waiting: deque[Job] = deque()
-        # Jobs that continue a free slot's cache go first: their slot is there for them now.
-        queue = sorted(self.queue, key=lambda job: self.held.slot_of(job.continues) not in free)
-        for job in queue:
+        for job in self.queue:  # in order: a follow-up does not jump the queue (see the module docstring)
             if job.max_frames <= 0:  # nothing to generate: done without a slot
                 now = time.perf_counter()
                 finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
                                          int(job.input_ids.shape[0]), -1, job.submitted_s, now, now))
                 continue
             own = self.held.slot_of(job.continues) if self.kv_continuation and free else None
-            kept = self.held.reusable(own, job.keys()) if own in free else 0
-            slot = own if kept else self._open_slot(free, own, frame)
+            parked = own is not None and own >= self.num_slots
+            kept = self.held.reusable(own, job.keys()) if own in free or parked else 0
+            slot = own if kept and not parked else self._open_slot(free, own, frame)
             if slot is None:
                 waiting.append(job)
                 continue
             free.remove(slot)
+            if slot != own:
+                self._set_aside(slot, exclude=own)
+            if kept and parked:  # bring the parked cache back into the slot: its kept positions
+                self.model.park(slot, own - self.num_slots, kept, back=True)
+                self.held.move(own, slot)
             self.held.take(slot)
             if kept:
                 continued.append((slot, job, kept))
@@ -272,6 +279,14 @@ class Scheduler:
         for batch in self._batches(continued, lambda item: int(item[1].input_ids.shape[0]) - item[2]):
             self._extend(batch)
         return finished
+
+    def _set_aside(self, slot: int, exclude: int | None) -> None:
+        """Park the cache in `slot` before a new row overwrites it, if a follow-up will want it and
+        a parked row is free (not `exclude`, the one about to come back)."""
+        row = self.held.to_park(slot, exclude)
+        if row is not None:
+            self.model.park(slot, row - self.num_slots, int(self.held.held[slot].keys.shape[0]))
+            self.held.move(slot, row)
 
     def _open_slot(self, free: list[int], own: int | None, frame: int | None) -> int | None:
         """A free slot for a job that continues none: its own held slot if free, else one that no
@@ -395,7 +410,7 @@ class Scheduler:
             if self.kv_continuation:
                 fed = min(n + (reason == "eos"), self.max_positions)
                 until = self.stats.frames + self.hold_frames if row.job.followed else -1
-                epoch = self.held.ended(slot, row.job.key, until)
+                epoch = self.held.ended(slot, row.job.key, until, row.job.followed)
             out = torch.empty((fed, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
             out.copy_(self.step.state.history[slot, :fed], non_blocking=self.is_cuda)
             event = None

@@ -24,9 +24,10 @@ TEXTS = ["Hello there, how are you?", "Fine thanks, and you?", "Call me Ishmael.
          "It was the best of times.", "Quick brown fox.", "Yes, she said."]
 
 
-def _engine(path, num_slots, kv_continuation=True) -> FastEngine:
+def _engine(path, num_slots, kv_continuation=True, park_rows=None) -> FastEngine:
     return FastEngine.load(path, device="cpu", dtype="float64", num_slots=num_slots, max_positions=MAX_POSITIONS,
-                           compile=False, warmup=False, options=FastEngineOptions(kv_continuation=kv_continuation))
+                           compile=False, warmup=False,
+                           options=FastEngineOptions(kv_continuation=kv_continuation, park_rows=park_rows))
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +76,13 @@ def _run_chains(engine, num_chains: int, voice: bool, order: str):
 ])
 def test_continued_turns_equal_a_full_prefill_of_the_same_context(tiny_checkpoint, full_prefill, num_slots,
                                                                    num_chains, voice, order):
-    engine = _engine(tiny_checkpoint, num_slots)
+    # Fewer slots than chains: a finished turn's cache is parked while another chain's turn takes
+    # its slot, and comes back into whichever slot is free for the follow-up.
+    engine = _engine(tiny_checkpoint, num_slots, park_rows=num_chains)
     done = _run_chains(engine, num_chains, voice, order)
     stats = engine.scheduler.stats
     assert len(done) == 5 * num_chains
-    assert stats.continued_rows >= num_chains * 3  # most chained turns continued in their slot
+    assert stats.continued_rows >= num_chains * 3  # most chained turns continued a cache
     evicted = [req for req, _ in done.values() if len(req.context) - voice < int(req.request_id.split(":")[1])]
     assert evicted, "no turn lost an older turn to the budget: the test would not cover evictions"
     # The reference generates every turn alone from a full prefill of the same context (the
