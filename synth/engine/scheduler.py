@@ -20,10 +20,12 @@ tokenizers or audio; of the `Engine` records it carries only each job's `Samplin
 KV continuation: a slot's cache outlives its row (`synth.engine.held_cache`). A job whose
 prompt starts with the positions a free slot holds (checked position by position; the job's
 `continues` hint only names the row whose slot to check) is admitted to that slot and
-prefills only its new positions (`_extend`), attending over the kept ones. A row whose job
-is `followed` keeps its slot for `hold_frames` frames while its follow-up is prepared;
-other queued jobs take slots that nobody waits for first, then a reserved slot once its
-hold has lapsed, or at once when no row is decoding (a hold never stalls the loop).
+prefills only its new positions (`_extend`), attending over the kept ones. The queue stays
+in order: when another job takes the slot of a `followed` row, that row's cache is parked
+first (`LeanCsm.park`, while a parked row is free) and its follow-up brings it back into
+whichever slot is free. Optionally (`hold_frames`) a followed row's slot waits that many
+frames for its follow-up; other jobs take slots that nobody waits for first, then a
+reserved slot once its hold has lapsed, or at once when no row is decoding.
 """
 
 from __future__ import annotations
