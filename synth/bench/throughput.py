@@ -24,8 +24,11 @@ rate in audio seconds per second.
 turn conditioned on the generated audio of the turns before it (the context planner
 keeps the newest that fit), and runs them as chains: the fast engine with every
 dialogue in flight at once, the reference in rounds (`run`); the flat rows are the
-same turns with no context. The table then also shows dialogues in flight (mean busy
-slots) and the dialogue / flat throughput ratio.
+same turns with no context. The fast engine runs the dialogues once per mode
+(`--modes`): context from codes or re-encoded audio (`Chain`'s `context_from`), each with
+KV continuation (`+kv`) or a full prefill of every turn. The table then also shows
+dialogues in flight (mean busy slots), prompt positions prefilled per turn, and each
+mode's dialogue / flat throughput ratio.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch
 
 from synth.engine.interface import GenerationRequest, SamplingParams
 from synth.engine.options import COMPILE_MODES, FastEngineOptions
-from synth.pipeline.chain import Chain, ChainTurn
+from synth.pipeline.chain import CONTEXT_FROM, Chain, ChainTurn, ContextFrom
 from synth.pipeline.context_plan import SegmentCost
 
 WORDS = (
@@ -90,6 +93,8 @@ class Row:
     attended: float = float("nan")  # fast engine: mean backbone attention length per frame (its bucket)
     cpu_s: float = 0.0  # process CPU time inside wall_s: a fairer basis on a shared CPU box
     in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
+    prefill_per_turn: float = float("nan")  # fast engine: prompt positions computed per row (kept ones excluded)
+    kept_per_turn: float = float("nan")  # fast engine: prompt positions per row kept from a slot's cache
 
     @property
     def fps(self):
@@ -170,6 +175,7 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     stats = engine.scheduler.stats
     slot_frames, frames, attended, loop_s = (stats.slot_frames, stats.frames, stats.attended_positions,
                                              engine.loop_result_s)
+    prefilled, kept = stats.prefill_tokens, stats.kept_positions
     c0, t0 = time.process_time(), time.perf_counter()
     results = work(engine)
     sync(device)
@@ -178,7 +184,9 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
               stats.slot_frames - slot_frames, min(r.info.ready_s for r in results), _peak_gib(device),
               engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
               loop_result_s=engine.loop_result_s - loop_s,
-              attended=(stats.attended_positions - attended) / max(1, stats.frames - frames))
+              attended=(stats.attended_positions - attended) / max(1, stats.frames - frames),
+              prefill_per_turn=(stats.prefill_tokens - prefilled) / max(1, len(results)),
+              kept_per_turn=(stats.kept_positions - kept) / max(1, len(results)))
     return row, results
 
 
@@ -240,13 +248,14 @@ def _workload_does_not_fit(turn: int, reason: str) -> None:
     raise ValueError(f"a dialogue's turn {turn} cannot be generated ({reason}): raise --max-positions")
 
 
-def run_dialogues(engine, dialogues, sampling) -> list:
+def run_dialogues(engine, dialogues, sampling, context_from: ContextFrom = "codes") -> list:
     """Each dialogue as a chain (`synth.pipeline.chain`, as the shard worker runs scripts): a turn
     is submitted when the one before it is done, with the newest earlier turns that fit as
-    context. Returns the results in completion order."""
+    context (`context_from`: their codes, or their audio encoded again). Returns the results in
+    completion order."""
     cost = SegmentCost(engine)
     chains = [Chain([ChainTurn(r.request_id, r.speaker, r.text, max_frames=r.max_frames, seed=r.seed) for r in turns],
-                    engine, cost) for turns in dialogues]
+                    engine, cost, context_from=context_from) for turns in dialogues]
     by_request = {}
 
     def next_of(chain: Chain) -> list[GenerationRequest]:
@@ -264,12 +273,37 @@ def run_dialogues(engine, dialogues, sampling) -> list:
     return engine.run([r for chain in chains for r in next_of(chain)], sampling, on_result=on_result)
 
 
+@dataclass(frozen=True)
+class DialogueMode:
+    """How the fast engine runs the dialogues: context from codes or audio, KV continuation or not."""
+
+    context_from: ContextFrom
+    kv_continuation: bool
+
+    @property
+    def name(self) -> str:
+        return self.context_from + ("+kv" if self.kv_continuation else "")
+
+    @classmethod
+    def parse(cls, name: str) -> "DialogueMode":
+        context_from, _, kv = name.partition("+")
+        if context_from not in CONTEXT_FROM or kv not in ("", "kv"):
+            raise argparse.ArgumentTypeError(f"mode {name!r}: expected codes, audio, codes+kv or audio+kv")
+        return cls(context_from, kv == "kv")  # type: ignore[arg-type]
+
+
+DIALOGUE_MODES = tuple(DialogueMode.parse(m) for m in ("audio", "audio+kv", "codes", "codes+kv"))
+
+
 def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
-                       options: FastEngineOptions = FastEngineOptions()) -> Row:
+                       options: FastEngineOptions = FastEngineOptions(),
+                       mode: DialogueMode = DialogueMode("codes", True)) -> Row:
+    options = replace(options, kv_continuation=mode.kv_continuation)
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
-    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns"
-    row, results = _timed_fast(engine, setting, device, lambda e: run_dialogues(e, dialogues, sampling))
+    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns, {mode.name}"
+    row, results = _timed_fast(engine, setting, device,
+                               lambda e: run_dialogues(e, dialogues, sampling, mode.context_from))
     row.in_flight = row.frames * num_slots / max(1, row.slot_frames)  # useful frames per frame step
     engine.close()
     del engine, results
@@ -283,7 +317,7 @@ def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_s
     engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
     reset_peak(device)
     c0, t0 = time.process_time(), time.perf_counter()
-    results = run_dialogues(engine, dialogues, sampling)
+    results = run_dialogues(engine, dialogues, sampling, "audio")  # its processor encodes every clip
     wall = time.perf_counter() - t0
     slot_frames = sum(r.info.batch_frames for r in results)  # each row rides its batch to the end
     row = Row("transformers", f"batch {batch_size}, {len(dialogues)} dialogues x {len(dialogues[0])} turns, rounds",
@@ -322,6 +356,10 @@ def main(argv=None):
     parser.add_argument("--workload", choices=["flat", "dialogue"], default="flat",
                         help="dialogue: the same turns chained into dialogues (see the module docstring)")
     parser.add_argument("--turns", type=int, default=4, help="turns per dialogue (--workload dialogue)")
+    parser.add_argument("--modes", type=lambda s: [DialogueMode.parse(m) for m in s.split(",")],
+                        default=list(DIALOGUE_MODES),
+                        help="--workload dialogue: the fast engine's runs, comma-separated: codes or audio context, "
+                        "+kv for KV continuation (default: audio,audio+kv,codes,codes+kv)")
     parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
                         help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES,
@@ -334,6 +372,8 @@ def main(argv=None):
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--qc", metavar="ASR_MODEL", help="also run each slot count with every QC metric scored "
                         "on the result path, this Whisper transcribing (`tiny`: the offline tiny Whisper)")
+    parser.add_argument("--park-rows", type=int, help="slot caches the fast engine may park for a chain's next turn "
+                        "(KV continuation; default: as many as slots)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     cfg = dict(CONFIGS[args.config])
@@ -352,7 +392,7 @@ def main(argv=None):
     compile = {"auto": device == "cuda", "yes": True, "no": False}[args.compile]
     options = FastEngineOptions(result_thread={"auto": None, "yes": True, "no": False}[args.result_thread],
                                 status_lag=args.status_lag, compile_mode=args.compile_mode,
-                                num_kv_buckets=args.kv_buckets)
+                                num_kv_buckets=args.kv_buckets, park_rows=args.park_rows)
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
     if args.checkpoint:
@@ -453,22 +493,24 @@ def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list
     rows.append(run_fast(path, turns, sampling, **kw))
     rows[-1].setting += f", flat {len(turns)} turns"
     print("done:", rows[-1].__dict__, flush=True)
-    rows.append(run_fast_dialogues(path, dialogues, sampling, **kw))
-    print("done:", rows[-1].__dict__, flush=True)
+    for mode in args.modes:
+        rows.append(run_fast_dialogues(path, dialogues, sampling, mode=mode, **kw))
+        print("done:", rows[-1].__dict__, flush=True)
     return rows
 
 
 def print_table(rows: list[Row], frame_rate: float) -> None:
     print()
-    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s |"
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s | prefilled / kept positions per row |"
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = r.as_dict(frame_rate)
         print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
               f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
               f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
-              f"{'-' if math.isnan(r.attended) else f'{r.attended:.0f}'} | {d['frames_per_cpu_s']:.1f} |")
+              f"{'-' if math.isnan(r.attended) else f'{r.attended:.0f}'} | {d['frames_per_cpu_s']:.1f} | "
+              f"{'-' if math.isnan(r.prefill_per_turn) else f'{r.prefill_per_turn:.1f} / {r.kept_per_turn:.1f}'} |")
     refs = [r for r in rows if r.engine == "transformers"]
     fast = [r for r in rows if r.engine == "fast"]
     chained = [r for r in fast if not math.isnan(r.in_flight)]  # a dialogue run
@@ -480,9 +522,12 @@ def print_table(rows: list[Row], frame_rate: float) -> None:
             print(f"best fast ({best.setting}) / transformers {ref.setting}: throughput x{best.fps / ref.fps:.1f}, "
                   f"per CPU second x{(best.frames / best.cpu_s) / (ref.frames / ref.cpu_s):.1f}"
                   + ("" if math.isnan(ref.ttfa_s) else f", first audio x{ref.ttfa_s / best.ttfa_s:.1f} sooner"))
-    if chained and flat:
-        print(f"dialogue / flat throughput (fast engine, same turns): x{chained[0].fps / flat[0].fps:.2f}; "
-              f"dialogues in flight per frame: {chained[0].in_flight:.1f} of {chained[0].setting.split(' ')[0]} slots")
+    for row in chained if flat else []:
+        print(f"dialogue / flat throughput (fast engine, same turns, {row.setting.rsplit(', ', 1)[-1]}): "
+              f"x{row.fps / flat[0].fps:.2f} (per CPU second x{(row.frames / row.cpu_s) / (flat[0].frames / flat[0].cpu_s):.2f}); "
+              f"dialogues in flight per frame: {row.in_flight:.1f} of {row.setting.split(' ')[0]} slots; "
+              f"prompt positions prefilled per turn: {row.prefill_per_turn:.1f} (flat {flat[0].prefill_per_turn:.1f}), "
+              f"kept from the slot's cache: {row.kept_per_turn:.1f}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,10 @@ class MimiCodec:
         """Take `codes` [T, K] as the clip's encoding from now on (e.g. read from a run's voice cache)."""
         self.pinned[clip_key(clip)] = torch.as_tensor(np.asarray(codes), dtype=torch.long)
 
+    def forget(self, clip: np.ndarray) -> None:
+        """Encode `clip` again when it comes (undoes `remember`)."""
+        self.pinned.pop(clip_key(clip), None)
+
     @torch.inference_mode()
     def encode(self, clips: list[np.ndarray]) -> list[torch.Tensor]:
         """clips: float32 mono at `sample_rate_hz` -> codes [T_i, K] long (CPU), cached by content."""

@@ -77,7 +77,8 @@ class FastEngine:
             self.step.compile_steps(options.compile_mode)
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=options.cuda_graph, status_lag=options.status_lag,
                                    min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
-                                   prefill_tokens=options.prefill_tokens)
+                                   prefill_tokens=options.prefill_tokens, kv_continuation=options.kv_continuation,
+                                   hold_frames=options.hold_frames, park_rows=options.park_rows)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
         self._pool: ThreadPoolExecutor | None = None  # the result thread, from the first run on
         self._closed = False
@@ -148,7 +149,8 @@ class FastEngine:
         input_ids, audio_frames, is_audio = prompt_positions(render_ids(self.processor, request), clip_codes,
                                                              self.config)
         return Job(key=request.request_id, input_ids=input_ids, audio_frames=audio_frames, is_audio=is_audio,
-                   max_frames=request.max_frames, seed=request.seed, sampling=sampling)
+                   max_frames=request.max_frames, seed=request.seed, sampling=sampling,
+                   continues=request.continues, followed=request.followed)
 
     def _jobs(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Job]:
         clips = [context_clips(r) for r in requests]
@@ -167,6 +169,10 @@ class FastEngine:
     def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
         """Use `codes` [T, K] whenever `clip` is context, instead of encoding it."""
         self.codec.remember(clip, codes)
+
+    def forget_codes(self, clip: np.ndarray) -> None:
+        """Undo `remember_codes` for `clip` (a chain's turn no later turn can reach)."""
+        self.codec.forget(clip)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         clips = context_clips(request)
@@ -288,8 +294,10 @@ class _ResultPipeline:
 
     def on_frame(self) -> None:
         scheduler = self.engine.scheduler
-        # With nothing queued, a finished row's follow-up is all that can refill its slot: decode now.
-        waiting_for_follow_up = self.on_result is not None and not scheduler.queue
+        # With nothing queued, a finished row's follow-up is all that can refill its slot, and a held
+        # slot waits for its follow-up: decode now.
+        waiting_for_follow_up = self.on_result is not None and (
+            not scheduler.queue or scheduler.held.any_reserved(scheduler.stats.frames))
         waited = scheduler.stats.frames - self.oldest_frame >= self.engine.options.decode_interval_frames
         if self.to_decode and (waiting_for_follow_up or waited):
             self.flush()

@@ -55,6 +55,11 @@ class GenerationRequest:
 
     max_frames: hard cap on generated audio frames (one frame = 80 ms for CSM).
     seed: per-row seed; engines that cannot seed per row record what they did.
+    continues: the request id of the turn whose context this one extends (its context is that
+      turn's context plus that turn): a hint an engine with KV continuation may use to find the
+      cache to keep; it checks the positions itself. Others ignore it.
+    followed: a later request will continue this one (a chain's next turn): a hint to keep its
+      cache a while.
     """
 
     request_id: str
@@ -63,6 +68,8 @@ class GenerationRequest:
     max_frames: int
     context: tuple[Segment, ...] = ()
     seed: int = 0
+    continues: str | None = None
+    followed: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,10 @@ class Engine(Protocol):
 
     def remember_codes(self, clip: np.ndarray, codes: np.ndarray) -> None:
         """Use `codes` whenever `clip` appears as context, instead of encoding it again."""
+        ...
+
+    def forget_codes(self, clip: np.ndarray) -> None:
+        """Undo `remember_codes` for `clip`: encode it again if it comes."""
         ...
 
     def describe(self) -> EngineInfo:

@@ -170,6 +170,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=False)
         self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=False)
         self.cache: KVCache | None = None
+        self.parked: KVCache | None = None  # slot caches set aside for a later continuation (`LeanCsm.park`)
 
     def _qkv(self, x, cos, sin):
         B, S, _ = x.shape
@@ -192,6 +193,25 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # [R, H, T, Dh]
         R, H, _, Dh = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(R, T, H * Dh))
+
+    def extend(self, x, cos, sin, read_slots, write, mask):
+        """New positions after a kept cache prefix. x: [R, S, D]; row r reads cache row
+        read_slots[r] over the first L positions; mask: [R, 1, S, L] (True = attend); write:
+        (flat indices [M] into R * S of the valid positions, their cache rows [M], positions [M]),
+        written before anything reads them. Grouped-query heads are folded into query rows as in `step`."""
+        q, k, v = self._qkv(x, cos, sin)  # [R, H|Hkv, S, Dh]
+        R, _, S, Dh = q.shape
+        at, slots, pos = write
+        a = self.a
+        self.cache.k[slots, :, pos] = k.transpose(1, 2).reshape(R * S, a.num_kv_heads, Dh)[at]  # [M, Hkv, Dh]
+        self.cache.v[slots, :, pos] = v.transpose(1, 2).reshape(R * S, a.num_kv_heads, Dh)[at]
+        L = mask.shape[-1]
+        G = a.num_heads // a.num_kv_heads
+        with _sdpa_backends(q, DECODE_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q.reshape(R, a.num_kv_heads, G * S, Dh),
+                                                 self.cache.k[read_slots, :, :L], self.cache.v[read_slots, :, :L],
+                                                 attn_mask=mask.repeat(1, 1, G, 1))  # [R, Hkv, G*S, Dh]
+        return self.o_proj(out.reshape(R, a.num_heads, S, Dh).transpose(1, 2).reshape(R, S, a.num_heads * Dh))
 
     def step(self, x, cos, sin, rows, pos, mask):
         """One token per slot. x: [B, 1, D]; pos: [B]; mask: [B, 1, 1, L] (True = attend): attends
@@ -240,6 +260,9 @@ class Block(nn.Module):
     def prefill(self, x, cos, sin, slots):
         return self._finish(x, self.self_attn.prefill(self.input_layernorm(x), cos, sin, slots))
 
+    def extend(self, x, cos, sin, read_slots, write, mask):
+        return self._finish(x, self.self_attn.extend(self.input_layernorm(x), cos, sin, read_slots, write, mask))
+
     def step(self, x, cos, sin, rows, pos, mask):
         return self._finish(x, self.self_attn.step(self.input_layernorm(x), cos, sin, rows, pos, mask))
 
@@ -283,6 +306,17 @@ class Decoder(nn.Module):
             x = layer.prefill(x, cos, sin, slots)
         return self.norm(x)
 
+    def extend(self, x: torch.Tensor, pos: torch.Tensor, read_slots: torch.Tensor, write, kv_len: int) -> torch.Tensor:
+        """x: [R, S, D] at positions pos [R, S] (each row continues a cache row it reads, read_slots
+        [R]) -> normed hidden [R, S, D]; `write` as in `Attention.extend`. Attention reads the first
+        kv_len positions, which must cover every valid position."""
+        at = pos.clamp(max=self.cache_positions - 1)
+        cos, sin = self.cos[at][:, None], self.sin[at][:, None]  # [R, 1, S, Dh]
+        mask = (self.positions[None, None, :kv_len] <= pos[:, :, None])[:, None]  # [R, 1, S, L]
+        for layer in self.layers:
+            x = layer.extend(x, cos, sin, read_slots, write, mask)
+        return self.norm(x)
+
     def step(self, x: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """x: [B, D] one token per slot at positions pos [B] -> normed hidden [B, D]. Attention
         reads the cache's first `kv_len` positions (default all), which must exceed every pos."""
@@ -321,6 +355,26 @@ class LeanCsm(nn.Module):
         self.backbone.setup_caches(num_slots, max_positions)
         self.depth.setup_caches(num_slots, self.args.num_codebooks)
 
+    def setup_parking(self, rows: int, max_positions: int) -> None:
+        """Room to set aside `rows` slot caches of the backbone (KV continuation): per layer k, v
+        [rows, Hkv, max_positions, Dh], allocated once; 0: none."""
+        for layer in self.backbone.layers:
+            attn, k = layer.self_attn, layer.self_attn.cache.k
+            if rows and (attn.parked is None or attn.parked.k.shape[0] != rows):
+                attn.parked = KVCache(rows, k.shape[1], max_positions, k.shape[3], k.dtype, k.device)
+
+    @torch.inference_mode()
+    def park(self, slot: int, row: int, length: int, *, back: bool = False) -> None:
+        """Copy the backbone cache's positions [0, length): slot -> parked row, or (back) parked row -> slot."""
+        for layer in self.backbone.layers:
+            live, parked = layer.self_attn.cache, layer.self_attn.parked
+            if back:
+                live.k[slot, :, :length] = parked.k[row, :, :length]
+                live.v[slot, :, :length] = parked.v[row, :, :length]
+            else:
+                parked.k[row, :, :length] = live.k[slot, :, :length]
+                parked.v[row, :, :length] = live.v[slot, :, :length]
+
     def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings. Builds
         [..., K, Db] first: for the frame step's [B, K] only (prompts: `embed_prompt`)."""
@@ -356,6 +410,18 @@ class LeanCsm(nn.Module):
         """
         h = self.backbone.prefill(embeds, slots)
         return h[torch.arange(lengths.shape[0], device=h.device), lengths - 1]
+
+    def extend(self, embeds: torch.Tensor, pos: torch.Tensor, read_slots: torch.Tensor, write, last: torch.Tensor,
+               kv_len: int) -> torch.Tensor:
+        """Backbone over the new positions of prompts whose cache rows already hold their start
+        (KV continuation). embeds: [R, S, Db] right-padded, at positions pos [R, S]; read_slots [R]:
+        the cache row each row continues; write: (flat indices [M] into R * S, cache rows [M],
+        positions [M]) of the valid positions; last: [N] flat index of each prompt's last position.
+
+        Returns the normed hidden state at each prompt's last position: [N, Db].
+        """
+        h = self.backbone.extend(embeds, pos, read_slots, write, kv_len)
+        return h.reshape(-1, h.shape[-1])[last]
 
     def backbone_step(self, frame_embeds: torch.Tensor, pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         """frame_embeds: [B, Db] at positions pos [B] -> normed hidden [B, Db]; attention over

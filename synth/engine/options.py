@@ -77,8 +77,24 @@ class FastEngineOptions:
     activations: 16384 positions hold about 1.25 GiB at CSM-1B's widths in bf16) and how long
     it holds up the frames. Raised to the longest length bucket (max_positions) when below it."""
 
+    kv_continuation: bool = True
+    """A chain's next turn whose prompt starts with what a free slot's KV cache holds (the previous
+    turn's prompt and frames) continues in that slot and prefills only its new positions. Exact
+    in exact arithmetic; in low precision the kept positions (computed one frame at a time) may
+    differ from a full prefill's in the last bits, as any two kernels do."""
+
+    hold_frames: int = 0
+    """Frames a finished turn's slot waits for the chain's next turn (being prepared: decode, the
+    callback, its prompt) before another queued turn may take it. 0: never wait (the cache is
+    parked instead, `park_rows`): a hold makes chains run depth first, and the run's tail longer."""
+
+    park_rows: int | None = None
+    """Slot caches that can be set aside (parked, on the device) when another turn takes the slot,
+    until the chain's next turn continues them in any free slot; each costs one slot's KV cache
+    (max_positions positions). None: as many as slots. 0: none."""
+
     def __post_init__(self):
-        at_least = {"num_kv_buckets": 1, "decode_batch": 1, "decode_interval_frames": 0, "status_lag": 0,
+        at_least = {"num_kv_buckets": 1, "hold_frames": 0, "park_rows": 0, "decode_batch": 1, "decode_interval_frames": 0, "status_lag": 0,
                     "min_admit": 1, "max_prefill_rows": 1, "prefill_tokens": 1}
         for name, low in at_least.items():
             value = getattr(self, name)

@@ -122,6 +122,10 @@ class TransformersEngine:
         again, as a user of transformers would: the reference takes no shortcut there."""
         self.remembered[clip_key(clip)] = np.asarray(codes, dtype=np.int16)
 
+    def forget_codes(self, clip: np.ndarray) -> None:
+        """Undo `remember_codes` for `clip`."""
+        self.remembered.pop(clip_key(clip), None)
+
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict:
         kw = {"do_sample": sampling.do_sample, "depth_decoder_do_sample": sampling.do_sample,
               **suppress_undecodable(self.model.config)}

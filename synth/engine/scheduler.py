@@ -16,6 +16,16 @@ host reads each frame's stop flags `status_lag` frames late (default 2) from pin
 memory, so the GPU always has frames queued and never waits on the host; a finished
 row then sits frozen in its slot for that many frames. It knows nothing about text,
 tokenizers or audio; of the `Engine` records it carries only each job's `SamplingParams`.
+
+KV continuation: a slot's cache outlives its row (`synth.engine.held_cache`). A job whose
+prompt starts with the positions a free slot holds (checked position by position; the job's
+`continues` hint only names the row whose slot to check) is admitted to that slot and
+prefills only its new positions (`_extend`), attending over the kept ones. The queue stays
+in order: when another job takes the slot of a `followed` row, that row's cache is parked
+first (`LeanCsm.park`, while a parked row is free) and its follow-up brings it back into
+whichever slot is free. Optionally (`hold_frames`) a followed row's slot waits that many
+frames for its follow-up; other jobs take slots that nobody waits for first, then a
+reserved slot once its hold has lapsed, or at once when no row is decoding.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 import torch
 
 from synth.engine.frame_step import FrameStep, GraphedFrame, on_device, to_device
+from synth.engine.held_cache import HeldCaches, frame_keys, position_keys
 from synth.engine.interface import SamplingParams
 from synth.engine.lean_csm import LeanCsm
 from synth.engine.options import FastEngineOptions
@@ -51,7 +62,13 @@ class Job:
     max_frames: int
     sampling: SamplingParams
     seed: int = 0
+    continues: Any = None  # the key of the row whose context this prompt extends: its slot is checked first
+    followed: bool = False  # a follow-up will extend this row's context: keep its slot a while
     submitted_s: float = field(default_factory=time.perf_counter)
+
+    def keys(self) -> torch.Tensor:
+        """The prompt's position keys [T, 1 + K] (`synth.engine.held_cache.position_keys`)."""
+        return position_keys(self.input_ids, self.audio_frames, self.is_audio)
 
 
 @dataclass
@@ -83,7 +100,9 @@ class SchedulerStats:
     useful_frames: int = 0  # frames delivered in results
     prefills: int = 0
     prefill_rows: int = 0
-    prefill_tokens: int = 0  # prompt positions prefilled
+    prefill_tokens: int = 0  # prompt positions prefilled (computed: kept positions of continued rows excluded)
+    continued_rows: int = 0  # rows admitted to a slot whose cache held the start of their prompt
+    kept_positions: int = 0  # prompt positions those rows took from the cache instead of computing them
     prefill_positions: int = 0  # positions computed: rows x length of each prefill's bucketed shape
     attended_positions: int = 0  # sum over frames of the backbone's attention length (its bucket)
 
@@ -141,13 +160,18 @@ class Scheduler:
 
     def __init__(self, model: LeanCsm, step: FrameStep, *, use_cuda_graph: bool | None = None,
                  max_prefill_rows: int | None = None, min_admit: int | None = None, status_lag: int | None = None,
-                 prefill_tokens: int = FastEngineOptions.prefill_tokens):
+                 prefill_tokens: int = FastEngineOptions.prefill_tokens,
+                 kv_continuation: bool = FastEngineOptions.kv_continuation,
+                 hold_frames: int = FastEngineOptions.hold_frames, park_rows: int | None = None):
         """min_admit: while rows are decoding, wait until this many slots are free before a
         prefill (default num_slots // 32, at least 1): fewer, larger prefills.
         status_lag: frames the host reads the stop flags behind the newest queued frame
         (default 2 on CUDA, 0 on CPU, where frames run synchronously anyway).
         prefill_tokens: most positions (rows x bucketed length) in one prefill; raised to the
-        longest length bucket when below it, so that any prompt fits."""
+        longest length bucket when below it, so that any prompt fits.
+        kv_continuation: admit a job to a free slot whose cache holds the start of its prompt and
+        prefill only the rest; hold_frames: frames a `followed` row's slot waits for its follow-up;
+        park_rows: slot caches that can be set aside for follow-ups (None: num_slots)."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -159,6 +183,10 @@ class Scheduler:
         self.min_admit = min_admit or max(1, self.num_slots // 32)
         self._slot_index = [torch.tensor([i], device=self.device) for i in range(self.num_slots)]
         self.queue: deque[Job] = deque()
+        self.kv_continuation, self.hold_frames = kv_continuation, hold_frames
+        self.park_rows = (self.num_slots if park_rows is None else park_rows) if kv_continuation else 0
+        model.setup_parking(self.park_rows, self.max_positions)
+        self.held = HeldCaches(self.num_slots, self.park_rows)
         self.rows: list[SlotRow | None] = [None] * self.num_slots  # slot -> its row, None when free
         # max over busy slots of prompt_len - first_frame: frame t then writes at most position
         # _pos_base + t, so the backbone attends over a bucket of at least _pos_base + t + 1
@@ -173,7 +201,8 @@ class Scheduler:
                            for _ in range(ring)]
         self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
         self._unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # (event, snapshot, frame)
-        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, SlotRow, int, str]] = []
+        # (event, frames fed [F, K] on their way to the host, row, slot, stop reason, result frames, held epoch)
+        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, SlotRow, int, str, int, int]] = []
 
     @torch.inference_mode()  # as the frames of `run` are: compiled code is specialised on it
     def prepare(self, sample: bool) -> None:
@@ -193,6 +222,7 @@ class Scheduler:
     def abort(self) -> None:
         """Drop every queued and running job (after an error mid-run), leaving the slots free."""
         self.queue.clear()
+        self.held.clear()
         for slot, row in enumerate(self.rows):
             if row is not None:
                 self.step.release(self._slot_index[slot])
@@ -208,33 +238,82 @@ class Scheduler:
 
     @torch.inference_mode()
     def _admit(self) -> list[Finished]:
-        """Prefill queued jobs into free slots; returns the jobs done without one (no frames to make)."""
+        """Prefill queued jobs into free slots; returns the jobs done without one (no frames to make).
+
+        A job continues in the free slot whose cache holds the start of its prompt; the others take
+        free slots that no hold keeps (see the module docstring), or wait in the queue, in order."""
         finished: list[Finished] = []
         free = [i for i, row in enumerate(self.rows) if row is None]
         busy = len(free) < self.num_slots
         if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
             return finished
-        while free and self.queue:
-            # One prefill: queued jobs in order while its bucketed shape stays within the budget.
-            batch: list[tuple[int, Job]] = []
-            longest = 0
-            while free and self.queue:
-                job = self.queue[0]
-                if job.max_frames <= 0:  # nothing to generate: done without a slot
-                    self.queue.popleft()
-                    now = time.perf_counter()
-                    finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
-                                             int(job.input_ids.shape[0]), -1, job.submitted_s, now, now))
-                    continue
-                length = max(longest, int(job.input_ids.shape[0]))
-                if len(batch) + 1 > self.prefill.row_cap(self.prefill.length(length)):
-                    break  # the next prefill takes it
-                self.queue.popleft()
-                batch.append((free.pop(0), job))
-                longest = length
-            if batch:
-                self._prefill(batch)
+        frame = self.stats.frames if busy else None  # None: nothing is decoding, so no hold keeps a slot
+        fresh: list[tuple[int, Job]] = []
+        continued: list[tuple[int, Job, int]] = []  # (slot, job, prompt positions its slot holds)
+        waiting: deque[Job] = deque()
+        for job in self.queue:  # in order: a follow-up does not jump the queue (see the module docstring)
+            if job.max_frames <= 0:  # nothing to generate: done without a slot
+                now = time.perf_counter()
+                finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
+                                         int(job.input_ids.shape[0]), -1, job.submitted_s, now, now))
+                continue
+            own = self.held.slot_of(job.continues) if self.kv_continuation and free else None
+            parked = own is not None and own >= self.num_slots
+            kept = self.held.reusable(own, job.keys()) if own in free or parked else 0
+            slot = own if kept and not parked else self._open_slot(free, own, frame)
+            if slot is None:
+                waiting.append(job)
+                continue
+            free.remove(slot)
+            if slot != own:
+                self._set_aside(slot, exclude=own)
+            if kept and parked:  # bring the parked cache back into the slot: its kept positions
+                self.model.park(slot, own - self.num_slots, kept, back=True)
+                self.held.move(own, slot)
+            self.held.take(slot)
+            if kept:
+                continued.append((slot, job, kept))
+            else:
+                fresh.append((slot, job))
+        self.queue = waiting
+        for batch in self._batches(fresh, lambda item: int(item[1].input_ids.shape[0])):
+            self._prefill(batch)
+        for batch in self._batches(continued, lambda item: int(item[1].input_ids.shape[0]) - item[2]):
+            self._extend(batch)
         return finished
+
+    def _set_aside(self, slot: int, exclude: int | None) -> None:
+        """Park the cache in `slot` before a new row overwrites it, if a follow-up will want it and
+        a parked row is free (not `exclude`, the one about to come back)."""
+        row = self.held.to_park(slot, exclude)
+        if row is not None:
+            self.model.park(slot, row - self.num_slots, int(self.held.held[slot].keys.shape[0]))
+            self.held.move(slot, row)
+
+    def _open_slot(self, free: list[int], own: int | None, frame: int | None) -> int | None:
+        """A free slot for a job that continues none: its own held slot if free, else one that no
+        hold keeps (at scheduler frame `frame`; None: none does), those holding no cache first,
+        then the caches left longest ago."""
+        if own in free:
+            return own
+        open_ = [s for s in free if frame is None or not self.held.reserved(s, frame)]
+        held = self.held.held
+        return min(open_, key=lambda s: (held[s] is not None, held[s].reserved_until if held[s] else 0), default=None)
+
+    def _batches(self, items: list, length: Callable[[Any], int]) -> list[list]:
+        """`items` in order as prefills whose bucketed shape stays within the budget; length(item):
+        the positions it computes."""
+        batches: list[list] = []
+        batch: list = []
+        longest = 0
+        for item in items:
+            n = max(longest, length(item))
+            if batch and len(batch) + 1 > self.prefill.row_cap(self.prefill.length(n)):
+                batches.append(batch)
+                batch, n = [], length(item)
+            batch.append(item)
+            longest = n
+        return batches + ([batch] if batch else [])
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         return to_device(t, self.device)
@@ -256,20 +335,58 @@ class Scheduler:
         embeds = m.embed_prompt(self._to_device(ids), self._to_device(audio_index),
                                 self._to_device(audio_frames))  # [R, T, Db]
         slots = self._to_device(torch.tensor([s for s, _ in batch]))
-        lengths = self._to_device(torch.tensor(lens))
-        hidden = m.prefill(embeds, lengths, slots)
+        hidden = m.prefill(embeds, self._to_device(torch.tensor(lens)), slots)
+        self._start_rows(batch, hidden, computed=sum(lens), computed_positions=R * T)
+
+    def _extend(self, batch: list[tuple[int, Job, int]]) -> None:
+        """Prefill only the new positions of jobs whose slot holds the first `kept` positions of
+        their prompt: row r computes positions kept_r.. of its prompt, right-padded to a bucketed
+        [R, S], attending over the kept ones in its slot (`LeanCsm.extend`)."""
+        m = self.model
+        news = [int(j.input_ids.shape[0]) - kept for _, j, kept in batch]
+        N = len(batch)
+        R, S = self.prefill.shape(N, max(news))
+        ids = torch.zeros(R, S, dtype=torch.long)
+        pos = torch.arange(S).repeat(R, 1)  # [R, S]; padding rows sit at 0.. and write nothing
+        audio_index, audio_frames, write_at, write_slots = [], [], [], []
+        for r, ((slot, j, kept), n) in enumerate(zip(batch, news)):
+            ids[r, :n] = j.input_ids[kept:]
+            pos[r] += kept
+            audio_index.append(j.is_audio[kept:].nonzero()[:, 0] + r * S)
+            audio_frames.append(j.audio_frames[int(j.is_audio[:kept].sum()):])  # the new positions' frames
+            write_at.append(torch.arange(n) + r * S)
+            write_slots.append(torch.full((n,), slot))
+        write_at = torch.cat(write_at)
+        write = tuple(self._to_device(t) for t in (write_at, torch.cat(write_slots), pos.view(-1)[write_at]))
+        embeds = m.embed_prompt(self._to_device(ids), self._to_device(torch.cat(audio_index)),
+                                self._to_device(torch.cat(audio_frames)))  # [R, S, Db]
+        read_slots = torch.tensor([s for s, _, _ in batch] + [batch[0][0]] * (R - N))  # [R]
+        last = torch.tensor([r * S + n - 1 for r, n in enumerate(news)])  # [N]
+        kv_len = self.step.kv_bucket(max(kept + n for (_, _, kept), n in zip(batch, news)))
+        hidden = m.extend(embeds, self._to_device(pos), self._to_device(read_slots), write, self._to_device(last),
+                          kv_len)
+        self._start_rows([(s, j) for s, j, _ in batch], hidden, computed=sum(news), computed_positions=R * S)
+        self.stats.continued_rows += N
+        self.stats.kept_positions += sum(kept for _, _, kept in batch)
+
+    def _start_rows(self, batch: list[tuple[int, Job]], hidden: torch.Tensor, *, computed: int,
+                    computed_positions: int) -> None:
+        """Start decoding the prefilled `batch` from its last hidden states [N, Db]. computed: prompt
+        positions the prefill computed; computed_positions: the same with its bucketed padding."""
+        lens = [int(j.input_ids.shape[0]) for _, j in batch]
+        slots = self._to_device(torch.tensor([s for s, _ in batch]))
         caps = torch.tensor([min(j.max_frames, self.max_positions - n) for (_, j), n in zip(batch, lens)])
         seeds = torch.tensor([j.seed for _, j in batch])
-        self.step.admit(slots, hidden, lengths, self._to_device(caps), self._to_device(seeds),
-                        [j.sampling for _, j in batch])
+        self.step.admit(slots, hidden, self._to_device(torch.tensor(lens)), self._to_device(caps),
+                        self._to_device(seeds), [j.sampling for _, j in batch])
         now = time.perf_counter()
         for (s, j), n in zip(batch, lens):
             self.rows[s] = SlotRow(j, started_s=now, first_frame=self.stats.frames, prompt_len=n)
         self._update_pos_base()
         self.stats.prefills += 1
-        self.stats.prefill_rows += N
-        self.stats.prefill_tokens += sum(lens)
-        self.stats.prefill_positions += R * T
+        self.stats.prefill_rows += len(batch)
+        self.stats.prefill_tokens += computed
+        self.stats.prefill_positions += computed_positions
 
     def _update_pos_base(self) -> None:
         self._pos_base = max((row.prompt_len - row.first_frame for row in self.rows if row is not None), default=-1)
@@ -289,14 +406,20 @@ class Scheduler:
                 continue
             if frame_index < row.first_frame:  # stale: the flags are the slot's previous row's
                 continue
-            n = lens_now[slot]
-            out = torch.empty((n, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
-            out.copy_(self.step.state.history[slot, :n], non_blocking=self.is_cuda)
+            n, reason = lens_now[slot], STOP_REASONS[codes_now[slot]]
+            epoch = -1
+            fed = n  # frames fed back to the backbone that the held cache may claim: the EOS frame too
+            if self.kv_continuation:
+                fed = min(n + (reason == "eos"), self.max_positions)
+                until = self.stats.frames + self.hold_frames if row.job.followed else -1
+                epoch = self.held.ended(slot, row.job.key, until, row.job.followed)
+            out = torch.empty((fed, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
+            out.copy_(self.step.state.history[slot, :fed], non_blocking=self.is_cuda)
             event = None
             if self.is_cuda:
                 event = torch.cuda.Event()
                 event.record(torch.cuda.current_stream(self.device))
-            self._pending_copies.append((event, out, row, slot, STOP_REASONS[codes_now[slot]]))
+            self._pending_copies.append((event, out, row, slot, reason, n, epoch))
             self.step.release(self._slot_index[slot])
             self.rows[slot] = None
             self.stats.useful_frames += n
@@ -308,14 +431,18 @@ class Scheduler:
         """Rows whose codes have reached the host (wait: all of them)."""
         finished, keep = [], []
         for item in self._pending_copies:
-            event, out, row, slot, reason = item
+            event, out, row, slot, reason, n, epoch = item
             if event is not None and not wait and not event.query():
                 keep.append(item)
                 continue
             if event is not None:
                 event.synchronize()
             job = row.job
-            finished.append(Finished(job.key, out.numpy().astype(np.int16), reason, int(job.input_ids.shape[0]),
+            if self.kv_continuation:  # the slot holds the prompt and the frames fed back, but never claims the
+                # cache's last position, where the frames run after the row ended may write (positions clamp there)
+                keys = torch.cat([job.keys(), frame_keys(out)])[: self.max_positions - 1]
+                self.held.record(slot, epoch, keys)
+            finished.append(Finished(job.key, out[:n].numpy().astype(np.int16), reason, int(job.input_ids.shape[0]),
                                      slot, job.submitted_s, row.started_s, time.perf_counter()))
         self._pending_copies = keep
         return finished
@@ -370,6 +497,8 @@ class Scheduler:
             if not self._busy():
                 self._read_snapshots(keep=0)  # rows may have ended in the frames not yet read
                 results += self._deliver(self._drain_copies(wait=True), on_finished)
+                if on_frame is not None and self.held.any_reserved(self.stats.frames):
+                    on_frame()  # a slot waits for a follow-up: let it come before the queue takes the slot
                 if not self.queue and not self._busy():
                     break
                 continue

@@ -6,7 +6,12 @@ recorded turns, then every earlier turn with audio), and for each turn to genera
 request, with the context that `synth.pipeline.context_plan` chooses under the engine's
 position budget. A turn whose own text leaves no room to generate is skipped and
 reported, and the chain goes on; what a generated turn's context had to leave out is in
-its plan's `notes`. The shard worker runs a shard's scripts as chains and
+its plan's `notes`. A generated turn conditions later turns through the codes it was
+generated from (`context_from="codes"`: the engine is told to use them for its audio) or
+through its audio as any clip, Mimi-encoded again (`"audio"`, what chaining transformers'
+`generate` calls does). Each request names the turn it follows (`continues`) and whether a
+turn will follow it (`followed`), so an engine with KV continuation can keep the previous
+turn's cache and prefill only what is new. The shard worker runs a shard's scripts as chains and
 the dialogue benchmark runs its dialogues through the same class, so both measure and
 produce the same thing.
 
@@ -19,7 +24,7 @@ on a bare GPU box).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
 from synth.pipeline.context_plan import (
@@ -30,6 +35,10 @@ from synth.pipeline.context_plan import (
     SegmentCost,
     plan_context,
 )
+
+# How a generated turn conditions later turns: its own codes, or its audio encoded again.
+ContextFrom = Literal["codes", "audio"]
+CONTEXT_FROM: tuple[ContextFrom, ...] = ("codes", "audio")
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,12 @@ class Chain:
     """The turns of one script, generated in order; see the module docstring."""
 
     def __init__(self, turns: Sequence[ChainTurn], engine: Engine, cost: SegmentCost,
-                 prompts: Sequence[ContextItem] = ()):
-        """prompts: pinned context every turn starts from (voice prompts), in prompt order."""
+                 prompts: Sequence[ContextItem] = (), context_from: ContextFrom = "codes"):
+        """prompts: pinned context every turn starts from (voice prompts), in prompt order.
+        context_from: how a generated turn conditions later ones (see the module docstring)."""
+        if context_from not in CONTEXT_FROM:
+            raise ValueError(f"context_from={context_from!r}: expected one of {', '.join(CONTEXT_FROM)}")
+        self.context_from = context_from
         self.turns = tuple(turns)
         self.engine = engine
         self.cost = cost
@@ -75,8 +88,10 @@ class Chain:
                 pinned = all(t.recorded is not None for t in self.turns[:i])
                 self.candidates.append(ContextItem(turn.key, i, turn.recorded, self.cost(turn.recorded), pinned))
                 continue
+            followed = any(t.recorded is None for t in self.turns[i + 1:])
             request = GenerationRequest(request_id=turn.key, text=turn.text, speaker=turn.speaker,
-                                        max_frames=turn.max_frames, seed=turn.seed)
+                                        max_frames=turn.max_frames, seed=turn.seed, followed=followed,
+                                        continues=self.request.request_id if self.request is not None else None)
             max_positions = self.engine.max_positions
             try:
                 plan = plan_context(self.candidates, target_cost=self.engine.count_prompt_tokens(request),
@@ -92,6 +107,8 @@ class Chain:
             self.turn, self.plan = i, plan
             self.request = replace(request, max_frames=min(plan.max_frames, room))
             return self.request
+        self._forget(self.candidates)  # the chain is done: no turn needs its codes any more
+        self.candidates = []
         return None
 
     def add_result(self, result: GenerationResult) -> None:
@@ -99,6 +116,8 @@ class Chain:
         assert self.request is not None and result.request_id == self.request.request_id
         if not result.num_frames:
             return
+        if self.context_from == "codes":
+            self.engine.remember_codes(result.audio, result.codes)
         generated = Segment(self.request.speaker, self.request.text, result.audio)
         self.candidates.append(ContextItem(result.request_id, self.turn, generated, self.cost(generated),
                                            generated=True))
@@ -114,4 +133,12 @@ class Chain:
                 if reach > self.engine.max_positions:
                     continue
             keep.append(item)
+        kept = {id(item) for item in keep}
+        self._forget([item for item in self.candidates if id(item) not in kept])
         self.candidates = keep[::-1]
+
+    def _forget(self, items: Sequence[ContextItem]) -> None:
+        """Let the engine drop the codes it was given for these generated turns (`context_from="codes"`)."""
+        for item in items:
+            if item.generated and self.context_from == "codes":
+                self.engine.forget_codes(item.segment.audio)

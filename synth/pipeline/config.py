@@ -90,6 +90,11 @@ class GenerationConfig(_Section):
         "frames (0 = off).",
     )
     loop_max_period: int = Field(8, ge=2, description="Longest repeat period the loop stop looks for.")
+    context_from: Literal["codes", "audio"] | None = Field(
+        None, description="How a generated turn conditions the later turns of its script: `codes`, the codes it "
+        "was generated from; `audio`, its audio Mimi-encoded again (what chaining transformers' generate calls "
+        "does). None: codes on the fast engine, audio on transformers (whose processor always re-encodes).",
+    )
 
     def turn_cap_seconds(self, text: str, row_max_seconds: float | None) -> float:
         """The length cap of one generated turn: the row's own cap, else one derived from
@@ -217,6 +222,19 @@ class SynthConfig(_Section):
             if not name.strip() or name != name.strip():
                 raise ValueError(f"voice name {name!r} must be non-empty without surrounding spaces")
         return voices
+
+    @property
+    def context_from(self) -> Literal["codes", "audio"]:
+        """`generation.context_from`, resolved for the engine (recorded in plan.json)."""
+        default = "codes" if self.model.engine == "fast" else "audio"
+        return self.generation.context_from or default
+
+    @model_validator(mode="after")
+    def _codes_context_needs_the_fast_engine(self) -> "SynthConfig":
+        if self.generation.context_from == "codes" and self.model.engine != "fast":
+            raise ValueError("generation.context_from='codes' needs model.engine='fast': the transformers engine's "
+                             "processor encodes every context clip again ('audio')")
+        return self
 
     @field_validator("model")
     @classmethod

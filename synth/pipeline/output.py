@@ -277,7 +277,8 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "engine": config.model.engine,
         "dtype": config.model.dtype,
         "sampling": config.sampling.model_dump(),
-        "generation": config.generation.model_dump(exclude={"batch_size"}),
+        "generation": config.generation.model_dump(exclude={"batch_size", "context_from"}),
+        "context_from": config.context_from,
         "output": config.output.model_dump(),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
@@ -466,7 +467,15 @@ class OutputDir:
                     "dataset, so it cannot be continued, not even with --allow-changes. Finish it with the synth "
                     "version that started it, or use a new --output."
                 )
-            diffs = [k for k in identity if previous.get(k) != identity[k]]
+            context_from = previous.get("context_from", "audio")  # before it was recorded: always audio
+            if context_from != identity["context_from"]:
+                raise OutputError(
+                    f"{self.uri} was generated with context from {context_from} (generation.context_from), this run "
+                    f"would use {identity['context_from']}: its scripts' turns would be conditioned two ways in one "
+                    "dataset, so it cannot be continued so, not even with --allow-changes. Set "
+                    f"generation.context_from={context_from}, or use a new --output."
+                )
+            diffs = [k for k in identity if k != "context_from" and previous.get(k) != identity[k]]
             per_part = "commit_every_scripts"
             if previous.get("plan") != identity["plan"] or (
                 previous.get("output", {}).get(per_part) != identity["output"][per_part]

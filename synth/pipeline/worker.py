@@ -189,7 +189,7 @@ class ShardWorker:
                                    max_frames=self.max_frames_for(script, text), seed=base_seed + i))
         prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
                    for v in voices]
-        return Chain(turns, self.engine, self._cost, prompts)
+        return Chain(turns, self.engine, self._cost, prompts, context_from=self.config.context_from)
 
     # -- one shard ------------------------------------------------------------------
 

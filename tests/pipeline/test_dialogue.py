@@ -161,9 +161,11 @@ def test_each_voice_is_encoded_once_and_then_read_from_the_run_cache(voiced, eng
     assert worker.voices.encoded == 2  # narrator and guest; broken never decodes
     assert sorted(f"{VOICES_DIR}/{f}" for f in os.listdir(d / "out" / VOICES_DIR)) == sorted(
         voice_codes_file(k) for k in engine.codec.pinned)  # what the engine uses is what was stored
-    # the engine never encoded a voice itself: its encodes are the voices (via the library) and
-    # the generated turns that became context (interview:0, :1, :2 and told:0)
-    assert engine_encodes == 2 + 4
+    # the engine never encoded a voice itself: its encodes are the voices (via the library); the
+    # generated turns that became context (interview:0, :1, :2 and told:0) came as their own codes
+    # (generation.context_from: codes, the fast engine's default), and the engine let go of those
+    # once their chains were done: only the voices stay pinned (above)
+    assert engine_encodes == 2
     # a second worker on the same output (another actor, or a resumed run) encodes nothing
     again = ShardWorker(config, engine, worker.manifest, storage.resolve(str(d / "out")), log=lambda m: None)
     assert again.voices.prepare()["encoded"] == 0

@@ -330,3 +330,31 @@ def test_a_write_the_output_refuses_stops_the_run_a_shard_s_own_failure_does_not
         assert isinstance(raised.value, StopRun)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_relaunch_cannot_mix_context_from_codes_and_audio(tmp_path):
+    """plan.json records generation.context_from (resolved); a relaunch with the other is refused,
+    even with --allow-changes, and an output from before it was recorded counts as audio."""
+    from synth.pipeline.config import ConfigError, load_config
+    from synth.pipeline.output import PLAN_RECORD, OutputDir, OutputError
+    from synth.pipeline.plan import Plan
+
+    plan = Plan((), 1, ())
+    codes = SynthConfig()
+    audio = SynthConfig.model_validate({"generation": {"context_from": "audio"}})
+    assert codes.context_from == "codes" and audio.context_from == "audio"
+    assert SynthConfig.model_validate({"model": {"engine": "transformers"}}).context_from == "audio"
+    with pytest.raises(ConfigError, match="context_from='codes' needs model.engine='fast'"):
+        load_config(None, ["model.engine=transformers", "generation.context_from=codes"])
+    output = OutputDir(storage.resolve(str(tmp_path)))
+    output.prepare(codes, plan, allow_changes=False)
+    assert json.loads((tmp_path / PLAN_RECORD).read_text())["context_from"] == "codes"
+    output.prepare(codes, plan, allow_changes=False)  # the same again: fine
+    with pytest.raises(OutputError, match="context from codes .* would use audio"):
+        output.prepare(audio, plan, allow_changes=True)
+    record = json.loads((tmp_path / PLAN_RECORD).read_text())
+    del record["context_from"]  # written before synth recorded it: its chains re-encoded audio
+    (tmp_path / PLAN_RECORD).write_text(json.dumps(record))
+    output.prepare(audio, plan, allow_changes=False)
+    with pytest.raises(OutputError, match="generation.context_from=audio"):
+        output.prepare(codes, plan, allow_changes=True)

@@ -154,11 +154,13 @@ def test_committed_parts_are_not_redone(shard_output):
 
 
 def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_config, tmp_path):
-    """engine: fast (the default for real runs) gives the same schema and, greedy, the same codes."""
+    """engine: fast (the default for real runs) gives the same schema and, greedy, the same codes,
+    when its chains take context as the reference's do: generated turns' audio, encoded again."""
     out, good, bad, _, worker, shard = shard_output
-    fast_config = greedy_config.model_copy(
-        update={"model": greedy_config.model.model_copy(update={"engine": "fast"})}
-    )
+    fast_config = greedy_config.model_copy(update={
+        "model": greedy_config.model.model_copy(update={"engine": "fast"}),
+        "generation": greedy_config.generation.model_copy(update={"context_from": "audio"}),
+    })
     fast_engine = load_engine(fast_config)
     assert fast_engine.name == "fast"
     fast_out = storage.resolve(str(tmp_path / "fast"))

@@ -1,0 +1,120 @@
+"""What a decoding slot's KV cache still holds once its row has ended, and who may continue it.
+
+This module owns the record of each slot's held positions (`HeldCaches`): after a row
+ends, its slot's backbone cache still holds the row's prompt and the frames it fed back,
+and a later prompt that starts with exactly those positions (a chain's next turn, whose
+context is the previous context plus the previous turn) can keep them and prefill only
+what is new. Positions are compared as keys (`position_keys`: the text id, or the audio
+frame), never trusted from the caller: the continuation hint (`Job.continues`) only says
+which slot to look at, and the common prefix actually checked decides how much is kept.
+When a new row needs a slot whose cache a follow-up will want, the cache can be set aside
+in a parked row (`LeanCsm.park`) and brought back into any free slot when the follow-up
+comes: indices num_slots.. here are those parked rows. It also owns the reservation that
+can keep a slot for its follow-up for a few frames while the follow-up is prepared. It knows nothing about text, requests, models or audio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def position_keys(input_ids: torch.Tensor, audio_frames: torch.Tensor, is_audio: torch.Tensor) -> torch.Tensor:
+    """One comparable key per backbone position: [T, 1 + K] long. A text position is (id, -1...),
+    an audio position (-1, its frame): two positions embed alike iff their keys are equal."""
+    K = audio_frames.shape[1]
+    keys = torch.full((int(input_ids.shape[0]), 1 + K), -1, dtype=torch.long)
+    keys[~is_audio, 0] = input_ids[~is_audio].long()
+    keys[is_audio, 1:] = audio_frames.long()
+    return keys
+
+
+def frame_keys(frames: torch.Tensor) -> torch.Tensor:
+    """frames: [F, K] fed back to the backbone -> their keys [F, 1 + K]."""
+    return torch.cat([torch.full((frames.shape[0], 1), -1, dtype=torch.long), frames.long()], dim=1)
+
+
+def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Leading positions where keys a [Ta, 1 + K] and b [Tb, 1 + K] agree."""
+    n = min(a.shape[0], b.shape[0])
+    same = (a[:n] == b[:n]).all(dim=1)
+    return n if bool(same.all()) else int((~same).nonzero()[0, 0])
+
+
+@dataclass
+class Held:
+    """A free slot's cache: `keys` [P, 1 + K] of the positions 0..P-1 it holds (None while its
+    row's frames are still on their way to the host); only the job continuing `key` may take the
+    slot before scheduler frame `reserved_until`."""
+
+    key: Any
+    keys: torch.Tensor | None
+    reserved_until: int
+    followed: bool = False  # a follow-up will want it: worth parking
+
+
+class HeldCaches:
+    """The held cache of every slot, by slot and by the key of the row that left it."""
+
+    def __init__(self, num_slots: int, park_rows: int = 0):
+        self.num_slots = num_slots
+        self.held: list[Held | None] = [None] * (num_slots + park_rows)  # slots, then parked rows
+        self.epoch = [0] * (num_slots + park_rows)  # rows admitted so far: a late record of an older row is dropped
+
+    def take(self, slot: int) -> None:
+        """A new row starts in `slot`: what it held is being overwritten."""
+        self.held[slot] = None
+        self.epoch[slot] += 1
+
+    def clear(self) -> None:
+        for slot in range(len(self.held)):
+            self.take(slot)
+
+    def ended(self, slot: int, key: Any, reserved_until: int, followed: bool) -> int:
+        """The row `key` ended in `slot`; its keys follow (`record`). Returns the slot's epoch."""
+        self.held[slot] = Held(key, None, reserved_until, followed)
+        return self.epoch[slot]
+
+    def to_park(self, slot: int, exclude: int | None) -> int | None:
+        """A free parked row for the cache in `slot` if a follow-up will want it (else None). A full
+        park keeps what it holds: its caches were set aside first, so their follow-ups come first."""
+        held = self.held[slot]
+        if held is None or held.keys is None or not held.followed:
+            return None
+        return next((i for i in range(self.num_slots, len(self.held)) if self.held[i] is None and i != exclude), None)
+
+    def move(self, src: int, dst: int) -> None:
+        """The cache recorded at `src` now lies at `dst` (parked, or back in a slot)."""
+        self.held[dst], self.held[src] = self.held[src], None
+        self.epoch[dst] += 1
+
+    def record(self, slot: int, epoch: int, keys: torch.Tensor) -> None:
+        """The positions [P, 1 + K] the slot holds, unless a newer row has taken it since."""
+        held = self.held[slot]
+        if held is not None and self.epoch[slot] == epoch:
+            held.keys = keys
+
+    def slot_of(self, key: Any) -> int | None:
+        """The slot (or parked row) holding what row `key` left, if any."""
+        if key is None:
+            return None
+        return next((s for s, h in enumerate(self.held) if h is not None and h.key == key and h.keys is not None),
+                    None)
+
+    def reusable(self, slot: int, keys: torch.Tensor) -> int:
+        """Positions of a prompt with `keys` [T, 1 + K] that the slot's cache already holds; at most
+        T - 1, since the prompt's last position must be computed for its hidden state."""
+        held = self.held[slot]
+        if held is None or held.keys is None:
+            return 0
+        return min(common_prefix(held.keys, keys), int(keys.shape[0]) - 1)
+
+    def reserved(self, slot: int, frame: int) -> bool:
+        """Whether the slot waits for its row's follow-up at scheduler frame `frame`."""
+        held = self.held[slot]
+        return held is not None and frame < held.reserved_until
+
+    def any_reserved(self, frame: int) -> bool:
+        return any(self.reserved(s, frame) for s in range(len(self.held)))
