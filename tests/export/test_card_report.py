@@ -19,11 +19,12 @@ from collections import Counter
 
 import pytest
 import yaml
-from test_exports import source_rows
 
 from synth.cli import main
 from synth.export.stats import QC_METRICS
 from synth.pipeline.output import CARD_FILE, CARD_FILE_ASIDE, REPORT_FILE, RUN_RECORD
+
+from .test_exports import source_rows
 
 PROBE = """<script>window.addEventListener("load", () => document.body.setAttribute("data-probe", JSON.stringify(
   [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))));</script>"""

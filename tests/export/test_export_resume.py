@@ -14,9 +14,10 @@ import os
 
 import pytest
 from helpers import REPO, assert_exactly_once, run_job
-from test_exports import check_webdataset, source_rows
 
 from synth.pipeline import faults
+
+from .test_exports import check_webdataset, source_rows
 
 
 def test_an_export_killed_midway_and_rerun_gives_each_row_once(synth_output, ray_here, tmp_path):

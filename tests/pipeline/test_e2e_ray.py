@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from helpers import (
@@ -11,8 +12,10 @@ from helpers import (
     check_audio_rows,
     free_port,
     job_args,
+    kill_session,
     load_errors,
     load_output,
+    private_ray,
     reference_codes,
     write_mixed_manifest,
 )
@@ -22,22 +25,42 @@ from synth.pipeline.output import RUN_RECORD
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A 2-CPU head node, as on the CI machine; stopped after the module."""
+    """A 2-CPU head node, as on the CI machine, in a private temp dir; afterwards its processes,
+    and only its, are killed (`ray stop` would take down every Ray on the machine, the test
+    session's own included)."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     dashboard = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-    start = subprocess.run(
-        [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
-         "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert start.returncode == 0, start.stdout + start.stderr
-    try:
-        yield {"ray": ray_bin, "env": {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}}
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    with private_ray() as env:
+        env = {**env, "RAY_AUTH_MODE": "token"}
+        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        start = subprocess.Popen(
+            [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
+             "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        try:
+            said, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, said
+            env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+            _wait_for_job_agent(ray_bin, env, tmp_path_factory.mktemp("probe"))
+            yield {"ray": ray_bin, "env": env}
+        finally:
+            kill_session(start.pid)  # the head's processes stay in the session `ray start` began
+
+
+def _wait_for_job_agent(ray_bin: str, env: dict, probe_dir, timeout_s: float = 180) -> None:
+    """`ray start` returns before the node's job agent has registered; until it has, a submit
+    fails with "No available agent" (seen on a loaded 2-core box). Submit a no-op job until one
+    is taken: nothing of the tests' own is submitted before the cluster can run it."""
+    deadline = time.time() + timeout_s
+    while True:
+        probe = subprocess.run([ray_bin, "job", "submit", "--working-dir", str(probe_dir), "--", "python", "-c", "pass"],
+                               env=env, capture_output=True, text=True, timeout=timeout_s)
+        if probe.returncode == 0:
+            return
+        assert "No available agent" in probe.stderr + probe.stdout and time.time() < deadline, (
+            probe.stdout + probe.stderr)[-3000:]
+        time.sleep(2)
 
 
 def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(
