@@ -26,7 +26,8 @@ keeps the newest that fit), and runs them as chains: the fast engine with every
 dialogue in flight at once, the reference in rounds (`run`); the flat rows are the
 same turns with no context. The fast engine runs the dialogues once per mode
 (`--modes`): context from codes or re-encoded audio (`Chain`'s `context_from`), each with
-KV continuation (`+kv`) or a full prefill of every turn. The table then also shows
+KV continuation (`+kv`) or a full prefill of every turn, with the context window sliding by
+blocks (`--context-low-water`, as `generation.context_low_water`) or rolling (`none`). The table then also shows
 dialogues in flight (mean busy slots), prompt positions prefilled per turn, and each
 mode's dialogue / flat throughput ratio.
 """
@@ -50,7 +51,7 @@ import torch
 from synth.engine.interface import GenerationRequest, SamplingParams
 from synth.engine.options import COMPILE_MODES, FastEngineOptions
 from synth.pipeline.chain import CONTEXT_FROM, Chain, ChainTurn, ContextFrom
-from synth.pipeline.context_plan import SegmentCost
+from synth.pipeline.context_plan import LOW_WATER, SegmentCost
 
 WORDS = (
     "it was the best of times worst age wisdom call me ishmael some years ago never mind how long precisely "
@@ -248,14 +249,15 @@ def _workload_does_not_fit(turn: int, reason: str) -> None:
     raise ValueError(f"a dialogue's turn {turn} cannot be generated ({reason}): raise --max-positions")
 
 
-def run_dialogues(engine, dialogues, sampling, context_from: ContextFrom = "codes") -> list:
+def run_dialogues(engine, dialogues, sampling, context_from: ContextFrom = "codes",
+                  low_water: float | None = LOW_WATER) -> list:
     """Each dialogue as a chain (`synth.pipeline.chain`, as the shard worker runs scripts): a turn
     is submitted when the one before it is done, with the newest earlier turns that fit as
     context (`context_from`: their codes, or their audio encoded again). Returns the results in
-    completion order."""
+    completion order. low_water: the context window (`Chain`'s `context_low_water`)."""
     cost = SegmentCost(engine)
     chains = [Chain([ChainTurn(r.request_id, r.speaker, r.text, max_frames=r.max_frames, seed=r.seed) for r in turns],
-                    engine, cost, context_from=context_from) for turns in dialogues]
+                    engine, cost, context_from=context_from, context_low_water=low_water) for turns in dialogues]
     by_request = {}
 
     def next_of(chain: Chain) -> list[GenerationRequest]:
@@ -297,13 +299,14 @@ DIALOGUE_MODES = tuple(DialogueMode.parse(m) for m in ("audio", "audio+kv", "cod
 
 def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, max_positions, compile,
                        options: FastEngineOptions = FastEngineOptions(),
-                       mode: DialogueMode = DialogueMode("codes", True)) -> Row:
+                       mode: DialogueMode = DialogueMode("codes", True), low_water: float | None = LOW_WATER) -> Row:
     options = replace(options, kv_continuation=mode.kv_continuation)
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
-    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns, {mode.name}"
+    window = "rolling" if low_water is None else f"blocks to {low_water:g}"
+    setting = f"{num_slots} slots, {len(dialogues)} dialogues x {len(dialogues[0])} turns, {window}, {mode.name}"
     row, results = _timed_fast(engine, setting, device,
-                               lambda e: run_dialogues(e, dialogues, sampling, mode.context_from))
+                               lambda e: run_dialogues(e, dialogues, sampling, mode.context_from, low_water))
     row.in_flight = row.frames * num_slots / max(1, row.slot_frames)  # useful frames per frame step
     engine.close()
     del engine, results
@@ -311,13 +314,14 @@ def run_fast_dialogues(path, dialogues, sampling, *, device, dtype, num_slots, m
     return row
 
 
-def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_size) -> Row:
+def run_reference_dialogues(path, dialogues, sampling, *, device, dtype, batch_size,
+                            low_water: float | None = LOW_WATER) -> Row:
     from synth.engine.reference_engine import TransformersEngine
 
     engine = TransformersEngine.load(path, device=device, dtype=dtype, compile=False, batch_size=batch_size)
     reset_peak(device)
     c0, t0 = time.process_time(), time.perf_counter()
-    results = run_dialogues(engine, dialogues, sampling, "audio")  # its processor encodes every clip
+    results = run_dialogues(engine, dialogues, sampling, "audio", low_water)  # its processor encodes every clip
     wall = time.perf_counter() - t0
     slot_frames = sum(r.info.batch_frames for r in results)  # each row rides its batch to the end
     row = Row("transformers", f"batch {batch_size}, {len(dialogues)} dialogues x {len(dialogues[0])} turns, rounds",
@@ -360,6 +364,9 @@ def main(argv=None):
                         default=list(DIALOGUE_MODES),
                         help="--workload dialogue: the fast engine's runs, comma-separated: codes or audio context, "
                         "+kv for KV continuation (default: audio,audio+kv,codes,codes+kv)")
+    parser.add_argument("--context-low-water", type=lambda s: None if s == "none" else float(s), default=LOW_WATER,
+                        help="--workload dialogue: the context window, sliding by blocks down to this fraction of the "
+                        f"room, or `none` for a rolling one (default {LOW_WATER}, as generation.context_low_water)")
     parser.add_argument("--result-thread", choices=["auto", "yes", "no"], default="auto",
                         help="finish rows (decode, callbacks) on a worker thread (auto: CUDA only)")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES,
@@ -488,13 +495,13 @@ def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list
     if not args.skip_reference:
         n = max(1, (args.ref_requests or len(turns)) // args.turns)
         rows.append(run_reference_dialogues(path, dialogues[:n], sampling, device=device, dtype=dtype,
-                                            batch_size=cfg["ref_batch"]))
+                                            batch_size=cfg["ref_batch"], low_water=args.context_low_water))
         print("done:", rows[-1].__dict__, flush=True)
     rows.append(run_fast(path, turns, sampling, **kw))
     rows[-1].setting += f", flat {len(turns)} turns"
     print("done:", rows[-1].__dict__, flush=True)
     for mode in args.modes:
-        rows.append(run_fast_dialogues(path, dialogues, sampling, mode=mode, **kw))
+        rows.append(run_fast_dialogues(path, dialogues, sampling, mode=mode, low_water=args.context_low_water, **kw))
         print("done:", rows[-1].__dict__, flush=True)
     return rows
 

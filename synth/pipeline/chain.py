@@ -11,7 +11,9 @@ generated from (`context_from="codes"`: the engine is told to use them for its a
 through its audio as any clip, Mimi-encoded again (`"audio"`, what chaining transformers'
 `generate` calls does). Each request names the turn it follows (`continues`) and whether a
 turn will follow it (`followed`), so an engine with KV continuation can keep the previous
-turn's cache and prefill only what is new. The shard worker runs a shard's scripts as chains and
+turn's cache and prefill only what is new; a window sliding by blocks
+(`context_low_water`, see `synth.pipeline.context_plan`) keeps consecutive prompts
+extending each other for many turns, its start carried from each turn's plan to the next. The shard worker runs a shard's scripts as chains and
 the dialogue benchmark runs its dialogues through the same class, so both measure and
 produce the same thing.
 
@@ -62,12 +64,17 @@ class Chain:
     """The turns of one script, generated in order; see the module docstring."""
 
     def __init__(self, turns: Sequence[ChainTurn], engine: Engine, cost: SegmentCost,
-                 prompts: Sequence[ContextItem] = (), context_from: ContextFrom = "codes"):
+                 prompts: Sequence[ContextItem] = (), context_from: ContextFrom = "codes",
+                 context_low_water: float | None = None):
         """prompts: pinned context every turn starts from (voice prompts), in prompt order.
-        context_from: how a generated turn conditions later ones (see the module docstring)."""
+        context_from: how a generated turn conditions later ones (see the module docstring).
+        context_low_water: None, a rolling context window; a fraction, a window sliding by blocks
+        down to it (`plan_context`'s `low_water`)."""
         if context_from not in CONTEXT_FROM:
             raise ValueError(f"context_from={context_from!r}: expected one of {', '.join(CONTEXT_FROM)}")
         self.context_from = context_from
+        self.context_low_water = context_low_water
+        self.window_start = 0  # the oldest turn the next turn's window may hold (the last plan's start)
         self.turns = tuple(turns)
         self.engine = engine
         self.cost = cost
@@ -95,7 +102,8 @@ class Chain:
             max_positions = self.engine.max_positions
             try:
                 plan = plan_context(self.candidates, target_cost=self.engine.count_prompt_tokens(request),
-                                    max_frames=request.max_frames, max_positions=max_positions)
+                                    max_frames=request.max_frames, max_positions=max_positions,
+                                    low_water=self.context_low_water, start=self.window_start)
             except ContextTooLong as e:
                 skip(i, str(e))
                 continue
@@ -104,7 +112,7 @@ class Chain:
             if room < MIN_FRAMES_TO_GENERATE:
                 skip(i, f"prompt leaves no room to generate within {max_positions}")
                 continue
-            self.turn, self.plan = i, plan
+            self.turn, self.plan, self.window_start = i, plan, plan.start
             self.request = replace(request, max_frames=min(plan.max_frames, room))
             return self.request
         self._forget(self.candidates)  # the chain is done: no turn needs its codes any more

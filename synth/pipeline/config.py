@@ -25,6 +25,7 @@ from pydantic import (
 from synth.engine.interface import DTYPE_NAMES, SamplingParams
 from synth.engine.options import FastEngineOptions
 from synth.errors import SynthError
+from synth.pipeline.context_plan import LOW_WATER
 from synth.qc.policy import QcSettings
 
 
@@ -94,6 +95,12 @@ class GenerationConfig(_Section):
         None, description="How a generated turn conditions the later turns of its script: `codes`, the codes it "
         "was generated from; `audio`, its audio Mimi-encoded again (what chaining transformers' generate calls "
         "does). None: codes on the fast engine, audio on transformers (whose processor always re-encodes).",
+    )
+    context_low_water: float | None = Field(
+        LOW_WATER, gt=0, le=1, description="The context window of a script's turns: a fraction, a window sliding by "
+        "blocks (once the recent turns no longer fit, drop the oldest down to this fraction of the room, then keep "
+        "that start while they fit, so KV continuation keeps the prefix); None, a rolling window (every turn "
+        "keeps the most recent turns that fit).",
     )
 
     def turn_cap_seconds(self, text: str, row_max_seconds: float | None) -> float:

@@ -3,10 +3,19 @@
 CSM holds `max_positions` backbone positions per row (2048 for csm-1b): the prompt's
 text tokens, one position per context audio frame, and the frames being generated.
 This module owns the choice of context under that budget: keep the pinned items (voice
-prompts and a script's opening recorded turns), then the most recent turns that fit,
+prompts and a script's opening recorded turns), then a window of recent turns that fits,
 always leaving room for the turn's own length cap; and the notes that say what a turn
 lost: a pinned item, or a recorded clip too long for the room (old recent turns falling
-out of the window are the plan working, not news). The plan works on costs alone;
+out of the window are the plan working, not news).
+
+The window either rolls (every turn keeps the most recent turns that fit: once it is full,
+each turn drops the oldest, so no turn's prompt starts like its predecessor's) or slides by
+blocks (`low_water`): a turn keeps the window its predecessor started (`start`) while all
+of it fits, so consecutive prompts extend each other (an engine keeps the predecessor's KV
+cache and prefills only what is new); when it no longer fits, the oldest turns are dropped
+until the window holds at most `low_water` of the room (always keeping the newest turn that
+fits), and the next turns keep that new start. The start comes from the chain's own history
+(the previous plan's `start`), so the same chain always gets the same contexts. The plan works on costs alone;
 `SegmentCost` measures them through an engine's `count_prompt_tokens`. It knows nothing
 about tokenizers or manifests.
 """
@@ -20,6 +29,7 @@ from synth.engine.interface import Engine, GenerationRequest, Segment
 from synth.errors import SynthError
 
 MIN_FRAMES_TO_GENERATE = 1
+LOW_WATER = 0.5  # the default block window's low-water mark (`generation.context_low_water`; README says why)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class ContextPlan:
     items: tuple[ContextItem, ...]  # in prompt order: pinned (their order), then recent (oldest first)
     max_frames: int  # the turn's cap, lowered only when even an empty context leaves less room
     left_out: int  # candidates that did not fit
+    start: int = 0  # the window's oldest turn (the first recent item's, else the start it was given): the next turn's start
     notes: tuple[str, ...] = ()  # what the turn lost that it should hear of: pinned items, oversized recorded clips
 
 
@@ -69,17 +80,25 @@ class ContextTooLong(SynthError, ValueError):
 
 
 def plan_context(
-    candidates: Sequence[ContextItem], *, target_cost: int, max_frames: int, max_positions: int
+    candidates: Sequence[ContextItem], *, target_cost: int, max_frames: int, max_positions: int,
+    low_water: float | None = None, start: int = 0,
 ) -> ContextPlan:
     """Choose the context of one turn.
 
     candidates: every earlier turn with audio, in script order (pinned ones anywhere).
     target_cost: positions of the turn's own prompt with no context.
-    Pinned items are taken in order while they fit; then recent items newest first,
-    stopping at the first that does not fit (the window stays contiguous). A note names
-    each pinned item left out, and a recorded clip where the window stops that would not
-    fit even with no recent turn before it.
+    low_water: None, a rolling window; a fraction in (0, 1], a window sliding by blocks down to
+    that fraction of the room left after the pinned items.
+    start: (block window) the oldest turn the window may hold, the previous plan's `start`.
+    Pinned items are taken in order while they fit. Block window: every recent item from
+    `start` on, if all fit. Otherwise (and always for a rolling window) recent items newest
+    first, stopping at the first that does not fit the room (rolling) or, after the newest, the
+    low-water mark (block); the window stays contiguous. A note names each pinned item left
+    out, and a recorded clip where the window stops that would not fit even with no recent
+    turn before it.
     """
+    if low_water is not None and not 0 < low_water <= 1:
+        raise ValueError(f"low_water={low_water}: expected a fraction in (0, 1], or None for a rolling window")
     room_to_generate = max_positions - target_cost
     if room_to_generate < MIN_FRAMES_TO_GENERATE:
         raise ContextTooLong(
@@ -99,16 +118,24 @@ def plan_context(
         else:
             notes.append(_left_out(item, budget, context_budget, "after the pinned items before it"))
     recent_budget = budget
-    recent: list[ContextItem] = []
-    for item in reversed([c for c in candidates if not c.pinned]):
-        if item.cost > budget:
-            if not item.generated and item.cost > recent_budget:  # too long for any window, not just this one
-                notes.append(_left_out(item, recent_budget, context_budget, "after the pinned items"))
-            break
-        recent.append(item)
-        budget -= item.cost
-    chosen = tuple(pinned + recent[::-1])
-    return ContextPlan(chosen, max_frames, len(candidates) - len(chosen), tuple(notes))
+    candidates_recent = [c for c in candidates if not c.pinned]
+    held = [c for c in candidates_recent if c.turn is not None and c.turn >= start]
+    if low_water is not None and sum(c.cost for c in held) <= recent_budget:
+        recent = held  # the window its predecessor started, extended by the turns since
+    else:  # roll, or slide: newest first down to the mark
+        mark = recent_budget if low_water is None else low_water * recent_budget
+        recent = []
+        for item in reversed(candidates_recent):
+            if item.cost > budget or (recent and recent_budget - budget + item.cost > mark):
+                if not item.generated and item.cost > recent_budget:  # too long for any window, not just this one
+                    notes.append(_left_out(item, recent_budget, context_budget, "after the pinned items"))
+                break
+            recent.append(item)
+            budget -= item.cost
+        recent.reverse()
+    chosen = tuple(pinned + recent)
+    start = recent[0].turn if recent and recent[0].turn is not None else start
+    return ContextPlan(chosen, max_frames, len(candidates) - len(chosen), start, tuple(notes))
 
 
 def _left_out(item: ContextItem, room: int, context_budget: int, after: str) -> str:

@@ -189,7 +189,8 @@ class ShardWorker:
                                    max_frames=self.max_frames_for(script, text), seed=base_seed + i))
         prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
                    for v in voices]
-        return Chain(turns, self.engine, self._cost, prompts, context_from=self.config.context_from)
+        return Chain(turns, self.engine, self._cost, prompts, context_from=self.config.context_from,
+                     context_low_water=self.config.generation.context_low_water)
 
     # -- one shard ------------------------------------------------------------------
 

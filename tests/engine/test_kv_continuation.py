@@ -43,13 +43,15 @@ def _voice(engine) -> ContextItem:
     return ContextItem("voice:v", None, segment, SegmentCost(engine)(segment), pinned=True)
 
 
-def _run_chains(engine, num_chains: int, voice: bool, order: str):
-    """num_chains chains of 5 turns (caps 6..14 frames: older turns fall out of the 96-position
-    budget), all in flight at once. Returns {request id: (request, result)}."""
+def _run_chains(engine, num_chains: int, voice: bool, order: str, turns: int = 5, low_water: float | None = None):
+    """num_chains chains of `turns` turns (caps 6..14 frames: older turns fall out of the 96-position
+    budget), all in flight at once, the context window rolling or sliding by blocks (`low_water`).
+    Returns {request id: (request, result)}."""
     cost = SegmentCost(engine)
     prompts = (_voice(engine),) if voice else ()
     chains = [Chain([ChainTurn(f"c{c}:{i}", i % 2, TEXTS[(c + i) % len(TEXTS)], max_frames=6 + 2 * ((c + i) % 5),
-                               seed=i) for i in range(5)], engine, cost, prompts) for c in range(num_chains)]
+                               seed=i) for i in range(turns)], engine, cost, prompts, context_low_water=low_water)
+              for c in range(num_chains)]
     if order == "reversed":
         chains = chains[::-1]
     owner, done = {}, {}
@@ -96,6 +98,26 @@ def test_continued_turns_equal_a_full_prefill_of_the_same_context(tiny_checkpoin
     full = sum(full_prefill.count_prompt_tokens(req) for req in requests)
     assert stats.prefill_tokens + stats.kept_positions == full
     assert stats.kept_positions > 0.4 * full, (stats.kept_positions, full)
+
+
+def test_a_block_window_keeps_more_of_the_prefix_and_still_generates_a_full_prefills_codes(tiny_checkpoint,
+                                                                                            full_prefill):
+    """Chains of 8 turns, 2 slots, 2 chains: the window sliding by blocks (low-water 0.5) drops
+    older turns, yet keeps more of each prompt in the cache than the rolling window, and every
+    turn's codes equal a full prefill of its context."""
+    kept = {}
+    for low_water in (None, 0.5):
+        engine = _engine(tiny_checkpoint, 2, park_rows=2)
+        done = _run_chains(engine, 2, True, "forward", turns=8, low_water=low_water)
+        requests = [req for req, _ in done.values()]
+        assert any(len(req.context) - 1 < int(req.request_id.split(":")[1]) for req in requests)  # it slid
+        full = sum(full_prefill.count_prompt_tokens(req) for req in requests)
+        kept[low_water] = engine.scheduler.stats.kept_positions / full
+    for _, res in done.values():
+        full_prefill.remember_codes(res.audio, res.codes)
+    for req, ref in zip(requests, full_prefill.generate(requests, GREEDY)):
+        np.testing.assert_array_equal(done[req.request_id][1].codes, ref.codes, err_msg=req.request_id)
+    assert kept[0.5] > kept[None] + 0.1, kept
 
 
 def test_a_hint_to_a_cache_that_is_not_the_prefix_is_a_safe_fallback(tiny_checkpoint, full_prefill):

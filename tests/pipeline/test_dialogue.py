@@ -65,6 +65,56 @@ def test_plan_notes_left_out_pinned_items_and_oversized_recorded_clips_not_the_r
         assert [i.key for i in plan.items] == ["voice:a", "s:3"] and plan.left_out == 1 and plan.notes == ()
 
 
+def _plan_chain(costs, low_water, voice=12, cap=20, max_positions=200):
+    """Plans for a chain of generated turns of these costs (own text 8 positions, cap `cap`), the
+    window's start carried from plan to plan as `Chain` does. Returns (plans, recent budget)."""
+    candidates, plans, start = [_item("voice:a", voice, pinned=True)], [], 0
+    for turn, cost in enumerate(costs):
+        plan = plan_context(candidates, target_cost=8, max_frames=cap, max_positions=max_positions,
+                            low_water=low_water, start=start)
+        plans.append(plan)
+        start = plan.start
+        candidates.append(_item(f"s:{turn}", cost, turn=turn, generated=True))
+    return plans, max_positions - 8 - cap - voice
+
+
+def test_block_window_extends_the_previous_context_between_slides_and_slides_to_the_low_water_mark():
+    costs = np.random.default_rng(3).integers(8, 30, size=80).tolist()
+    plans, room = _plan_chain(costs, low_water=0.5)
+    assert plans == _plan_chain(costs, low_water=0.5)[0]  # a pure function of the costs: a relaunch sees the same
+    slides = 0
+    for turn, (prev, plan) in enumerate(zip(plans, plans[1:]), start=1):
+        keys = [i.key for i in plan.items]
+        assert keys[0] == "voice:a"  # pinned, always kept
+        recent = [i.turn for i in plan.items[1:]]
+        assert recent == list(range(turn - len(recent), turn)) and recent  # contiguous, up to the newest turn
+        cost = sum(i.cost for i in plan.items[1:])
+        assert cost <= room
+        if keys == [i.key for i in prev.items] + [f"s:{turn - 1}"]:
+            continue  # the predecessor's prompt, then the predecessor: a KV continuation keeps all of it
+        slides += 1
+        # a slide: only when extending would not fit, and down to the mark (or the newest turn alone)
+        assert sum(i.cost for i in prev.items[1:]) + costs[turn - 1] > room
+        assert cost <= 0.5 * room or recent == [turn - 1]
+        assert cost + costs[recent[0] - 1] > 0.5 * room  # no lower than needed
+    assert 3 <= slides <= len(costs) // 4, slides
+    # the rolling window (today's): the newest turns that fit, so once full most turns drop one
+    rolling, _ = _plan_chain(costs, low_water=None)
+    for turn, plan in enumerate(rolling[1:], start=1):
+        cost = sum(i.cost for i in plan.items[1:])
+        first = plan.items[1].turn
+        assert cost <= room and (first == 0 or cost + costs[first - 1] > room)
+    extended = sum([i.key for i in b.items] == [i.key for i in a.items] + [f"s:{t}"]
+                   for t, (a, b) in enumerate(zip(rolling, rolling[1:])))
+    assert 2 * extended < len(plans) - 1 - slides  # block: every turn but the slides extends
+    # what it costs: the block window holds less context on average, but at least the mark
+    mean = {name: np.mean([sum(i.cost for i in p.items[1:]) for p in ps[20:]])
+            for name, ps in (("block", plans), ("rolling", rolling))}
+    assert 0.5 * room < mean["block"] < mean["rolling"] <= room
+    with pytest.raises(ValueError, match="low_water=1.5"):
+        plan_context([], target_cost=8, max_frames=8, max_positions=100, low_water=1.5)
+
+
 def _espeak(path, text):
     subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
     return str(path)
