@@ -35,7 +35,10 @@ def ray_cluster(tmp_path_factory):
         subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
         start = subprocess.Popen(
             [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
-             "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
+             "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
+             # the job agent's own port: its default (52365) is taken by any other Ray on the machine
+             # (e.g. a test's in-process one), and an agent that cannot bind takes no jobs
+             "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         try:
@@ -71,6 +74,7 @@ def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(
     submit = subprocess.run(
         [ray_cluster["ray"], "job", "submit", "--working-dir", REPO, "--",
          "python", *job_args(manifest, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6",
+                             "--set", "generation.context_from=audio",  # as transformers chains turns
                              "--set", "output.scripts_per_shard=3")],
         cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600,
     )

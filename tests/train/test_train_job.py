@@ -272,12 +272,14 @@ def test_the_train_set_reads_the_same_from_an_object_store(trained, synth_output
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             monkeypatch.setenv(key, value)
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
-        client.create_bucket(Bucket="synth-test")
+        # moto's in-process backend outlives its server: another test's bucket of the same name would be read too
+        bucket = f"synth-train-{os.getpid()}"
+        client.create_bucket(Bucket=bucket)
         for path in glob.glob(os.path.join(data, "**", "*"), recursive=True):
             if os.path.isfile(path) and not path.endswith((".wav", ".flac")):  # what training reads
-                client.upload_file(path, "synth-test", "out/" + os.path.relpath(path, data))
+                client.upload_file(path, bucket, "out/" + os.path.relpath(path, data))
         from_s3, skipped = prepare_train_set(
-            "s3://synth-test/out", processor=AutoProcessor.from_pretrained(tiny_checkpoint),
+            f"s3://{bucket}/out", processor=AutoProcessor.from_pretrained(tiny_checkpoint),
             model_config=AutoConfig.from_pretrained(tiny_checkpoint), qc_filter=False, max_positions=2048,
             encode=lambda clips: load_codec(tiny_checkpoint).encode(clips))
     finally:
