@@ -21,8 +21,7 @@ import numpy as np
 
 from synth.book.acx import RMS_DB
 from synth.errors import SynthError
-
-MIN_LOUDNESS_S = 0.4  # BS.1770 gates 400 ms blocks: pyloudnorm refuses anything shorter
+from synth.qc.quality import loudness_lufs  # the BS.1770 measure QC records per take
 
 
 @dataclass(frozen=True)
@@ -51,14 +50,13 @@ class MasterSettings:
 def integrated_loudness(audio: np.ndarray, sample_rate_hz: int) -> float:
     """BS.1770 integrated loudness in LUFS; -inf for silence or audio under 0.4 s."""
     try:
-        import pyloudnorm
+        import pyloudnorm  # noqa: F401  (here only to name the book's extra when it is missing)
     except ImportError:
         raise SynthError("mastering needs pyloudnorm: pip install -e '.[book]' (or pip install pyloudnorm), "
                          "or render with --no-master") from None
 
-    if len(audio) < MIN_LOUDNESS_S * sample_rate_hz or not np.any(audio):
-        return float("-inf")
-    return float(pyloudnorm.Meter(sample_rate_hz).integrated_loudness(audio.astype(np.float64)))
+    value = loudness_lufs(audio, sample_rate_hz)
+    return float("-inf") if value is None else value
 
 
 def master(audio: np.ndarray, sample_rate_hz: int, settings: MasterSettings = MasterSettings()) -> np.ndarray:
