@@ -278,14 +278,30 @@ def import_command(args: argparse.Namespace) -> int:
     return 1 if totals["errors"] else 0
 
 
-def verify_command(args: argparse.Namespace) -> int:
-    from synth.pipeline import storage
-    from synth.pipeline.output import OutputDir
-    from synth.pipeline.verify import verify
+# `synth verify` by store kind: the module and function that check it (each returns a Verification)
+VERIFIERS = {
+    "run": ("synth.pipeline.verify", "verify_dataset_at"),
+    "book": ("synth.pipeline.verify", "verify_dataset_at"),
+    "import": ("synth.pipeline.verify", "verify_dataset_at"),
+    "export": ("synth.export.job", "verify_export_at"),
+    "rescore": ("synth.pipeline.rescore", "verify_rescore_at"),
+    "train": ("synth.train.output", "verify_train_at"),
+}
 
-    report = verify(OutputDir(storage.resolve(args.output)), checksums=not args.sizes_only)
+
+def verify_command(args: argparse.Namespace) -> int:
+    import importlib
+
+    from synth.pipeline.output import RUN
+    from synth.store.store import Store
+
+    store = Store.at_uri(args.output, RUN)
+    kind = store.open_existing(VERIFIERS, "synth verify")
+    module, function = VERIFIERS[kind]
+    report = getattr(importlib.import_module(module), function)(args.output, checksums=not args.sizes_only)
+    print(f"{args.output}: a synth {kind} store")
     print(report.render())
-    return 1 if report.findings else 0
+    return 0 if report.ok else 1
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ PACKAGE = os.path.join(REPO, "synth")
 # Lower layers know nothing of higher ones; within a layer, modules import each other freely.
 # qc (take metrics and the retake policy) and text (spoken-form normalisation) sit below the
 # pipeline that uses them; export and train read outputs, as book does.
-LAYERS = {"errors": 0, "engine": 1, "qc": 2, "text": 2, "pipeline": 3, "book": 4, "export": 4, "train": 4,
+LAYERS = {"errors": 0, "engine": 1, "store": 1, "qc": 2, "text": 2, "pipeline": 3, "book": 4, "export": 4, "train": 4,
           "bench": 5, "cli": 6, "__main__": 6}
 
 
@@ -47,7 +47,7 @@ def _synth_imports(path: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "synth"]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "synth":
-            # `from synth.pipeline import storage` imports synth.pipeline.storage
+            # `from synth.store import storage` imports synth.store.storage
             out += [(node.lineno, f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in _modules() else node.module)
                     for a in node.names]
     return out

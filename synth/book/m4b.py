@@ -5,7 +5,8 @@ genre `Audiobook`, and the cover as an attached picture (JPEG or PNG).
 
 Chapters are added one at a time, so a long book is never in memory whole: they are
 encoded into a temporary local file, which lands at its destination in one step when
-the book is closed (rename for a local path, a single upload for an object store). It
+the book is closed (rename for a local path, a single upload for an object store), or is
+handed, a chunk at a time, to a writer such as a store's (`close_into`). It
 uses PyAV (FFmpeg's AAC encoder and MP4 muxer, shipped in its wheel) and knows nothing
 about how the chapters were made.
 
@@ -20,28 +21,33 @@ from __future__ import annotations
 import os
 import tempfile
 from fractions import Fraction
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from synth.pipeline import storage
+from synth.store import storage
 
 FORMAT = "m4b"  # a book format: one file for the whole book, not one per chapter
 _BLOCK = 24000  # samples handed to the encoder at a time
 _COVER_CODECS = {"image/jpeg": "mjpeg", "image/png": "png"}  # what MP4 can carry as an attached picture
+_CHUNK = 1 << 20  # bytes handed to `close_into`'s writer at a time
+T = TypeVar("T")
 
 
 class M4bBook:
     """An M4B being written; `add_chapter` in book order, then `close` (or `discard`)."""
 
-    def __init__(self, destination: storage.Location, *, sample_rate_hz: int, title: str, author: str | None = None,
+    def __init__(self, destination: storage.Location | None, *, sample_rate_hz: int, title: str, author: str | None = None,
                  language: str | None = None, cover: bytes | None = None, cover_type: str | None = None,
                  bit_rate: int = 64000):
-        """A cover of another type than JPEG or PNG is left out (`self.cover_skipped` says so)."""
+        """destination: where `close` puts the file (None: `close_into` only; the temp file is then in
+        the system's temp directory). A cover of another type than JPEG or PNG is left out
+        (`self.cover_skipped` says so)."""
         import av
 
         self.destination = destination
         self.sample_rate_hz = sample_rate_hz
-        directory = os.path.dirname(destination.path) if destination.is_local else None
+        directory = os.path.dirname(destination.path) if destination is not None and destination.is_local else None
         if directory:
             os.makedirs(directory, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(suffix=".m4b.tmp", dir=directory)  # same filesystem: rename is atomic
@@ -80,19 +86,32 @@ class M4bBook:
         self._chapters.append({"id": len(self._chapters) + 1, "start": start, "end": self._samples,
                                "time_base": Fraction(1, self.sample_rate_hz), "metadata": {"title": title}})
 
-    def close(self) -> str:
-        """Finish the file and move it to its destination; returns the destination's URI."""
+    def _finish(self) -> None:
         import av
 
+        self._container.mux(self._stream.encode(None))  # flush the encoder
+        if self._cover is not None:  # the picture: one packet, as it is (no re-encoding)
+            stream, data = self._cover
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts = stream, 0, 0
+            self._container.mux(packet)
+        self._container.set_chapters(self._chapters)
+        self._close_container()
+
+    def close_into(self, write: Callable[[Iterable[bytes]], T]) -> T:
+        """Finish the file and hand its bytes, a chunk at a time, to `write`; returns what it returns."""
         try:
-            self._container.mux(self._stream.encode(None))  # flush the encoder
-            if self._cover is not None:  # the picture: one packet, as it is (no re-encoding)
-                stream, data = self._cover
-                packet = av.Packet(data)
-                packet.stream, packet.pts, packet.dts = stream, 0, 0
-                self._container.mux(packet)
-            self._container.set_chapters(self._chapters)
-            self._close_container()
+            self._finish()
+            with open(self._tmp, "rb") as f:
+                return write(iter(lambda: f.read(_CHUNK), b""))
+        finally:
+            self.discard()
+
+    def close(self) -> str:
+        """Finish the file and move it to its destination; returns the destination's URI."""
+        assert self.destination is not None, "no destination: use close_into"
+        try:
+            self._finish()
             if self.destination.is_local:
                 os.replace(self._tmp, self.destination.path)
             else:

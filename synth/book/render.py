@@ -6,17 +6,19 @@ whole chapter (`chapter-NNN`) when it makes one passage or passage_chunks is 0. 
 the narrator's voice, so a passage renders as one chain with rolling context (the
 voice prompt, then the newest chunks that fit), and passages render in parallel, in
 the slots of as many actors as there are, each committed when done. The run is an
-ordinary synthesis run into the same output (per-chunk dataset, commits, resume); this
-module owns writing that manifest and, once the chunks exist, assembling each chapter
-from its passages:
+ordinary synthesis run into the same output, a dataset store of kind `book`
+(`synth.pipeline.output`: per-chunk dataset, commits, resume); this module owns writing
+that manifest and, once the chunks exist, assembling each chapter from its passages, each
+committed as a unit of the store:
 
-    OUT/book/manifest.parquet          the passages as scripts (rewritten identically on resume)
+    OUT/book/manifest.parquet          the passages as scripts (unit book-manifest; the same bytes on resume)
     OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
-    OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter
-    OUT/chapters/chapter-001.json      timing: the book's metadata, the chapter's ACX numbers, and each
-                                       chunk's start/end, written and spoken text, and QC scores
-    OUT/chapters/chapter-001.srt|vtt   the same as subtitles
-    OUT/book.m4b                       with format "m4b": the whole book, a marker per chapter
+    OUT/chapters/chapter-001.wav|flac|mp3  one file per chapter                           } unit chapter-001
+    OUT/chapters/chapter-001.json      timing: the book's metadata, the chapter's ACX    }
+                                       numbers, and each chunk's start/end, written and  }
+                                       spoken text, and QC scores                         }
+    OUT/chapters/chapter-001.srt|vtt   the same as subtitles                              }
+    OUT/book.m4b                       with format "m4b": the whole book, a marker per chapter (unit book-m4b)
 
 `render_book` runs the pieces: the book read (`open_book`: EPUB, Markdown or text), the
 manifest, the run (`synth.pipeline.runner`, normalising the text unless the config says
@@ -36,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 
@@ -47,20 +50,30 @@ from synth.book.master import MasterSettings, master
 from synth.book.stitch import (
     AUDIO_FORMATS,
     StitchSettings,
+    encode_chapter,
     stitch,
     timing_json,
     to_srt,
     to_vtt,
-    write_audio,
 )
 from synth.book.text import Book, Chapter, load_text_book
 from synth.errors import SynthError
-from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, SynthConfig
-from synth.pipeline.lease import Lease
-from synth.pipeline.manifest import write_manifest
-from synth.pipeline.output import OutputDir
+from synth.pipeline.manifest import manifest_bytes
+from synth.pipeline.output import (
+    BOOK,
+    BOOK_M4B,
+    BOOK_MANIFEST,
+    CHAPTERS_DIR,
+    data_files,
+    recorded_plan,
+)
 from synth.pipeline.runner import run
+from synth.store.lease import Lease
+from synth.store.store import Store
+
+MANIFEST_UNIT = "book-manifest"
+M4B_UNIT = "book-m4b"
 
 # The quality-control columns a run may add to data/ (issue 12): a chunk's scores, copied into
 # its chapter's timing file when the rows have them.
@@ -113,33 +126,35 @@ class BookChanged(SynthError, ValueError):
     """The output holds a render of a different book text or narrator."""
 
 
-def write_book_manifest(chapters: Sequence[Chapter], voice: str, out: storage.Location, *,
-                        passage_chunks: int = 0, allow_changes: bool = False) -> str:
-    """Write the chapters' passages as a scripts manifest under OUT/book/; returns its URI. A
-    relaunch on an output rendered from different text or another voice is refused unless
-    allowed; one whose passages are laid out differently (other ids or chunk counts) is
-    refused outright, since committed chunks are numbered within their passage."""
+def write_book_manifest(chapters: Sequence[Chapter], voice: str, store: Store, *, passage_chunks: int = 0) -> str:
+    """Commit the chapters' passages as a scripts manifest (unit book-manifest); returns its URI.
+    A relaunch on a render of different text or another voice is refused (its chunks were made
+    from the old), and so is one whose passages are laid out differently (other ids or chunk
+    counts), since committed chunks are numbered within their passage."""
     rows = [{"id": p.script_id, "voice": voice, "turns": [{"text": chunk.text} for chunk in c.chunks[p.start : p.stop]]}
             for c in chapters for p in passages(c, passage_chunks)]
-    location = out.join("book", "manifest.parquet")
-    if storage.exists(location):
-        previous = pq.read_table(out.fs.open_input_file(location.path)).to_pylist()
-        layout, layout_before = ([(r["id"], len(r["turns"])) for r in t] for t in (rows, previous))
+    data = manifest_bytes(rows)
+    previous = store.read_verified(MANIFEST_UNIT, BOOK_MANIFEST)
+    if previous is not None and previous != data:
+        previous_rows = pq.read_table(pa.BufferReader(previous)).to_pylist()
+        layout, layout_before = ([(r["id"], len(r["turns"])) for r in t] for t in (rows, previous_rows))
         if layout != layout_before:
             where = next((f"first at {new[0]}" for new, old in zip(layout, layout_before) if new != old),
-                         "the number of passages")
+                          "the number of passages")
             before = [n for _, n in layout_before]
-            raise BookChanged(f"{out.uri} holds a render whose passages are laid out differently ({where}: other "
+            raise BookChanged(f"{store.uri} holds a render whose passages are laid out differently ({where}: other "
                               f"chunks or --passage-chunks; it has {len(before)} passages of {min(before)}-"
                               f"{max(before)} chunks); committed chunks are numbered within their passage, so "
                               f"relaunch with the book text and --passage-chunks it was rendered with (0 for a "
                               f"render made before passages), or use a new --output")
-        changed = [r["id"] for r, p in zip(rows, previous) if _spoken(r) != _spoken(p)]
-        if changed and not allow_changes:
-            raise BookChanged(f"{out.uri} holds a render of a different book text or voice (changed: "
-                              f"{', '.join(changed[:5])}); use a new --output, or --allow-changes")
-    write_manifest(location.uri, rows)
-    return location.uri
+        changed = [r["id"] for r, p in zip(rows, previous_rows) if _spoken(r) != _spoken(p)]
+        raise BookChanged(f"{store.uri} holds a render of a different book text or voice (changed: "
+                          f"{', '.join(changed[:5]) or 'the manifest'}): its chunks were made from the old one. "
+                          "Use a new --output, or the book and voice it was rendered from.")
+    if previous is None:
+        store.retract(MANIFEST_UNIT)
+        store.commit(MANIFEST_UNIT, [store.write(BOOK_MANIFEST, data)])
+    return store.at(BOOK_MANIFEST).uri
 
 
 def _spoken(row: dict) -> tuple:
@@ -147,12 +162,12 @@ def _spoken(row: dict) -> tuple:
     return row["id"], row["voice"], [turn["text"] for turn in row["turns"]]
 
 
-def book_run_config(config: SynthConfig, num_scripts: int, out: storage.Location) -> SynthConfig:
+def book_run_config(config: SynthConfig, num_scripts: int, store: Store) -> SynthConfig:
     """The run's config for a book: passages spread evenly over the actors (each actor renders
     its passages at once, one chain each), and every passage committed as soon as it is done.
     A resumed render keeps the shard size it started with, whatever the actor count now. The
     text is normalised to its spoken form unless the config's `text.normalize` says false."""
-    recorded = OutputDir(out).recorded_plan()
+    recorded = recorded_plan(store)
     per_shard = recorded.scripts_per_shard if recorded else max(1, math.ceil(num_scripts / config.actors.num_actors))
     output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
     text = config.text.model_copy(update={"normalize": config.text.normalize is not False})
@@ -170,25 +185,27 @@ class ChapterFiles:
     acx: AcxReport
 
 
-def _parts_by_script(out: storage.Location) -> dict[str, list[str]]:
+def _parts_by_script(store: Store) -> dict[str, list[str]]:
     """script id -> the data part files holding its rows (reads only the `script_id` column)."""
     parts: dict[str, list[str]] = defaultdict(list)
-    for path in OutputDir(out).data_files():
-        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id"])
+    fs = store.location.fs
+    for path in data_files(store):
+        table = pq.read_table(fs.open_input_file(path), columns=["script_id"])
         for script_id in set(table.column(0).to_pylist()):
             parts[script_id].append(path)
     return parts
 
 
-def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dict[int, tuple[np.ndarray, dict]]:
+def _chunk_audio(store: Store, paths: list[str], script_id: str) -> dict[int, tuple[np.ndarray, dict]]:
     """turn -> (audio [num_samples] float32, what else the row says: `spoken_text` and the QC
     scores it has) of one script (passage), from its part files. Where a turn has several rows
     (takes), the one that passed QC is used, else the latest take."""
     found: dict[int, tuple[tuple, np.ndarray, dict]] = {}
+    fs = store.location.fs
     for path in paths:
-        names = set(pq.read_schema(out.fs.open_input_file(path)).names)
+        names = set(pq.read_schema(fs.open_input_file(path)).names)
         extra = [c for c in ("spoken_text", *QC_COLUMNS) if c in names]
-        table = pq.read_table(out.fs.open_input_file(path), columns=["script_id", "turn", "audio", *extra],
+        table = pq.read_table(fs.open_input_file(path), columns=["script_id", "turn", "audio", *extra],
                               filters=[("script_id", "=", script_id)])
         for row in table.to_pylist():  # a null QC column: QC was off, or that metric was not measured
             scores = {c: row[c] for c in extra if c == "spoken_text" or row[c] is not None}
@@ -199,7 +216,7 @@ def _chunk_audio(out: storage.Location, paths: list[str], script_id: str) -> dic
     return {turn: (audio, scores) for turn, (_, audio, scores) in found.items()}
 
 
-def assemble_chapters(book: Book, out: storage.Location, *, sample_rate_hz: int, formats: Sequence[str],
+def assemble_chapters(book: Book, store: Store, *, sample_rate_hz: int, formats: Sequence[str],
                       passage_chunks: int = 0, settings: StitchSettings = StitchSettings(),
                       mastering: MasterSettings | None = MasterSettings(), title: str = "",
                       log=print) -> list[ChapterFiles]:
@@ -208,11 +225,11 @@ def assemble_chapters(book: Book, out: storage.Location, *, sample_rate_hz: int,
     numbers (a line per chapter in the log); with "m4b" among the formats, also the whole
     book as OUT/book.m4b with a marker per chapter, titled `title`, with the book's author,
     language and cover. A chunk that failed is left out and marked `missing` in the timing file."""
-    parts = _parts_by_script(out)
+    parts = _parts_by_script(store)
     written = []
     m4b = None
     if M4B in formats:
-        m4b = M4bBook(out.join(f"book.{M4B}"), sample_rate_hz=sample_rate_hz, title=title, author=book.author,
+        m4b = M4bBook(None, sample_rate_hz=sample_rate_hz, title=title, author=book.author,
                       language=book.language, cover=book.cover, cover_type=book.cover_type)
         if m4b.cover_skipped:
             log(f"book: the cover is {book.cover_type}, which an M4B cannot carry (JPEG or PNG): left out")
@@ -223,22 +240,24 @@ def assemble_chapters(book: Book, out: storage.Location, *, sample_rate_hz: int,
     about = {"title": title, "author": book.author, "language": book.language}
     try:
         for chapter in book.chapters:  # one chapter's audio in memory at a time
-            written.append(_assemble_chapter(chapter, out, parts, sample_rate_hz=sample_rate_hz, formats=formats,
+            written.append(_assemble_chapter(chapter, store, parts, sample_rate_hz=sample_rate_hz, formats=formats,
                                              passage_chunks=passage_chunks, settings=settings, mastering=mastering,
                                              about=about, m4b=m4b, log=log))
         if m4b is not None:
-            log(f"book: {len(book.chapters)} chapters with markers -> {m4b.close()}")
+            store.retract(M4B_UNIT)
+            store.commit(M4B_UNIT, [m4b.close_into(lambda chunks: store.write_stream(BOOK_M4B, chunks))])
+            log(f"book: {len(book.chapters)} chapters with markers -> {store.at(BOOK_M4B).uri}")
     finally:
         if m4b is not None:
             m4b.discard()
     return written
 
 
-def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, list[str]], *, sample_rate_hz: int,
+def _assemble_chapter(chapter: Chapter, store: Store, parts: dict[str, list[str]], *, sample_rate_hz: int,
                       formats: Sequence[str], passage_chunks: int, settings: StitchSettings,
                       mastering: MasterSettings | None, about: dict, m4b: M4bBook | None, log) -> ChapterFiles:
     rows = {p.start + turn: found for p in passages(chapter, passage_chunks)
-            for turn, found in _chunk_audio(out, parts.get(p.script_id, []), p.script_id).items()
+            for turn, found in _chunk_audio(store, parts.get(p.script_id, []), p.script_id).items()
             if turn < p.stop - p.start}
     pieces = [(chunk.text, rows[i][0] if i in rows else None, chunk.paragraph_end)
               for i, chunk in enumerate(chapter.chunks)]
@@ -246,8 +265,10 @@ def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, 
     if mastering is not None:
         samples = master(samples, sample_rate_hz, mastering)
     acx = acx_check(samples, sample_rate_hz)
-    stem = out.join("chapters", chapter_id(chapter))
-    files = write_audio(stem.uri, samples, sample_rate_hz, formats)
+    stem = f"{CHAPTERS_DIR}/{chapter_id(chapter)}"
+    store.retract(chapter_id(chapter))
+    records = [store.write(f"{stem}.{fmt}", encode_chapter(samples, sample_rate_hz, fmt))
+               for fmt in dict.fromkeys(formats)]
     if m4b is not None:
         m4b.add_chapter(chapter.title, samples)
     timing = {"book": about, **timing_json(chapter.title, chapter.index, sample_rate_hz, len(samples), timed),
@@ -256,12 +277,12 @@ def _assemble_chapter(chapter: Chapter, out: storage.Location, parts: dict[str, 
         entry.update(rows[entry["index"]][1] if entry["index"] in rows else {})
     for suffix, text in ((".json", json.dumps(timing, indent=2, ensure_ascii=False)),
                          (".srt", to_srt(timed)), (".vtt", to_vtt(timed))):
-        location = out.join("chapters", chapter_id(chapter) + suffix)
-        storage.write_bytes_atomic(location, text.encode())
-        files.append(location.uri)
+        records.append(store.write(stem + suffix, text.encode()))
+    store.commit(chapter_id(chapter), records)
+    files = [store.at(record.path).uri for record in records]
     missing = sum(t.missing for t in timed)
     log(f"chapter {chapter.index + 1} ({chapter.title}): {len(samples) / sample_rate_hz:.1f} s, "
-        f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {stem.uri}.*")
+        f"{len(timed)} chunks" + (f", {missing} MISSING" if missing else "") + f" -> {store.at(stem).uri}.*")
     log(f"chapter {chapter.index + 1}: {acx.line()}")
     return ChapterFiles(chapter.index, chapter.title, len(samples) / sample_rate_hz, len(timed), missing, tuple(files),
                         acx)
@@ -295,16 +316,15 @@ def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: 
     num_passages = sum(len(passages(c, passage_chunks)) for c in chapters)
     log(f"book: {len(chapters)} chapters, {num_passages} passages, {sum(len(c.chunks) for c in chapters)} chunks "
         f"({sum(len(k.text) for c in chapters for k in c.chunks)} characters) from {book_path}")
-    out = storage.resolve(output_uri)
-    output = OutputDir(out)
-    output.claim(adopt=adopt)
+    store = Store.at_uri(output_uri, BOOK)
+    store.claim(adopt=adopt)
     # One lease over the whole render: the book's manifest, the run, the chapter files.
-    with Lease.acquire(output, stale_after_s=config.job.lease_stale_seconds, log=log) as lease:
-        manifest = write_book_manifest(chapters, voice, out, passage_chunks=passage_chunks,
-                                       allow_changes=allow_changes)
-        summary = run(book_run_config(config, num_passages, out), manifest, output_uri, allow_changes=allow_changes,
-                      lease=lease, log=log)
-        written = assemble_chapters(book, out, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
+    with Lease.acquire(store, stale_after_s=config.job.lease_stale_seconds, log=log) as lease:
+        store.run_id = lease.run_id
+        manifest = write_book_manifest(chapters, voice, store, passage_chunks=passage_chunks)
+        summary = run(book_run_config(config, num_passages, store), manifest, output_uri,
+                      allow_changes=allow_changes, store=store, lease=lease, log=log)
+        written = assemble_chapters(book, store, sample_rate_hz=SAMPLE_RATE_HZ, formats=formats,
                                     passage_chunks=passage_chunks, settings=settings, mastering=mastering,
                                     title=title, log=log)
     missing = sum(c.missing_chunks for c in written)

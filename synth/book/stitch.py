@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import soundfile as sf
 
-from synth.pipeline import storage
 from synth.pipeline.audio_io import encode_audio
+from synth.store import storage
 
 AUDIO_FORMATS = ("wav", "flac", "mp3")
 
@@ -169,12 +169,13 @@ def write_audio(path_stem: str, audio: np.ndarray, sample_rate_hz: int, formats:
     paths = []
     for fmt in dict.fromkeys(formats):
         path = f"{os.fspath(path_stem)}.{fmt}"
-        storage.write_bytes_atomic(storage.resolve(path), _encode(audio, sample_rate_hz, fmt))
+        storage.write_bytes_atomic(storage.resolve(path), encode_chapter(audio, sample_rate_hz, fmt))
         paths.append(path)
     return paths
 
 
-def _encode(audio: np.ndarray, sample_rate_hz: int, fmt: str) -> bytes:
+def encode_chapter(audio: np.ndarray, sample_rate_hz: int, fmt: str) -> bytes:
+    """A chapter's audio as the bytes of one file format (wav, flac: 16-bit PCM; mp3)."""
     if fmt != "mp3":
         return encode_audio(audio, sample_rate_hz, fmt)
     buf = io.BytesIO()

@@ -24,15 +24,14 @@ import yaml
 
 from synth import __version__
 from synth.export.stats import OutputStats
-from synth.pipeline import storage
 from synth.pipeline.output import (
     CARD_FILE,
     CARD_FILE_ASIDE,
     DATA_DIR,
-    PLAN_RECORD,
     RUN_RECORD,
-    OutputDir,
+    data_files,
 )
+from synth.store.store import SETTINGS_HISTORY, Store
 
 CARD_MARK = "# synth-card: written by synth after every run; delete this line to keep your edits from being replaced"
 _SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -44,11 +43,11 @@ def size_category(rows: int) -> str:
     return next((name for bound, name in _SIZES if rows < bound), "n>10M")
 
 
-def _features_yaml(output: OutputDir) -> list | None:
+def _features_yaml(output: Store) -> list | None:
     """The data's features as the hub's YAML lists them, from the first data part's schema."""
     from datasets import DatasetInfo, Features
 
-    files = output.data_files()
+    files = data_files(output)
     if not files:
         return None
     with output.location.fs.open_input_file(files[0]) as f:
@@ -75,15 +74,36 @@ def statistics(stats: OutputStats) -> dict:
     return numbers
 
 
-def _settings(output: OutputDir) -> dict:
+SHAPING = ("engine", "dtype", "sampling", "generation", "output")  # plan.json's settings the card shows
+
+
+def _settings(output: Store) -> dict:
     """The settings that shaped the audio, from plan.json (the run's identity)."""
-    if not storage.exists(output.at(PLAN_RECORD)):
-        return {}
-    identity = output.read_json(PLAN_RECORD)
-    return {k: identity.get(k) for k in ("engine", "dtype", "sampling", "generation", "output")}
+    identity = output.identity() or {}
+    return {k: identity.get(k) for k in SHAPING}
 
 
-def card_text(output: OutputDir, stats: OutputStats, *, license_id: str = "other") -> str:
+def _settings_by_rows(output: Store, stats: OutputStats) -> str:
+    """When rows were made with more than one set of settings (a relaunch with --allow-changes):
+    each set, with how many rows it made and how it differs from the newest; "" otherwise."""
+    if len(stats.rows_by_settings) < 2:
+        return ""
+    history = {h.get("settings"): h for h in (output.identity() or {}).get(SETTINGS_HISTORY, [])}
+    newest = _settings(output)
+    lines = ["", "These rows were not all made with those settings (the run was continued with "
+             "`--allow-changes`): rows by the settings that made them (each part records its own):", ""]
+    for key, rows in stats.rows_by_settings.most_common():
+        values = history.get(key, {}).get("values", {})
+        differs = {k: values.get(k) for k in SHAPING + ("model", "voices", "text", "qc")
+                   if k in values and values.get(k) != (newest.get(k) if k in newest else values.get(k))}
+        said = "the settings above" if not differs else "; ".join(
+            f"{k}: {json.dumps(v)[:300]}" for k, v in differs.items())
+        when = history.get(key, {}).get("recorded_at", "unknown time")
+        lines.append(f"- {rows} rows, settings `{key}` (first used {when}): {said}")
+    return "\n".join(lines) + "\n"
+
+
+def card_text(output: Store, stats: OutputStats, *, license_id: str = "other") -> str:
     """The whole README.md."""
     models = sorted({(m or "?", w or "?", e or "?") for m, w, e in stats.models})
     numbers = statistics(stats)
@@ -115,7 +135,7 @@ def card_text(output: OutputDir, stats: OutputStats, *, license_id: str = "other
                                                                       key=lambda kv: str(kv[0])))
     qc = (f"| QC pass rate | {numbers['qc_pass_rate']:.1%} ({stats.qc_passed} of {stats.qc_rows}) |\n"
           if stats.has_qc and stats.qc_rows else "| QC | not measured (no `qc_pass` column) |\n")
-    run_note = ("" if storage.exists(output.at(RUN_RECORD)) else
+    run_note = ("" if output.exists(RUN_RECORD) else
                 "\nNo run.json yet: the run has not finished; these numbers are what it has committed so far.\n")
     return f"""---
 {CARD_MARK}
@@ -137,7 +157,7 @@ Settings that shaped the audio (from `plan.json`):
 ```json
 {json.dumps(settings, indent=2)[:4000]}
 ```
-
+{_settings_by_rows(output, stats)}
 ## Statistics
 
 | | |
@@ -169,11 +189,10 @@ must respect the license of the model that generated it.
 """
 
 
-def write_card(output: OutputDir, stats: OutputStats, *, license_id: str = "other", log=print) -> str:
+def write_card(output: Store, stats: OutputStats, *, license_id: str = "other", log=print) -> str:
     """Write the card as README.md (or README.synth.md when README.md is not synth's); returns its name."""
     target = CARD_FILE
-    if storage.exists(output.at(CARD_FILE)) and CARD_MARK not in storage.read_bytes(output.at(CARD_FILE)).decode(
-            errors="replace"):
+    if output.exists(CARD_FILE) and CARD_MARK not in output.read(CARD_FILE).decode(errors="replace"):
         target = CARD_FILE_ASIDE
         log(f"synth: {output.at(CARD_FILE).uri} is not a card synth wrote: left as it is; the card is {target}")
     output.write(target, card_text(output, stats, license_id=license_id).encode())

@@ -13,21 +13,18 @@ from __future__ import annotations
 
 from synth.export.card import write_card
 from synth.export.report import write_report
-from synth.export.rows import ExportError
 from synth.export.stats import collect
-from synth.pipeline import storage
-from synth.pipeline.lease import Lease
-from synth.pipeline.output import OWNER_RECORD, PLAN_RECORD, OutputDir
+from synth.pipeline.output import dataset_store
+from synth.store.lease import Lease
 
 
 def describe_output(output_uri: str, *, card: bool = True, report: bool = True, license_id: str = "other",
                     lease_stale_seconds: float = 60.0, log=print) -> list[str]:
-    """Write the card and/or the report of `output_uri`; returns the names written."""
-    output = OutputDir(storage.resolve(output_uri))
-    if not storage.exists(output.at(OWNER_RECORD)) and not storage.exists(output.at(PLAN_RECORD)):
-        raise ExportError(f"{output.uri} is not a synth output (no {OWNER_RECORD} or {PLAN_RECORD} in it)")
+    """Write the card and/or the report of the dataset at `output_uri`; returns the names written."""
+    output = dataset_store(output_uri, "a dataset card and report")
     written = []
-    with Lease.acquire(output, stale_after_s=lease_stale_seconds, log=log):
+    with Lease.acquire(output, stale_after_s=lease_stale_seconds, log=log) as lease:
+        output.run_id = lease.run_id
         stats = collect(output)
         if card:
             written.append(write_card(output, stats, license_id=license_id, log=log))

@@ -1,13 +1,14 @@
-"""An export as a job: source parts fanned out as Ray tasks, each committed like a run's part.
+"""An export as a job: source parts fanned out as Ray tasks, each committed as a unit of the export's store.
 
-This module owns `run_export` (the driver: claim the export directory, take its lease,
-check that a rerun asks for the same export, delete what an unfinished export left, hand
-every committed source part not yet exported to a Ray task, at most `num_workers` at once,
-then write the NeMo manifest and `export.json`) and `export_part` (the task: read one part
-with the filters, write its files through the format's module, commit its marker under the
-lease). Ray is found as a run finds it (`synth.pipeline.runner.init_ray`). The formats'
-contents are `lhotse_shar`'s, `nemo`'s and `webdataset`'s; the names and markers are
-`synth.export.destination`'s.
+This module owns `run_export` (the driver: open the source dataset, claim the export store,
+take its lease, record or check what is exported (a rerun must ask for the same export),
+recover what an unfinished export left, make again the parts whose source part changed
+since, hand every committed source part not yet exported to a Ray task, at most
+`num_workers` at once, then commit the NeMo manifest and write `export.json`) and
+`export_part` (the task: read one part with the filters, write its files through the
+format's module, commit its marker under the lease). Ray is found as a run finds it
+(`synth.pipeline.runner.init_ray`). The formats' contents are `lhotse_shar`'s, `nemo`'s
+and `webdataset`'s; the names are `synth.export.destination`'s, the protocol `synth.store`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import time
 from collections import Counter
 
 from synth.export import lhotse_shar, nemo, webdataset
-from synth.export.destination import NEMO_MANIFEST, ExportDir, UnitCommit
+from synth.export.destination import (
+    EXPORT,
+    EXPORT_RECORD,
+    NEMO_MANIFEST,
+    NEMO_MANIFEST_UNIT,
+    UnitCommit,
+    accept_unit,
+)
 from synth.export.options import ExportOptions
 from synth.export.rows import (
     ExportError,
@@ -26,22 +34,24 @@ from synth.export.rows import (
     read_rows,
     source_columns,
 )
-from synth.pipeline import storage
-from synth.pipeline.faults import actor_runtime_env, crash_point
-from synth.pipeline.lease import Lease
-from synth.pipeline.output import FileRecord, OutputDir, StopRun
+from synth.pipeline.output import dataset_store
+from synth.store.errors import StopRun
+from synth.store.faults import actor_runtime_env, crash_point
+from synth.store.lease import Lease
+from synth.store.recovery import recover
+from synth.store.store import Store
 
 
-def export_part(options_dict: dict, source_uri: str, dest_uri: str, part: SourcePart, run_id: str) -> UnitCommit:
+def export_part(options_dict: dict, source_uri: str, dest_uri: str, part: SourcePart, run_id: str,
+                settings: str) -> UnitCommit:
     """Export one source part into EXPORT and commit it (its marker last); runs as a Ray task."""
     options = ExportOptions.model_validate(options_dict)
-    source = OutputDir(storage.resolve(source_uri))
-    dest = ExportDir(OutputDir(storage.resolve(dest_uri), run_id=run_id))
-    files: list[FileRecord] = []
+    source = dataset_store(source_uri, "synth export")
+    dest = Store.at_uri(dest_uri, EXPORT, run_id=run_id, settings=settings)
+    files = []
 
     def put(path: str, data: bytes) -> None:
-        dest.output.write(path, data)
-        files.append(FileRecord.of(path, data))
+        files.append(dest.write(path, data))
 
     dropped: Counter = Counter()
     rows = read_rows(source, part, options, dropped)
@@ -52,27 +62,33 @@ def export_part(options_dict: dict, source_uri: str, dest_uri: str, part: Source
     else:
         count, seconds = webdataset.write_part(rows, part, put, shard_max_mb=options.shard_max_mb)
     crash_point("export-part-files")  # the torn unit: its files written, its marker not
-    commit = UnitCommit(part.shard, part.part, count, seconds, dict(dropped), tuple(files))
-    dest.commit(commit)
-    return commit
+    commit = UnitCommit(part.shard, part.part, count, seconds, dict(dropped), part.data_sha256)
+    marker = dest.commit(part.name, files, commit.meta())
+    return UnitCommit.from_marker(marker)
+
+
+def _overlap(source: Store, dest: Store) -> None:
+    src, dst = source.location.path.rstrip("/") + "/", dest.location.path.rstrip("/") + "/"
+    if src.startswith(dst) or dst.startswith(src):
+        raise ExportError(f"the export directory {dest.uri} and the output {source.uri} overlap: "
+                          "export into a separate directory")
 
 
 def run_export(source_uri: str, dest_uri: str, options: ExportOptions, *, log=print) -> dict:
     """Export the committed parts of `source_uri` into `dest_uri`; returns what export.json records."""
     t_start = time.time()
-    source = OutputDir(storage.resolve(source_uri))
+    source = dataset_store(source_uri, "synth export")
     parts = committed_parts(source)
     check_filters(options, source_columns(source, parts), source.uri)
-    dest = ExportDir(OutputDir(storage.resolve(dest_uri)))
-    dest.claim(source)
+    dest = Store.at_uri(dest_uri, EXPORT)
+    _overlap(source, dest)
+    dest.claim()
     identity = options.identity(source.location.path)  # absolute: `out` and `./out` are one source
-    with Lease.acquire(dest.output, stale_after_s=options.lease_stale_seconds, log=log) as lease:
-        dest.check_identity(identity)
-        dest.write_record({"identity": identity, "finished": False})
-        commits = dest.commits()
-        removed = dest.remove_unfinished(commits)
-        if removed:
-            log(f"synth export: removed {len(removed)} file(s) an unfinished export left")
+    with Lease.acquire(dest, stale_after_s=options.lease_stale_seconds, log=log) as lease:
+        dest.run_id = lease.run_id
+        dest.settings = dest.record_identity(identity, fixed={k: f"it holds an export of another {k}" for k in identity})
+        commits = _recover(dest, parts, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start)) + f"-{lease.run_id}",
+                           log)
         todo = [p for p in parts if (p.shard, p.part) not in commits]
         log(f"synth export: {len(parts)} committed part(s) in {source.uri}, {len(parts) - len(todo)} already "
             f"exported, {len(todo)} to export as {options.format}")
@@ -80,7 +96,30 @@ def run_export(source_uri: str, dest_uri: str, options: ExportOptions, *, log=pr
         return _finish(dest, options, identity, parts, commits, failed, time.time() - t_start, log)
 
 
-def _fan_out(options: ExportOptions, source_uri: str, dest: ExportDir, todo: list[SourcePart], lease: Lease,
+def _recover(dest: Store, parts: list[SourcePart], batch: str, log) -> dict[tuple[int, int], UnitCommit]:
+    """The exported parts that can be trusted and still match their source part; the rest (damaged,
+    torn, or made from a source part that was made again since) is put aside to export again."""
+    found = recover(dest, batch=batch, accept=accept_unit)
+    if found.removed:
+        log(f"synth export: removed {len(found.removed)} file(s) an unfinished export left")
+    for finding in found.findings:
+        log(f"synth export: VERIFY FAILED: {finding} (put aside in _quarantine/{batch}; exported again)")
+    sources = {(p.shard, p.part): p.data_sha256 for p in parts}
+    commits = {}
+    for unit, marker in found.units.items():
+        if unit == NEMO_MANIFEST_UNIT:
+            continue
+        commit = UnitCommit.from_marker(marker)
+        key = (commit.shard, commit.part)
+        if sources.get(key) != commit.source_sha256:
+            dest.withdraw(unit, batch, marker)
+            log(f"synth export: {unit}: its source part changed since it was exported (or is gone): exported again")
+            continue
+        commits[key] = commit
+    return commits
+
+
+def _fan_out(options: ExportOptions, source_uri: str, dest: Store, todo: list[SourcePart], lease: Lease,
              commits: dict, log) -> dict[str, str]:
     """Run `export_part` for every part of `todo` on Ray, `num_workers` at a time; returns the failed parts."""
     from synth.pipeline.runner import init_ray
@@ -96,7 +135,7 @@ def _fan_out(options: ExportOptions, source_uri: str, dest: ExportDir, todo: lis
             raise ExportError(f"{dest.uri}: another export took over the lease; this one stops")
         while queue and len(in_flight) < options.num_workers:
             part = queue.pop()
-            ref = task.remote(options.model_dump(), source_uri, dest.uri, part, lease.run_id)
+            ref = task.remote(options.model_dump(), source_uri, dest.uri, part, lease.run_id, dest.settings)
             in_flight[ref] = part
         ended, _ = ray.wait(list(in_flight), num_returns=1)
         part = in_flight.pop(ended[0])
@@ -114,13 +153,14 @@ def _fan_out(options: ExportOptions, source_uri: str, dest: ExportDir, todo: lis
     return failed
 
 
-def _finish(dest: ExportDir, options: ExportOptions, identity: dict, parts: list[SourcePart], commits: dict,
+def _finish(dest: Store, options: ExportOptions, identity: dict, parts: list[SourcePart], commits: dict,
             failed: dict, wall_s: float, log) -> dict:
     """The NeMo manifest (every committed part's lines, in order) and export.json."""
     ordered = [commits[key] for key in sorted(commits)]
     if options.format == "nemo":
         pieces = [r.path for c in ordered for r in c.files if r.path.startswith("nemo/manifests/")]
-        dest.write_streamed(NEMO_MANIFEST, (storage.read_bytes(dest.output.at(p)) for p in pieces))
+        dest.retract(NEMO_MANIFEST_UNIT)
+        dest.commit(NEMO_MANIFEST_UNIT, [dest.write_stream(NEMO_MANIFEST, (dest.read(p) for p in pieces))])
     dropped = Counter()
     for commit in ordered:
         dropped.update(commit.dropped)
@@ -135,7 +175,7 @@ def _finish(dest: ExportDir, options: ExportOptions, identity: dict, parts: list
         "dropped": dict(dropped),
         "wall_seconds": wall_s,
     }
-    dest.write_record(record)
+    dest.write_record(EXPORT_RECORD, record)
     log(f"synth export: done: {record['rows']} row(s), {record['audio_seconds']:.1f} s audio, dropped "
         f"{dict(dropped) or 'none'}, {len(failed)} failed part(s) -> {dest.uri}")
     return record

@@ -18,8 +18,8 @@ import json
 import time
 
 from synth.export.stats import OutputStats
-from synth.pipeline import storage
-from synth.pipeline.output import REPORT_FILE, RUN_RECORD, OutputDir
+from synth.pipeline.output import REPORT_FILE, RUN_RECORD
+from synth.store.store import Store
 
 FIGSIZE_IN = (6.4, 3.2)
 DPI = 80
@@ -106,9 +106,9 @@ def _audio_mime(data: bytes) -> str:
     return "audio/flac" if data[:4] == b"fLaC" else "audio/wav"
 
 
-def report_html(output: OutputDir, stats: OutputStats) -> str:
+def report_html(output: Store, stats: OutputStats) -> str:
     """The whole page."""
-    run = output.read_json(RUN_RECORD) if storage.exists(output.at(RUN_RECORD)) else {}
+    run = output.read_record(RUN_RECORD) or {}
     esc = html.escape
     summary_keys = ("scripts", "scripts_ok", "scripts_with_errors", "scripts_in_failed_shards", "shards",
                     "shards_done", "turns_generated", "error_rows", "audio_hours", "wall_seconds", "x_real_time")
@@ -146,7 +146,7 @@ table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding
 """
 
 
-def write_report(output: OutputDir, stats: OutputStats) -> str:
+def write_report(output: Store, stats: OutputStats) -> str:
     """Write OUT/report.html; returns its name."""
     output.write(REPORT_FILE, report_html(output, stats).encode())
     return REPORT_FILE

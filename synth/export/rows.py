@@ -1,7 +1,8 @@
 """The rows an export reads: committed data parts of an output, streamed, with the filters applied.
 
-This module owns which source parts count (those a commit marker covers: a partly
-finished output exports what it committed), reading one part batch by batch (memory stays
+This module owns which source parts count (those a sound commit marker covers: a partly
+finished output exports what it committed; a damaged marker stops the export, naming
+it), reading one part batch by batch (memory stays
 bounded by a batch, whatever the output's size), the export filters (QC pass, duration
 range, speakers, voices) with a count of what each dropped, and the metadata a row carries
 into every format (every column but the audio and the codes, QC columns included when the
@@ -20,8 +21,9 @@ import pyarrow.parquet as pq
 
 from synth.errors import SynthError
 from synth.export.options import ExportOptions
-from synth.pipeline import storage
-from synth.pipeline.output import OutputDir, data_file
+from synth.pipeline.output import committed_parts as dataset_parts
+from synth.pipeline.output import data_file
+from synth.store.store import Store
 
 READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
 HEAVY_COLUMNS = ("audio", "codes")  # what the metadata leaves out (each format stores them its own way)
@@ -40,6 +42,7 @@ class SourcePart:
     shard: int
     part: int
     rows: int
+    data_sha256: str = ""  # the data file's sha256, as the source's marker records it
 
     @property
     def name(self) -> str:
@@ -50,16 +53,17 @@ class SourcePart:
         return data_file(self.shard, self.part)
 
 
-def committed_parts(source: OutputDir) -> list[SourcePart]:
-    """Every committed part of `source` that holds rows, in (shard, part) order."""
-    if not storage.exists(source.at("_synth.json")) and not storage.exists(source.at("plan.json")):
-        raise ExportError(f"{source.uri} is not a synth output (no _synth.json or plan.json in it)")
-    parts, _ = source.markers()
-    found = [SourcePart(s, p, source.read_commit(s, p).rows) for s, p in sorted(parts)]
-    return [p for p in found if p.rows]
+def committed_parts(source: Store) -> list[SourcePart]:
+    """Every committed part of the dataset `source` that holds rows, in (shard, part) order."""
+    found = []
+    for (shard, part), commit in sorted(dataset_parts(source).items()):
+        record = next((f for f in commit.files if f.path == data_file(shard, part)), None)
+        if commit.rows:
+            found.append(SourcePart(shard, part, commit.rows, record.sha256 if record else ""))
+    return found
 
 
-def source_columns(source: OutputDir, parts: list[SourcePart]) -> list[str]:
+def source_columns(source: Store, parts: list[SourcePart]) -> list[str]:
     """The data columns of `source` (from its first part's schema); [] when nothing is committed.
     `qc_pass` counts only when it holds values: an output made with QC off has the column, all null."""
     if not parts:
@@ -96,7 +100,7 @@ def drop_reason(row: dict, options: ExportOptions) -> str | None:
     return None
 
 
-def read_rows(source: OutputDir, part: SourcePart, options: ExportOptions, dropped: Counter) -> Iterator[dict]:
+def read_rows(source: Store, part: SourcePart, options: ExportOptions, dropped: Counter) -> Iterator[dict]:
     """The part's rows that pass the filters, a batch at a time; counts the rest in `dropped` by reason."""
     location = source.at(part.data_path)
     with location.fs.open_input_file(location.path) as f:

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from synth.pipeline.output import OutputDir, data_file, errors_file, part_marker_file
+from synth.pipeline.output import committed_parts, data_file, errors_file, part_name
+from synth.store.layout import marker_file
+from synth.store.store import Store
 
 MAX_SAMPLES = 200_000  # values kept per plotted series
 EXAMPLES = 4  # clips the report embeds
@@ -61,6 +63,7 @@ class OutputStats:
     qc_metrics: dict = field(default_factory=lambda: defaultdict(Reservoir))
     commits: list = field(default_factory=list)  # (commit time, audio seconds) per committed part
     models: set = field(default_factory=set)  # (model, model_weights, engine) the rows name
+    rows_by_settings: Counter = field(default_factory=Counter)  # settings hash (plan.json's history) -> rows
     examples: list = field(default_factory=list)  # (id, text, audio bytes) of a few rows
     columns: list = field(default_factory=list)
 
@@ -74,16 +77,17 @@ def _error_reason(stage: str, reason: str) -> str:
     return f"{stage}: {words}"
 
 
-def collect(output: OutputDir, *, examples: int = EXAMPLES) -> OutputStats:
-    """Count what the committed parts of `output` hold (see the module docstring)."""
+def collect(output: Store, *, examples: int = EXAMPLES) -> OutputStats:
+    """Count what the committed parts of `output` hold (see the module docstring); a damaged
+    marker is a StoreError naming it (`synth.pipeline.output.committed_parts`)."""
     stats = OutputStats()
-    parts, _ = output.markers()
+    parts = committed_parts(output)
     progress = {info.path.rsplit("/", 1)[-1]: info.mtime.timestamp() for info in output.location.fs.get_file_info(
-        [output.at(part_marker_file(s, p)).path for s, p in sorted(parts)]) if info.mtime is not None}
-    for shard, part in sorted(parts):
-        commit = output.read_commit(shard, part)
+        [output.at(marker_file(part_name(s, p))).path for s, p in sorted(parts)]) if info.mtime is not None}
+    for (shard, part), commit in sorted(parts.items()):
         stats.error_rows += commit.errors
-        when = progress.get(part_marker_file(shard, part).rsplit("/", 1)[-1])
+        stats.rows_by_settings[commit.settings or "(not recorded)"] += commit.rows
+        when = progress.get(f"{part_name(shard, part)}.json")
         if when is not None:
             stats.commits.append((when, commit.audio_seconds))
         if commit.errors:
@@ -94,13 +98,13 @@ def collect(output: OutputDir, *, examples: int = EXAMPLES) -> OutputStats:
     return stats
 
 
-def _count_errors(output: OutputDir, path: str, stats: OutputStats) -> None:
+def _count_errors(output: Store, path: str, stats: OutputStats) -> None:
     table = pq.read_table(output.at(path).path, filesystem=output.location.fs, columns=["stage", "reason"])
     for row in table.to_pylist():
         stats.error_reasons[_error_reason(row["stage"], row["reason"])] += 1
 
 
-def _count_rows(output: OutputDir, path: str, stats: OutputStats, examples: int) -> None:
+def _count_rows(output: Store, path: str, stats: OutputStats, examples: int) -> None:
     location = output.at(path)
     with location.fs.open_input_file(location.path) as f:
         parquet = pq.ParquetFile(f)

@@ -38,11 +38,13 @@ class RunError(SynthError, RuntimeError):
 
 @dataclass(frozen=True)
 class Call:
-    """A call to make: `method` of actor number `actor`, with `shard` for RUN_SHARD."""
+    """A call to make: `method` of actor number `actor`, with `shard` for RUN_SHARD and which
+    attempt at it this is (1-based; a retried shard runs its scripts isolated)."""
 
     actor: int
     method: str
     shard: Shard | None = None
+    attempt: int = 1
 
 
 def fmt_duration(seconds: float) -> str:
@@ -143,7 +145,7 @@ class Dispatcher:
             actor, shard = self.idle.pop(), self.queue.popleft()
             self.attempts[shard.index] = self.attempts.get(shard.index, 0) + 1
             self.running[actor] = shard
-            self._calls.append(Call(actor, RUN_SHARD, shard))
+            self._calls.append(Call(actor, RUN_SHARD, shard, self.attempts[shard.index]))
         if not (self.running or self.starting or self.preparing is not None or self.ask_at):
             raise RunError("no actor could be started")
         calls, self._calls = self._calls, []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig, unknown_voice
 from synth.pipeline.manifest import (
     Manifest,
@@ -23,6 +22,7 @@ from synth.pipeline.manifest import (
     open_manifest,
 )
 from synth.pipeline.plan import Plan, plan_shards
+from synth.store import storage
 
 MAX_ERRORS_SHOWN = 20
 

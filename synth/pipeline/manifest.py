@@ -4,9 +4,13 @@ This module owns the manifest schema (and writing manifests in it: `write_manife
 opening one file or a directory of files on any pyarrow filesystem, reading a range of
 rows without loading the rest, and turning each raw row into a validated `Script` or a
 `RowError` that names the row and the problem.
-It also refuses a manifest with no rows (`open_manifest`) or with duplicate ids
-(`check_unique_ids`) before anything runs.
-It knows nothing about models, Ray or output files.
+It also refuses a manifest with no rows or an `id` column that is not strings
+(`open_manifest`), or with duplicate ids (`check_unique_ids`; a null id is a bad row, not
+a duplicate), before anything runs. Every value is checked against the range of the
+output column it lands in (a speaker must fit `int32`, a seed plus its turns `int64`), so
+a bad value is an error row naming it, never a failed shard. A run's actors open exactly
+the files the plan lists (`open_planned`) and refuse rows whose ids are not the ones the
+plan gave their shard (`read_shard`). It knows nothing about models, Ray or output files.
 
 Two forms are accepted:
 
@@ -24,16 +28,21 @@ audio paths resolve against the directory of the manifest file that names them.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.errors import SynthError
-from synth.pipeline import storage
+from synth.store import storage
+from synth.store.errors import InputChanged
+
+INT32_MAX = 2**31 - 1  # speaker, turn: int32 columns of the output
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seed: an int64 column (a script's seed + its turn index)
 
 
 def scripts_schema(speaker_type: pa.DataType = pa.int64()) -> pa.Schema:
@@ -53,13 +62,19 @@ def scripts_table(rows: Sequence[dict[str, Any]], speaker_type: pa.DataType = pa
     return pa.Table.from_pylist(list(rows), schema=scripts_schema(speaker_type))
 
 
+def manifest_bytes(rows: Sequence[dict[str, Any]], *, speaker_type: pa.DataType = pa.int64(),
+                   row_group_size: int | None = None) -> bytes:
+    """Script rows as the bytes of a scripts manifest (Parquet): the same rows always give the same bytes."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(scripts_table(rows, speaker_type), sink, row_group_size=row_group_size)
+    return sink.getvalue().to_pybytes()
+
+
 def write_manifest(path: str, rows: Sequence[dict[str, Any]], *, speaker_type: pa.DataType = pa.int64(),
                    row_group_size: int | None = None) -> str:
     """Write script rows as a scripts manifest at a local path or URI; returns the path."""
-    loc = storage.resolve(path)
-    sink = pa.BufferOutputStream()
-    pq.write_table(scripts_table(rows, speaker_type), sink, row_group_size=row_group_size)
-    storage.write_bytes_atomic(loc, sink.getvalue().to_pybytes())
+    data = manifest_bytes(rows, speaker_type=speaker_type, row_group_size=row_group_size)
+    storage.write_bytes_atomic(storage.resolve(path), data)
     return path
 
 
@@ -129,6 +144,9 @@ def _form_of(schema: pa.Schema, uri: str) -> str:
     names = set(schema.names)
     if "id" not in names:
         raise ManifestError(f"{uri}: manifest needs an `id` column; columns are {sorted(names)}")
+    id_type = schema.field("id").type
+    if not (pa.types.is_string(id_type) or pa.types.is_large_string(id_type)):
+        raise ManifestError(f"{uri}: the `id` column must hold strings (one id per script), it is {id_type}")
     if "turns" in names:
         return "scripts"
     if "text" in names and names & {"speaker", "voice"}:
@@ -152,19 +170,48 @@ def open_manifest(path_or_uri: str) -> Manifest:
         paths = [loc.path]
     files, forms, first_row = [], set(), 0
     for path in paths:
-        uri = path if loc.is_local else f"{loc.uri.split('://')[0]}://{path}"
-        try:
-            meta = pq.ParquetFile(loc.fs.open_input_file(path)).metadata
-        except (pa.ArrowInvalid, OSError) as e:
-            raise ManifestError(f"{uri}: not a readable Parquet file ({e})") from None
-        forms.add(_form_of(meta.schema.to_arrow_schema(), uri))
-        files.append(ManifestFile(path, uri, meta.num_rows, first_row))
-        first_row += meta.num_rows
+        mf, form = _open_file(loc, path, first_row)
+        files.append(mf)
+        forms.add(form)
+        first_row += mf.num_rows
     if len(forms) > 1:
         raise ManifestError(f"{path_or_uri}: files mix the `turns` and flat forms")
     if first_row == 0:  # refused rather than a run that writes no dataset
         raise ManifestError(f"{path_or_uri}: the manifest has no rows ({len(files)} file(s), all empty): "
                             "nothing to synthesize")
+    return Manifest(loc, tuple(files), forms.pop())
+
+
+def _open_file(loc: storage.Location, path: str, first_row: int) -> tuple[ManifestFile, str]:
+    """One manifest file's footer: the file as the manifest lists it, and its form."""
+    uri = path if loc.is_local else f"{loc.uri.split('://')[0]}://{path}"
+    try:
+        meta = pq.ParquetFile(loc.fs.open_input_file(path)).metadata
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ManifestError(f"{uri}: not a readable Parquet file ({e})") from None
+    return ManifestFile(path, uri, meta.num_rows, first_row), _form_of(meta.schema.to_arrow_schema(), uri)
+
+
+def open_planned(path_or_uri: str, names: Sequence[tuple[str, int]]) -> Manifest:
+    """The manifest as a plan recorded it: exactly the files `names` lists ((name under the input,
+    rows); "" for the input itself), in that order, never the directory's listing, so that a
+    file added to it meanwhile is not read. A file gone or of another row count raises InputChanged."""
+    loc = storage.resolve(path_or_uri)
+    files, forms, first_row = [], set(), 0
+    for name, num_rows in names:
+        path = loc.join(name).path if name else loc.path
+        try:
+            mf, form = _open_file(loc, path, first_row)
+        except ManifestError as e:
+            raise InputChanged(f"the manifest changed under the run: {e}") from None
+        if mf.num_rows != num_rows:
+            raise InputChanged(f"the manifest changed under the run: {mf.uri} has {mf.num_rows} rows, the plan "
+                               f"{num_rows}")
+        files.append(mf)
+        forms.add(form)
+        first_row += num_rows
+    if len(forms) != 1:
+        raise InputChanged(f"the manifest changed under the run: {path_or_uri} mixes the `turns` and flat forms")
     return Manifest(loc, tuple(files), forms.pop())
 
 
@@ -192,6 +239,14 @@ def iter_ids(manifest: Manifest, batch_rows: int = 65536) -> Iterator[tuple[int,
             for value in batch.column(0).to_pylist():
                 yield row, value
                 row += 1
+
+
+def ids_sha256(ids: Iterable[Any]) -> str:
+    """The hash of a sequence of row ids, in order (any JSON value: a null id too)."""
+    digest = hashlib.sha256()
+    for value in ids:
+        digest.update(json.dumps(value, default=str).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def _as_int(value: Any) -> int | None:
@@ -240,8 +295,8 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
         speaker = _as_int(t.get("speaker"))
         if t.get("speaker") is None and (voice or script_voice) and not t.get("audio"):
             speaker = None  # the voice says who speaks
-        elif speaker is None or speaker < 0:
-            return bad(f"speaker must be a non-negative integer, got {t.get('speaker')!r}", i)
+        elif speaker is None or not 0 <= speaker <= INT32_MAX:
+            return bad(f"speaker must be an integer from 0 to {INT32_MAX}, got {t.get('speaker')!r}", i)
         text = t.get("text")
         if not isinstance(text, str) or not text.strip():
             return bad(f"text must be a non-empty string, got {text!r}", i)
@@ -258,8 +313,9 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
     seed = raw.get("seed")
     if seed is not None:
         seed = _as_int(seed)
-        if seed is None:
-            return bad(f"seed must be an integer, got {raw.get('seed')!r}")
+        if seed is None or not INT64_MIN <= seed <= INT64_MAX - (len(turns) - 1):
+            return bad(f"seed must be an integer from {INT64_MIN} to {INT64_MAX - (len(turns) - 1)} (each turn's "
+                       f"seed is the script's plus its turn number), got {raw.get('seed')!r}")
     max_s = raw.get("max_audio_seconds")
     if max_s is not None:
         if isinstance(max_s, bool) or not isinstance(max_s, (int, float)) or not (max_s > 0) or math.isinf(max_s):
@@ -280,11 +336,17 @@ def iter_scripts(manifest: Manifest, batch_rows: int = 4096) -> Iterator[Script 
                 row += 1
 
 
-def read_scripts(manifest: Manifest, file_index: int, start: int, stop: int) -> list[Script | RowError]:
-    """Validated scripts for file-local rows [start, stop) of one manifest file."""
+def read_scripts(manifest: Manifest, file_index: int, start: int, stop: int,
+                 expected_ids_sha256: str = "") -> list[Script | RowError]:
+    """Validated scripts for file-local rows [start, stop) of one manifest file. With
+    `expected_ids_sha256` (the plan's hash of the shard's ids), rows whose ids hash otherwise
+    raise InputChanged: the file was rewritten (reordered, edited) since it was planned."""
     mf = manifest.files[file_index]
     base = storage.Location(manifest.location.fs, mf.path, mf.uri)
     rows = read_rows(manifest, file_index, start, stop)
+    if expected_ids_sha256 and ids_sha256(raw.get("id") for raw in rows) != expected_ids_sha256:
+        raise InputChanged(f"the manifest changed under the run: the ids of rows {start}..{stop - 1} of {mf.uri} are "
+                           "not the ones planned (the file was rewritten); nothing of them was generated")
     return [parse_row(raw, mf.first_row + start + i, manifest.form, base) for i, raw in enumerate(rows)]
 
 
@@ -298,7 +360,8 @@ def check_unique_ids(manifest: Manifest) -> None:
 
     Memory stays at 8 bytes per row: ids are hashed to 64 bits and sorted; only rows whose
     hash collides are looked at again, by id, in a second streaming pass."""
-    hashes = np.fromiter((_id_hash(v) for _, v in iter_ids(manifest)), dtype=np.int64, count=manifest.num_rows)
+    ids = ((row, v) for row, v in iter_ids(manifest) if isinstance(v, str))  # a null id is a bad row (parse_row)
+    hashes = np.fromiter((_id_hash(v) for _, v in ids), dtype=np.int64)
     ordered = np.sort(hashes)
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     del hashes, ordered
@@ -308,7 +371,7 @@ def check_unique_ids(manifest: Manifest) -> None:
     first_row: dict[str, int] = {}
     dupes = []
     for row, value in iter_ids(manifest):
-        if _id_hash(value) not in suspects:
+        if not isinstance(value, str) or _id_hash(value) not in suspects:
             continue
         if value in first_row:
             dupes.append(f"id {value!r} at rows {first_row[value]} and {row}")

@@ -1,88 +1,93 @@
-"""The output directory: who owns it, every name in it, the commit protocol and the run record.
+"""A dataset store: every name in a synth dataset, what its units hold, and a run's identity.
 
-    OUT/_synth.json                            ownership: this directory is a synth output
-    OUT/_lease.json                            the lease of the run writing it now (`synth.pipeline.lease`)
-    OUT/data/shard-00003-part-0001.parquet     one row per generated turn
-    OUT/errors/shard-00003-part-0001.parquet   one row per bad manifest row or turn
-    OUT/takes/shard-00003-part-0001.parquet    one row per rejected take of the part's turns (QC on)
-    OUT/qc/<part or file stem>.parquet         metrics of an existing dataset (`synth rescore`)
-    OUT/wav/00003/<script>-<turn>.wav           the same audio as files (optional; or flac/)
-    OUT/_voices/<content hash>.npy             the voice library's codes, encoded once per run
-    OUT/_progress/shard-00003-part-0001.json   a part's commit marker (its `PartCommit`), written last
-    OUT/_progress/shard-00003.done.json        a shard's done marker (its `ShardSummary`), after its parts
-    OUT/_quarantine/<when>/...                 files that failed verification, moved aside
-    OUT/plan.json                              the run's identity: its plan and the settings that shape output
-    OUT/run.json                               the run's summary
+`synth run`, `synth book` and `synth import` write datasets: stores (`synth.store`) of the
+kinds `run`, `book` and `import`, one layout. Besides the store's own records
+(`_synth.json`, `_lease.json`, `_progress/<unit>.json` markers, `_quarantine/`):
+
+    OUT/data/shard-00003-part-0001.parquet     one row per generated turn          } unit shard-00003-part-0001
+    OUT/errors/shard-00003-part-0001.parquet   one row per bad manifest row or turn } (a part: the rows of
+    OUT/takes/shard-00003-part-0001.parquet    one row per rejected take (QC on)    }  `commit_every_scripts`
+    OUT/wav/00003/<script>-<turn>.wav           the same audio as files (or flac/) }  scripts of shard 3)
+    OUT/_voices/<content hash>.npy             a voice's codes, encoded once        unit voice-<hash>
+    OUT/qc/<part or file stem>.parquet         metrics of an existing dataset      unit qc-<stem> (`synth rescore`)
+    OUT/book/manifest.parquet                  a book's passages as a manifest      unit book-manifest
+    OUT/chapters/chapter-001.{wav,json,...}    a book's chapter                     unit chapter-001
+    OUT/book.m4b                               the whole book                       unit book-m4b
+    OUT/plan.json                              the identity: the plan (inputs fingerprinted) and settings
+    OUT/run.json                               the last run's summary
     OUT/README.md                              the dataset card (README.synth.md if README.md is the user's)
     OUT/report.html                            the run report
 
-synth owns only what it wrote: a directory is synth's if it holds `_synth.json` (or,
-from before that record existed, `plan.json`); `claim` refuses any other non-empty
-directory unless the user adopts it, and nothing outside the names above (`is_synth_name`)
-is ever deleted or moved. Every name is a pure function of the shard and part, every
-file is written atomically, and a part counts as committed only once its marker exists;
-the marker records each of the part's files with its size and sha256, so what a marker
-says can be checked (`synth.pipeline.verify`). A write that fails because of the
-output itself (a full disk, a denied permission, an unreachable store) raises
-`OutputWriteError`, which stops the run instead of failing the shard. This module knows
-nothing about Parquet schemas (`synth.pipeline.writer`), models or Ray.
+Every name is a pure function of the shard and part (or the voice, file, chapter), so a
+relaunch writes the same names; a part counts only once its marker exists and its files
+match it (`synth.store.recovery`). This module owns those names, `PartCommit` (what a
+part's marker says), committing a part (`commit_part`), reading the committed parts of a
+dataset, and `run_identity` (plan.json's content). It knows nothing about Parquet schemas
+(`synth.pipeline.writer`), models or Ray.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import re
-import socket
-import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
-import pyarrow as pa
-
-from synth import __version__
-from synth.errors import SynthError
-from synth.pipeline import storage
 from synth.pipeline.config import SynthConfig
-from synth.pipeline.faults import crash_point
-from synth.pipeline.plan import Plan
+from synth.pipeline.plan import Plan, Shard
+from synth.store.faults import crash_point
+from synth.store.layout import Layout
+from synth.store.marker import Damaged, FileRecord, Marker
+from synth.store.store import Store
 
 # -- the layout: paths relative to OUT ------------------------------------------------
 
-OWNER_RECORD = "_synth.json"
-LEASE_FILE = "_lease.json"
 DATA_DIR = "data"
 ERRORS_DIR = "errors"
 TAKES_DIR = "takes"
 SCORES_DIR = "qc"
-PROGRESS_DIR = "_progress"
 VOICES_DIR = "_voices"
-QUARANTINE_DIR = "_quarantine"
 AUDIO_DIRS = ("wav", "flac")  # one per output.audio_format
 PLAN_RECORD = "plan.json"
 RUN_RECORD = "run.json"
 CARD_FILE = "README.md"  # the dataset card (synth.export.card), rewritten only when synth wrote it
 CARD_FILE_ASIDE = "README.synth.md"  # the card, when README.md is the user's own
 REPORT_FILE = "report.html"  # the run report (synth.export.report)
+BOOK_MANIFEST = "book/manifest.parquet"
+BOOK_M4B = "book.m4b"
+CHAPTERS_DIR = "chapters"
+CHAPTER_SUFFIXES = ("wav", "flac", "mp3", "json", "srt", "vtt")
 
-PART_MARKER = re.compile(r"shard-(\d{5,})-part-(\d{4,})\.json")  # a part marker's file name: (shard, part)
-SHARD_MARKER = re.compile(r"shard-(\d{5,})\.done\.json")  # a shard done marker's file name: (shard,)
-# Every path under OUT that synth's layout generates (relative, '/'-separated).
-_SYNTH_PATH = re.compile(
-    rf"(?:{DATA_DIR}|{ERRORS_DIR}|{TAKES_DIR})/shard-\d{{5,}}-part-\d{{4,}}\.parquet"
-    rf"|{SCORES_DIR}/[A-Za-z0-9._-]+\.parquet"
-    rf"|{PROGRESS_DIR}/(?:shard-\d{{5,}}-part-\d{{4,}}\.json|shard-\d{{5,}}\.done\.json)"
+_PART = r"shard-(\d{5,})-part-(\d{4,})"
+PART_UNIT = re.compile(_PART)  # a part's unit name: (shard, part)
+_UNIT_FILES = (
+    rf"(?:{DATA_DIR}|{ERRORS_DIR}|{TAKES_DIR})/{_PART}\.parquet"
     rf"|(?:{'|'.join(AUDIO_DIRS)})/\d{{5,}}/[A-Za-z0-9._-]+-\d{{3,}}\.(?:{'|'.join(AUDIO_DIRS)})"
     rf"|{VOICES_DIR}/[0-9a-f]{{64}}\.npy"
-    rf"|{re.escape(OWNER_RECORD)}|{re.escape(LEASE_FILE)}|{re.escape(PLAN_RECORD)}|{re.escape(RUN_RECORD)}"
-    rf"|{re.escape(CARD_FILE)}|{re.escape(CARD_FILE_ASIDE)}|{re.escape(REPORT_FILE)}"
+    rf"|{SCORES_DIR}/[A-Za-z0-9._-]+\.parquet"
+    rf"|{re.escape(BOOK_MANIFEST)}|{re.escape(BOOK_M4B)}"
+    rf"|{CHAPTERS_DIR}/chapter-\d{{3,}}\.(?:{'|'.join(CHAPTER_SUFFIXES)})"
 )
+
+# The kinds of dataset store: a run's output, a book's render, an import of recordings.
+RUN = Layout(kind="run", identity_file=PLAN_RECORD, unit_files=_UNIT_FILES,
+             records=(RUN_RECORD, CARD_FILE, CARD_FILE_ASIDE, REPORT_FILE),
+             hashed=rf"{VOICES_DIR}/.*|{re.escape(BOOK_MANIFEST)}", large_dirs=AUDIO_DIRS,
+             adopt_option="--adopt-output", card_file=CARD_FILE)
+BOOK = replace(RUN, kind="book")
+IMPORT = replace(RUN, kind="import")
+DATASET_KINDS = {layout.kind: layout for layout in (RUN, BOOK, IMPORT)}
 
 
 def part_name(shard: int, part: int) -> str:
-    """The stem shared by a part's data file, errors file and marker."""
+    """A part's unit name: the stem shared by its data file, errors file and marker."""
     return f"shard-{shard:05d}-part-{part:04d}"
+
+
+def parsed_part(unit: str) -> tuple[int, int] | None:
+    """(shard, part) of a part's unit name; None for any other unit."""
+    match = PART_UNIT.fullmatch(unit)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def data_file(shard: int, part: int) -> str:
@@ -97,22 +102,13 @@ def takes_file(shard: int, part: int) -> str:
     return f"{TAKES_DIR}/{part_name(shard, part)}.parquet"
 
 
-def part_table_files(shard: int, part: int) -> tuple[str, str, str]:
-    """Every Parquet file a part may commit: data, errors, rejected takes."""
-    return data_file(shard, part), errors_file(shard, part), takes_file(shard, part)
-
-
 def scores_file(stem: str) -> str:
     """Where `synth rescore` writes the metrics of one input file (by its stem: a part's name)."""
     return f"{SCORES_DIR}/{safe_name(stem)}.parquet"
 
 
-def part_marker_file(shard: int, part: int) -> str:
-    return f"{PROGRESS_DIR}/{part_name(shard, part)}.json"
-
-
-def shard_marker_file(shard: int) -> str:
-    return f"{PROGRESS_DIR}/shard-{shard:05d}.done.json"
+def scores_unit(stem: str) -> str:
+    return f"qc-{safe_name(stem)}"
 
 
 def audio_file(shard: int, script_id: str, turn: int, audio_format: str) -> str:
@@ -125,6 +121,10 @@ def voice_codes_file(clip_key: str) -> str:
     return f"{VOICES_DIR}/{clip_key}.npy"
 
 
+def voice_unit(clip_key: str) -> str:
+    return f"voice-{clip_key}"
+
+
 def safe_name(script_id: str) -> str:
     """A filesystem-safe, collision-free file stem for a script id."""
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", script_id)[:80]
@@ -133,45 +133,21 @@ def safe_name(script_id: str) -> str:
     return f"{slug}-{hashlib.sha1(script_id.encode()).hexdigest()[:8]}"
 
 
-def marked_part(file_name: str) -> tuple[int, int] | None:
-    """(shard, part) of a part marker's file name; None for any other file (a temp file, a done marker)."""
-    match = PART_MARKER.fullmatch(file_name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def is_synth_name(relative: str) -> bool:
-    """Whether a path under OUT is one synth's layout generates, or a temp file of one."""
-    name = storage.temp_target(relative) or relative
-    return _SYNTH_PATH.fullmatch(name) is not None
-
-
-def _file_name(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
+def part_units(plan: Plan) -> list[str]:
+    """Every part the plan's shards commit: the units a finished run holds."""
+    return [part_name(shard.index, part) for shard in plan.shards for part in range(plan.parts_of(shard))]
 
 
 # -- what markers hold ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class FileRecord:
-    """One file of a committed part, as its marker records it: path under OUT, bytes, sha256."""
-
-    path: str
-    size: int
-    sha256: str
-
-    @classmethod
-    def of(cls, path: str, data: bytes) -> "FileRecord":
-        return cls(path, len(data), hashlib.sha256(data).hexdigest())
-
-
-@dataclass(frozen=True)
 class PartCommit:
     """What a committed part holds; stored in its marker.
 
-    files: every file of the part with its size and checksum; empty in markers written
-    before synth recorded them (those parts are checked by their counts alone).
-    qc: the part's QC totals (`synth.pipeline.retakes.QcCounts`); empty without QC."""
+    files: every file of the part with its size and checksum. qc: the part's QC totals
+    (`synth.pipeline.retakes.QcCounts`); empty without QC. run_id, settings: the run that
+    committed it and the hash of the settings it was made with (plan.json's history)."""
 
     shard: int
     part: int
@@ -182,13 +158,44 @@ class PartCommit:
     error_scripts: int
     files: tuple[FileRecord, ...] = ()
     qc: dict = field(default_factory=dict)
+    run_id: str | None = None
+    settings: str | None = None
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+    def meta(self) -> dict:
+        """The marker's own fields (the store adds the files, run and settings)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("files", "run_id", "settings")}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PartCommit":
-        return cls(**{**data, "files": tuple(FileRecord(**f) for f in data.get("files", ()))})
+    def from_marker(cls, marker: Marker) -> "PartCommit":
+        """The commit a part's marker records; raises Damaged when its fields are not a part's."""
+        names = {"shard", "part", "rows", "errors", "audio_seconds", "scripts", "error_scripts", "qc"}
+        try:
+            fields = {k: v for k, v in marker.meta.items() if k in names}
+            commit = cls(**fields, files=marker.files, run_id=marker.run_id, settings=marker.settings)
+            ints = (commit.shard, commit.part, commit.rows, commit.errors, commit.scripts, commit.error_scripts)
+            assert all(isinstance(v, int) and v >= 0 for v in ints) and isinstance(commit.qc, dict)
+            assert isinstance(commit.audio_seconds, (int, float)) and commit.audio_seconds >= 0
+        except (TypeError, AssertionError):
+            raise Damaged(f"its fields are not a part's ({sorted(marker.meta)[:8]})") from None
+        if part_name(commit.shard, commit.part) != marker.unit:
+            raise Damaged(f"it names part {part_name(commit.shard, commit.part)}")
+        return commit
+
+
+def accept_part(marker: Marker) -> str | None:
+    """The dataset's check of a sound marker (`synth.store.recovery.Accept`): a part's marker must
+    hold a part's fields and list only its own files."""
+    if parsed_part(marker.unit) is None:
+        return None
+    try:
+        commit = PartCommit.from_marker(marker)
+    except Damaged as e:
+        return f"its marker is damaged: {e}"
+    own = {data_file(commit.shard, commit.part), errors_file(commit.shard, commit.part),
+           takes_file(commit.shard, commit.part)}
+    strangers = [f.path for f in marker.files if f.path not in own and
+                 not any(f.path.startswith(f"{d}/{commit.shard:05d}/") for d in AUDIO_DIRS)]
+    return f"its marker lists files of another part ({strangers[0]})" if strangers else None
 
 
 @dataclass(frozen=True)
@@ -202,10 +209,24 @@ class PartFiles:
     audio: tuple[tuple[str, bytes], ...] = ()  # (path under OUT, bytes) of each clip file
 
 
+def commit_part(store: Store, files: PartFiles) -> PartCommit:
+    """Write a part's audio files, errors and data, then its marker (last, under the lease)."""
+    shard, part = files.commit.shard, files.commit.part
+    tables = [(path, data) for path, data in ((errors_file(shard, part), files.errors),
+                                              (takes_file(shard, part), files.takes),
+                                              (data_file(shard, part), files.data)) if data is not None]
+    records = [store.write(path, data) for path, data in files.audio]
+    crash_point("commit-audio")
+    records += [store.write(path, data) for path, data in tables]
+    crash_point("commit-data")  # the torn commit: the part's files are whole, its marker missing
+    marker = store.commit(part_name(shard, part), records, files.commit.meta())
+    crash_point("commit-marker")
+    return PartCommit.from_marker(marker)
+
+
 @dataclass(frozen=True)
 class ShardSummary:
-    """What a done shard holds (the sum of its parts, and the parts' own records); stored in
-    its done marker."""
+    """What a done shard holds: the sum of its parts, and the parts' own records."""
 
     shard: int
     rows: int
@@ -214,7 +235,7 @@ class ShardSummary:
     scripts: int
     audio_seconds: float
     voice_encodes: int = 0  # voices the shard's actor had to encode: 0 unless OUT/_voices lacked one
-    parts: tuple[PartCommit, ...] = field(default=(), repr=False)  # empty in markers from before they were listed
+    parts: tuple[PartCommit, ...] = field(default=(), repr=False)
 
     @classmethod
     def of(cls, shard: int, commits: Iterable[PartCommit], voice_encodes: int = 0) -> "ShardSummary":
@@ -230,34 +251,64 @@ class ShardSummary:
             parts=commits,
         )
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "ShardSummary":
-        return cls(**{**data, "parts": tuple(PartCommit.from_dict(p) for p in data.get("parts", ()))})
-
-
-# -- errors ---------------------------------------------------------------------------
-
-# errno values of a write that fails because of the output, not of what is written
-OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+def done_shards(plan: Plan, parts: dict[tuple[int, int], PartCommit]) -> dict[int, ShardSummary]:
+    """The shards of the plan whose every part is among `parts` (trusted commits), summed."""
+    done = {}
+    for shard in plan.shards:
+        commits = [parts.get((shard.index, p)) for p in range(plan.parts_of(shard))]
+        if all(c is not None for c in commits):
+            done[shard.index] = ShardSummary.of(shard.index, commits)
+    return done
 
 
-class OutputError(SynthError, RuntimeError):
-    """OUT cannot take this run (not synth's, another plan, other settings); the message says why."""
+def shard_parts(shard: Shard, plan: Plan, parts: dict[tuple[int, int], PartCommit]) -> list[PartCommit]:
+    """The committed parts of one shard, in order."""
+    return [parts[(shard.index, p)] for p in range(plan.parts_of(shard)) if (shard.index, p) in parts]
 
 
-class StopRun(SynthError, RuntimeError):
-    """Not the shard's fault: retrying it cannot help, so the run stops (a relaunch resumes)."""
+# -- reading a dataset ------------------------------------------------------------------
 
 
-class OutputWriteError(StopRun):
-    """Writing to OUT failed because of OUT itself: no space, no permission, an unreachable store."""
+def dataset_store(uri: str, what: str) -> Store:
+    """A dataset (run output, book render, import) to read, opened as its kind's store; anything
+    else is a StoreError saying that `what` needs a dataset."""
+    kind = Store.at_uri(uri, RUN).open_existing(DATASET_KINDS, what)
+    return Store.at_uri(uri, DATASET_KINDS[kind])
 
 
-class LeaseLost(StopRun):
-    """Another run holds OUT's lease now: this run must write nothing more."""
+def committed_parts(store: Store, *, strict: bool = True) -> dict[tuple[int, int], PartCommit]:
+    """(shard, part) -> the commit of every part with a sound marker. A damaged marker is a
+    StoreError when `strict` (a reader must not silently lose its rows), else skipped."""
+    from synth.store.errors import StoreError
+
+    found = {}
+    for unit, marker in store.markers().items():
+        if parsed_part(unit) is None:
+            continue
+        try:
+            if isinstance(marker, Damaged):
+                raise marker
+            commit = PartCommit.from_marker(marker)
+        except Damaged as e:
+            if strict:
+                raise StoreError(f"{store.uri}: the marker of part {unit} is damaged ({e}): its rows cannot be "
+                                 "trusted. `synth verify` lists what is wrong; running the command that wrote the "
+                                 "dataset again repairs it (the part is made again).") from None
+            continue
+        found[(commit.shard, commit.part)] = commit
+    return found
+
+
+def data_files(store: Store) -> list[str]:
+    """Paths (in the store's filesystem) of the committed data parts, in order."""
+    return [store.at(data_file(s, p)).path for (s, p), c in sorted(committed_parts(store).items()) if c.rows]
+
+
+def recorded_plan(store: Store) -> Plan | None:
+    """The plan in plan.json, or None before the first run."""
+    identity = store.identity()
+    return Plan.from_dict(identity["plan"]) if identity and "plan" in identity else None
 
 
 # -- the run record -------------------------------------------------------------------
@@ -268,9 +319,24 @@ class LeaseLost(StopRun):
 # (`qc_pass`, ...). Bump it with every column change.
 DATA_SCHEMA = 4
 
+# What can never change between a run and its relaunch (not even with --allow-changes), and why.
+FIXED = {
+    "data_schema": "the output was written with the data columns of another synth version: parts of both would "
+                   "not load as one dataset, so it cannot be continued, not even with --allow-changes (finish it "
+                   "with the synth version that started it)",
+    "context_from": "its turns were conditioned on context from another source (generation.context_from): a "
+                    "script's turns would be conditioned two ways in one dataset, not even with --allow-changes",
+    "plan": "the input or its plan changed (checked first, naming the file)",
+    "inputs": "an input that shapes every row changed (a voice's reference clip, the lexicon), not even with "
+              "--allow-changes",
+}
 
-def run_identity(config: SynthConfig, plan: Plan) -> dict:
-    """What must not change between a run and its relaunch on the same output (plan.json)."""
+
+def run_identity(config: SynthConfig, plan: Plan, inputs: dict | None = None) -> dict:
+    """What must not change between a run and its relaunch on the same output (plan.json).
+    inputs: fingerprints of the files besides the manifest that shape every row (voices, lexicon)."""
+    import json
+
     return {
         "data_schema": DATA_SCHEMA,
         "model": config.model.resolved_id,
@@ -279,231 +345,10 @@ def run_identity(config: SynthConfig, plan: Plan) -> dict:
         "sampling": config.sampling.model_dump(),
         "generation": config.generation.model_dump(exclude={"batch_size", "context_from"}),
         "context_from": config.context_from,
-        "output": config.output.model_dump(),
+        "output": config.output.model_dump(exclude={"commit_every_scripts", "scripts_per_shard"}),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
         "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)
+        "inputs": inputs or {},
         "plan": plan.to_dict(),
     }
-
-
-# -- the directory --------------------------------------------------------------------
-
-
-class OutputDir:
-    """One run's output directory; see the module docstring.
-
-    run_id: the run this process writes for; when set, a part's marker is written only while
-    that run holds OUT's lease (an actor of a run that lost it commits nothing more)."""
-
-    def __init__(self, location: storage.Location, run_id: str | None = None):
-        self.location = location
-        self.run_id = run_id
-
-    @property
-    def uri(self) -> str:
-        return self.location.uri
-
-    def at(self, relative: str) -> storage.Location:
-        """The location of a path relative to OUT (one of this module's names)."""
-        return self.location.join(relative)
-
-    def _listed(self, path: str) -> storage.Location:
-        """A location for a path `storage.list_files` returned."""
-        return storage.Location(self.location.fs, path, path)
-
-    def write(self, relative: str, data: bytes) -> None:
-        """Write a file under OUT atomically. A failure of OUT itself (no space, no permission, a
-        read-only filesystem, an object store that refuses or cannot be reached) is an
-        OutputWriteError; any other OSError (e.g. a directory where the file should go) stays
-        the shard's own failure."""
-        try:
-            storage.write_bytes_atomic(self.at(relative), data)
-        except (OSError, pa.ArrowException) as e:
-            if self.location.is_local and getattr(e, "errno", None) not in OUTPUT_ERRNOS:
-                raise
-            raise OutputWriteError(f"cannot write {self.at(relative).uri}: {e}. Nothing committed is lost: "
-                                   "fix the output (free space, permissions, the store's address or "
-                                   "credentials), then run the same command again to resume.") from None
-
-    def read_json(self, relative: str) -> dict:
-        return json.loads(storage.read_bytes(self.at(relative)))
-
-    # -- ownership ----------------------------------------------------------------------
-
-    def claim(self, *, adopt: bool = False) -> None:
-        """Make sure OUT is synth's to write: it is missing or empty (then it becomes synth's),
-        or it holds synth's ownership record (or a plan.json from before that record). Any other
-        directory is refused, naming what is in it, unless `adopt`: then synth writes its own
-        names into it and never touches anything else."""
-        loc = self.location
-        if storage.exists(loc) and not storage.is_dir(loc):
-            raise OutputError(f"--output {self.uri} is a file, not a directory: give a directory (new or synth's own)")
-        present = storage.entries(loc)
-        if OWNER_RECORD in present:
-            return
-        if present and PLAN_RECORD not in present and not adopt:
-            shown = ", ".join(present[:8]) + (f" and {len(present) - 8} more" if len(present) > 8 else "")
-            raise OutputError(
-                f"--output {self.uri} is not empty and is not a synth output (it holds {shown}). synth writes "
-                "only into a new or empty directory or one it made; use a new --output, or pass --adopt-output to "
-                "let synth write into this one (it then deletes or moves only files named by its own layout)."
-            )
-        record = {"synth": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "host": socket.gethostname(), "adopted": bool(present) and PLAN_RECORD not in present,
-                  "found": present[:100]}
-        self.write(OWNER_RECORD, json.dumps(record, indent=2).encode())
-
-    # -- committing ---------------------------------------------------------------------
-
-    def commit_part(self, files: PartFiles) -> PartCommit:
-        """Write a part's audio files, errors and data, then its marker (last), which records
-        every file with its size and sha256."""
-        shard, part = files.commit.shard, files.commit.part
-        tables = [(errors_file(shard, part), files.errors)] if files.errors is not None else []
-        if files.takes is not None:
-            tables.append((takes_file(shard, part), files.takes))
-        if files.data is not None:
-            tables.append((data_file(shard, part), files.data))
-        for path, data in files.audio:
-            self.write(path, data)
-        crash_point("commit-audio")
-        for path, data in tables:
-            self.write(path, data)
-        crash_point("commit-data")  # the torn commit: the part's files are whole, its marker missing
-        written = [*files.audio, *tables]
-        commit = replace(files.commit, files=tuple(FileRecord.of(path, data) for path, data in written))
-        self.check_lease()
-        self.write(part_marker_file(shard, part), commit.to_json().encode())
-        crash_point("commit-marker")
-        return commit
-
-    def commit_shard(self, summary: ShardSummary) -> None:
-        """Mark a shard done; only once every one of its parts is committed."""
-        self.check_lease()
-        self.write(shard_marker_file(summary.shard), summary.to_json().encode())
-
-    def lease_holder(self) -> dict | None:
-        """The lease record of the run writing OUT now, or None."""
-        try:
-            return self.read_json(LEASE_FILE)
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def check_lease(self) -> None:
-        """Raise LeaseLost unless this process's run (`run_id`) holds OUT's lease (no-op without one)."""
-        if self.run_id is None:
-            return
-        holder = self.lease_holder()
-        if holder is None or holder.get("run_id") != self.run_id:
-            who = f"run {holder.get('run_id')} on {holder.get('host')}" if holder else "no run"
-            raise LeaseLost(f"{self.uri}: this run ({self.run_id}) no longer holds the output's lease ({who} does); "
-                            "it stops without committing more")
-
-    # -- reading commits ----------------------------------------------------------------
-
-    def is_committed(self, shard: int, part: int) -> bool:
-        return storage.exists(self.at(part_marker_file(shard, part)))
-
-    def read_commit(self, shard: int, part: int) -> PartCommit:
-        return PartCommit.from_dict(self.read_json(part_marker_file(shard, part)))
-
-    def read_shard(self, shard: int) -> ShardSummary:
-        return ShardSummary.from_dict(self.read_json(shard_marker_file(shard)))
-
-    def markers(self) -> tuple[set[tuple[int, int]], set[int]]:
-        """The committed parts (shard, part) and the done shards, by their markers' names (one listing)."""
-        parts, shards = set(), set()
-        for path in storage.list_files(self.at(PROGRESS_DIR), ".json"):
-            name = _file_name(path)
-            if (marked := marked_part(name)) is not None:
-                parts.add(marked)
-            elif (match := SHARD_MARKER.fullmatch(name)) is not None:
-                shards.add(int(match.group(1)))
-        return parts, shards
-
-    def file_sizes(self, *subdirs: str) -> dict[str, int]:
-        """Path under OUT -> size of every file below `subdirs` (one listing each)."""
-        return {f"{sub}/{rel}": size for sub in subdirs for rel, size in storage.file_sizes(self.at(sub)).items()}
-
-    def data_files(self) -> list[str]:
-        """Paths of the data parts (after a run, every one is committed)."""
-        return storage.list_files(self.at(DATA_DIR), ".parquet")
-
-    # -- moving aside and deleting: synth's own names only --------------------------------
-
-    def quarantine(self, paths: Iterable[str], batch: str) -> list[str]:
-        """Move files (paths under OUT, synth's names only) to OUT/_quarantine/<batch>/; returns
-        where they went (under OUT). Files that are already gone are skipped."""
-        moved = []
-        for path in paths:
-            assert is_synth_name(path), path
-            destination = f"{QUARANTINE_DIR}/{batch}/{path}"
-            try:
-                storage.move(self.at(path), self.at(destination))
-            except FileNotFoundError:
-                continue
-            moved.append(destination)
-        return moved
-
-    def delete(self, path: str) -> None:
-        """Delete one file under OUT: synth's names only (a part no marker covers, a temp file)."""
-        assert is_synth_name(path), path
-        self.location.fs.delete_file(self.at(path).path)
-
-    # -- the run record -----------------------------------------------------------------
-
-    def prepare(self, config: SynthConfig, plan: Plan, *, allow_changes: bool) -> None:
-        """Record the run's identity in OUT/plan.json, or check a relaunch against it: another
-        plan is refused outright, other settings unless `allow_changes`."""
-        identity = run_identity(config, plan)
-        if storage.exists(self.at(PLAN_RECORD)):
-            previous = self.read_json(PLAN_RECORD)
-            recorded_schema = previous.get("data_schema", 1)
-            if recorded_schema != DATA_SCHEMA:
-                raise OutputError(
-                    f"{self.uri} was written with the data columns of another synth version (schema "
-                    f"{recorded_schema}; this one writes schema {DATA_SCHEMA}): parts of both would not load as one "
-                    "dataset, so it cannot be continued, not even with --allow-changes. Finish it with the synth "
-                    "version that started it, or use a new --output."
-                )
-            context_from = previous.get("context_from", "audio")  # before it was recorded: always audio
-            if context_from != identity["context_from"]:
-                raise OutputError(
-                    f"{self.uri} was generated with context from {context_from} (generation.context_from), this run "
-                    f"would use {identity['context_from']}: its scripts' turns would be conditioned two ways in one "
-                    "dataset, so it cannot be continued so, not even with --allow-changes. Set "
-                    f"generation.context_from={context_from}, or use a new --output."
-                )
-            diffs = [k for k in identity if k != "context_from" and previous.get(k) != identity[k]]
-            per_part = "commit_every_scripts"
-            if previous.get("plan") != identity["plan"] or (
-                previous.get("output", {}).get(per_part) != identity["output"][per_part]
-            ):
-                raise OutputError(
-                    f"{self.uri} was planned differently (the manifest files, output.scripts_per_shard or "
-                    f"output.commit_every_scripts changed): committed parts are numbered by that plan, so this "
-                    "output cannot be continued with another one, not even with --allow-changes. Use a new --output."
-                )
-            if diffs and not allow_changes:
-                details = "; ".join(
-                    f"{k}: was {json.dumps(previous.get(k))[:200]}, now {json.dumps(identity[k])[:200]}"
-                    for k in diffs
-                )
-                raise OutputError(
-                    f"{self.uri} holds a run with different settings ({details}). Use a new --output, "
-                    "or pass --allow-changes to continue it anyway."
-                )
-            if not diffs:
-                return
-        self.write(PLAN_RECORD, json.dumps(identity, indent=2).encode())
-
-    def recorded_plan(self) -> Plan | None:
-        """The plan in OUT/plan.json, or None before the first run."""
-        if not storage.exists(self.at(PLAN_RECORD)):
-            return None
-        return Plan.from_dict(self.read_json(PLAN_RECORD)["plan"])
-
-    def write_run_record(self, summary: dict) -> None:
-        """The run's summary as OUT/run.json."""
-        self.write(RUN_RECORD, json.dumps(summary, indent=2).encode())

@@ -5,9 +5,11 @@ with an HF `Audio` column (bytes, or a path relative to its file) and a text col
 computes the same metrics and decisions a run's QC computes (`synth.qc.scorer`,
 `synth.qc.policy`; for instance with another ASR model or new thresholds) and writes one
 scores file per input file, `qc/<stem>.parquet` (the row's id, `qc_pass`, `qc_reasons`
-and the metric columns), beside a synth output's data (under its lease) or into another
-output directory synth owns. A file is written atomically and records the settings it
-was scored with, so a relaunch skips what is done and redoes what other settings scored.
+and the metric columns), beside a synth output's data (a unit `qc-<stem>` of that dataset's
+store, under its lease) or into a store of kind `rescore` (`--output`). Each scores file
+is committed with the settings it was scored with and the sha256 of the file it scored,
+so a relaunch skips what is done and redoes what other settings scored or what was
+scored from a file that changed since.
 The intended voice of a row (`speaker_sim`) is the first clip of its speaker within its
 script (`script_id`, when the dataset has one); a speaker's first clip has none. It holds
 no model math and runs in the calling process (no Ray).
@@ -15,7 +17,6 @@ no model math and runs in the calling process (no Ray).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -25,23 +26,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.errors import SynthError
-from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip
 from synth.pipeline.config import SynthConfig
-from synth.pipeline.lease import Lease
 from synth.pipeline.output import (
-    DATA_DIR,
-    OWNER_RECORD,
-    PLAN_RECORD,
-    OutputDir,
+    DATASET_KINDS,
+    RUN,
+    SCORES_DIR,
+    accept_part,
+    committed_parts,
+    data_file,
+    part_name,
     scores_file,
+    scores_unit,
 )
 from synth.qc.deps import check_installed
 from synth.qc.policy import METRICS, judge
 from synth.qc.scorer import Take, TakeScorer
+from synth.store import storage
+from synth.store.layout import Layout
+from synth.store.lease import Lease
+from synth.store.recovery import Verification, recover, verify
+from synth.store.store import Store, canonical_hash
 
 RATE_HZ = 16000  # every model of the scorer wants 16 kHz: clips are decoded straight to it
 SETTINGS_KEY = b"synth_qc_settings"  # the scores file's metadata: the settings it was scored with
+LEASE_STALE_S = 60.0  # as a run's job.lease_stale_seconds
+# A store of scores only (`synth rescore --output`): the scored input is its identity.
+RESCORE = Layout(kind="rescore", identity_file="_identity.json", unit_files=rf"{SCORES_DIR}/[A-Za-z0-9._-]+\.parquet",
+                 adopt_option="--adopt-output")
 
 
 class RescoreError(SynthError, ValueError):
@@ -59,18 +71,24 @@ class RescoreSummary:
     score_s: float = 0.0
 
 
-def _is_synth_output(loc: storage.Location) -> bool:
-    present = storage.entries(loc)
-    return OWNER_RECORD in present or PLAN_RECORD in present
+def _dataset_kind(loc: storage.Location) -> str | None:
+    """The kind of dataset store at `loc` (run, book, import), or None for anything else."""
+    kind = Store(loc, RUN).recorded_kind() if storage.is_dir(loc) else None
+    return kind if kind in DATASET_KINDS else None
 
 
-def _input_files(loc: storage.Location) -> list[tuple[str, str]]:
-    """(path, stem) of every Parquet file to score: a synth output's data parts, a directory's
-    files (stems: their paths below it), or one file."""
+def _input_files(loc: storage.Location) -> list[tuple[str, str, str]]:
+    """(path, stem, sha256) of every Parquet file to score: a dataset's committed data parts (their
+    checksums from their markers), a directory's files (stems: their paths below it), or one file."""
+    kind = _dataset_kind(loc)
+    if kind is not None:
+        source = Store(loc, DATASET_KINDS[kind])
+        return [(source.at(data_file(s, p)).path, part_name(s, p),
+                 next(f.sha256 for f in c.files if f.path == data_file(s, p)))
+                for (s, p), c in sorted(committed_parts(source).items()) if c.rows]
     if storage.is_dir(loc):
-        base = loc.join(DATA_DIR) if _is_synth_output(loc) else loc
-        files = storage.list_files(base, ".parquet")
-        prefix = base.path.rstrip("/") + "/"
+        files = storage.list_files(loc, ".parquet")
+        prefix = loc.path.rstrip("/") + "/"
         found = [(f, f.removeprefix(prefix).removesuffix(".parquet").replace("/", "__")) for f in files]
     elif storage.exists(loc):
         found = [(loc.path, loc.path.rsplit("/", 1)[-1].removesuffix(".parquet"))]
@@ -78,32 +96,48 @@ def _input_files(loc: storage.Location) -> list[tuple[str, str]]:
         raise RescoreError(f"{loc.uri}: no such file or directory")
     if not found:
         raise RescoreError(f"{loc.uri}: holds no .parquet files to re-score")
-    return found
+    return [(path, stem, storage.sha256_of(storage.Location(loc.fs, path, path))[1]) for path, stem in found]
+
+
+def _scores_store(config: SynthConfig, input_uri: str, output_uri: str | None, adopt: bool) -> Store:
+    """Where the scores go: the input dataset's own store (no --output), or a `rescore` store."""
+    source = storage.resolve(input_uri)
+    if output_uri is None:
+        kind = _dataset_kind(source)
+        if kind is None:
+            raise RescoreError(f"{input_uri} is not a synth dataset: give --output, a directory for the scores "
+                               "(synth writes nothing into a dataset it did not make)")
+        return Store(source, DATASET_KINDS[kind])
+    store = Store.at_uri(output_uri, RESCORE)
+    store.claim(adopt=adopt)
+    return store
 
 
 def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, *, text_column: str | None = None,
             audio_column: str = "audio", id_column: str = "id", adopt: bool = False, log=print) -> RescoreSummary:
     """Score every clip of `input_uri` into `output_uri` (default: the input itself, if it is a
-    synth output); see the module docstring. text_column: None = `spoken_text` where the dataset
+    synth dataset); see the module docstring. text_column: None = `spoken_text` where the dataset
     has it (what synth asked the model to say, as a run's QC compares), else `text`."""
     check_installed()
     source = storage.resolve(input_uri)
-    if output_uri is None:
-        if not (storage.is_dir(source) and _is_synth_output(source)):
-            raise RescoreError(f"{input_uri} is not a synth output: give --output, a directory for the scores "
-                               "(synth writes nothing into a dataset it did not make)")
-        output_uri = input_uri
     files = _input_files(source)
-    output = OutputDir(storage.resolve(output_uri))
-    output.claim(adopt=adopt)
+    store = _scores_store(config, input_uri, output_uri, adopt)
     settings = json.dumps(asdict(config.qc), sort_keys=True).encode()
     summary = RescoreSummary()
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(Lease.acquire(output, stale_after_s=config.job.lease_stale_seconds, log=log))
+    with Lease.acquire(store, stale_after_s=LEASE_STALE_S, log=log) as lease:
+        store.run_id = lease.run_id
+        if store.layout is RESCORE:
+            store.settings = store.record_identity({"input": source.path}, fixed={
+                "input": "it holds the scores of another dataset"})
+        found = recover(store, batch=time.strftime("%Y%m%dT%H%M%SZ") + f"-{lease.run_id}", accept=accept_part)
+        for finding in found.findings:
+            log(f"synth rescore: VERIFY FAILED: {finding} (put aside; made again)")
         scorer: TakeScorer | None = None
-        for path, stem in files:
-            target = output.at(scores_file(stem))
-            if storage.exists(target) and _scored_with(target) == settings:
+        for path, stem, sha in files:
+            unit = scores_unit(stem)
+            marker = found.units.get(unit)
+            wanted = {"qc_settings": canonical_hash(settings.decode()), "input_sha256": sha}
+            if marker is not None and all(marker.meta.get(k) == v for k, v in wanted.items()):
                 summary.skipped += 1
                 continue
             if scorer is None:
@@ -113,18 +147,22 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
             rows = _score_table(table, storage.Location(source.fs, base, base), scorer, config,
                                 text_column=text_column, audio_column=audio_column, id_column=id_column,
                                 name=path, summary=summary)
-            output.write(scores_file(stem), _scores_bytes(rows, settings))
+            store.retract(unit)
+            store.commit(unit, [store.write(scores_file(stem), _scores_bytes(rows, settings))], wanted)
             summary.files += 1
             log(f"synth rescore: {path}: {len(rows)} rows, {sum(bool(r['qc_pass']) for r in rows)} pass "
-                f"-> {target.uri}")
+                f"-> {store.at(scores_file(stem)).uri}")
         if scorer is not None:
             summary.audio_s, summary.score_s = scorer.stats.audio_s, scorer.stats.busy_s
     return summary
 
 
-def _scored_with(loc: storage.Location) -> bytes | None:
-    metadata = pq.read_schema(loc.fs.open_input_file(loc.path)).metadata or {}
-    return metadata.get(SETTINGS_KEY)
+def verify_rescore_at(uri: str, *, checksums: bool = True) -> Verification:
+    """`synth verify` of a `rescore` store: each scores file against its marker."""
+    store = Store.at_uri(uri, RESCORE)
+    store.open_existing({"rescore"}, "synth verify")
+    report, _ = verify(store, checksums=checksums)
+    return report
 
 
 SCORES_SCHEMA = pa.schema(

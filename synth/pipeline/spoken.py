@@ -14,8 +14,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from synth.pipeline import storage
 from synth.pipeline.config import ConfigError, TextConfig
+from synth.store import storage
 from synth.text.lexicon import LexiconError, parse_lexicon
 from synth.text.normalize import normalizer
 

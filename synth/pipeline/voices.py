@@ -4,9 +4,11 @@ A config names voices (reference clip + transcript + speaker id); a manifest tur
 script says `voice: NAME` instead of carrying a clip. This module owns turning those
 names into speakers and voice prompts for a script (or a `RowError` naming the row and
 the problem), and the per-run code cache: each reference is Mimi-encoded once, on one
-actor, and its codes [T, K] land in OUT/_voices/<content hash>.npy (a name
-`synth.pipeline.output` gives), where every actor reads them instead of encoding again.
-It knows nothing about Ray or the model math.
+actor, and its codes [T, K] are committed as the unit `voice-<content hash>` (the file
+OUT/_voices/<content hash>.npy, a name `synth.pipeline.output` gives), which every actor
+reads instead of encoding again, but only if its bytes are the ones its marker recorded:
+a cache file changed by anything but synth is encoded again, never used. It knows
+nothing about Ray or the model math.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import numpy as np
 
 from synth.engine.codec import clip_key
 from synth.engine.interface import Segment
-from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError
 from synth.pipeline.config import VoiceConfig, unknown_voice
 from synth.pipeline.manifest import RowError, Script
-from synth.pipeline.output import OutputDir, voice_codes_file
+from synth.pipeline.output import voice_codes_file, voice_unit
+from synth.store.store import Store
 
 
 @dataclass(frozen=True)
@@ -41,29 +43,33 @@ class VoiceLibrary:
     codes of every voice it loads (`remember_codes`), so it never encodes a voice itself.
     """
 
-    def __init__(self, voices: dict[str, VoiceConfig], output: OutputDir, engine,
+    def __init__(self, voices: dict[str, VoiceConfig], store: Store, engine,
                  read_clip: Callable[[str], np.ndarray]):
         self.configs = voices
-        self.output = output
+        self.store = store
         self.engine = engine
         self.read_clip = read_clip
         self._loaded: dict[str, Voice | str] = {}  # name -> voice, or why it cannot be used
         self.encoded = 0  # references this library had to encode (not found in OUT/_voices)
 
     def _codes(self, clip: np.ndarray) -> np.ndarray:
-        """The clip's codes [T, K] int16, from the run's cache or encoded now (and stored). A cache
-        file that does not load (cut short, damaged) is encoded again and replaced."""
-        path = voice_codes_file(clip_key(clip))
-        if storage.exists(self.output.at(path)):
+        """The clip's codes [T, K] int16, from the run's cache (its bytes checked against their
+        marker) or encoded now and committed. A cache file that is not what synth committed (cut
+        short, changed, unmarked) is encoded again and replaced."""
+        key = clip_key(clip)
+        path = voice_codes_file(key)
+        data = self.store.read_verified(voice_unit(key), path)
+        if data is not None:
             try:
-                return np.load(io.BytesIO(storage.read_bytes(self.output.at(path))))
+                return np.load(io.BytesIO(data))
             except (ValueError, EOFError, OSError):
                 pass
         (codes,) = self.engine.encode_clips([clip])
         self.encoded += 1
         buffer = io.BytesIO()
         np.save(buffer, codes.astype(np.int16))
-        self.output.write(path, buffer.getvalue())
+        self.store.retract(voice_unit(key))
+        self.store.commit(voice_unit(key), [self.store.write(path, buffer.getvalue())])
         return codes
 
     def get(self, name: str) -> Voice | str:

@@ -8,8 +8,12 @@ engine interleaves the turns of all the shard's scripts, and turning results and
 per-row problems into output rows (with the context each turn lost in `warnings`) and
 error rows. With `qc.enabled`, each finished take goes through the retake loop
 (`synth.pipeline.retakes`) before it becomes a row, and a part commits its rejected takes
-with its rows. It holds one loaded engine (and QC scorer) for its whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in
-an actor, and tests drive it directly.
+with its rows. A shard's rows must be the ones the plan gave it (their ids' hash), or
+nothing is generated. A shard that failed before is run again with its scripts isolated,
+one chain at a time, so that a script that makes generation fail becomes an error row
+and the rest of its part is committed. It holds one loaded engine (and QC scorer) for its
+whole life. It knows nothing about Ray: `synth.pipeline.actor` wraps it in an actor, and
+tests drive it directly.
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ import pyarrow as pa
 
 from synth.engine.checkpoint import checkpoint_fingerprint, resolve_device
 from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
-from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, SegmentCost
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
-from synth.pipeline.output import OutputDir, PartCommit
+from synth.pipeline.output import PartCommit, part_name
 from synth.pipeline.plan import Shard
 from synth.pipeline.retakes import Accepted, QcCounts, Retakes, no_qc_columns
 from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
+from synth.store import storage
+from synth.store.errors import StopRun
+from synth.store.faults import raise_point
+from synth.store.marker import Damaged
+from synth.store.store import Store
 
 CLIP_CACHE_BYTES = 256 * 2**20  # decoded context clips a worker keeps (float32 samples), least recently used out
 
@@ -101,21 +109,22 @@ class _Part:
     takes: list[dict] = field(default_factory=list)  # rows of rejected takes (QC on)
     qc: QcCounts = field(default_factory=QcCounts)
     running: int = 0  # chains not yet finished
+    manifest_rows: dict[str, int] = field(default_factory=dict)  # row id -> its script's manifest row
 
 
 class ShardWorker:
     """Synthesizes shards with one engine; see the module docstring."""
 
-    def __init__(self, config: SynthConfig, engine: Engine, manifest: Manifest, out: storage.Location, *,
-                 run_id: str | None = None, log=print):
-        """run_id: the run whose lease the worker commits under (None: no lease check, e.g. tests)."""
+    def __init__(self, config: SynthConfig, engine: Engine, manifest: Manifest, store: Store, *, log=print):
+        """store: the output, with the run whose lease the worker commits under (its run_id; None:
+        no lease check, e.g. tests) and the hash of the run's settings its markers record."""
         self.config = config
         self.engine = engine
         self.manifest = manifest
         self.log = log
-        self.output = OutputDir(out, run_id)
+        self.store = store
         self.writer = DatasetWriter(
-            self.output,
+            self.store,
             sample_rate_hz=engine.sample_rate_hz,
             audio_format=config.output.audio_format,
             write_audio_files=config.output.write_audio_files,
@@ -124,7 +133,7 @@ class ShardWorker:
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()  # ref -> clip, least recently used first
         self._clip_bytes = 0  # their samples' bytes, at most clip_cache_bytes
         self.clip_cache_bytes = CLIP_CACHE_BYTES
-        self.voices = VoiceLibrary(config.voices, self.output, engine, self._clip)
+        self.voices = VoiceLibrary(config.voices, self.store, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
         self._cost = SegmentCost(engine)
@@ -229,15 +238,27 @@ class ShardWorker:
             **(qc_columns or no_qc_columns()),
         }
 
-    def run_shard(self, shard: Shard) -> list[PartCommit]:
+    def run_shard(self, shard: Shard, *, isolate: bool = False) -> list[PartCommit]:
         """Synthesize one shard. Every script of the shard's uncommitted parts runs at once
         (each as a chain of turns), and a part is committed as soon as its scripts are done;
-        parts committed by an earlier attempt are skipped."""
-        items = read_scripts(self.manifest, shard.file_index, shard.start, shard.stop)
+        parts committed by an earlier attempt are skipped. With `isolate` (the shard failed
+        before), each script runs alone, and one whose generation raises becomes an error row."""
+        items = read_scripts(self.manifest, shard.file_index, shard.start, shard.stop, shard.ids_sha256)
         run = _ShardRun(self, shard, items)
-        first = [request for index in range(run.num_parts) for request in run.start_part(index)]
-        if first:
-            self.engine.run(first, self.config.sampling.to_params(), on_result=run)
+        params = self.config.sampling.to_params()
+        if not isolate:
+            first = [request for index in range(run.num_parts) for request in run.start_part(index)]
+            if first:
+                self.engine.run(first, params, on_result=run)
+            return run.finished()
+        for index in range(run.num_parts):
+            for request in run.start_part(index):
+                try:
+                    self.engine.run([request], params, on_result=run)
+                except StopRun:
+                    raise
+                except Exception as e:  # this script's own failure: an error row, and the part goes on
+                    run.fail_chain(request.request_id, e)
         return run.finished()
 
 
@@ -260,9 +281,12 @@ class _ShardRun:
 
     def start_part(self, index: int) -> list[GenerationRequest]:
         """Start every script of part `index` (unless committed before); returns their first requests."""
-        output = self.worker.output
-        if output.is_committed(self.shard.index, index):
-            self.commits[index] = output.read_commit(self.shard.index, index)
+        try:
+            marker = self.worker.store.marker(part_name(self.shard.index, index))
+        except Damaged:
+            marker = None  # made again, and its marker replaced
+        if marker is not None:
+            self.commits[index] = PartCommit.from_marker(marker)
             return []
         chunk = self.items[index * self.per_part : (index + 1) * self.per_part]
         part = self.parts[index] = _Part(index, scripts=len(chunk))
@@ -291,6 +315,7 @@ class _ShardRun:
     def __call__(self, result: GenerationResult) -> list[GenerationRequest]:
         """A finished turn (or take): its row, then its chain's next turn (or the chain's end)."""
         part, script, chain = self.chains.pop(result.request_id)
+        raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
         retakes, columns = self.worker.retakes, None
         if retakes is not None:
             outcome = retakes.on_take(chain, result, part.qc, script.id)
@@ -300,6 +325,7 @@ class _ShardRun:
             result, columns = outcome.result, outcome.columns
             part.takes += outcome.rejected
         part.rows.append(self.worker.output_row(script, chain, result, self.shard, columns))
+        part.manifest_rows[result.request_id] = script.row
         chain.add_result(result)
         request = self._next(part, script, chain)
         if request is not None:
@@ -310,6 +336,23 @@ class _ShardRun:
         if part.running == 0:
             self._commit(part)
         return []
+
+    def fail_chain(self, request_id: str, error: Exception) -> None:
+        """The script whose request this was made generation raise (run alone): its rows and takes
+        are dropped, one error row names the script and the error, and its part goes on."""
+        part, script, chain = self.chains[request_id]
+        for key in [k for k, (_, other, _) in self.chains.items() if other is script]:
+            del self.chains[key]
+        part.rows = [r for r in part.rows if r["script_id"] != script.id]
+        part.takes = [t for t in part.takes if t["script_id"] != script.id]
+        reason = f"generation failed: {error.__class__.__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+        part.errors.append(RowError(script.row, script.id, "generate", reason, chain.turn))
+        if self.worker.retakes is not None:
+            self.worker.retakes.end_chain(chain)
+        self.worker.log(f"shard {self.shard.index}: row {script.row} ({script.id!r}) failed on its own: {reason}")
+        part.running -= 1
+        if part.running == 0:
+            self._commit(part)
 
     def finished(self) -> list[PartCommit]:
         assert not self.parts and not self.chains, "a part was left uncommitted"
@@ -330,7 +373,8 @@ class _ShardRun:
         part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
         qc = part.qc.to_dict() if self.worker.retakes is not None else None
         done = self.worker.writer.commit_part(self.shard.index, part.index, part.rows, part.errors,
-                                              scripts=part.scripts, takes=part.takes, qc=qc)
+                                              scripts=part.scripts, takes=part.takes, qc=qc,
+                                              manifest_rows=part.manifest_rows)
         warned = sum(1 for row in part.rows if row["warnings"])
         self.worker.log(
             f"shard {self.shard.index} part {part.index + 1}/{self.num_parts}: {done.rows} turns, "

@@ -3,8 +3,10 @@
 This module owns the schema of data/*.parquet (the `datasets` features, so the dataset
 loads with `load_dataset("parquet", ...)`, QC columns included), of takes/*.parquet
 (rejected takes) and of errors/*.parquet, and turns a part's rows, rejected takes and
-error rows into the bytes of its files. Where those files go, and the order
-that commits them, is `synth.pipeline.output`'s. It knows nothing about models or Ray.
+error rows into the bytes of its files. A row that cannot be written in its columns (a
+value out of a column's range that validation missed) becomes an error row naming it,
+and the rest of its part is written. Where those files go, and the order that commits
+them, is `synth.pipeline.output`'s. It knows nothing about models or Ray.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.pipeline.manifest import RowError
-from synth.pipeline.output import OutputDir, PartCommit, PartFiles, audio_file
+from synth.pipeline.output import PartCommit, PartFiles, audio_file, commit_part
+from synth.store.store import Store
 
 
 def output_features(sample_rate_hz: int):
@@ -99,8 +102,8 @@ ERROR_SCHEMA = pa.schema(
 class DatasetWriter:
     """Commits parts of one output dataset: rows and errors as Parquet, audio as files."""
 
-    def __init__(self, output: OutputDir, *, sample_rate_hz: int, audio_format: str, write_audio_files: bool):
-        self.output = output
+    def __init__(self, store: Store, *, sample_rate_hz: int, audio_format: str, write_audio_files: bool):
+        self.store = store
         self.sample_rate_hz = sample_rate_hz
         self.audio_format = audio_format
         self.write_audio_files = write_audio_files
@@ -116,10 +119,34 @@ class DatasetWriter:
         pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
 
+    def _rows_table(self, rows: list[dict], manifest_rows: dict[str, int]) -> tuple[pa.Table, list[RowError]]:
+        """The data table of `rows`; a row that does not fit the columns is left out as an error row
+        (found one row at a time, only when the whole table fails)."""
+        try:
+            return pa.Table.from_pylist(rows, schema=self.schema), []
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass
+        kept, bad = [], []
+        for row in rows:
+            try:
+                pa.Table.from_pylist([row], schema=self.schema)
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+                bad.append(RowError(manifest_rows.get(row.get("id"), -1), row.get("script_id"), "write",
+                                    f"the row does not fit the dataset's columns: {str(e).splitlines()[0][:300]}",
+                                    row.get("turn")))
+                continue
+            kept.append(row)
+        return pa.Table.from_pylist(kept, schema=self.schema), bad
+
     def part_files(self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int,
-                   takes: list[dict] = (), qc: dict | None = None) -> PartFiles:
+                   takes: list[dict] = (), qc: dict | None = None,
+                   manifest_rows: dict[str, int] | None = None) -> PartFiles:
         """A part's files as bytes, and what its marker will say. takes: rows of rejected takes;
-        qc: the part's QC totals."""
+        qc: the part's QC totals; manifest_rows: row id -> its script's manifest row (for error rows)."""
+        table, unwritable = self._rows_table(rows, manifest_rows or {})
+        if unwritable:
+            written = set(table.column("id").to_pylist())
+            rows, errors = [r for r in rows if r["id"] in written], [*errors, *unwritable]
         error_bytes = None
         if errors:
             err_table = pa.Table.from_pylist(
@@ -130,7 +157,7 @@ class DatasetWriter:
                 schema=ERROR_SCHEMA,
             )
             error_bytes = self._parquet_bytes(err_table)
-        data_bytes = self._parquet_bytes(pa.Table.from_pylist(rows, schema=self.schema)) if rows else None
+        data_bytes = self._parquet_bytes(table) if rows else None
         commit = PartCommit(
             shard=shard,
             part=part,
@@ -147,10 +174,10 @@ class DatasetWriter:
 
     def commit_part(
         self, shard: int, part: int, rows: list[dict], errors: list[RowError], scripts: int,
-        takes: list[dict] = (), qc: dict | None = None,
+        takes: list[dict] = (), qc: dict | None = None, manifest_rows: dict[str, int] | None = None,
     ) -> PartCommit:
-        """Write a part's files and then its marker (`OutputDir.commit_part`)."""
-        return self.output.commit_part(self.part_files(shard, part, rows, errors, scripts, takes, qc))
+        """Write a part's files and then its marker (`synth.pipeline.output.commit_part`)."""
+        return commit_part(self.store, self.part_files(shard, part, rows, errors, scripts, takes, qc, manifest_rows))
 
 
 def codes_to_list(codes: np.ndarray) -> list[list[int]]:

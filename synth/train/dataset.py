@@ -4,7 +4,8 @@ This module owns reading a synth output (local or object store) for training: th
 committed parts (the `qc_pass` filter when asked; the text the model was given, `spoken_text`,
 where the output has it), each row's context from `context_ids`
 resolved to coded turns (generated turns: their stored codes; voice prompts: the run's
-OUT/_voices/ cache, or encoded; recorded manifest clips: read through the run's plan.json and
+OUT/_voices/ cache where its bytes are what their marker recorded, or encoded; recorded
+manifest clips: read through the run's manifest (run.json's input, plan.json's files) and
 Mimi-encoded, all in one batched call of synth's codec), per-row checks (codes of the wrong
 shape or out of the codec's range, an unresolvable context, an example longer than the model
 holds: each skipped with a reason naming the row), and the prepared set as one Parquet file
@@ -29,12 +30,22 @@ import pyarrow.parquet as pq
 
 from synth.engine.codec import clip_key
 from synth.errors import SynthError
-from synth.pipeline import storage
 from synth.pipeline.audio_io import AudioError, decode_clip
 from synth.pipeline.config import TextConfig
 from synth.pipeline.manifest import ManifestError, Script, iter_scripts, open_manifest
-from synth.pipeline.output import PLAN_RECORD, OutputDir, data_file, voice_codes_file
+from synth.pipeline.output import (
+    PLAN_RECORD,
+    RUN_RECORD,
+    committed_parts,
+    data_file,
+    dataset_store,
+    voice_codes_file,
+    voice_unit,
+)
 from synth.pipeline.spoken import spoken_text
+from synth.store import storage
+from synth.store.errors import StoreError
+from synth.store.store import Store
 from synth.train.batches import CodedTurn, Example, render_ids
 
 COLUMNS = ["id", "speaker", "text", "codes", "context_ids"]
@@ -129,16 +140,13 @@ class TrainSet:
         return cls(turns, targets)
 
 
-def read_rows(output: OutputDir, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
-    """Rows of the committed parts (data/ files a marker covers; codes as arrays), and the ids to train on."""
-    if not storage.exists(output.at("data")):
-        raise DatasetError(f"{output.uri} is not a synth dataset: it has no data/ directory")
-    committed, _ = output.markers()
+def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
+    """Rows of the committed parts (data/ files a sound marker covers; codes as arrays), and the ids to train on."""
     tables = []
-    for shard, part in sorted(committed):
-        loc = output.at(data_file(shard, part))
-        if not storage.exists(loc):  # a part whose rows all failed has no data file
+    for (shard, part), commit in sorted(committed_parts(output).items()):
+        if not commit.rows:  # a part whose rows all failed has no data file
             continue
+        loc = output.at(data_file(shard, part))
         with loc.fs.open_input_file(loc.path) as f:
             names = pq.read_schema(f).names
             if qc_filter and QC_COLUMN not in names:
@@ -181,9 +189,10 @@ class _ClipsToEncode:
         return decode_clip(data, self.sample_rate_hz, name=ref)
 
 
-def _voice_turns(output: OutputDir, voices: dict, needed: set[str], clips: _ClipsToEncode,
+def _voice_turns(output: Store, voices: dict, needed: set[str], clips: _ClipsToEncode,
                  ) -> tuple[dict[str, CodedTurn], dict[str, str]]:
-    """voice:NAME -> its coded turn (codes from OUT/_voices/ when cached, else queued); and problems."""
+    """voice:NAME -> its coded turn (codes from OUT/_voices/ when cached and what their marker
+    recorded, else queued); and problems."""
     found, problems = {}, {}
     for key in sorted(needed):
         name = key.removeprefix("voice:")
@@ -196,9 +205,9 @@ def _voice_turns(output: OutputDir, voices: dict, needed: set[str], clips: _Clip
         except AudioError as e:
             problems[key] = f"voice {name!r}: {e}"
             continue
-        cached = output.at(voice_codes_file(clip_key(clip)))
-        if storage.exists(cached):
-            found[key] = CodedTurn(voice["speaker"], voice["text"], np.load(io.BytesIO(storage.read_bytes(cached))))
+        cached = output.read_verified(voice_unit(clip_key(clip)), voice_codes_file(clip_key(clip)))
+        if cached is not None:
+            found[key] = CodedTurn(voice["speaker"], voice["text"], np.load(io.BytesIO(cached)))
         else:
             clips.pending[key] = (voice["speaker"], voice["text"], clip)
     return found, problems
@@ -238,13 +247,26 @@ def _recorded_turns(manifest_uris: Sequence[str], needed: set[str], clips: _Clip
     return problems
 
 
+def _manifest_uris(output: Store, plan: dict) -> list[str]:
+    """The run's manifest files: its input (run.json's `input`) joined with the names plan.json lists."""
+    try:
+        run = output.read_record(RUN_RECORD) or {}
+    except StoreError:
+        run = {}
+    files = plan.get("plan", {}).get("manifest_files", [])
+    if not run.get("input"):
+        return []
+    root = storage.resolve(run["input"])
+    return [root.join(f["name"]).uri if f.get("name") else root.uri for f in files if isinstance(f, dict)]
+
+
 def prepare_train_set(data_uri: str, *, processor, model_config, qc_filter: bool, max_positions: int,
                       encode: Callable[[list[np.ndarray]], list[np.ndarray]]) -> tuple[TrainSet, list[str]]:
     """A synth output -> its TrainSet, and one message per skipped row (naming it and why).
 
     encode: clips [samples] float32 at the codec rate -> codes [T, K] (synth's batched Mimi);
     called once, only if some context clip has no stored codes."""
-    output = OutputDir(storage.resolve(data_uri))
+    output = dataset_store(data_uri, "synth train")
     rows, train = read_rows(output, qc_filter=qc_filter)
     K = model_config.num_codebooks
     codebook_size = model_config.codec_config.codebook_size
@@ -264,13 +286,13 @@ def prepare_train_set(data_uri: str, *, processor, model_config, qc_filter: bool
         skipped.append(f"row {row['id']!r}: {bad}")
         train.discard(row["id"])
     needed = {c for r in rows if r["id"] in train for c in r["context_ids"] or ()} - set(turns)
-    plan = output.read_json(PLAN_RECORD) if storage.exists(output.at(PLAN_RECORD)) else {}
+    plan = output.identity() or {}
     voices = plan.get("voices", {})
     clips = _ClipsToEncode(model_config.codec_config.sampling_rate)
     found, problems = _voice_turns(output, voices, {k for k in needed if k.startswith("voice:")}, clips)
     turns.update(found)
     recorded = {k for k in needed if not k.startswith("voice:")}
-    manifests = [uri for uri, _ in plan.get("plan", {}).get("manifest_files", [])]
+    manifests = _manifest_uris(output, plan)
     # the run's `text:` settings (plan.json), as its worker applied them to recorded transcripts
     spoken = spoken_text(TextConfig(**plan["text"])) if "text" in plan else (lambda text: text)
     problems.update(_recorded_turns(manifests, recorded, clips, voices, spoken))

@@ -1,69 +1,51 @@
-"""A fine-tuning run: the output it owns, the prepared train set, Ray Train's TorchTrainer, the record.
+"""A fine-tuning run: the store it owns, the prepared train set, Ray Train's TorchTrainer, the record.
 
-This module owns `synth train`: claiming the training output (new, empty, or one of its own
-runs; anything else is refused), refusing a relaunch whose data or settings differ from the
-recorded ones, preparing the train set once (synth.train.dataset, Mimi loaded only if some
-context clip must be encoded) and listing the rows it skipped, then a `TorchTrainer` with one
-worker per GPU (or CPU workers) running synth.train.loop, whose checkpoints live under the
-output so that the same command after a kill resumes from the newest one, and at the end the
-record `train.json` (written last) that says the model under `model/` is complete:
-
-    OUT/train.json           ownership, the data and settings of the run, skipped rows, then the
-                             steps, the loss history and `finished: true`
-    OUT/train_set.parquet    the prepared examples every worker reads (codes, context by id)
-    OUT/ray/run/...          Ray Train's checkpoints and its snapshot of them
-    OUT/model/               the trained checkpoint: `from_pretrained` and synth's `model.id` load it
-
-It knows nothing of the model math or the batch layout.
+This module owns `synth train`: claiming the training output (a store of kind `train`:
+new, empty, or one of its own runs; anything else is refused), taking its lease,
+refusing a relaunch whose dataset (its committed parts, fingerprinted) or settings differ
+from the recorded ones, preparing the train set once (synth.train.dataset, Mimi loaded
+only if some context clip must be encoded; committed as a unit and read back only if its
+bytes are the committed ones) and listing the rows it skipped, then a `TorchTrainer` with
+one worker per GPU (or CPU workers) running synth.train.loop, whose checkpoints live under
+the output so that the same command after a kill resumes from the newest one; rank 0
+commits the trained model as a unit, and at the end `train.json` says it is complete. The
+names are `synth.train.output`'s. It knows nothing of the model math or the batch layout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from synth import __version__
 from synth.errors import SynthError
-from synth.pipeline import storage
+from synth.pipeline.output import committed_parts, dataset_store
+from synth.store.lease import Lease
+from synth.store.recovery import recover
+from synth.store.store import Store, canonical_hash
 from synth.train.config import TrainConfig
 from synth.train.dataset import TrainSet, prepare_train_set
+from synth.train.output import (
+    MODEL_DIR,
+    RAY_DIR,
+    RUN_NAME,
+    TRAIN,
+    TRAIN_RECORD,
+    TRAIN_SET_FILE,
+    TRAIN_SET_UNIT,
+)
 from synth.train.sampler import BatchPlan
 
-TRAIN_RECORD = "train.json"
-TRAIN_SET_FILE = "train_set.parquet"
-MODEL_DIR = "model"
-RAY_DIR = "ray"
-RUN_NAME = "run"
+LEASE_STALE_S = 60.0  # as a run's job.lease_stale_seconds
 
 
 class TrainError(SynthError, RuntimeError):
     """A training run that cannot start or continue; the message says why."""
 
 
-def _claim(out: storage.Location, data_uri: str, config: TrainConfig) -> dict:
-    """The run's record: a new one for a new or empty OUT, the recorded one on a relaunch whose data
-    and settings match; any other directory, or other data or settings, is refused."""
-    if storage.exists(out) and not storage.is_dir(out):
-        raise TrainError(f"--output {out.uri} is a file, not a directory")
-    present = storage.entries(out)
-    if TRAIN_RECORD in present:
-        record = json.loads(storage.read_bytes(out.join(TRAIN_RECORD)))
-        changed = [k for k in ("data",) if record.get(k) != data_uri]
-        old, new = record.get("config", {}), config.identity()
-        changed += [f"{section}.{field}" for section in new for field in new[section]
-                    if old.get(section, {}).get(field) != new[section][field]]
-        if changed:
-            raise TrainError(f"{out.uri} holds a training run with other settings ({', '.join(changed)} differ): "
-                             "use a new --output, or the recorded settings to resume it")
-        return record
-    if present:
-        raise TrainError(f"--output {out.uri} is not empty and is not a synth training run (it holds "
-                         f"{', '.join(present[:8])}): use a new or empty directory")
-    record = {"synth": __version__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "data": data_uri, "config": config.identity(), "finished": False}
-    storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
-    return record
+def data_fingerprint(data: Store) -> str:
+    """A hash of what a dataset has committed (each part's files and checksums): the rows a run trains on."""
+    parts = committed_parts(data)
+    return canonical_hash({f"{s}/{p}": [(f.path, f.sha256) for f in c.files] for (s, p), c in sorted(parts.items())})
 
 
 def _codec_encoder(model_id: str):
@@ -75,11 +57,12 @@ def _codec_encoder(model_id: str):
     return encode
 
 
-def prepared_train_set(out: storage.Location, record: dict, data_uri: str, config: TrainConfig) -> TrainSet:
-    """The run's train set: read back on a relaunch, else prepared from the dataset and stored."""
-    path = out.join(TRAIN_SET_FILE)
-    if storage.exists(path):
-        return TrainSet.from_parquet(storage.read_bytes(path))
+def prepared_train_set(store: Store, record: dict, data_uri: str, config: TrainConfig) -> TrainSet:
+    """The run's train set: read back on a relaunch (only if its bytes are the committed ones), else
+    prepared from the dataset and committed."""
+    data = store.read_verified(TRAIN_SET_UNIT, TRAIN_SET_FILE)
+    if data is not None:
+        return TrainSet.from_parquet(data)
     from transformers import AutoConfig, AutoProcessor
 
     from synth.engine.checkpoint import resolve_checkpoint
@@ -97,19 +80,35 @@ def prepared_train_set(out: storage.Location, record: dict, data_uri: str, confi
         print(f"train: ... {len(skipped) - 20} more skipped rows (all in {TRAIN_RECORD})", flush=True)
     if not train_set.targets:
         raise TrainError(f"{data_uri}: no row can be trained on ({len(skipped)} skipped)")
-    storage.write_bytes_atomic(path, train_set.to_parquet())
+    store.retract(TRAIN_SET_UNIT)
+    store.commit(TRAIN_SET_UNIT, [store.write(TRAIN_SET_FILE, train_set.to_parquet())], {"skipped": len(skipped)})
     record["skipped"] = skipped
-    storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
+    store.write_record(TRAIN_RECORD, record)
     return train_set
 
 
 def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
     """Fine-tune on the dataset at `data_uri` into `output_uri` (resuming a killed run there); the record."""
-    if not storage.exists(storage.resolve(data_uri).join("data")):  # before OUT is claimed for it
-        raise TrainError(f"--data {data_uri} is not a synth dataset: it has no data/ directory")
-    out = storage.resolve(output_uri)
-    record = _claim(out, data_uri, config)
-    train_set = prepared_train_set(out, record, data_uri, config)
+    data = dataset_store(data_uri, "synth train --data")  # before OUT is claimed for it
+    store = Store.at_uri(output_uri, TRAIN)
+    store.claim()
+    with Lease.acquire(store, stale_after_s=LEASE_STALE_S) as lease:
+        store.run_id = lease.run_id
+        identity = {"data": data_uri, "data_fingerprint": data_fingerprint(data), "config": config.identity()}
+        fixed = {"data": "it holds a training run on another dataset",
+                 "data_fingerprint": "the dataset's committed rows changed since this training run began (a part "
+                                     "made again, or more parts committed)",
+                 "config": "it holds a training run with other settings (use the recorded settings to resume)"}
+        store.settings = store.record_identity(identity, fixed=fixed)
+        found = recover(store, batch=time.strftime("%Y%m%dT%H%M%SZ") + f"-{lease.run_id}")
+        for finding in found.findings:
+            print(f"train: VERIFY FAILED: {finding} (put aside; made again)", flush=True)
+        record = store.read_record(TRAIN_RECORD) or {"data": data_uri, "finished": False}
+        return _train_leased(config, data_uri, store, record)
+
+
+def _train_leased(config: TrainConfig, data_uri: str, store: Store, record: dict) -> dict:
+    train_set = prepared_train_set(store, record, data_uri, config)
     print(f"train: {len(train_set.targets)} examples ({sum(train_set.lengths)} positions) from {data_uri}, "
           f"{len(record.get('skipped', []))} rows skipped", flush=True)
     try:  # the workers' plan, checked here: a set too small for the workers fails before any starts
@@ -120,19 +119,19 @@ def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
         raise TrainError(str(e)) from None
     if record.get("finished"):  # a relaunch (a longer run) rewrites model/: it is not complete until the end
         record["finished"] = False
-        storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
-    metrics = _fit(config, out).metrics or {}  # none when a finished run is launched again with no step to do
+        store.write_record(TRAIN_RECORD, record)
+    metrics = _fit(config, store).metrics or {}  # none when a finished run is launched again with no step to do
     history = metrics.get("history", record.get("losses", []))
     record.update(finished=True, steps=metrics.get("step", record.get("steps")), losses=history, model=MODEL_DIR,
                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    storage.write_bytes_atomic(out.join(TRAIN_RECORD), json.dumps(record, indent=2).encode())
+    store.write_record(TRAIN_RECORD, record)
     if history:
         print(f"train: done: {record['steps']} steps, loss {history[0][1]:.4f} at step {history[0][0]} -> "
-              f"{history[-1][1]:.4f}; model in {out.join(MODEL_DIR).uri}", flush=True)
+              f"{history[-1][1]:.4f}; model in {store.at(MODEL_DIR).uri}", flush=True)
     return record
 
 
-def _fit(config: TrainConfig, out: storage.Location):
+def _fit(config: TrainConfig, store: Store):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -151,12 +150,12 @@ def _fit(config: TrainConfig, out: storage.Location):
         raise TrainError(f"the Ray cluster has {cluster.get('CPU', 0)} CPUs and {cluster.get('GPU', 0)} GPUs; "
                          f"{workers.num_workers} workers need {resources} each (workers.*)")
     def where(name: str) -> str:  # absolute for local paths: workers need not share the driver's cwd
-        return out.join(name).path if out.is_local else out.join(name).uri
+        return store.at(name).path if store.location.is_local else store.at(name).uri
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.model_dump(mode="json"), "train_set": where(TRAIN_SET_FILE),
-                           "model_dir": where(MODEL_DIR)},
+        train_loop_config={"config": config.model_dump(mode="json"), "store": store.location.path if store.location.is_local else store.uri, "run_id": store.run_id,
+                           "settings": store.settings},
         scaling_config=ScalingConfig(num_workers=workers.num_workers, use_gpu=workers.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=where(RAY_DIR),

@@ -8,8 +8,8 @@ checkpoint (weights, optimizer, step, loss history), then the plan's steps: its 
 examples, collated from codes (synth.train.batches), forward under bfloat16 autocast on GPU,
 backward, clipped step, the loss averaged over workers; a checkpoint every
 `checkpoints.every_steps` and at the end; and, on rank 0, the final model (LoRA merged) with
-the base's processor files saved where the job says. It knows nothing of datasets on disk
-beyond the prepared train set, or of the job's output layout beyond the paths it is given.
+the base's processor files committed as the training store's `model` unit, under the run's
+lease (synth.train.output). It knows nothing of datasets on disk beyond the prepared train set.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ import time
 
 import torch
 
+from synth.store.store import Store
 from synth.train.batches import CodesLoss, collate
 from synth.train.config import TrainConfig
 from synth.train.dataset import TrainSet
+from synth.train.output import MODEL_DIR, MODEL_UNIT, TRAIN, TRAIN_SET_FILE
 from synth.train.sampler import BatchPlan
 
 STATE_FILE = "state.pt"
@@ -64,12 +66,11 @@ def save_final_model(model, processor, adapters, directory: str) -> None:
 
 
 def train_loop(loop_config: dict) -> None:
-    """Ray Train's `train_loop_per_worker`. loop_config: {"config": TrainConfig as dict,
-    "train_set": URI of the prepared set, "model_dir": where rank 0 saves the final model}."""
+    """Ray Train's `train_loop_per_worker`. loop_config: {"config": TrainConfig as dict, "store": the
+    training output (path or URI), "run_id" and "settings": the run whose lease rank 0 commits the
+    final model under}."""
     import ray.train
     import ray.train.torch
-
-    from synth.pipeline import storage
 
     config = TrainConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
@@ -77,7 +78,8 @@ def train_loop(loop_config: dict) -> None:
     torch.set_num_threads(config.workers.torch_threads or math.ceil(config.workers.cpus_per_worker))
     torch.manual_seed(config.optim.seed)  # the same adapters' initial weights on every worker
 
-    train_set = TrainSet.from_parquet(storage.read_bytes(storage.resolve(loop_config["train_set"])))
+    store = Store.at_uri(loop_config["store"], TRAIN, run_id=loop_config["run_id"], settings=loop_config["settings"])
+    train_set = TrainSet.from_parquet(store.read(TRAIN_SET_FILE))
     model, processor, adapters = load_base(config)
     params = trainable(model)
     optimizer = torch.optim.AdamW(params.values(), lr=config.optim.learning_rate,
@@ -128,12 +130,15 @@ def train_loop(loop_config: dict) -> None:
         if (step + 1) % config.checkpoints.every_steps == 0 or step + 1 == plan.num_steps:
             _report(step + 1, history, params, optimizer, rank)
     if rank == 0:
+        store.retract(MODEL_UNIT)
         with tempfile.TemporaryDirectory() as directory:
             save_final_model(model, processor, adapters, directory)
+            files = []
             for name in sorted(os.listdir(directory)):
                 with open(os.path.join(directory, name), "rb") as f:
-                    storage.write_bytes_atomic(storage.resolve(loop_config["model_dir"]).join(name), f.read())
-        print(f"train: saved the model to {loop_config['model_dir']}", flush=True)
+                    files.append(store.write_stream(f"{MODEL_DIR}/{name}", iter(lambda: f.read(1 << 20), b"")))
+        store.commit(MODEL_UNIT, files)
+        print(f"train: saved the model to {store.at(MODEL_DIR).uri}", flush=True)
 
 
 def _report(step: int, history: list, params: dict, optimizer, rank: int) -> None:

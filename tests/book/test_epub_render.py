@@ -20,7 +20,7 @@ from synth.book.acx import acx_check
 from synth.book.render import QC_COLUMNS, SAMPLE_RATE_HZ, assemble_chapters, open_book
 from synth.book.stitch import StitchSettings
 from synth.cli import main
-from synth.pipeline import storage
+from synth.store import storage
 
 # QC at its cheapest (Silero's VAD and the codes' loop score, no model download), set so that every
 # take fails for a reason the test can state: the VAD hears no speech in the tiny model's noise, so

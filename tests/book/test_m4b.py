@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from synth.book.m4b import M4bBook
-from synth.pipeline import storage
+from synth.store import storage
 
 SR = 24000
 

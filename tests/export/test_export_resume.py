@@ -1,7 +1,7 @@
 """An export killed midway and run again gives each row exactly once.
 
 `python -m synth export` runs in a subprocess on the package's Ray with two crash points
-armed (`synth.pipeline.faults`): an export task dies between a part's files and its marker
+armed (`synth.store.faults`): an export task dies between a part's files and its marker
 (Ray retries the part), then the driver dies after its second part, as `kill -9` would
 leave it. The rerun finishes the export; WebDataset reads every row exactly once and every
 file in the export is one a marker lists (or a record).
@@ -15,7 +15,7 @@ import os
 import pytest
 from helpers import REPO, assert_exactly_once, run_job
 
-from synth.pipeline import faults
+from synth.store import faults
 
 from .test_exports import check_webdataset, source_rows
 

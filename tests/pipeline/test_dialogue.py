@@ -10,7 +10,7 @@ import pytest
 from helpers import load_errors
 
 from synth.engine.interface import Segment
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import ContextItem, ContextTooLong, plan_context
 from synth.pipeline.manifest import open_manifest, write_manifest

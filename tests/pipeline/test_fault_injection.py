@@ -1,7 +1,7 @@
 """Fault injection: the driver and its actors crash at seeded random points, and every resume
 ends in the whole dataset with the user's files untouched.
 
-Crash points (`synth.pipeline.faults`) sit in a part's commit, a shard's done marker, the
+Crash points (`synth.store.faults`) sit in a part's commit, a shard's done marker, the
 clean-up, the driver's loop, its final check and run.json, and the lease. A seeded RNG draws
 each run's kill points: a few actor points and one driver point, each a (point, N-th hit)
 pair. A point that fires exits its process with `os._exit(137)`, as `kill -9` would, and
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import helpers
 import pytest
 
-from synth.pipeline import faults, storage
+from synth.store import faults, storage
 from synth.pipeline.output import RUN_RECORD, OutputDir
 from synth.pipeline.verify import verify
 
@@ -97,7 +97,7 @@ def _crash_in_subprocess(env_value: str | None, calls: str) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if k != faults.ENV_VAR}
     if env_value is not None:
         env[faults.ENV_VAR] = env_value
-    code = f"from synth.pipeline.faults import crash_point\n{calls}\nprint('survived')"
+    code = f"from synth.store.faults import crash_point\n{calls}\nprint('survived')"
     return subprocess.run([sys.executable, "-c", code], cwd=helpers.REPO, env=env, capture_output=True, text=True,
                           timeout=60)
 

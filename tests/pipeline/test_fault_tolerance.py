@@ -35,7 +35,7 @@ from helpers import (
     write_scripts_manifest,
 )
 
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.output import (
     DATA_DIR,
     ERRORS_DIR,

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.audio_io import encode_audio
 from synth.pipeline.config import SynthConfig
-from synth.pipeline.lease import Lease
+from synth.store.lease import Lease
 from synth.pipeline.output import (
     LEASE_FILE,
     OWNER_RECORD,

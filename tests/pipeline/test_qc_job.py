@@ -21,7 +21,7 @@ from helpers import (
 )
 
 from synth.engine.interface import GenerationRequest
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest, write_manifest
 from synth.pipeline.output import RUN_RECORD, OutputDir, takes_file

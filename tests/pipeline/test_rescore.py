@@ -12,7 +12,7 @@ import soundfile as sf
 from helpers import write_scripts_manifest
 
 from synth.cli import main
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest
 from synth.pipeline.output import OutputDir

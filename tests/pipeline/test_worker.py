@@ -12,7 +12,7 @@ import torch
 from helpers import load_errors, transformers_codes, write_mixed_manifest
 
 from synth.engine.interface import GenerationRequest, Segment
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import Script, open_manifest, read_scripts
 from synth.pipeline.output import (

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from helpers import load_errors, load_output
 
-from synth.pipeline import storage
+from synth.store import storage
 from synth.pipeline.audio_io import decode_clip
 from synth.pipeline.output import OutputDir
 from synth.pipeline.verify import verify

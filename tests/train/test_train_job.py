@@ -229,7 +229,7 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     train_config = load_train_config("configs/train-demo.yaml", [f"model.id={tiny_checkpoint}"])
-    from synth.pipeline import storage
+    from synth.store import storage
 
     with pytest.raises(TrainError, match="is not empty and is not a synth training run"):
         _claim(storage.resolve(str(foreign)), data, train_config)

@@ -9,7 +9,11 @@ as `kill -9` leaves it. A token that exists already means some process crashed t
 before (Ray restarts a crashed actor, and the new process counts its hits from zero), so
 each spec fires at most once. With the variable unset a crash point costs one lookup.
 
-The driver hands the variable to its actors (`actor_runtime_env`), since on a running cluster
+`raise_point(name, key)` is the same for a failure that is not a crash: it raises
+`InjectedFault` every time it is reached with a key that `SYNTH_RAISE_AT` (comma-separated
+`NAME:KEY`) arms, e.g. the script whose generation should fail.
+
+The driver hands the variables to its actors (`actor_runtime_env`), since on a running cluster
 they do not inherit the driver's environment. It knows nothing about what the points
 guard.
 """
@@ -20,6 +24,7 @@ import os
 from collections import Counter
 
 ENV_VAR = "SYNTH_CRASH_AT"
+RAISE_VAR = "SYNTH_RAISE_AT"
 CRASH_EXIT_STATUS = 137  # what a shell reports for a process killed by SIGKILL (128 + 9)
 
 _hits: Counter[str] = Counter()  # crash point -> times this process reached it
@@ -35,6 +40,17 @@ def crash_point(name: str) -> None:
         if point == name and hit == _hits[name] and _claim(token):
             os.write(2, f"synth: crash point {name} (hit {hit}): exiting with {CRASH_EXIT_STATUS}\n".encode())
             os._exit(CRASH_EXIT_STATUS)
+
+
+class InjectedFault(RuntimeError):
+    """The failure a `raise_point` armed by `SYNTH_RAISE_AT` raises."""
+
+
+def raise_point(name: str, key: str) -> None:
+    """Raise InjectedFault if `SYNTH_RAISE_AT` arms `name` for `key` (see the module docstring)."""
+    specs = os.environ.get(RAISE_VAR)
+    if specs and f"{name}:{key}" in specs.split(","):
+        raise InjectedFault(f"injected fault at {name} for {key!r} ({RAISE_VAR})")
 
 
 def parse(specs: str) -> list[tuple[str, int, str]]:
@@ -61,7 +77,7 @@ def _claim(token: str) -> bool:
 
 
 def actor_runtime_env() -> dict | None:
-    """The Ray runtime_env that arms an actor's crash points as the driver's are, or None
-    (on a running cluster actors start from the raylet's environment, not the driver's)."""
-    specs = os.environ.get(ENV_VAR)
-    return {"env_vars": {ENV_VAR: specs}} if specs else None
+    """The Ray runtime_env that arms an actor's crash and raise points as the driver's are, or
+    None (on a running cluster actors start from the raylet's environment, not the driver's)."""
+    armed = {name: os.environ[name] for name in (ENV_VAR, RAISE_VAR) if os.environ.get(name)}
+    return {"env_vars": armed} if armed else None
