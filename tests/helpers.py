@@ -34,6 +34,14 @@ def run_job(args: list[str], env: dict | None = None, timeout: int = 300) -> sub
                           timeout=timeout)
 
 
+def dataset_store(path):
+    """A run's output store at `path`, with no lease (tests that drive a worker or writer directly)."""
+    from synth.pipeline.output import RUN
+    from synth.store.store import Store
+
+    return Store.at_uri(str(path), RUN)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

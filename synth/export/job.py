@@ -86,7 +86,9 @@ def run_export(source_uri: str, dest_uri: str, options: ExportOptions, *, log=pr
     identity = options.identity(source.location.path)  # absolute: `out` and `./out` are one source
     with Lease.acquire(dest, stale_after_s=options.lease_stale_seconds, log=log) as lease:
         dest.run_id = lease.run_id
-        dest.settings = dest.record_identity(identity, fixed={k: f"it holds an export of another {k}" for k in identity})
+        fixed = {k: f"it holds an export with another `{k}`" for k in identity}
+        dest.settings = dest.record_identity(identity, fixed=fixed)
+        dest.write_record(EXPORT_RECORD, {"identity": identity, "finished": False})  # until it is
         commits = _recover(dest, parts, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start)) + f"-{lease.run_id}",
                            log)
         todo = [p for p in parts if (p.shard, p.part) not in commits]

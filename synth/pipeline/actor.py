@@ -17,7 +17,7 @@ from synth.pipeline.config import SynthConfig
 from synth.pipeline.manifest import open_planned
 from synth.pipeline.output import DATASET_KINDS, ShardSummary
 from synth.pipeline.plan import Shard
-from synth.store.faults import crash_point
+from synth.store.faults import crash_point, raise_point
 from synth.store.store import Store
 
 
@@ -49,6 +49,7 @@ class SynthActor:
 
     def run_shard(self, shard: Shard, attempt: int = 1) -> ShardSummary:
         """Run one shard (its scripts isolated from the second attempt on); what it committed."""
+        raise_point("shard", str(shard.index))  # fault-injection tests: a shard that fails every attempt
         if self.worker.manifest is None:  # opened here, not at load: a changed input stops the run, not the actor
             self.worker.manifest = open_planned(*self.input)
         encoded_before = self.worker.voices.encoded

@@ -23,6 +23,7 @@ from synth.pipeline.manifest import (
 )
 from synth.pipeline.plan import Plan, plan_shards
 from synth.store import storage
+from synth.store.errors import StoreError
 
 MAX_ERRORS_SHOWN = 20
 
@@ -61,7 +62,10 @@ def dry_run(config: SynthConfig, manifest: Manifest, plan: Plan) -> DryRunReport
 
     def exists(ref: str) -> bool:
         if ref not in clip_exists:
-            clip_exists[ref] = storage.exists(storage.resolve(ref))
+            try:
+                clip_exists[ref] = storage.exists(storage.resolve(ref))
+            except (OSError, StoreError):  # an unknown scheme, an unreachable store: the row's problem
+                clip_exists[ref] = False
         return clip_exists[ref]
 
     def problem(script: Script) -> RowError | None:

@@ -295,8 +295,11 @@ def parse_row(raw: dict[str, Any], row: int, form: str, manifest_file: storage.L
         speaker = _as_int(t.get("speaker"))
         if t.get("speaker") is None and (voice or script_voice) and not t.get("audio"):
             speaker = None  # the voice says who speaks
-        elif speaker is None or not 0 <= speaker <= INT32_MAX:
-            return bad(f"speaker must be an integer from 0 to {INT32_MAX}, got {t.get('speaker')!r}", i)
+        elif speaker is None or speaker < 0:
+            return bad(f"speaker must be a non-negative integer, got {t.get('speaker')!r}", i)
+        elif speaker > INT32_MAX:
+            return bad(f"speaker must be at most {INT32_MAX} (the dataset's `speaker` column is int32), got "
+                       f"{speaker}", i)
         text = t.get("text")
         if not isinstance(text, str) or not text.strip():
             return bad(f"text must be a non-empty string, got {text!r}", i)

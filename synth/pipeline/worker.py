@@ -42,7 +42,7 @@ from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
 from synth.store import storage
-from synth.store.errors import StopRun
+from synth.store.errors import StopRun, StoreError
 from synth.store.faults import raise_point
 from synth.store.marker import Damaged
 from synth.store.store import Store
@@ -164,7 +164,7 @@ class ShardWorker:
             data = storage.read_bytes(storage.resolve(ref))
         except FileNotFoundError:
             raise AudioError(f"audio file not found: {ref}") from None
-        except (OSError, pa.ArrowException) as e:  # unreachable host, unknown scheme, denied
+        except (OSError, pa.ArrowException, StoreError) as e:  # unreachable host, unknown scheme, denied
             raise AudioError(f"cannot read audio {ref}: {e}") from None
         clip = decode_clip(data, self.engine.sample_rate_hz, name=ref)
         if clip.nbytes <= self.clip_cache_bytes:
@@ -253,12 +253,13 @@ class ShardWorker:
             return run.finished()
         for index in range(run.num_parts):
             for request in run.start_part(index):
+                who = run.chains[request.request_id]
                 try:
                     self.engine.run([request], params, on_result=run)
                 except StopRun:
                     raise
                 except Exception as e:  # this script's own failure: an error row, and the part goes on
-                    run.fail_chain(request.request_id, e)
+                    run.fail_chain(*who, e)
         return run.finished()
 
 
@@ -337,10 +338,9 @@ class _ShardRun:
             self._commit(part)
         return []
 
-    def fail_chain(self, request_id: str, error: Exception) -> None:
-        """The script whose request this was made generation raise (run alone): its rows and takes
-        are dropped, one error row names the script and the error, and its part goes on."""
-        part, script, chain = self.chains[request_id]
+    def fail_chain(self, part: _Part, script: Script, chain: Chain, error: Exception) -> None:
+        """The script made generation raise (run alone): its rows and takes are dropped, one error
+        row names the script and the error, and its part goes on."""
         for key in [k for k, (_, other, _) in self.chains.items() if other is script]:
             del self.chains[key]
         part.rows = [r for r in part.rows if r["script_id"] != script.id]

@@ -167,7 +167,7 @@ class Lease:
         except (OSError, pa.ArrowException) as e:
             raise StoreError(f"cannot take over the lease of {store.uri}: {describe_os_error(e)}") from None
         store.delete(aside)
-        said = holder["damaged"] if why == "damaged" else _describe(holder, time.time())
+        said = holder.get("damaged", "its fields are not a lease's") if why == "damaged" else _describe(holder, time.time())
         log(f"synth: took over the lease of {store.uri} from a {why} holder ({said})")
 
     @staticmethod

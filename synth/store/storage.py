@@ -127,7 +127,11 @@ def write_stream_atomic(loc: Location, chunks: Iterable[bytes]) -> tuple[int, st
     which becomes visible only once complete."""
     if loc.is_local:
         tmp, size, sha = _write_temp(loc.path, chunks)
-        os.replace(tmp, loc.path)
+        try:
+            os.replace(tmp, loc.path)
+        except OSError:
+            os.unlink(tmp)
+            raise
         return size, sha
     loc.fs.create_dir(loc.path.rsplit("/", 1)[0], recursive=True)
     digest, size = hashlib.sha256(), 0

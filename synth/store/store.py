@@ -230,8 +230,9 @@ class Store:
         if kind == self.layout.kind:
             return
         what = "a synth store whose kind is not recorded" if kind == "unknown" else f"a synth {kind} store"
-        raise StoreError(f"{self.uri} is {what}, not a {self.layout.kind} store: each command writes only its own "
-                         "kind (a run's output, an export, a training run...); use a new or empty directory")
+        raise StoreError(f"{self.uri} is {what}, and `synth {self.layout.kind}` writes only its own kind of store (a "
+                         "run's output, a book, an import, an export, scores, a training run are never mixed): use "
+                         "a new or empty directory")
 
     def _check_adoptable(self) -> None:
         """An adopted directory must hold no file under a name this kind writes (but a card, which

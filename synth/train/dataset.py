@@ -184,7 +184,7 @@ class _ClipsToEncode:
     def read(self, ref: str) -> np.ndarray:
         try:
             data = storage.read_bytes(storage.resolve(ref))
-        except OSError as e:
+        except (OSError, StoreError) as e:
             raise AudioError(f"{ref}: cannot read ({e})") from None
         return decode_clip(data, self.sample_rate_hz, name=ref)
 

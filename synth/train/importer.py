@@ -135,6 +135,9 @@ def _check_corpus(store: Store, plan: Plan, clips: list[Clip]) -> None:
     if identity is None or identity.get("plan") == plan.to_dict():
         return
     recorded = Plan.from_dict(identity["plan"]) if "plan" in identity else None
+    if recorded is not None and recorded.scripts_per_shard != plan.scripts_per_shard:
+        raise StoreError(f"{store.uri} was imported with --rows-per-part {recorded.scripts_per_shard}: its parts are "
+                         "numbered by it, so it is continued only with the same (or use a new --output)")
     if recorded is None or len(recorded.shards) != len(plan.shards) or recorded.manifest_files != plan.manifest_files:
         raise StoreError(f"{store.uri} holds an import of another corpus or of another size ({identity.get('imported_from')}, "
                          f"{sum(f.num_rows for f in recorded.manifest_files) if recorded else '?'} clips; now {len(clips)}): "

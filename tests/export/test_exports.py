@@ -16,12 +16,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from helpers import assert_exactly_once
+from helpers import assert_exactly_once, dataset_store
 
 from synth.export.job import run_export
 from synth.export.options import ExportOptions
 from synth.export.rows import ExportError
 from synth.pipeline.output import PLAN_RECORD
+from synth.store.errors import StoreError
 
 
 def source_rows(out: str) -> dict[str, dict]:
@@ -169,16 +170,19 @@ def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(syn
         export(out, os.path.join(out, "export"), format="nemo")
     (tmp_path / "a-run").mkdir()
     (tmp_path / "a-run" / "plan.json").write_text("{}")  # what marks another run's output
-    with pytest.raises(ExportError, match="run's output"):
+    with pytest.raises(StoreError, match="not a synth export store \\(it holds plan.json\\)"):
         export(out, str(tmp_path / "a-run"), format="nemo")
+    dataset_store(tmp_path / "run-store").claim()
+    with pytest.raises(StoreError, match="is a synth run store, and `synth export` writes only its own kind"):
+        export(out, str(tmp_path / "run-store"), format="nemo")
     # a finished export is continued only with the same options
     export(out, str(tmp_path / "once"), format="nemo", speakers=(0,))
-    with pytest.raises(ExportError, match="speakers"):
+    with pytest.raises(StoreError, match="it holds an export with another `speakers` \\(was \\[0\\], now \\[1\\]\\)"):
         export(out, str(tmp_path / "once"), format="nemo", speakers=(1,))
     # a user's directory is refused as a run's OUT is
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    with pytest.raises(Exception, match="not a synth output"):
+    with pytest.raises(StoreError, match="not a synth export store \\(it holds notes.txt\\): .*use a new or empty"):
         export(out, str(tmp_path / "mine"), format="nemo")
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 

@@ -7,10 +7,9 @@ import subprocess
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import load_errors
+from helpers import dataset_store, load_errors
 
 from synth.engine.interface import Segment
-from synth.store import storage
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import ContextItem, ContextTooLong, plan_context
 from synth.pipeline.manifest import open_manifest, write_manifest
@@ -152,7 +151,7 @@ def _write(path, rows):
 def _run(config, engine, manifest_path, out, log=lambda m: None):
     manifest = open_manifest(manifest_path)
     (shard,) = plan_shards(manifest, 100).shards
-    worker = ShardWorker(config, engine, manifest, storage.resolve(str(out)), log=log)
+    worker = ShardWorker(config, engine, manifest, dataset_store(out), log=log)
     commits = worker.run_shard(shard)
     rows = [r for f in sorted(os.listdir(out / "data")) for r in pq.read_table(out / "data" / f).to_pylist()]
     return worker, commits, {r["id"]: r for r in rows}
@@ -217,7 +216,7 @@ def test_each_voice_is_encoded_once_and_then_read_from_the_run_cache(voiced, eng
     # once their chains were done: only the voices stay pinned (above)
     assert engine_encodes == 2
     # a second worker on the same output (another actor, or a resumed run) encodes nothing
-    again = ShardWorker(config, engine, worker.manifest, storage.resolve(str(d / "out")), log=lambda m: None)
+    again = ShardWorker(config, engine, worker.manifest, dataset_store(d / "out"), log=lambda m: None)
     assert again.voices.prepare()["encoded"] == 0
     assert again.voices.get("narrator").speaker == 0
 

@@ -8,17 +8,15 @@ from helpers import (
     REPO,
     check_audio_rows,
     job_args,
+    load_errors,
     load_output,
     run_job,
     write_mixed_manifest,
 )
 
-from synth.pipeline.output import (
-    RUN_RECORD,
-    data_file,
-    part_marker_file,
-    shard_marker_file,
-)
+from synth.pipeline.output import RUN_RECORD, part_name
+from synth.store.faults import RAISE_VAR
+from synth.store.layout import marker_file
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +91,7 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     assert relaunch["audio_seconds"] == pytest.approx(summary["audio_seconds"])
 
     # shard 0 as a crash leaves it: part 0 (dialogue-a, 2 turns) committed, part 1 (single-b) not
-    os.remove(os.path.join(out, shard_marker_file(0)))
-    os.remove(os.path.join(out, part_marker_file(0, 1)))
+    os.remove(os.path.join(out, marker_file(part_name(0, 1))))
     partial = run_job(job_args(path, out, tiny_checkpoint, "--set", "job.max_error_rate=0.6"), env)
     assert partial.returncode == 0, partial.stdout + partial.stderr
     assert "3 already done, 1 to run" in partial.stdout and "(this run: 1 turns, " in partial.stdout
@@ -115,7 +112,8 @@ def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     # parts are numbered by the plan: another shard size is refused even with --allow-changes
     replanned = run_job(job_args(path, out, tiny_checkpoint, "--set", "output.scripts_per_shard=3",
                                  "--allow-changes"), env)
-    assert replanned.returncode == 2 and "planned differently" in replanned.stderr
+    assert replanned.returncode == 2 and "made from other input" in replanned.stderr
+    assert "output.scripts_per_shard: 2 -> 3" in replanned.stderr
     assert sorted(os.listdir(os.path.join(out, "data"))) == files
 
 
@@ -126,24 +124,25 @@ def test_demo_example_manifest_is_valid():
     assert "(0 with errors)" in result.stdout
 
 
-def test_a_shard_that_keeps_failing_is_recorded_and_the_rest_completes(mixed, tiny_checkpoint, tmp_path):
-    """Shard 0's first output name is taken by a directory: every attempt fails to write."""
+def test_a_row_that_fails_its_shard_costs_only_itself_and_a_shard_that_keeps_failing_is_recorded(
+        mixed, tiny_checkpoint, tmp_path):
+    """dialogue-a's generation raises every time (SYNTH_RAISE_AT): its shard's first attempt fails, the
+    second runs each script alone, so dialogue-a becomes an error row and the rest of its shard is
+    committed. Shard 1 fails every attempt before any script: recorded as failed, the rest completes."""
     path, good, bad = mixed
     out = tmp_path / "out"
-    (out / data_file(0, 0)).mkdir(parents=True)
     result = run_job(job_args(path, str(out), tiny_checkpoint, "--set", "job.max_error_rate=1.0",
-                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2",
-                              "--adopt-output"),  # OUT is not empty: it holds the obstacle
-                     {"RAY_ADDRESS": None})
+                              "--set", "job.max_shard_attempts=2", "--set", "output.scripts_per_shard=2"),
+                     {"RAY_ADDRESS": None, RAISE_VAR: "generate:dialogue-a,shard:1"})
     assert result.returncode == 1, result.stdout + result.stderr  # a failed shard: non-zero whatever the rate
-    assert "shard 0 attempt 1 failed" in result.stdout and "shard 0 FAILED after 2 attempts" in result.stdout
+    assert "shard 0 attempt 1 failed" in result.stdout and "shard 1 FAILED after 2 attempts" in result.stdout
+    assert "row 0 ('dialogue-a') failed on its own" in result.stdout
     summary = json.load(open(out / RUN_RECORD))
-    assert list(summary["shards_failed"]) == ["0"]
-    assert "directory" in summary["shards_failed"]["0"].lower(), summary["shards_failed"]
-    # shard 0 holds rows 0-1: dialogue-a (part 0, never committed) and single-b (part 1, committed
-    # before part 0 failed): the failed shard keeps its committed part, and the counts say so
-    assert summary["scripts_in_failed_shards"] == 1
+    assert list(summary["shards_failed"]) == ["1"] and "InjectedFault" in summary["shards_failed"]["1"]
+    assert summary["scripts_in_failed_shards"] == 2  # rows 2-3 (both bad rows), never read
     assert summary["scripts_ok"] + summary["scripts_with_errors"] + summary["scripts_in_failed_shards"] == 7
+    (error,) = [e for e in load_errors(str(out)) if e["id"] == "dialogue-a"]
+    assert error["stage"] == "generate" and "generation failed: InjectedFault" in error["reason"]
     ds = load_output(str(out))
     assert sorted(ds["id"]) == sorted(good - {"dialogue-a:1", "dialogue-a:2"})
     assert summary["turns_generated"] == len(ds)

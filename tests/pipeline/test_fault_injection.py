@@ -37,15 +37,17 @@ from dataclasses import dataclass
 import helpers
 import pytest
 
+from synth.pipeline.output import RUN_RECORD, committed_parts, recorded_plan
+from synth.pipeline.verify import verify_dataset
 from synth.store import faults, storage
-from synth.pipeline.output import RUN_RECORD, OutputDir
-from synth.pipeline.verify import verify
+from synth.store.recovery import UNCOVERED
 
 SEED = int(os.environ.get("SYNTH_FAULT_SEED", "20261201"))
 MIN_KILLS = 20
 MAX_RUNS = 40  # a schedule that needs more is a failure to report, not to wait out
 NUM_SCRIPTS = 16
 SHARDS = 4
+PARTS_PER_SHARD = 4
 SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1"]  # 4 parts a shard
 JOB_TIMEOUT_S = 120
 RAY_PACKAGE = importlib.util.find_spec("ray").submodule_search_locations[0]
@@ -53,8 +55,7 @@ RAYLET = os.path.join(RAY_PACKAGE, "core/src/ray/raylet/raylet").encode()  # the
 
 # Every crash point, by the process it runs in, with the most hits one process life reaches
 # on this manifest (4 parts a shard, one commit each; an actor's count restarts with it).
-ACTOR_POINTS = {"commit-audio": 4, "commit-data": 4, "commit-marker": 4, "shard-parts-committed": 2,
-                "shard-done": 2}
+ACTOR_POINTS = {"commit-audio": 4, "commit-data": 4, "commit-marker": 4, "shard-parts-committed": 2}
 DRIVER_POINTS = {"lease-taken": 1, "recover-quarantined": 2, "driver-result": 6, "driver-final-recover": 1,
                  "driver-run-record": 1, "recover-removing": 2}  # the last only drawn with leftovers to remove
 ACTOR_POINTS_PER_RUN = 3
@@ -63,7 +64,6 @@ CLEAN_UP = "recover-removing"  # between deletions of uncommitted files
 RESULT_OF_FIRST_SHARD = 3  # the driver's results on a run with work: `ready`, `prepare_voices`, the first shard
 USER_FILES = {"notes.txt": b"the user's notes\n", "errors/README.txt": b"not synth's\n",
               "wav/README.txt": b"the user's too\n"}  # none under data/: load_dataset reads every file there
-UNCOVERED = "no marker covers it"  # verify's finding for a part file without a marker
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ def test_crash_point_fires_once_at_its_hit_and_is_inert_unarmed(tmp_path):
 
 
 # An export's crash points: a synthesis run never reaches them; tests/export/test_export_resume.py fires them.
-EXPORT_POINTS = {"export-part-files", "export-part-done"}
+# `store-withdrawn`: a unit put aside to be made again (an export whose source part changed; tests/store).
+EXPORT_POINTS = {"export-part-files", "export-part-done", "store-withdrawn"}
 
 
 def test_every_crash_point_in_the_code_is_drawn_here():
@@ -218,11 +219,11 @@ def check_commits(out: str) -> int:
     """What any run must leave, crashed or not: every committed part matches its marker (sizes,
     sha256, rows) and no row id is committed twice. Returns how many part files no marker covers
     (a crash's leftovers, which the next run's clean-up deletes); nothing else may be wrong."""
-    output = OutputDir(storage.resolve(out))
-    if output.recorded_plan() is None:  # killed before plan.json: nothing may be committed yet
+    output = helpers.dataset_store(out)
+    if recorded_plan(output) is None:  # killed before plan.json: nothing may be committed yet
         assert not os.path.exists(os.path.join(out, "_progress")), os.listdir(out)
         return 0
-    report = verify(output)
+    report = verify_dataset(output)  # parts not committed yet (`missing`) are what a relaunch finishes
     wrong = [finding for finding in report.findings if UNCOVERED not in finding]
     assert not wrong, report.render()
     return len(report.findings) - len(wrong)
@@ -258,7 +259,7 @@ def draw(rng: random.Random, token_dir: str, run: int, out: str, leftovers: int,
     def point(name: str, hit: int) -> KillPoint:
         return KillPoint(name, hit, os.path.join(token_dir, f"run{run:02d}-{name}-{hit}"))
 
-    if len(OutputDir(storage.resolve(out)).markers()[1]) == SHARDS:
+    if len(committed_parts(helpers.dataset_store(out))) == SHARDS * PARTS_PER_SHARD:
         return []
     if leftovers:
         return [point(CLEAN_UP, rng.randint(1, leftovers))]

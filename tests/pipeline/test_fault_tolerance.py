@@ -35,20 +35,25 @@ from helpers import (
     write_scripts_manifest,
 )
 
-from synth.store import storage
 from synth.pipeline.output import (
     DATA_DIR,
     ERRORS_DIR,
-    PROGRESS_DIR,
+    RUN,
     RUN_RECORD,
-    OutputDir,
     audio_file,
     data_file,
     errors_file,
-    marked_part,
+    parsed_part,
 )
-from synth.pipeline.plan import Plan
-from synth.pipeline.verify import recover
+from synth.store import storage
+from synth.store.layout import PROGRESS_DIR
+from synth.store.recovery import recover
+from synth.store.store import Store
+
+
+def marked_part(name: str) -> tuple[int, int] | None:
+    """(shard, part) of a part marker's file name; None for any other file."""
+    return parsed_part(name.removesuffix(".json")) if name.endswith(".json") else None
 
 NUM_SCRIPTS = 16
 NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
@@ -402,5 +407,5 @@ def test_cleanup_removes_temp_audio_files(tmp_path):
     leftover = tmp_path / storage.temp_name(audio_file(0, "s01", 0, "wav"), "0badf00d")  # killed before its rename
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"RIFF half-written")
-    recover(OutputDir(storage.resolve(str(tmp_path))), Plan((), 1, ()), 1, batch="test")
+    recover(Store.at_uri(str(tmp_path), RUN), batch="test")
     assert not leftover.exists()

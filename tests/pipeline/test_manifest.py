@@ -128,3 +128,50 @@ def test_plan_is_deterministic_and_covers_every_row_once(tmp_path):
     assert sorted(covered) == [(0, r) for r in range(7)] + [(1, r) for r in range(5)]
     assert len(covered) == len(set(covered)) == 12
     assert [s.index for s in plan.shards] == list(range(len(plan.shards)))
+
+
+def test_values_out_of_their_output_column_s_range_are_error_rows_nulls_are_not_duplicates(tmp_path):
+    rows = [{"id": "big-speaker", "turns": [{"speaker": 2**31, "text": "Hi."}]},
+            {"id": "ok", "turns": [{"speaker": 2**31 - 1, "text": "Hi."}], "seed": 2**63 - 2},
+            {"id": "big-seed", "turns": [{"speaker": 0, "text": "Hi."}, {"speaker": 0, "text": "Ho."}],
+             "seed": 2**63 - 1},  # its second turn's seed would not fit the int64 column
+            {"id": None, "turns": [{"speaker": 0, "text": "Hi."}]},
+            {"id": None, "turns": [{"speaker": 0, "text": "Hi."}]}]
+    write_manifest(str(tmp_path / "m.parquet"), rows)
+    manifest = open_manifest(str(tmp_path / "m.parquet"))
+    check_unique_ids(manifest)  # two null ids: two bad rows, not "duplicate ids: None"
+    big, ok, seed, null, _ = read_scripts(manifest, 0, 0, 5)
+    assert isinstance(big, RowError) and f"speaker must be at most {2**31 - 1}" in big.reason and big.turn == 0
+    assert isinstance(ok, Script) and ok.turns[0].speaker == 2**31 - 1
+    assert isinstance(seed, RowError) and "seed must be an integer from" in seed.reason
+    assert isinstance(null, RowError) and null.script_id is None and "`id` must be a non-empty string" in null.reason
+
+
+@pytest.mark.parametrize("ids", [pa.array([["a"], ["b"]]), pa.array([{"x": 1}, {"x": 2}]), pa.array([1, 2])])
+def test_an_id_column_that_is_not_strings_is_refused_naming_its_type(tmp_path, ids):
+    pq.write_table(pa.table({"id": ids, "text": ["x", "y"], "speaker": [0, 0]}), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match="the `id` column must hold strings .* it is "):
+        open_manifest(str(tmp_path / "m.parquet"))
+
+
+def test_actors_read_only_the_planned_files_and_refuse_rows_the_plan_did_not_give_them(tmp_path):
+    from synth.pipeline.manifest import open_planned
+    from synth.store.errors import InputChanged
+
+    d = tmp_path / "in"
+    rows = [{"id": f"s{i}", "turns": [{"speaker": 0, "text": f"Line {i}."}]} for i in range(4)]
+    write_manifest(str(d / "a.parquet"), rows)
+    plan = plan_shards(open_manifest(str(d)), 2)
+    names = [(f.name, f.num_rows) for f in plan.manifest_files]
+    assert names == [("a.parquet", 4)] and all(len(s.ids_sha256) == 64 for s in plan.shards)
+    write_manifest(str(d / "b.parquet"), rows[:1])  # a file added to the input meanwhile: not read
+    planned = open_planned(str(d), names)
+    assert [f.uri.rsplit("/", 1)[-1] for f in planned.files] == ["a.parquet"]
+    shard = plan.shards[1]
+    assert [s.id for s in read_scripts(planned, 0, shard.start, shard.stop, shard.ids_sha256)] == ["s2", "s3"]
+    write_manifest(str(d / "a.parquet"), [rows[i] for i in (0, 1, 3, 2)])  # reordered in place: same count
+    with pytest.raises(InputChanged, match="ids of rows 2..3 of .*a.parquet are not the ones planned"):
+        read_scripts(open_planned(str(d), names), 0, shard.start, shard.stop, shard.ids_sha256)
+    write_manifest(str(d / "a.parquet"), rows[:3])
+    with pytest.raises(InputChanged, match="has 3 rows, the plan 4"):
+        open_planned(str(d), names)

@@ -27,14 +27,8 @@ from helpers import (
     write_scripts_manifest,
 )
 
-from synth.pipeline.output import (
-    LEASE_FILE,
-    OWNER_RECORD,
-    QUARANTINE_DIR,
-    data_file,
-    part_marker_file,
-    shard_marker_file,
-)
+from synth.pipeline.output import data_file, part_name
+from synth.store.layout import LEASE_FILE, OWNER_RECORD, QUARANTINE_DIR, marker_file
 
 NUM_SCRIPTS = 8  # 2 shards of 4 one-script parts; one slot, so parts commit one by one
 PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
@@ -75,7 +69,7 @@ def two_jobs(manifest, tiny_checkpoint, tmp_path_factory):
     with private_ray() as env_a, private_ray() as env_b:
         a = JobProcess(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), env_a,
                        str(work / "a.log"))
-        a.wait_until(lambda: (out / part_marker_file(0, 0)).exists(), TIMEOUT_S, "job A's first commit")
+        a.wait_until(lambda: (out / marker_file(part_name(0, 0))).exists(), TIMEOUT_S, "job A's first commit")
         lease_during = json.loads((out / LEASE_FILE).read_text())
         b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), {**env_b, "RAY_ADDRESS": None},
                     timeout=TIMEOUT_S)
@@ -87,26 +81,29 @@ def test_a_second_job_on_a_busy_output_is_refused_and_the_first_finishes_whole(t
     out, a, a_rc, lease_during, b = two_jobs
     assert lease_during["pid"] == a.proc.pid
     assert b.returncode == 2, b.stdout + b.stderr
-    assert f"is being written by another synth run (run {lease_during['run_id']}" in b.stderr
+    assert f"is being written by another synth command (run {lease_during['run_id']}" in b.stderr
     assert f"pid {a.proc.pid}" in b.stderr and "wait for it to finish" in b.stderr
     assert a_rc == 0, a.output()[-3000:]
     assert not (out / LEASE_FILE).exists()  # given back at the end
     check_output(out, manifest)
 
 
-def test_a_done_shard_that_lost_a_part_marker_is_redone(two_jobs, manifest, tiny_checkpoint, tmp_path):
+def test_a_shard_that_lost_a_part_marker_is_redone_and_a_damaged_marker_quarantined(two_jobs, manifest,
+                                                                                    tiny_checkpoint, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(two_jobs[0], copy)
-    os.remove(copy / part_marker_file(1, 2))
-    orphan = (copy / data_file(1, 2)).read_bytes()
+    os.remove(copy / marker_file(part_name(1, 2)))  # its files can no longer be trusted: made again
+    garbled = copy / marker_file(part_name(0, 3))
+    garbled.write_bytes(garbled.read_bytes()[:20])  # cut short
     again = _run(manifest, copy, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "VERIFY FAILED: shard 1 was marked done, but part 2's marker is missing" in again.stdout
-    assert "1 already done, 1 to run" in again.stdout
-    (batch,) = os.listdir(copy / QUARANTINE_DIR)  # moved aside, not deleted: the orphan and the done marker
-    kept = {os.path.relpath(os.path.join(d, f), copy / QUARANTINE_DIR / batch): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(copy / QUARANTINE_DIR) for f in fs}
-    assert sorted(kept) == sorted([data_file(1, 2), shard_marker_file(1)]) and kept[data_file(1, 2)] == orphan
+    assert f"VERIFY FAILED: {part_name(0, 3)}: its marker is damaged" in again.stdout
+    assert "uncommitted file(s) left by an interrupted run" in again.stdout  # the two parts' files: no marker lists them
+    assert "0 already done, 2 to run" in again.stdout
+    (batch,) = os.listdir(copy / QUARANTINE_DIR)  # the damaged marker is moved aside, not deleted
+    kept = [os.path.relpath(os.path.join(d, f), copy / QUARANTINE_DIR / batch)
+            for d, _, fs in os.walk(copy / QUARANTINE_DIR) for f in fs]
+    assert kept == [marker_file(part_name(0, 3))]
     check_output(copy, manifest)
 
 
@@ -122,7 +119,7 @@ def test_a_damaged_committed_part_is_found_quarantined_and_generated_again(two_j
     assert found.returncode == 1 and f"{data_file(0, 1)} has {size // 2} bytes, its marker says {size}" in found.stdout
     again = _run(manifest, copy, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"VERIFY FAILED: shard 0 was marked done, but part 1: {data_file(0, 1)} has" in again.stdout
+    assert f"VERIFY FAILED: {part_name(0, 1)}: {data_file(0, 1)} has" in again.stdout
     assert damaged.stat().st_size == size  # generated again, whole
     check_output(copy, manifest)
 
@@ -133,7 +130,7 @@ def test_a_foreign_directory_is_refused_untouched_and_an_adopted_one_keeps_its_f
     (foreign / "data").mkdir(parents=True)
     (foreign / "data" / "train.parquet").write_text("x")
     refused = _run(manifest, foreign, tiny_checkpoint)
-    assert refused.returncode == 2 and "is not empty and is not a synth output (it holds data)" in refused.stderr
+    assert refused.returncode == 2 and "is not empty and is not a synth run store (it holds data)" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert sorted(os.listdir(foreign)) == ["data"] and (foreign / "data" / "train.parquet").read_text() == "x"
 
@@ -166,7 +163,7 @@ def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manif
     out = small_disk / "out"
     full = _run(manifest, out, tiny_checkpoint)
     assert full.returncode == 2, full.stdout + full.stderr
-    assert "No space left on device" in full.stderr and "run the same command again to resume" in full.stderr
+    assert "no space left on the device" in full.stderr and "run the same command again to resume" in full.stderr
     assert "retrying" not in full.stdout and "FAILED after" not in full.stdout  # not retried as a crash
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     again = _run(manifest, out, tiny_checkpoint)

@@ -15,18 +15,18 @@ import soundfile as sf
 from helpers import (
     JobProcess,
     assert_exactly_once,
+    dataset_store,
     job_args,
     load_output,
     write_scripts_manifest,
 )
 
 from synth.engine.interface import GenerationRequest
-from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest, write_manifest
-from synth.pipeline.output import RUN_RECORD, OutputDir, takes_file
+from synth.pipeline.output import RUN_RECORD, committed_parts, takes_file
 from synth.pipeline.plan import plan_shards
-from synth.pipeline.verify import verify
+from synth.pipeline.verify import verify_dataset
 from synth.pipeline.worker import ShardWorker, load_engine
 from synth.qc.policy import METRICS, take_seed
 
@@ -80,7 +80,7 @@ def qc_shard(tmp_path_factory, speech_clip, tiny_checkpoint, tiny_whisper):
     engine = ObservedEngine(load_engine(config))
     manifest = open_manifest(path)
     (shard,) = plan_shards(manifest, 100).shards
-    worker = ShardWorker(config, engine, manifest, storage.resolve(str(work / "out")), log=lambda m: None)
+    worker = ShardWorker(config, engine, manifest, dataset_store(work / "out"), log=lambda m: None)
     commits = worker.run_shard(shard)
     data = pq.read_table(work / "out" / "data").to_pylist()
     takes = pq.read_table(work / "out" / "takes").to_pylist()
@@ -150,8 +150,8 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     finally:
         job.kill()
     assert job.proc.returncode == -signal.SIGKILL
-    output = OutputDir(storage.resolve(out))
-    committed, _ = output.markers()
+    output = dataset_store(out)
+    committed = set(committed_parts(output))
     torn = [p for p in ((0, part) for part in range(3)) if p not in committed
             and os.path.exists(os.path.join(out, takes_file(*p)))]
     assert len(committed) == 1 and len(torn) == 1, (committed, os.listdir(os.path.join(out, "takes")))
@@ -166,14 +166,14 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     takes = pq.read_table(os.path.join(out, "takes")).to_pylist()
     assert_exactly_once([f"{t['id']}#{t['take']}" for t in takes],
                         [f"{row['id']}#{3 - row['take']}" for row in ds])  # the one rejected take of each turn
-    for shard, part in sorted(output.markers()[0]):  # each part's takes file is listed in its marker
-        assert takes_file(shard, part) in {f.path for f in output.read_commit(shard, part).files}
+    for (shard, part), commit in sorted(committed_parts(output).items()):  # each part's takes file is in its marker
+        assert takes_file(shard, part) in {f.path for f in commit.files}
     # the torn part was generated again with the same seeds: the same takes, the same decisions
     again_takes = {t["id"]: t for t in pq.read_table(os.path.join(out, takes_file(*torn[0]))).to_pylist()}
     for t in torn_takes:
         assert (again_takes[t["id"]]["seed"], again_takes[t["id"]]["codes"]) == (t["seed"], t["codes"])
-    report = verify(output)
-    assert not report.findings and report.parts == 3, report.render()
+    report = verify_dataset(output)
+    assert report.ok and report.units == 3, report.render()
     with open(os.path.join(out, RUN_RECORD)) as f:
         qc = json.load(f)["qc"]
     assert qc["turns"] == len(ids) and qc["takes"] == 2 * len(ids) and qc["takes_per_turn"] == 2.0

@@ -9,15 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from helpers import write_scripts_manifest
+from helpers import dataset_store, write_scripts_manifest
 
 from synth.cli import main
-from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest
-from synth.pipeline.output import OutputDir
+from synth.pipeline.output import FIXED, run_identity
 from synth.pipeline.plan import plan_shards
-from synth.pipeline.verify import verify
+from synth.pipeline.verify import verify_dataset
 from synth.pipeline.worker import ShardWorker, load_engine
 
 METRICS = "qc.metrics=[asr,speaker,level,timing,repetition]"
@@ -31,11 +30,11 @@ def plain_output(tmp_path_factory, speech_clip, tiny_checkpoint):
     config = load_config(None, [f"model.id={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu",
                                 "sampling.do_sample=false", "generation.max_audio_seconds=1.2"])
     manifest = open_manifest(path)
-    plan = plan_shards(manifest, 100)
-    output = OutputDir(storage.resolve(str(work / "out")))
+    plan = plan_shards(manifest, 100, config.output.commit_every_scripts)
+    output = dataset_store(work / "out")
     output.claim()
-    output.prepare(config, plan, allow_changes=False)
-    ShardWorker(config, load_engine(config), manifest, output.location, log=lambda m: None).run_shard(plan.shards[0])
+    output.record_identity(run_identity(config, plan), fixed=FIXED)
+    ShardWorker(config, load_engine(config), manifest, output, log=lambda m: None).run_shard(plan.shards[0])
     return str(work / "out"), ids
 
 
@@ -50,7 +49,8 @@ def test_rescore_an_output_made_without_qc_beside_its_data(plain_output, tiny_wh
     assert all(r["qc_pass"] is False and r["wer"] is not None and r["loop_score"] is not None for r in scores)
     by_id = {r["id"]: r for r in scores}
     assert by_id["s02:1"]["speaker_sim"] is None  # speaker 1's first clip in its script: no reference
-    assert not verify(OutputDir(storage.resolve(out))).findings  # the scores are beside the data, not in it
+    report = verify_dataset(dataset_store(out))  # the scores are units of the dataset's store, beside its data
+    assert report.ok and report.units == 2, report.render()
     assert main(args) == 0 and "0 file(s) scored, 1 already scored" in capsys.readouterr().out  # resumable
     stricter = [*args, "--set", "qc.thresholds.max_loop_score=-1"]  # new thresholds: scored again
     assert main(stricter) == 0

@@ -9,22 +9,17 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from helpers import load_errors, transformers_codes, write_mixed_manifest
+from helpers import dataset_store, load_errors, transformers_codes, write_mixed_manifest
 
 from synth.engine.interface import GenerationRequest, Segment
-from synth.store import storage
 from synth.pipeline.config import load_config
 from synth.pipeline.manifest import Script, open_manifest, read_scripts
-from synth.pipeline.output import (
-    PROGRESS_DIR,
-    OutputDir,
-    data_file,
-    errors_file,
-    part_marker_file,
-)
+from synth.pipeline.output import accept_part, data_file, errors_file, part_name
 from synth.pipeline.plan import plan_shards
-from synth.pipeline.verify import recover
 from synth.pipeline.worker import ShardWorker, load_engine
+from synth.store import storage
+from synth.store.layout import PROGRESS_DIR, marker_file
+from synth.store.recovery import recover
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +43,7 @@ def shard_output(tmp_path_factory, speech_clip, greedy_config, engine):
     path, good, bad = write_mixed_manifest(str(work / "in"), speech_clip)
     manifest = open_manifest(path)
     (shard,) = plan_shards(manifest, 100).shards
-    out = storage.resolve(str(work / "out"))
-    worker = ShardWorker(greedy_config, engine, manifest, out, log=lambda m: None)
+    worker = ShardWorker(greedy_config, engine, manifest, dataset_store(work / "out"), log=lambda m: None)
     commits = worker.run_shard(shard)
     return work / "out", good, bad, commits, worker, shard
 
@@ -163,8 +157,8 @@ def test_fast_engine_writes_the_same_rows_as_the_reference(shard_output, greedy_
     })
     fast_engine = load_engine(fast_config)
     assert fast_engine.name == "fast"
-    fast_out = storage.resolve(str(tmp_path / "fast"))
-    ShardWorker(fast_config, fast_engine, worker.manifest, fast_out, log=lambda m: None).run_shard(shard)
+    ShardWorker(fast_config, fast_engine, worker.manifest, dataset_store(tmp_path / "fast"),
+                log=lambda m: None).run_shard(shard)
     reference = {r["id"]: r for r in _rows(out)}
     fast = {r["id"]: r for r in _rows(tmp_path / "fast")}
     assert fast.keys() == reference.keys() == good
@@ -188,9 +182,8 @@ def test_uncommitted_and_temp_files_are_removed_committed_ones_kept(shard_output
     # what a crash leaves: a part whose marker never came, and a half-written temp file
     shutil.copy(copy / data_file(0, 0), copy / data_file(0, 7))
     (copy / storage.temp_name(errors_file(0, 1), "1a2b3c4d")).write_bytes(b"half")
-    (copy / storage.temp_name(part_marker_file(0, 9), "00000000")).write_bytes(b"{")
-    plan = plan_shards(worker.manifest, 100)
-    found = recover(OutputDir(storage.resolve(str(copy))), plan, 3, batch="test")
+    (copy / storage.temp_name(marker_file(part_name(0, 9)), "00000000")).write_bytes(b"{")
+    found = recover(dataset_store(copy), batch="test", accept=accept_part)
     assert len(found.removed) == 3 and not found.quarantined and not found.findings
     assert sorted(os.listdir(copy / "data")) + sorted(os.listdir(copy / "errors")) == committed
     assert not any(storage.is_temp(f) for f in os.listdir(copy / PROGRESS_DIR))
@@ -213,7 +206,7 @@ def test_the_clip_cache_is_bounded_by_bytes_least_recently_used_out(shard_output
 
     assert CLIP_CACHE_BYTES == 256 * 2**20  # the default README states
     worker = shard_output[4]
-    fresh = ShardWorker(worker.config, worker.engine, worker.manifest, storage.resolve(str(tmp_path / "out")),
+    fresh = ShardWorker(worker.config, worker.engine, worker.manifest, dataset_store(tmp_path / "out"),
                         log=lambda m: None)
     paths = {}
     for name, seconds in (("a", 1), ("b", 1), ("c", 1), ("long", 3)):

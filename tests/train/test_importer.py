@@ -13,10 +13,9 @@ import soundfile as sf
 import torch
 from helpers import load_errors, load_output
 
-from synth.store import storage
 from synth.pipeline.audio_io import decode_clip
-from synth.pipeline.output import OutputDir
-from synth.pipeline.verify import verify
+from synth.pipeline.verify import verify_dataset_at
+from synth.store.errors import StoreError
 from synth.train.importer import (
     CorpusError,
     clips_in_directory,
@@ -72,15 +71,22 @@ def test_a_clip_directory_becomes_a_verified_synth_output_that_resumes(corpus, c
     reasons = sorted(e["reason"] for e in load_errors(out))
     assert "broken.wav: cannot decode audio (" in reasons[0]
     assert reasons[1].endswith("untranscribed.flac.wav: no transcript")
-    report = verify(OutputDir(storage.resolve(out)))
-    assert not report.findings and report.rows == 2
+    report = verify_dataset_at(out)
+    assert report.ok and report.rows == 2, report.render()
 
     before = {p: os.path.getmtime(os.path.join(out, "data", p)) for p in os.listdir(os.path.join(out, "data"))}
     again = import_clips(clips, out, source=corpus, codec=codec, model_id=tiny_checkpoint, rows_per_part=2)
     assert again["skipped_parts"] == 2 and again["parts"] == 0
     assert before == {p: os.path.getmtime(os.path.join(out, "data", p)) for p in os.listdir(os.path.join(out, "data"))}
-    with pytest.raises(CorpusError, match="holds another import or run"):
+    with pytest.raises(StoreError, match="was imported with --rows-per-part 2"):
         import_clips(clips, out, source=corpus, codec=codec, model_id=tiny_checkpoint, rows_per_part=3)
+    with pytest.raises(StoreError, match="holds an import of another corpus or of another size"):
+        import_clips(clips[:3], out, source=corpus, codec=codec, model_id=tiny_checkpoint, rows_per_part=2)
+    edited = shutil.copytree(corpus, tmp_path / "edited")  # a clip re-transcribed: named
+    (edited / "metadata.csv").write_text("b|A second clip, edited.\n")
+    edited = clips_in_directory(str(edited), speaker=2)
+    with pytest.raises(StoreError, match="the corpus changed since it was imported \(clips sub/b .. untranscribed"):
+        import_clips(edited, out, source=corpus, codec=codec, model_id=tiny_checkpoint, rows_per_part=2)
 
     # real and synthetic data train through one path
     train_set, skipped = prepare_train_set(
