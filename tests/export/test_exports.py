@@ -182,7 +182,7 @@ def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(syn
     # a user's directory is refused as a run's OUT is
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    with pytest.raises(StoreError, match="not a synth export store \\(it holds notes.txt\\): .*use a new or empty"):
+    with pytest.raises(StoreError, match="not a synth export store \\(it holds notes.txt\\)\\. .*: use a new or empty"):
         export(out, str(tmp_path / "mine"), format="nemo")
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 
