@@ -13,13 +13,8 @@ from helpers import REPO, JobProcess, private_ray, run_job
 
 from synth.book.render import passages
 from synth.book.text import Chapter, Chunk, load_book
-from synth.pipeline.output import (
-    PROGRESS_DIR,
-    RUN_RECORD,
-    VOICES_DIR,
-    data_file,
-    marked_part,
-)
+from synth.pipeline.output import RUN_RECORD, VOICES_DIR, data_file, parsed_part
+from synth.store.layout import PROGRESS_DIR
 
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
 PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
@@ -36,7 +31,8 @@ def render_args(out, checkpoint, *extra):
 def committed_parts(out):
     """The data files (paths under OUT) of the parts whose commit marker exists."""
     progress = os.path.join(out, PROGRESS_DIR)
-    marked = [marked_part(f) for f in sorted(os.listdir(progress))] if os.path.isdir(progress) else []
+    marked = [parsed_part(f.removesuffix(".json")) for f in sorted(os.listdir(progress))] if os.path.isdir(
+        progress) else []
     return [data_file(*shard_part) for shard_part in marked if shard_part]
 
 

@@ -20,7 +20,8 @@ from synth.book.acx import acx_check
 from synth.book.render import QC_COLUMNS, SAMPLE_RATE_HZ, assemble_chapters, open_book
 from synth.book.stitch import StitchSettings
 from synth.cli import main
-from synth.store import storage
+from synth.pipeline.output import BOOK
+from synth.store.store import Store
 
 # QC at its cheapest (Silero's VAD and the codes' loop score, no model download), set so that every
 # take fails for a reason the test can state: the VAD hears no speech in the tiny model's noise, so
@@ -130,7 +131,7 @@ def test_unmastered_chapters_fail_the_acx_check_with_reasons(rendered, tmp_path,
     book, out, _ = rendered
     raw = tmp_path / "raw"
     shutil.copytree(out, raw, ignore=shutil.ignore_patterns("chapters", "book.m4b"))
-    written = assemble_chapters(open_book(str(book)), storage.resolve(str(raw)), sample_rate_hz=SAMPLE_RATE_HZ,
+    written = assemble_chapters(open_book(str(book)), Store.at_uri(str(raw), BOOK), sample_rate_hz=SAMPLE_RATE_HZ,
                                 formats=["wav"], settings=StitchSettings(), mastering=None, title=TITLE, log=print)
     log = capsys.readouterr().out
     assert log.count(": ACX FAIL: ") == 2 and "room tone at the head 0.20 s is under 0.5 s" in log
@@ -174,10 +175,10 @@ def test_a_chunks_qc_scores_and_its_passing_take_are_used_when_the_rows_have_the
          "take": None, "wer": None},
     ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part.parquet")
-    found = _chunk_audio(storage.resolve(str(tmp_path)), [str(tmp_path / "part.parquet")], "chapter-001")
+    found = _chunk_audio(Store.at_uri(str(tmp_path), BOOK), [str(tmp_path / "part.parquet")], "chapter-001")
     assert sorted(found) == [0, 1]
     assert found[0][0][0] == pytest.approx(0.2) and found[0][1] == {"spoken_text": "one", "qc_pass": True,
                                                                    "take": 2, "wer": 0.0}
     assert found[1][1]["wer"] == 0.1
-    (plain,) = _chunk_audio(storage.resolve(str(tmp_path)), [str(tmp_path / "part.parquet")], "chapter-003").values()
+    (plain,) = _chunk_audio(Store.at_uri(str(tmp_path), BOOK), [str(tmp_path / "part.parquet")], "chapter-003").values()
     assert plain[1] == {"spoken_text": "y"}
