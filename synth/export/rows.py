@@ -17,12 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.errors import SynthError
 from synth.export.options import ExportOptions
 from synth.pipeline.output import committed_parts as dataset_parts
-from synth.pipeline.output import data_file
+from synth.pipeline.output import data_file, read_data_part
 from synth.store.store import Store
 
 READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
@@ -102,8 +103,8 @@ def drop_reason(row: dict, options: ExportOptions) -> str | None:
 
 def read_rows(source: Store, part: SourcePart, options: ExportOptions, dropped: Counter) -> Iterator[dict]:
     """The part's rows that pass the filters, a batch at a time; counts the rest in `dropped` by reason."""
-    location = source.at(part.data_path)
-    with location.fs.open_input_file(location.path) as f:
+    data = read_data_part(source, part.shard, part.part, part.data_sha256)
+    with pa.BufferReader(data) as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS):
             for row in batch.to_pylist():
                 reason = drop_reason(row, options)

@@ -300,6 +300,20 @@ def committed_parts(store: Store, *, strict: bool = True) -> dict[tuple[int, int
     return found
 
 
+def read_data_part(store: Store, shard: int, part: int, sha256: str) -> bytes:
+    """A committed data part's bytes, only if they are the ones its marker recorded (`sha256`): a
+    command that reads a dataset never trusts a part that was changed after synth committed it."""
+    from synth.store.errors import StoreError
+
+    path = data_file(shard, part)
+    data = store.read(path)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(f"{store.at(path).uri} is not what its marker recorded (changed or damaged since it was "
+                         "committed): its rows cannot be trusted. `synth verify` lists what is wrong; running the "
+                         "command that wrote the dataset again makes the part again.")
+    return data
+
+
 def data_files(store: Store) -> list[str]:
     """Paths (in the store's filesystem) of the committed data parts, in order."""
     return [store.at(data_file(s, p)).path for (s, p), c in sorted(committed_parts(store).items()) if c.rows]

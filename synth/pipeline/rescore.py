@@ -17,6 +17,7 @@ no model math and runs in the calling process (no Ray).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -142,7 +143,11 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
                 continue
             if scorer is None:
                 scorer = TakeScorer(config.qc, RATE_HZ).load()
-            table = pq.read_table(source.fs.open_input_file(path))
+            data = storage.read_bytes(storage.Location(source.fs, path, path))
+            if hashlib.sha256(data).hexdigest() != sha:  # changed since it was listed (a dataset's: since committed)
+                raise RescoreError(f"{path} changed while it was being scored (or no longer matches its marker): "
+                                   "run `synth verify` on it, then rescore again")
+            table = pq.read_table(pa.BufferReader(data))
             base = path.rsplit("/", 1)[0]
             rows = _score_table(table, storage.Location(source.fs, base, base), scorer, config,
                                 text_column=text_column, audio_column=audio_column, id_column=id_column,

@@ -67,6 +67,16 @@ def canonical_hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def differences(old, new, prefix: str = "") -> list[str]:
+    """`path: was X, now Y` for each leaf of two JSON values that differs (dotted paths into dicts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))]
+    if old == new:
+        return []
+    return [f"{prefix or 'value'}: was {json.dumps(old)[:200]}, now {json.dumps(new)[:200]}"]
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -296,13 +306,12 @@ class Store:
             return settings_hash
         for key, why in fixed.items():
             if previous.get(key) != identity.get(key):
-                raise StoreError(f"{self.uri}: {why} (was {json.dumps(previous.get(key))[:300]}, now "
-                                 f"{json.dumps(identity.get(key))[:300]}); use a new directory")
+                lines = differences(previous.get(key), identity.get(key), key)
+                raise StoreError(f"{self.uri}: {why} ({'; '.join(lines[:8])}); use a new directory")
         changed = [k for k in sorted(set(settings) | set(previous) - set(fixed) - {SETTINGS_HISTORY})
                    if previous.get(k) != settings.get(k)]
         if changed and not allow_changes:
-            details = "; ".join(f"{k}: was {json.dumps(previous.get(k))[:200]}, now {json.dumps(settings.get(k))[:200]}"
-                                for k in changed)
+            details = "; ".join(line for k in changed for line in differences(previous.get(k), settings.get(k), k)[:8])
             raise StoreError(f"{self.uri} holds a {self.layout.kind} with different settings ({details}). Use a new "
                              "directory, or pass --allow-changes to continue it anyway (the store then records which "
                              "units were made with which settings)")

@@ -39,6 +39,7 @@ from synth.pipeline.output import (
     committed_parts,
     data_file,
     dataset_store,
+    read_data_part,
     voice_codes_file,
     voice_unit,
 )
@@ -147,7 +148,8 @@ def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
         if not commit.rows:  # a part whose rows all failed has no data file
             continue
         loc = output.at(data_file(shard, part))
-        with loc.fs.open_input_file(loc.path) as f:
+        record = next(f for f in commit.files if f.path == data_file(shard, part))
+        with pa.BufferReader(read_data_part(output, shard, part, record.sha256)) as f:
             names = pq.read_schema(f).names
             if qc_filter and QC_COLUMN not in names:
                 raise DatasetError(

@@ -94,17 +94,22 @@ def train(config: TrainConfig, data_uri: str, output_uri: str) -> dict:
     store.claim()
     with Lease.acquire(store, stale_after_s=LEASE_STALE_S) as lease:
         store.run_id = lease.run_id
-        identity = {"data": data_uri, "data_fingerprint": data_fingerprint(data), "config": config.identity()}
-        fixed = {"data": "it holds a training run on another dataset",
-                 "data_fingerprint": "the dataset's committed rows changed since this training run began (a part "
-                                     "made again, or more parts committed)",
-                 "config": "it holds a training run with other settings (use the recorded settings to resume)"}
-        store.settings = store.record_identity(identity, fixed=fixed)
+        store.settings = record_identity(store, data_uri, data, config)
         found = recover(store, batch=time.strftime("%Y%m%dT%H%M%SZ") + f"-{lease.run_id}")
         for finding in found.findings:
             print(f"train: VERIFY FAILED: {finding} (put aside; made again)", flush=True)
         record = store.read_record(TRAIN_RECORD) or {"data": data_uri, "finished": False}
         return _train_leased(config, data_uri, store, record)
+
+
+def record_identity(store: Store, data_uri: str, data: Store, config: TrainConfig) -> str:
+    """Record what the run trains on and how, or refuse a relaunch on other data or settings."""
+    identity = {"data": data_uri, "data_fingerprint": data_fingerprint(data), "config": config.identity()}
+    fixed = {"data": "it holds a training run on another dataset",
+             "data_fingerprint": "the dataset's committed rows changed since this training run began (a part made "
+                                 "again, or more parts committed)",
+             "config": "it holds a training run with other settings (use the recorded settings to resume)"}
+    return store.record_identity(identity, fixed=fixed)
 
 
 def _train_leased(config: TrainConfig, data_uri: str, store: Store, record: dict) -> dict:

@@ -177,7 +177,7 @@ def test_qc_filter_without_qc_columns_and_misplaced_destinations_are_refused(syn
         export(out, str(tmp_path / "run-store"), format="nemo")
     # a finished export is continued only with the same options
     export(out, str(tmp_path / "once"), format="nemo", speakers=(0,))
-    with pytest.raises(StoreError, match="it holds an export with another `speakers` \\(was \\[0\\], now \\[1\\]\\)"):
+    with pytest.raises(StoreError, match="it holds an export with another `speakers` \\(speakers: was \\[0\\], now \\[1\\]\\)"):
         export(out, str(tmp_path / "once"), format="nemo", speakers=(1,))
     # a user's directory is refused as a run's OUT is
     (tmp_path / "mine").mkdir()

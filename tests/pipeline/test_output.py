@@ -292,7 +292,7 @@ def test_a_relaunch_with_other_settings_is_refused_or_recorded_and_each_part_say
     store = _committed_output(tmp_path)
     first = store.settings
     hotter = SynthConfig.model_validate({**CONFIG.model_dump(), "sampling": {"temperature": 0.5}})
-    with pytest.raises(StoreError, match="different settings \\(sampling: was .*--allow-changes"):
+    with pytest.raises(StoreError, match="different settings \\(sampling.temperature: was 0.9, now 0.5\\).*--allow-changes"):
         store.record_identity(run_identity(hotter, PLAN), fixed=FIXED)
     second = store.record_identity(run_identity(hotter, PLAN), fixed=FIXED, allow_changes=True)
     assert second != first

@@ -23,6 +23,7 @@ from helpers import (
     kill_session,
     load_output,
     private_ray,
+    recommit,
     run_job,
 )
 
@@ -30,7 +31,13 @@ from synth.pipeline.manifest import write_manifest
 from synth.train.batches import CodesLoss, collate
 from synth.train.dataset import DatasetError, TrainSet
 from synth.train.importer import load_codec
-from synth.train.job import MODEL_DIR, RAY_DIR, RUN_NAME, TRAIN_RECORD, TRAIN_SET_FILE
+from synth.train.output import (
+    MODEL_DIR,
+    RAY_DIR,
+    RUN_NAME,
+    TRAIN_RECORD,
+    TRAIN_SET_FILE,
+)
 
 NUM_STEPS = 6
 
@@ -191,15 +198,20 @@ def _copy_with_qc(data: str, dest: str, qc: dict[str, bool], bad_codes: str | No
         index = table.schema.get_field_index("qc_pass")  # made with QC off: the column is there, all null
         table = table.set_column(index, "qc_pass", verdicts) if index >= 0 else table.append_column("qc_pass", verdicts)
         pq.write_table(table, path)
+        recommit(dest, os.path.relpath(path, dest))
     return dest
 
 
 def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_path):
     from transformers import AutoConfig, AutoProcessor
 
+    from synth.pipeline.output import dataset_store
+    from synth.store.errors import StoreError
+    from synth.store.store import Store
     from synth.train.config import load_train_config
     from synth.train.dataset import prepare_train_set
-    from synth.train.job import TrainError, _claim
+    from synth.train.job import record_identity
+    from synth.train.output import TRAIN
 
     _, data = synth_output
     config = AutoConfig.from_pretrained(tiny_checkpoint)
@@ -229,16 +241,18 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     train_config = load_train_config("configs/train-demo.yaml", [f"model.id={tiny_checkpoint}"])
-    from synth.store import storage
-
-    with pytest.raises(TrainError, match="is not empty and is not a synth training run"):
-        _claim(storage.resolve(str(foreign)), data, train_config)
-    mine = storage.resolve(str(tmp_path / "mine"))
-    _claim(mine, data, train_config)
-    _claim(mine, data, train_config)  # the same settings: a relaunch
+    with pytest.raises(StoreError, match="is not empty and is not a synth train store"):
+        Store.at_uri(str(foreign), TRAIN).claim()
+    mine = Store.at_uri(str(tmp_path / "mine"), TRAIN)
+    mine.claim()
+    source = dataset_store(data, "synth train")
+    first = record_identity(mine, data, source, train_config)
+    assert record_identity(mine, data, source, train_config) == first  # the same settings: a relaunch
     other = load_train_config("configs/train-demo.yaml", [f"model.id={tiny_checkpoint}", "optim.learning_rate=0.5"])
-    with pytest.raises(TrainError, match=r"optim.learning_rate differ"):
-        _claim(mine, data, other)
+    with pytest.raises(StoreError, match=r"a training run with other settings .*config.optim.learning_rate: was "):
+        record_identity(mine, data, source, other)
+    with pytest.raises(StoreError, match="the dataset's committed rows changed since this training run began"):
+        record_identity(mine, data, dataset_store(qc_data, "synth train"), train_config)
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
@@ -251,7 +265,8 @@ def test_a_bad_training_config_fails_before_anything_runs(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path), "--output", str(out), "--set", "optim.learning_rate=-1"]) == 2
     assert "optim.learning_rate" in capsys.readouterr().err and not out.exists()
     assert main(["train", "--data", str(tmp_path), "--output", str(out)]) == 2
-    assert "is not a synth dataset: it has no data/ directory" in capsys.readouterr().err and not out.exists()
+    assert "is no synth store; synth train --data needs one of: book, import, run" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_train_set_reads_the_same_from_an_object_store(trained, synth_output, tiny_checkpoint, monkeypatch):
