@@ -173,7 +173,7 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     for t in torn_takes:
         assert (again_takes[t["id"]]["seed"], again_takes[t["id"]]["codes"]) == (t["seed"], t["codes"])
     report = verify_dataset(output)
-    assert report.ok and report.units == 3, report.render()
+    assert report.ok and report.rows == len(ids) and not report.missing, report.render()
     with open(os.path.join(out, RUN_RECORD)) as f:
         qc = json.load(f)["qc"]
     assert qc["turns"] == len(ids) and qc["takes"] == 2 * len(ids) and qc["takes_per_turn"] == 2.0
