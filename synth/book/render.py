@@ -69,6 +69,7 @@ from synth.pipeline.output import (
     recorded_plan,
 )
 from synth.pipeline.runner import run
+from synth.store.errors import StoreError
 from synth.store.lease import Lease
 from synth.store.store import Store
 
@@ -167,7 +168,10 @@ def book_run_config(config: SynthConfig, num_scripts: int, store: Store) -> Synt
     its passages at once, one chain each), and every passage committed as soon as it is done.
     A resumed render keeps the shard size it started with, whatever the actor count now. The
     text is normalised to its spoken form unless the config's `text.normalize` says false."""
-    recorded = recorded_plan(store)
+    try:
+        recorded = recorded_plan(store)
+    except StoreError:  # damaged: the run rebuilds it if this render is the recorded one
+        recorded = None
     per_shard = recorded.scripts_per_shard if recorded else max(1, math.ceil(num_scripts / config.actors.num_actors))
     output = config.output.model_copy(update={"scripts_per_shard": per_shard, "commit_every_scripts": 1})
     text = config.text.model_copy(update={"normalize": config.text.normalize is not False})

@@ -93,7 +93,10 @@ def run(config: SynthConfig, input_uri: str, output_uri: str, *, allow_changes: 
 def check_plan(store: Store, plan: Plan) -> None:
     """Refuse a relaunch whose input or plan differs from the recorded one, naming each file and what
     changed (never allowed: committed parts are numbered by the plan and made from its rows)."""
-    identity = store.identity()
+    try:
+        identity = store.identity()
+    except StoreError:  # damaged: `Store.record_identity` rebuilds it if this launch is the recorded one
+        return
     if identity is None or "plan" not in identity:
         return
     lines = changes(identity["plan"], plan)

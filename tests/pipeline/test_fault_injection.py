@@ -25,16 +25,19 @@ runs another.
 
 import ast
 import collections
+import glob
 import importlib.util
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
 import helpers
+import pyarrow.parquet as pq
 import pytest
 
 from synth.pipeline.output import RUN_RECORD, committed_parts, recorded_plan
@@ -339,3 +342,207 @@ def test_seeded_kill_points_every_resume_ends_whole_and_untouched(cluster, tiny_
         raise AssertionError(f"{e}\nSYNTH_FAULT_SEED={SEED}; runs so far:\n" + "\n".join(history)) from None
     print(f"\n{len(fired)} kill points fired in {runs} runs on {outputs} output(s), {time.time() - started:.0f} s, "
           f"SYNTH_FAULT_SEED={SEED}:\n" + "\n".join(history))
+
+
+# -- damage, changed input and refusals: every store's protocol, tried as an unlucky user would ----------
+#
+# One finished run output (`finished`) on the module's cluster, with the user's files in it, bad rows
+# (an out-of-range value in every numeric column, two null ids) and the voice library's cache. Each
+# test below works on a copy of it, or on its input, and never on the original.
+
+BAD_ROWS = {  # id -> what its error row must say (an out-of-range value in every numeric column)
+    "big-speaker": f"speaker must be at most {2**31 - 1}",
+    "big-seed": "seed must be an integer from",
+    "negative-cap": "max_audio_seconds must be a positive number",
+    "infinite-cap": "max_audio_seconds must be a positive number",
+}
+
+
+def _bad_rows() -> list[dict]:
+    line = {"speaker": 0, "text": "A line.", "audio": None}
+    return [{"id": "big-speaker", "turns": [{**line, "speaker": 2**31}]},
+            {"id": "big-seed", "seed": 2**63 - 1, "turns": [line, line]},
+            {"id": "negative-cap", "max_audio_seconds": -1.0, "turns": [line]},
+            {"id": "infinite-cap", "max_audio_seconds": float("inf"), "turns": [line]},
+            {"id": None, "turns": [line]}, {"id": None, "turns": [line]}]  # null ids: bad rows, not duplicates
+
+
+def _main(args: list[str], capsys) -> tuple[int, str]:
+    """`synth ...` in this process: its exit status and what it printed (a traceback fails the test)."""
+    from synth.cli import main
+
+    rc = main(args)
+    said = capsys.readouterr()
+    return rc, said.out + said.err
+
+
+def _tree(out: str) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(out) for f in fs}
+
+
+@pytest.fixture(scope="module")
+def finished(cluster, tiny_checkpoint, speech_clip, tmp_path_factory):
+    """A finished run: its input directory, output, job arguments, the ids it must hold, the user's files."""
+    from synth.pipeline.manifest import write_manifest
+
+    work = tmp_path_factory.mktemp("finished")
+    manifest, expected = helpers.write_scripts_manifest(str(work / "in"), speech_clip, 8)
+    rows = pq.read_table(manifest).to_pylist()
+    write_manifest(manifest, rows + _bad_rows())
+    out, users = new_output(str(work / "out"))
+    args = helpers.job_args(str(work / "in"), out, tiny_checkpoint, *SMALL_PARTS, "--adopt-output",
+                            "--set", "job.max_error_rate=1.0")
+    rc, log = run_job(cluster, args, str(work / "run.log"), [])
+    assert rc == 0, log[-4000:]
+    return {"input": str(work / "in"), "out": out, "args": args, "expected": expected, "users": users}
+
+
+def _copy(finished, tmp_path) -> tuple[str, list[str]]:
+    """A copy of the finished output, and the job arguments that write into it."""
+    out = str(tmp_path / "out")
+    shutil.copytree(finished["out"], out)
+    args = [out if a == finished["out"] else a for a in finished["args"]]
+    return out, args
+
+
+def _check_whole(out: str, expected: list[str], users: dict, capsys) -> None:
+    """Each id once, the dataset loading, the user's files as they were, `synth verify` finding nothing."""
+    ds = helpers.load_output(out)
+    helpers.assert_exactly_once(ds["id"], expected)
+    assert {k: v[0] for k, v in user_files(out).items()} == {k: v[0] for k, v in users.items()}, "user files changed"
+    rc, said = _main(["verify", out], capsys)
+    assert rc == 0, said
+
+
+def test_bad_values_are_error_rows_and_cost_no_good_row(finished, capsys):
+    rows = [r for f in sorted(glob.glob(os.path.join(finished["out"], "errors", "*.parquet")))
+            for r in pq.read_table(f).to_pylist()]  # errors/ also holds the user's README.txt
+    errors = {e["id"]: e for e in rows}
+    for script, reason in BAD_ROWS.items():
+        assert reason in errors[script]["reason"], errors.get(script)
+    assert [e["id"] for e in rows if e["id"] is None] == [None, None]
+    _check_whole(finished["out"], finished["expected"], finished["users"], capsys)
+
+
+def test_every_damage_at_once_is_found_by_verify_and_repaired_by_a_relaunch(cluster, finished, tmp_path, capsys):
+    import numpy as np
+
+    from synth.pipeline.output import PLAN_RECORD, data_file, part_name
+    from synth.store.layout import LEASE_FILE, QUARANTINE_DIR, marker_file
+
+    out, args = _copy(finished, tmp_path)
+    marker = lambda shard, part: os.path.join(out, marker_file(part_name(shard, part)))  # noqa: E731
+    with open(marker(0, 1), "r+b") as f:
+        f.truncate(30)  # a part marker cut short
+    with open(marker(0, 3), "wb") as f:
+        f.write(b"\xff\xfe\x00 not a marker")  # garbled
+    for name in os.listdir(os.path.join(out, "_progress")):  # a whole shard gone, data and markers
+        if name.startswith("shard-00001-"):
+            os.remove(os.path.join(out, "_progress", name))
+    for path in glob.glob(os.path.join(out, "*", "shard-00001-part-*.parquet")):
+        os.remove(path)
+    damaged = os.path.join(out, data_file(0, 2))
+    with open(damaged, "r+b") as f:
+        f.truncate(os.path.getsize(damaged) // 2)  # a committed data file cut short
+    (voice,) = glob.glob(os.path.join(out, "_voices", "*.npy"))[:1]
+    original_voice = open(voice, "rb").read()
+    codes = np.load(voice)
+    np.save(voice, (codes + 1) % 2048)  # other valid codes of the same size: only the checksum tells
+    assert os.path.getsize(voice) == len(original_voice)
+    plan = open(os.path.join(out, PLAN_RECORD), "rb").read()
+    open(os.path.join(out, PLAN_RECORD), "wb").write(plan[:40])  # the identity cut short
+    open(os.path.join(out, LEASE_FILE), "wb").write(b"\x9c\x00 torn")  # a lease no one can read
+
+    rc, said = _main(["verify", out, "--sizes-only"], capsys)
+    assert rc == 1 and "Traceback" not in said, said
+    for part in (part_name(0, 1), part_name(0, 3)):
+        assert f"{part}: its marker is damaged" in said
+    assert f"{data_file(0, 2)} has " in said and "plan.json is damaged" in said, said  # so no plan to miss parts by
+
+    rc, log = run_job(cluster, args, str(tmp_path / "relaunch.log"), [])
+    assert rc == 0 and "Traceback" not in log, log[-4000:]
+    assert "took over the lease" in log and "from a damaged holder" in log
+    assert "plan.json was damaged; rewrote it" in log
+    assert log.count("VERIFY FAILED") >= 4, log[-4000:]  # two markers, the data file, the voice
+    assert open(voice, "rb").read() == original_voice  # encoded again, the same codes
+    quarantined = [os.path.relpath(p, out) for p in glob.glob(os.path.join(out, QUARANTINE_DIR, "*", "_voices", "*"))]
+    assert len(quarantined) == 1  # the tampered cache, kept for inspection
+    _check_whole(out, finished["expected"], finished["users"], capsys)
+
+
+@pytest.mark.parametrize("change", ["reordered", "edited", "grown", "new file", "voice clip"])
+def test_changed_input_is_refused_naming_the_file_even_with_allow_changes(finished, tmp_path, capsys, change):
+    from synth.pipeline.manifest import write_manifest
+
+    out, args = _copy(finished, tmp_path)
+    before = _tree(out)
+    source = shutil.copytree(finished["input"], tmp_path / "in")
+    manifest = str(source / "manifest.parquet")
+    rows = pq.read_table(manifest).to_pylist()
+    expect = {"reordered": "its content differs (sha256)",
+              "edited": "its content differs (sha256)",
+              "grown": f"manifest.parquet: num_rows {len(rows)} -> {len(rows) + 1}",
+              "new file": "more.parquet: a new file, not in the plan",
+              "voice clip": "an input that shapes every row changed (a voice's reference clip, the lexicon), "
+                            "not even with --allow-changes (inputs.voices.narrator: was"}[change]
+    if change == "reordered":
+        write_manifest(manifest, rows[1:] + rows[:1])
+    elif change == "edited":
+        rows[0]["turns"][-1]["text"] = "Edited after the run."
+        write_manifest(manifest, rows)
+    elif change == "grown":
+        write_manifest(manifest, rows + [{"id": "late", "turns": [{"speaker": 0, "text": "Late."}]}])
+    elif change == "new file":
+        write_manifest(str(source / "more.parquet"), [{"id": "late", "turns": [{"speaker": 0, "text": "Late."}]}])
+    args = [str(source) if a == finished["input"] else a for a in args]
+    if change == "voice clip":
+        clip = tmp_path / "narrator.wav"
+        shutil.copy(os.path.join(helpers.REPO, "examples/voices/narrator.wav"), clip)
+        with open(clip, "r+b") as f:
+            f.seek(-10, os.SEEK_END)
+            f.write(b"\x01" * 10)
+        args += ["--set", f"voices.narrator.audio={clip}"]
+    rc, said = _main(["run", *args[1:], "--allow-changes"], capsys)  # args[0] is the job script
+    assert rc == 2 and said.startswith("error: ") and expect in said, said
+    assert "manifest.parquet" in said or change != "reordered"
+    assert _tree(out) == before  # refused before anything was written
+
+
+def test_what_the_store_cannot_take_is_refused_with_a_message_never_a_traceback(finished, tmp_path, capsys):
+    from synth.export.destination import EXPORT
+    from synth.pipeline.output import part_name
+    from synth.store.layout import LEASE_FILE, marker_file
+    from synth.store.store import Store
+
+    job = ["run", *finished["args"][1:]]
+    out_at = job.index("--output") + 1
+
+    def launch(output: str, *extra: str) -> tuple[int, str]:
+        return _main([*job[:out_at], output, *job[out_at + 1:], *extra], capsys)
+
+    (tmp_path / "file").write_text("mine")
+    rc, said = launch(str(tmp_path / "file" / "sub"))  # --output FILE/sub
+    assert rc == 2 and "is a file, so nothing can be written under it" in said, said
+    Store.at_uri(str(tmp_path / "export"), EXPORT).claim()
+    rc, said = launch(str(tmp_path / "export"))  # a run into an export's directory
+    assert rc == 2 and "is a synth export store, and `synth run` writes only its own kind" in said, said
+    assert sorted(os.listdir(tmp_path / "export")) == ["_synth.json"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "run.json").write_text("my own records")
+    (mine / "report.html").write_text("<p>mine</p>")
+    rc, said = launch(str(mine))  # --adopt-output is in the job's arguments
+    assert rc == 2 and "names synth would write (report.html, run.json)" in said, said
+    assert sorted(os.listdir(mine)) == ["report.html", "run.json"] and (mine / "run.json").read_text() == "my own records"
+    out, _ = _copy(finished, tmp_path)
+    os.makedirs(os.path.join(out, LEASE_FILE))
+    rc, said = launch(out)
+    assert rc == 2 and "_lease.json is a directory, not synth's lease file" in said, said
+    os.rmdir(os.path.join(out, LEASE_FILE))
+    with open(os.path.join(out, marker_file(part_name(0, 0))), "wb") as f:
+        f.write(b"{")  # a source part whose marker is damaged: an export says so and exports nothing
+    rc, said = _main(["export", out, "--format", "nemo", "--to", str(tmp_path / "nemo")], capsys)
+    assert rc == 2 and f"the marker of part {part_name(0, 0)} is damaged" in said, said
+    rc, said = _main(["export", finished["out"], "--format", "nemo", "--to", str(tmp_path / "file" / "x")], capsys)
+    assert rc == 2 and "is a file, so nothing can be written under it" in said, said
