@@ -38,7 +38,7 @@ from synth.pipeline.output import dataset_store
 from synth.store.errors import StopRun
 from synth.store.faults import actor_runtime_env, crash_point
 from synth.store.lease import Lease
-from synth.store.recovery import recover
+from synth.store.recovery import Verification, recover, verify
 from synth.store.store import Store
 
 
@@ -166,9 +166,11 @@ def _finish(dest: Store, options: ExportOptions, identity: dict, parts: list[Sou
     dropped = Counter()
     for commit in ordered:
         dropped.update(commit.dropped)
+    units = [p.name for p in parts] + ([NEMO_MANIFEST_UNIT] if options.format == "nemo" else [])
     record = {
         "identity": identity,
         "finished": not failed and len(commits) >= len(parts),
+        "units": units,  # what a finished export holds: every committed source part (`synth verify` checks it)
         "source_parts": len(parts),
         "parts_exported": len(commits),
         "parts_failed": failed,
@@ -181,3 +183,13 @@ def _finish(dest: Store, options: ExportOptions, identity: dict, parts: list[Sou
     log(f"synth export: done: {record['rows']} row(s), {record['audio_seconds']:.1f} s audio, dropped "
         f"{dict(dropped) or 'none'}, {len(failed)} failed part(s) -> {dest.uri}")
     return record
+
+
+def verify_export_at(uri: str, *, checksums: bool = True) -> Verification:
+    """`synth verify` of an export: every unit against its marker and, once `export.json` lists what
+    it holds, every one of those units committed."""
+    store = Store.at_uri(uri, EXPORT)
+    store.open_existing({"export"}, "synth verify")
+    record = store.read_record(EXPORT_RECORD) or {}
+    report, _ = verify(store, expected=record.get("units"), checksums=checksums, accept=accept_unit)
+    return report

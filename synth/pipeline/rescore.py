@@ -44,6 +44,7 @@ from synth.qc.deps import check_installed
 from synth.qc.policy import METRICS, judge
 from synth.qc.scorer import Take, TakeScorer
 from synth.store import storage
+from synth.store.faults import crash_point
 from synth.store.layout import Layout
 from synth.store.lease import Lease
 from synth.store.recovery import Verification, recover, verify
@@ -153,7 +154,9 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
                                 text_column=text_column, audio_column=audio_column, id_column=id_column,
                                 name=path, summary=summary)
             store.retract(unit)
-            store.commit(unit, [store.write(scores_file(stem), _scores_bytes(rows, settings))], wanted)
+            record = store.write(scores_file(stem), _scores_bytes(rows, settings))
+            crash_point("rescore-scored")  # the torn unit: its scores written, its marker not
+            store.commit(unit, [record], wanted)
             summary.files += 1
             log(f"synth rescore: {path}: {len(rows)} rows, {sum(bool(r['qc_pass']) for r in rows)} pass "
                 f"-> {store.at(scores_file(stem)).uri}")

@@ -74,6 +74,13 @@ def test_every_chunk_is_rendered_exactly_once_after_the_kill(rendered):
     assert by_id["chapter-002-p01:5"]["context_ids"][-1] == "chapter-002-p01:4"
     assert by_id["chapter-002-p02:0"]["context_ids"] == ["voice:narrator"]
     assert by_id["chapter-002-p02:3"]["context_ids"][1:] == [f"chapter-002-p02:{i}" for i in range(3)]
+    # the book's store: every part, its manifest, each chapter and the M4B committed and intact
+    from synth.pipeline.verify import verify_dataset_at
+
+    report = verify_dataset_at(str(out))
+    assert report.ok and report.rows == len(expected), report.render()
+    units = set(os.listdir(out / "_progress"))
+    assert {"book-manifest.json", "book-m4b.json"} | {f"chapter-{i:03d}.json" for i in (1, 2, 3)} <= units
 
 
 def test_chapter_files_match_their_timing_files(rendered):

@@ -15,6 +15,7 @@ import os
 import pytest
 from helpers import REPO, assert_exactly_once, run_job
 
+from synth.export.job import verify_export_at
 from synth.store import faults
 
 from .test_exports import check_webdataset, source_rows
@@ -51,6 +52,17 @@ def test_an_export_killed_midway_and_rerun_gives_each_row_once(synth_output, ray
     present = {os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs}
     assert present - listed == {"_synth.json", "_identity.json", "export.json"}, present - listed
     assert_exactly_once([p for p in present if p.endswith(".tar")], sorted(p for p in listed if p.endswith(".tar")))
+    report = verify_export_at(dest)  # every unit against its marker, and every source part exported
+    assert report.ok and report.units == parts, report.render()
+    # a damaged unit of the export: verify finds it, the same command makes it again
+    damaged = os.path.join(dest, "_progress", sorted(committed)[0])
+    with open(damaged, "wb") as f:
+        f.write(b'{"unit": "cut short')
+    assert not verify_export_at(dest).ok
+    repaired = run_job(args, env, timeout=240)
+    assert repaired.returncode == 0 and "VERIFY FAILED" in repaired.stdout, repaired.stdout + repaired.stderr
+    assert verify_export_at(dest).ok
+    check_webdataset(dest, source_rows(out), set(ids))
 
 
 @pytest.fixture(autouse=True)

@@ -71,8 +71,9 @@ def two_jobs(manifest, tiny_checkpoint, tmp_path_factory):
                        str(work / "a.log"))
         a.wait_until(lambda: (out / marker_file(part_name(0, 0))).exists(), TIMEOUT_S, "job A's first commit")
         lease_during = json.loads((out / LEASE_FILE).read_text())
-        b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), {**env_b, "RAY_ADDRESS": None},
-                    timeout=TIMEOUT_S)
+        # a stale window of 2 s of its own is no licence to take a live run's lease on this host
+        b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS, "--set", "job.lease_stale_seconds=2"),
+                    {**env_b, "RAY_ADDRESS": None}, timeout=TIMEOUT_S)
         a_rc = a.finish(TIMEOUT_S)
     return out, a, a_rc, lease_during, b
 

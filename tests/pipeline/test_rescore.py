@@ -87,3 +87,33 @@ def test_rescore_a_dataset_synth_did_not_write(tmp_path, speech_clip, tiny_whisp
     assert path_row["speech_ratio"] == bytes_row["speech_ratio"]
     assert {r.split(":")[0] for r in silent["qc_reasons"]} >= {"speech_ratio", "leading_silence_s"}
     assert broken["qc_reasons"][0].startswith("audio:") and "cannot decode" in broken["qc_reasons"][0]
+
+
+def test_rescore_killed_mid_commit_resumes_and_repairs_its_store(plain_output, tiny_whisper, tmp_path, capsys):
+    """`synth rescore --output` killed between a scores file and its marker (as `kill -9` leaves it),
+    then run again: each row scored once, the store verified; a scores file changed afterwards is
+    found by verify and scored again by the same command."""
+    from helpers import run_job
+
+    from synth.pipeline.rescore import verify_rescore_at
+    from synth.store import faults
+
+    out, ids = plain_output
+    scores = str(tmp_path / "scores")
+    args = ["-m", "synth", "rescore", out, "--output", scores, "--set", f"qc.asr.model={tiny_whisper}",
+            "--set", METRICS]
+    token = str(tmp_path / "crashed")
+    first = run_job(args, {faults.ENV_VAR: f"rescore-scored:1:{token}"})
+    assert first.returncode == faults.CRASH_EXIT_STATUS and os.path.exists(token), first.stdout + first.stderr
+    assert not os.listdir(os.path.join(scores, "_progress")) if os.path.isdir(os.path.join(scores, "_progress")) else True
+    again = run_job(args)
+    assert again.returncode == 0 and "1 file(s) scored" in again.stdout, again.stdout + again.stderr
+    report = verify_rescore_at(scores)
+    assert report.ok and report.units == 1, report.render()
+    assert sorted(r["id"] for r in pq.read_table(os.path.join(scores, "qc")).to_pylist()) == sorted(ids)
+    (scored,) = os.listdir(os.path.join(scores, "qc"))
+    with open(os.path.join(scores, "qc", scored), "r+b") as f:
+        f.truncate(100)
+    assert not verify_rescore_at(scores).ok
+    assert main(args[2:]) == 0 and "1 file(s) scored" in capsys.readouterr().out  # made again
+    assert verify_rescore_at(scores).ok

@@ -116,3 +116,29 @@ def test_an_hf_audio_dataset_with_speakers(corpus, codec, tmp_path, tiny_checkpo
     assert [(r["id"], r["speaker"], r["text"]) for r in rows] == [("00000000:0", 3, "Hello there."),
                                                                  ("00000001:0", 5, "A second clip.")]
     assert torch.tensor(rows[1]["codes"]).shape == (rows[1]["num_frames"], 32)
+
+
+def test_an_import_killed_mid_commit_resumes_exactly_once_into_an_adopted_directory(corpus, tiny_checkpoint,
+                                                                                    tmp_path):
+    """`synth import` killed between a part's data and its marker (as `kill -9` leaves it), then run
+    again: each clip once, the user's file untouched, the store verified, the dataset loading."""
+    from helpers import assert_exactly_once, run_job
+
+    from synth.store import faults
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    args = ["-m", "synth", "import", "--clips", corpus, "--model", tiny_checkpoint, "--output", str(out),
+            "--rows-per-part", "1", "--adopt-output"]
+    token = str(tmp_path / "crashed")
+    first = run_job(args, {faults.ENV_VAR: f"commit-data:3:{token}"})
+    assert first.returncode == faults.CRASH_EXIT_STATUS and os.path.exists(token), first.stdout + first.stderr
+    again = run_job(args)
+    assert again.returncode == 1, again.stdout + again.stderr  # two clips cannot be imported: error rows, exit 1
+    assert "Traceback" not in again.stderr and "2 committed before" in again.stdout, again.stdout
+    assert_exactly_once(load_output(str(out))["id"], ["a:0", "sub/b:0"])
+    assert sorted(e["id"] for e in load_errors(str(out))) == ["broken", "untranscribed.flac"]
+    assert (out / "notes.txt").read_text() == "the user's"
+    report = verify_dataset_at(str(out))
+    assert report.ok and not report.missing, report.render()

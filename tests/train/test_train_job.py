@@ -143,6 +143,11 @@ def test_the_job_is_killed_resumes_from_its_checkpoint_and_lowers_the_loss(train
     train_set = TrainSet.from_parquet(open(os.path.join(out, TRAIN_SET_FILE), "rb").read())
     before, after = _set_loss(tiny_checkpoint, train_set), _set_loss(os.path.join(out, MODEL_DIR), train_set)
     assert after < before - 0.05, (before, after)
+    from synth.train.output import verify_train_at
+
+    report = verify_train_at(out)  # the train set and the model committed, the lease given back
+    assert report.ok and report.units == 2, report.render()
+    assert not os.path.exists(os.path.join(out, "_lease.json"))
 
 
 def test_the_trained_model_loads_and_runs_the_synthesis_job(trained, synth_output, tmp_path, ray_job_env):
