@@ -162,6 +162,17 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manifest, tiny_checkpoint, small_disk):
     out = small_disk / "out"
+    filler = small_disk / "filler"  # the disk 100 % full before the run starts
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    refused = _run(manifest, out, tiny_checkpoint)
+    assert refused.returncode == 2 and "no space left on the device" in refused.stderr, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr and not [p for p in out.rglob("*") if p.is_file()]  # no 0-byte lease
+    filler.unlink()
     full = _run(manifest, out, tiny_checkpoint)
     assert full.returncode == 2, full.stdout + full.stderr
     assert "no space left on the device" in full.stderr and "run the same command again to resume" in full.stderr
@@ -170,3 +181,13 @@ def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manif
     again = _run(manifest, out, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
     check_output(out, manifest)
+    # the finished output remounted read-only: a relaunch says so and changes nothing
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        read_only = _run(manifest, out, tiny_checkpoint)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert read_only.returncode == 2 and "read-only" in read_only.stderr, read_only.stdout + read_only.stderr
+    assert "Traceback" not in read_only.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
