@@ -4,16 +4,16 @@ the book's metadata: title (also as album), author (artist and album artist), la
 genre `Audiobook`, and the cover as an attached picture (JPEG or PNG).
 
 Chapters are added one at a time, so a long book is never in memory whole: they are
-encoded into a temporary local file, which lands at its destination in one step when
-the book is closed (rename for a local path, a single upload for an object store), or is
-handed, a chunk at a time, to a writer such as a store's (`close_into`). It
+encoded into a temporary local file, which is handed, a chunk at a time, to a writer
+when the book is closed (`close_into`: a store's `write_stream`, which lands it whole
+under its name). It
 uses PyAV (FFmpeg's AAC encoder and MP4 muxer, shipped in its wheel) and knows nothing
 about how the chapters were made.
 
-    book = M4bBook(storage.resolve("out/book.m4b"), sample_rate_hz=24000, title="Alice",
-                   author="Lewis Carroll", cover=jpeg_bytes, cover_type="image/jpeg")
+    book = M4bBook(sample_rate_hz=24000, title="Alice", author="Lewis Carroll", cover=jpeg_bytes,
+                   cover_type="image/jpeg")
     book.add_chapter("Chapter I", samples)   # float32 mono [num_samples]
-    book.close()
+    record = book.close_into(lambda chunks: store.write_stream("book.m4b", chunks))
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
-from synth.store import storage
-
 FORMAT = "m4b"  # a book format: one file for the whole book, not one per chapter
 _BLOCK = 24000  # samples handed to the encoder at a time
 _COVER_CODECS = {"image/jpeg": "mjpeg", "image/png": "png"}  # what MP4 can carry as an attached picture
@@ -37,20 +35,14 @@ T = TypeVar("T")
 class M4bBook:
     """An M4B being written; `add_chapter` in book order, then `close` (or `discard`)."""
 
-    def __init__(self, destination: storage.Location | None, *, sample_rate_hz: int, title: str, author: str | None = None,
+    def __init__(self, *, sample_rate_hz: int, title: str, author: str | None = None,
                  language: str | None = None, cover: bytes | None = None, cover_type: str | None = None,
                  bit_rate: int = 64000):
-        """destination: where `close` puts the file (None: `close_into` only; the temp file is then in
-        the system's temp directory). A cover of another type than JPEG or PNG is left out
-        (`self.cover_skipped` says so)."""
+        """A cover of another type than JPEG or PNG is left out (`self.cover_skipped` says so)."""
         import av
 
-        self.destination = destination
         self.sample_rate_hz = sample_rate_hz
-        directory = os.path.dirname(destination.path) if destination is not None and destination.is_local else None
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(suffix=".m4b.tmp", dir=directory)  # same filesystem: rename is atomic
+        fd, self._tmp = tempfile.mkstemp(suffix=".m4b.tmp")  # in the system's temp directory, never the output
         os.close(fd)
         # "mp4", not "ipod": FFmpeg's ipod muxer refuses a picture stream; the brand makes it an M4B
         self._container = av.open(self._tmp, "w", format="mp4", options={"brand": "M4B "})
@@ -106,20 +98,6 @@ class M4bBook:
                 return write(iter(lambda: f.read(_CHUNK), b""))
         finally:
             self.discard()
-
-    def close(self) -> str:
-        """Finish the file and move it to its destination; returns the destination's URI."""
-        assert self.destination is not None, "no destination: use close_into"
-        try:
-            self._finish()
-            if self.destination.is_local:
-                os.replace(self._tmp, self.destination.path)
-            else:
-                with open(self._tmp, "rb") as f:
-                    storage.write_bytes_atomic(self.destination, f.read())
-        finally:
-            self.discard()
-        return self.destination.uri
 
     def discard(self) -> None:
         """Drop the temporary file (after an error, or once it has been moved). Safe to call twice."""

@@ -233,7 +233,7 @@ def assemble_chapters(book: Book, store: Store, *, sample_rate_hz: int, formats:
     written = []
     m4b = None
     if M4B in formats:
-        m4b = M4bBook(None, sample_rate_hz=sample_rate_hz, title=title, author=book.author,
+        m4b = M4bBook(sample_rate_hz=sample_rate_hz, title=title, author=book.author,
                       language=book.language, cover=book.cover, cover_type=book.cover_type)
         if m4b.cover_skipped:
             log(f"book: the cover is {book.cover_type}, which an M4B cannot carry (JPEG or PNG): left out")

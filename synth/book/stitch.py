@@ -14,7 +14,6 @@ span at the start of the next placed chunk (or at the end of the last one).
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,7 +21,6 @@ import numpy as np
 import soundfile as sf
 
 from synth.pipeline.audio_io import encode_audio
-from synth.store import storage
 
 AUDIO_FORMATS = ("wav", "flac", "mp3")
 
@@ -158,24 +156,10 @@ def _cue_text(text: str) -> str:
     return " ".join(text.split()).replace("-->", "->")
 
 
-def write_audio(path_stem: str, audio: np.ndarray, sample_rate_hz: int, formats: Sequence[str]) -> list[str]:
-    """Write `<path_stem>.<fmt>` for each format (wav, flac: 16-bit PCM; mp3); returns the paths.
-
-    Each file is written atomically (temp name in the same directory, then rename).
-    """
-    unknown = [f for f in formats if f not in AUDIO_FORMATS]
-    if unknown:
-        raise ValueError(f"unknown audio format(s) {unknown}; choose from {list(AUDIO_FORMATS)}")
-    paths = []
-    for fmt in dict.fromkeys(formats):
-        path = f"{os.fspath(path_stem)}.{fmt}"
-        storage.write_bytes_atomic(storage.resolve(path), encode_chapter(audio, sample_rate_hz, fmt))
-        paths.append(path)
-    return paths
-
-
 def encode_chapter(audio: np.ndarray, sample_rate_hz: int, fmt: str) -> bytes:
     """A chapter's audio as the bytes of one file format (wav, flac: 16-bit PCM; mp3)."""
+    if fmt not in AUDIO_FORMATS:
+        raise ValueError(f"unknown audio format {fmt!r}; choose from {list(AUDIO_FORMATS)}")
     if fmt != "mp3":
         return encode_audio(audio, sample_rate_hz, fmt)
     buf = io.BytesIO()

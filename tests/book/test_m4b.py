@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from synth.book.m4b import M4bBook
-from synth.store import storage
 
 SR = 24000
+
+
+def _into(path):
+    """A writer for `M4bBook.close_into`: the chunks into the file at `path`; returns its size."""
+    def write(chunks) -> int:
+        with open(path, "wb") as f:
+            return sum(f.write(chunk) for chunk in chunks)
+    return write
 
 
 def _tone(seconds: float, hz: float) -> np.ndarray:
@@ -20,11 +27,11 @@ def _tone(seconds: float, hz: float) -> np.ndarray:
 
 def test_chapters_are_marked_where_their_audio_starts(tmp_path):
     lengths = [1.5, 0.25, 2.75]  # the middle one shorter than one encoder block
-    book = M4bBook(storage.resolve(str(tmp_path / "book.m4b")), sample_rate_hz=SR, title="A Test Book")
+    book = M4bBook(sample_rate_hz=SR, title="A Test Book")
     for i, seconds in enumerate(lengths):
         book.add_chapter(f"Chapter {i + 1}", _tone(seconds, 200 + 100 * i))
-    assert book.close() == str(tmp_path / "book.m4b")
-    assert os.listdir(tmp_path) == ["book.m4b"]  # the temp file was moved, not copied
+    assert book.close_into(_into(tmp_path / "book.m4b")) == os.path.getsize(tmp_path / "book.m4b")
+    assert os.listdir(tmp_path) == ["book.m4b"] and not os.path.exists(book._tmp)  # no temp file left
 
     with av.open(str(tmp_path / "book.m4b")) as f:
         assert f.metadata["title"] == "A Test Book"
@@ -46,10 +53,10 @@ def test_chapters_are_marked_where_their_audio_starts(tmp_path):
 
 
 def test_a_book_that_fails_midway_leaves_nothing_behind(tmp_path):
-    book = M4bBook(storage.resolve(str(tmp_path / "book.m4b")), sample_rate_hz=SR, title="x")
+    book = M4bBook(sample_rate_hz=SR, title="x")
     book.add_chapter("one", _tone(0.5, 200))
     book.discard()  # what assemble_chapters does when a chapter raises
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and not os.path.exists(book._tmp)
 
 
 def test_a_jpeg_cover_and_the_book_metadata_are_carried(tmp_path):
@@ -57,10 +64,10 @@ def test_a_jpeg_cover_and_the_book_metadata_are_carried(tmp_path):
     encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = 40, 24, "yuvj420p", Fraction(1, 25)
     image = av.VideoFrame.from_ndarray(np.full((24, 40, 3), 120, np.uint8), format="rgb24").reformat(format="yuvj420p")
     jpeg = b"".join(bytes(p) for p in encoder.encode(image) + encoder.encode(None))
-    book = M4bBook(storage.resolve(str(tmp_path / "book.m4b")), sample_rate_hz=SR, title="Emma", author="Jane Austen",
-                   language="en", cover=jpeg, cover_type="image/jpeg")
+    book = M4bBook(sample_rate_hz=SR, title="Emma", author="Jane Austen", language="en", cover=jpeg,
+                   cover_type="image/jpeg")
     book.add_chapter("Volume one", _tone(0.5, 200))
-    book.close()
+    book.close_into(_into(tmp_path / "book.m4b"))
     with av.open(str(tmp_path / "book.m4b")) as f:
         assert {k: f.metadata.get(k) for k in ("title", "album", "artist", "album_artist", "genre")} == {
             "title": "Emma", "album": "Emma", "artist": "Jane Austen", "album_artist": "Jane Austen",
@@ -68,7 +75,6 @@ def test_a_jpeg_cover_and_the_book_metadata_are_carried(tmp_path):
         (picture,) = [s for s in f.streams if s.disposition & av.stream.Disposition.attached_pic]
         assert picture.codec_context.name == "mjpeg" and (picture.width, picture.height) == (40, 24)
         assert bytes(next(f.demux(picture))) == jpeg
-    gif = M4bBook(storage.resolve(str(tmp_path / "gif.m4b")), sample_rate_hz=SR, title="x", cover=b"GIF89a",
-                  cover_type="image/gif")
+    gif = M4bBook(sample_rate_hz=SR, title="x", cover=b"GIF89a", cover_type="image/gif")
     assert gif.cover_skipped
     gif.discard()
