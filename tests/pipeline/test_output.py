@@ -466,3 +466,24 @@ def test_a_relaunch_cannot_mix_context_from_codes_and_audio(tmp_path):
     store.record_identity(run_identity(codes, PLAN), fixed=FIXED)  # the same again: fine
     with pytest.raises(StoreError, match="conditioned on context from another source .*was \"codes\", now \"audio\""):
         store.record_identity(run_identity(audio, PLAN), fixed=FIXED, allow_changes=True)
+
+
+def test_the_card_says_which_rows_were_made_with_which_settings(tmp_path):
+    """A run continued with --allow-changes: each part's marker keeps the settings that made it, and
+    the dataset card lists the rows made with each set, not the newest settings for all."""
+    from synth.export.card import card_text
+    from synth.export.stats import collect
+
+    store = _committed_output(tmp_path)  # 4 parts, temperature 0.9
+    hotter = SynthConfig.model_validate({**CONFIG.model_dump(), "sampling": {"temperature": 0.5}})
+    os.remove(tmp_path / marker_file(part_name(1, 1)))  # one part made again, with the new settings
+    with Lease.acquire(store, stale_after_s=60, log=lambda m: None) as lease:
+        store.run_id = lease.run_id
+        store.settings = store.record_identity(run_identity(hotter, PLAN), fixed=FIXED, allow_changes=True)
+        DatasetWriter(store, sample_rate_hz=SR, audio_format="wav", write_audio_files=True).commit_part(
+            1, 1, [_row("s11", 0, 1)], [], 1)
+    card = card_text(store, collect(store))
+    assert '"temperature": 0.5' in card  # the newest settings, as plan.json holds them
+    assert "were not all made with those settings" in card
+    assert "- 3 rows, settings" in card and 'sampling: {"do_sample": true, "temperature": 0.9' in card
+    assert "- 1 rows, settings" in card and ": the settings above" in card
