@@ -195,6 +195,10 @@ class TextConfig(_Section):
         None, description="Path or URI of a pronunciation lexicon (`word = respelling` per line), applied "
         "after normalisation (and without it)."
     )
+    tables: Literal["rows", "skip"] = Field(
+        "rows", description="How a book's tables (EPUB) are read: `rows`, row by row with each cell after its "
+        "column's heading (`Item: Tea; Cost: one dollar.`); `skip`, a one-line note (`Table omitted.`) instead."
+    )
 
 
 class RayConfig(_Section):
