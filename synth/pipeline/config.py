@@ -200,6 +200,13 @@ class TextConfig(_Section):
         "column's heading (`Item: Tea; Cost: one dollar.`); `skip`, a one-line note (`Table omitted.`) instead."
     )
 
+    @model_validator(mode="after")
+    def _date_order_is_the_light_normalisers(self) -> "TextConfig":
+        if self.normalizer == "nemo" and self.date_order != "mdy":
+            raise ValueError(f"text.date_order={self.date_order!r} needs text.normalizer='light': NeMo's normaliser "
+                             "reads a date either order fits month first and takes no date order")
+        return self
+
 
 class RayConfig(_Section):
     """How to reach Ray."""

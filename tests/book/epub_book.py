@@ -168,8 +168,8 @@ def make_pandoc_epub(path: Path) -> Path:
     xhtml = "application/xhtml+xml"
     items = [("cover_xhtml", "text/cover.xhtml", xhtml, ""), ("title_page_xhtml", "text/title_page.xhtml", xhtml, ""),
              ("nav", "nav.xhtml", xhtml, "nav"), ("ch001_xhtml", "text/ch001.xhtml", xhtml, ""),
-             ("ch002_xhtml", "text/ch002.xhtml", xhtml, ""), ("cover_png", "media/cover.png", "image/png", "cover-image"),
-             ("file0_png", "media/file0.png", "image/png", "")]
+             ("ch002_xhtml", "text/ch002.xhtml", xhtml, ""),
+             ("cover_png", "media/cover.png", "image/png", "cover-image"), ("file0_png", "media/file0.png", "image/png", "")]
     spine = "".join(f'<itemref idref="{i}"/>' for i in ("cover_xhtml", "title_page_xhtml", "nav", "ch001_xhtml",
                                                         "ch002_xhtml"))
     files = {"text/cover.xhtml": cover, "text/title_page.xhtml": title_page, "nav.xhtml": nav,

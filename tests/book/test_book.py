@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from helpers import REPO
 
+from synth.book.render import chapter_id, open_book
 from synth.book.stitch import (
     StitchSettings,
     TimedChunk,
@@ -20,7 +21,6 @@ from synth.book.stitch import (
     to_vtt,
     write_audio,
 )
-from synth.book.render import chapter_id, open_book
 from synth.book.text import BookError, Chunk, load_book, read_book, read_text_book
 
 ALICE = Path(REPO) / "examples" / "books" / "alice-ch1-3.md"

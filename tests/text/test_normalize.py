@@ -129,6 +129,11 @@ CASES = [
     ("+1 (123) 123-5678", "plus one, one two three, one two three, five six seven eight"),
     ("Call 1-800-555-1234 now", "Call one, eight hundred, five five five, one two three four now"),
     ("The score was 3-2.", "The score was three-two."),  # going down: no range
+    ("He was at No. 10 Downing Street.", "He was at number ten Downing Street."),
+    ("the war of 1914-18", "the war of nineteen fourteen to eighteen"),
+    ("100s of people", "hundreds of people"),
+    ("Louis XVI’s court", "Louis the sixteenth’s court"),
+    ("2+2=4", "two plus two equals four"),
     # measures and units
     ("It is 5 km away.", "It is five kilometers away."),
     ("It took 3 hrs.", "It took three hours."),
@@ -208,6 +213,8 @@ def test_date_order_is_a_validated_config_setting():
         "the tenth of December twenty twenty-three"
     with pytest.raises(ValidationError, match="date_order"):
         TextConfig(date_order="dym")
+    with pytest.raises(ValidationError, match="text.date_order='dmy' needs text.normalizer='light'"):
+        TextConfig(normalizer="nemo", date_order="dmy")
     with pytest.raises(ValueError, match="unknown date order 'dym'"):
         normalizer("light", "dym")
 
