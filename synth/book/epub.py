@@ -8,10 +8,13 @@ document, or the EPUB 2 NCX) gives the chapter titles; a document without an ent
 there is titled by its first headings. Each spine document is one chapter. Front and
 back matter (cover page, title page, table of contents, copyright page, colophon,
 index) is recognised by its `epub:type`, the nav's landmarks, the OPF guide, a
-non-linear spine entry or its title, and skipped unless asked for. From the text,
-images, footnote markers (`<sup>1</sup>`, note references) and the notes themselves are
-dropped. The sections are cut into chunks as any book's (`synth.book.text`). It knows
-nothing about audio, models or Ray.
+non-linear spine entry or its title, and skipped unless asked for; a skipped document is
+named by what it is (Cover, Title page, Contents), else by its title. From the text,
+images, their captions (and whatever the book hides from screen readers, `aria-hidden`),
+footnote markers (`<sup>1</sup>`, note references) and the notes themselves are dropped. A
+table is read row by row, each cell after its column's heading ("Item: Tea; Cost: $1."), or
+skipped with a one-line note, as asked. The sections are cut into chunks as any book's
+(`synth.book.text`). It knows nothing about audio, models or Ray.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import posixpath
 import re
 import zipfile
+from typing import Literal
 from urllib.parse import unquote
 
 from synth.book.text import Book, BookError, Section, chunk_sections
@@ -31,6 +35,11 @@ _XHTML_TYPES = ("application/xhtml+xml", "text/html", "application/x-dtbook+xml"
 # epub:type / landmark / guide values that mark matter a listener does not want read
 _MATTER = {"cover", "toc", "titlepage", "title-page", "halftitlepage", "copyright-page", "copyright", "colophon",
            "index", "imprint", "loi", "lot", "landmarks", "page-list", "other.ms-coverimage-standard"}
+_MATTER_NAMES = {"cover": "Cover", "other.ms-coverimage-standard": "Cover", "toc": "Contents",
+                 "titlepage": "Title page", "title-page": "Title page", "halftitlepage": "Half title page",
+                 "copyright-page": "Copyright", "copyright": "Copyright", "colophon": "Colophon", "index": "Index",
+                 "imprint": "Imprint", "loi": "List of illustrations", "lot": "List of tables",
+                 "landmarks": "Landmarks", "page-list": "Page list"}
 _MATTER_TITLE = re.compile(r"^\s*(cover|contents|table of contents|copyright( page)?|title page|colophon|index)\s*$",
                            re.IGNORECASE)
 _NOTES = {"footnote", "footnotes", "endnote", "endnotes", "rearnote", "rearnotes", "note", "doc-footnote",
@@ -43,11 +52,17 @@ _BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "
 _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _UNSPOKEN = {"img", "svg", "image", "script", "style", "head", "audio", "video", "object", "embed", "math",
              "iframe", "canvas", "map", "nav", "picture", "source", "rt", "rp"}
+_IMAGES = {"img", "svg", "image", "picture"}
+
+TableReading = Literal["rows", "skip"]  # as the config's `text.tables`
 
 
-def load_epub(path: str, *, keep_matter: bool = False, max_chunk_chars: int = 250,
+def load_epub(path: str, *, keep_matter: bool = False, tables: TableReading = "rows", max_chunk_chars: int = 250,
               min_chunk_chars: int = 20) -> Book:
-    """The EPUB at `path` as a Book; `keep_matter` reads front and back matter too."""
+    """The EPUB at `path` as a Book; `keep_matter` reads front and back matter too; `tables`:
+    "rows" reads a table row by row, "skip" says "Table omitted." in its place."""
+    if tables not in ("rows", "skip"):
+        raise ValueError(f"tables={tables!r}: choose 'rows' or 'skip'")
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -57,12 +72,13 @@ def load_epub(path: str, *, keep_matter: bool = False, max_chunk_chars: int = 25
         raise BookError(f"{path}: not an EPUB (not a zip archive: {e})") from None
     with archive:
         try:
-            return _read(archive, keep_matter, max_chunk_chars, min_chunk_chars)
+            return _read(archive, keep_matter, tables, max_chunk_chars, min_chunk_chars)
         except BookError as e:
             raise BookError(f"{path}: {e}") from None
 
 
-def _read(archive: zipfile.ZipFile, keep_matter: bool, max_chunk_chars: int, min_chunk_chars: int) -> Book:
+def _read(archive: zipfile.ZipFile, keep_matter: bool, tables: TableReading, max_chunk_chars: int,
+          min_chunk_chars: int) -> Book:
     if "META-INF/encryption.xml" in archive.namelist() and _encrypted_documents(archive):
         raise BookError("the EPUB is encrypted (DRM); synth reads only unencrypted books")
     container = _xml(archive, "META-INF/container.xml")
@@ -95,17 +111,19 @@ def _read(archive: zipfile.ZipFile, keep_matter: bool, max_chunk_chars: int, min
             continue
         doc_path, _, properties = entry
         doc = _xml(archive, doc_path, html=True)
-        headings, paragraphs, doc_kinds = _text(doc)
+        headings, paragraphs, doc_kinds = _text(doc, tables)
         title = titles.get(doc_path) or _joined(headings)
-        label = title or _head_title(doc) or posixpath.basename(doc_path)  # what a skipped document is called
-        matter = ("nav" in properties or itemref.get("linear") == "no" or kinds.get(doc_path) in _MATTER
-                  or bool(doc_kinds & _MATTER) or bool(_MATTER_TITLE.match(label)))
+        label = title or _head_title(doc) or posixpath.basename(doc_path)
+        kind = next((k for k in ("toc" if "nav" in properties else None, kinds.get(doc_path), *sorted(doc_kinds))
+                     if k in _MATTER), None)
+        matter = kind is not None or itemref.get("linear") == "no" or bool(_MATTER_TITLE.match(label))
         if matter and not keep_matter:
-            skipped.append(label)
-            continue
+            skipped.append(_MATTER_NAMES.get(kind, label))  # what it is: a pandoc book's cover, title page and
+            continue  # contents are all titled by the book's title
         title = title or (label if matter else f"Chapter {len(sections) + 1}")
         if paragraphs or headings:
             sections.append(Section(title, paragraphs))
+    skipped = list(dict.fromkeys(skipped))  # each name once
     if not sections:
         raise BookError("the book holds no text" + (f" (skipped as front/back matter: {', '.join(skipped)})"
                                                     if skipped else ""))
@@ -231,19 +249,24 @@ def _types(element) -> set[str]:
 
 
 def _unspoken(element) -> bool:
-    """Images, notes and note markers: nothing of them is read."""
+    """Images and their captions, notes and note markers, what is hidden from screen readers:
+    nothing of them is read."""
     name, types = _local(element), _types(element)
-    if name in _UNSPOKEN or types & (_NOTES | _NOTE_REF) or not name:
+    if name in _UNSPOKEN or types & (_NOTES | _NOTE_REF) or not name or element.get("aria-hidden") == "true":
         return True
+    if name == "figcaption":  # a caption says what the image shows, and the image is not read
+        figure = element.getparent()
+        return figure is not None and any(_local(e) in _IMAGES for e in figure.iter())
     text = "".join(element.itertext())
     if name == "sup" and _MARKER.match(text):
         return True  # a footnote marker: `<sup>1</sup>`, `<sup><a href="#n1">*</a></sup>`
     return name == "a" and "#" in element.get("href", "") and bool(_MARKER.match(text))
 
 
-def _text(doc) -> tuple[list[str], list[str], set[str]]:
+def _text(doc, tables: TableReading = "rows") -> tuple[list[str], list[str], set[str]]:
     """(the leading headings, the paragraphs after them, the epub:types of body and its first
-    section) of one XHTML document; headings further down are read as paragraphs."""
+    section) of one XHTML document; headings further down are read as paragraphs, a table as
+    `tables` says."""
     body = next(doc.iter("{*}body"), doc)
     kinds = _types(body)
     first = next((e for e in body if _local(e) in {"section", "div", "article"}), None)
@@ -263,6 +286,10 @@ def _text(doc) -> tuple[list[str], list[str], set[str]]:
         if name == "br":
             buffer.append(" ")
             return
+        if name == "table":
+            flush()
+            blocks.extend((False, line) for line in _table(element, tables))
+            return
         block = name in _BLOCKS
         if block:
             flush()
@@ -280,3 +307,44 @@ def _text(doc) -> tuple[list[str], list[str], set[str]]:
     while leading < len(blocks) and blocks[leading][0]:
         leading += 1
     return [t for _, t in blocks[:leading]], [t for _, t in blocks[leading:]], kinds
+
+
+def _inline_text(element) -> str:
+    """The spoken text inside `element`, on one line (blocks inside it apart by a space)."""
+    parts = [element.text or ""]
+    for child in element:
+        if not _unspoken(child):
+            parts += [" ", _inline_text(child), " "] if _local(child) in _BLOCKS else [_inline_text(child)]
+        parts.append(child.tail or "")
+    return " ".join("".join(parts).split())
+
+
+def _table(table, tables: TableReading) -> list[str]:
+    """A table's paragraphs: its caption, then a row each, every cell after its column's heading
+    (`Item: Tea; Cost: $1.`); or, skipped, one line saying so (with the caption, if any)."""
+    caption = next((_inline_text(c) for c in table.iter("{*}caption")), "")
+    if tables == "skip":
+        return [f"Table omitted: {caption.rstrip('.')}." if caption else "Table omitted."]
+    rows = [row for row in (_row(tr) for tr in table.iter("{*}tr")) if any(text for _, text in row)]
+    heads: list[str] = []
+    if rows and all(is_head for is_head, _ in rows[0]):
+        heads = [text for _, text in rows.pop(0)]
+    lines = [caption] if caption else []
+    for row in rows:
+        cells = [f"{head}: {text}" if head and head != text else text
+                 for head, (_, text) in zip(heads + [""] * len(row), row) if text]
+        line = "; ".join(cells)
+        lines.append(line if line[-1] in ".!?" else line + ".")
+    return lines
+
+
+def _row(tr) -> list[tuple[bool, str]]:
+    """A table row's cells as (is a heading cell, text), one per column: a cell spanning
+    columns counts once per column (a heading's name over each; a data cell's text once)."""
+    cells = []
+    for cell in tr:
+        if _local(cell) in ("td", "th"):
+            span = int(cell.get("colspan")) if (cell.get("colspan") or "").isdigit() else 1
+            text, is_head = _inline_text(cell), _local(cell) == "th"
+            cells += [(is_head, text)] + [(is_head, text if is_head else "")] * (max(span, 1) - 1)
+    return cells

@@ -83,11 +83,11 @@ QC_COLUMNS = ("qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "
               "speech_ratio", "chars_per_s", "loop_score")
 
 
-def open_book(path: str, *, keep_matter: bool = False) -> Book:
-    """The book at `path`: `.epub` (front and back matter skipped unless `keep_matter`),
-    `.md`/`.markdown`, or anything else as plain text."""
+def open_book(path: str, *, keep_matter: bool = False, tables: str = "rows") -> Book:
+    """The book at `path`: `.epub` (front and back matter skipped unless `keep_matter`; tables
+    read as `tables` says), `.md`/`.markdown`, or anything else as plain text."""
     if str(path).lower().endswith(".epub"):
-        return load_epub(path, keep_matter=keep_matter)
+        return load_epub(path, keep_matter=keep_matter, tables=tables)
     return load_text_book(path)
 
 
@@ -312,7 +312,7 @@ def render_book(config: SynthConfig, book_path: str, *, voice: str, output_uri: 
         raise ConfigError(f"--formats {','.join(formats)!r}: choose from {','.join(FORMATS)}")
     if passage_chunks < 0:
         raise ConfigError(f"--passage-chunks {passage_chunks}: must be >= 0")
-    book = open_book(book_path, keep_matter=keep_matter)
+    book = open_book(book_path, keep_matter=keep_matter, tables=config.text.tables)
     chapters = book.chapters
     title = title or book.title or os.path.splitext(os.path.basename(book_path))[0]
     if book.skipped:

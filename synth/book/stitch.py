@@ -110,10 +110,12 @@ def _faded(audio: np.ndarray, fade_samples: int) -> np.ndarray:
 def timing_json(
     title: str, chapter_index: int, sample_rate_hz: int, num_samples: int, timed: list[TimedChunk]
 ) -> dict:
-    """The chapter's timing file: where each chunk starts and ends, in seconds."""
+    """The chapter's timing file: where each chunk starts and ends, in seconds. `chapter_index` is
+    the chapter's place in the book (0-based); the file gives its number, 1-based as its file name
+    is (`chapter-001.json` says `"chapter": 1`), the one numbering a reader sees."""
     return {
         "title": title,
-        "chapter": chapter_index,
+        "chapter": chapter_index + 1,
         "sample_rate_hz": sample_rate_hz,
         "duration_s": num_samples / sample_rate_hz,
         "num_samples": num_samples,

@@ -1,7 +1,8 @@
 """A book's text as chapters of sentence-sized chunks, ready to be spoken one by one.
 
 This module owns reading a book (Markdown or plain text) into `Chapter`s: finding the
-chapter headings and the book's title (a single top heading above the chapters),
+chapter headings and the book's title (a single top heading above the chapters, or a first
+heading with no text of its own before headings of its level),
 dropping markup that should not be spoken, joining hard-wrapped lines into paragraphs,
 and cutting paragraphs into `Chunk`s of about one sentence (pysbd finds the
 sentences); and the `Book` those chapters make with their metadata, whatever the
@@ -29,6 +30,7 @@ _CLAUSE_BREAK = re.compile(r"(?:[;:,—]| --(?= ))[”’\"')\]»]*")  # ; : , �
 _ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SCENE_BREAK = re.compile(r"^[ \t]*([*\-_=~])(?:[ \t]*\1){2,}[ \t]*$")  # `* * *`, `---`, `___`
 _TEXT_HEADING = re.compile(r"^(chapter|book|part)\s+([0-9]+|[ivxlcdm]+)\b.*$", re.IGNORECASE)
+_CHAPTER_LIKE = re.compile(r"^(?:chapter|book|part|volume|prologue|epilogue|preface|introduction)\b", re.IGNORECASE)
 _QUOTE_PREFIX = re.compile(r"^ {0,3}(?:>[ \t]?)+")
 _BULLET = re.compile(r"^[ \t]*[-*+][ \t]+")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
@@ -131,8 +133,8 @@ def read_book(
 def read_text_book(
     text: str, *, fmt: Format | None = None, max_chunk_chars: int = 250, min_chunk_chars: int = 20
 ) -> Book:
-    """`read_book`'s chapters as a `Book`, titled by its single top heading (Markdown) or its
-    opening title line (plain text) when it has one."""
+    """`read_book`'s chapters as a `Book`, titled by its title heading (Markdown: see
+    `_title_heading`) or its opening title line (plain text) when it has one."""
     _refuse_control_characters(text)
     if fmt is None:
         fmt = "markdown" if any(_ATX_HEADING.match(line) for line in text.splitlines()) else "text"
@@ -218,9 +220,8 @@ def _markdown_sections(text: str) -> tuple[str | None, list[Section]]:
 
     levels = [level for kind, level, _ in blocks if kind == "heading"]
     book_title = None
-    if len(levels) > 1 and all(level > levels[0] for level in levels[1:]):
-        # a single top heading above all the others: the book's title, not a chapter
-        at = next(i for i, (kind, _, _) in enumerate(blocks) if kind == "heading")
+    at = _title_heading(blocks)
+    if at is not None:
         book_title = blocks[at][2]
         blocks = blocks[:at] + blocks[at + 1:]
         levels = levels[1:]
@@ -237,6 +238,21 @@ def _markdown_sections(text: str) -> tuple[str | None, list[Section]]:
         else:  # deeper (or stray shallower) headings are read as paragraphs
             sections[-1].paragraphs.append(body)
     return book_title, sections
+
+
+def _title_heading(blocks: list[tuple[str, int, str]]) -> int | None:
+    """Where the book's title is among the blocks, if it has one: its first heading, when that
+    heading sits above all the others (`# Title`, then `## Chapter`s), or when it holds no text of
+    its own and a heading of its level follows, not being a chapter's itself (`# The Title`, then
+    `# Chapter 1` ..., as books converted from other formats often are)."""
+    headings = [i for i, (kind, _, _) in enumerate(blocks) if kind == "heading"]
+    if len(headings) < 2:
+        return None
+    first, level = headings[0], blocks[headings[0]][1]
+    if all(blocks[i][1] > level for i in headings[1:]):
+        return first
+    bare = headings[1] == first + 1 and blocks[headings[1]][1] == level
+    return first if bare and not _CHAPTER_LIKE.match(blocks[first][2]) else None
 
 
 def _front_matter(blocks: list[tuple[str, int, str]], chapter_level: int, book_title: str | None) -> list[Section]:

@@ -186,10 +186,26 @@ class TextConfig(_Section):
         "light", description="`light`: num2words plus rules; `nemo`: NeMo's normaliser (pip install "
         "nemo_text_processing)."
     )
+    date_order: Literal["mdy", "dmy", "ymd"] = Field(
+        "mdy", description="How the light normaliser reads a numeric date whose numbers allow more than one "
+        "order: 10/12/2023 is October twelfth (`mdy`, US) or the tenth of December (`dmy`, UK and Europe); `ymd` "
+        "reads 98/01/07 year first. A date only one order fits (25.12.2020, 2016/07/03) is read that way."
+    )
     lexicon: str | None = Field(
         None, description="Path or URI of a pronunciation lexicon (`word = respelling` per line), applied "
         "after normalisation (and without it)."
     )
+    tables: Literal["rows", "skip"] = Field(
+        "rows", description="How a book's tables (EPUB) are read: `rows`, row by row with each cell after its "
+        "column's heading (`Item: Tea; Cost: one dollar.`); `skip`, a one-line note (`Table omitted.`) instead."
+    )
+
+    @model_validator(mode="after")
+    def _date_order_is_the_light_normalisers(self) -> "TextConfig":
+        if self.normalizer == "nemo" and self.date_order != "mdy":
+            raise ValueError(f"text.date_order={self.date_order!r} needs text.normalizer='light': NeMo's normaliser "
+                             "reads a date either order fits month first and takes no date order")
+        return self
 
 
 class RayConfig(_Section):

@@ -24,7 +24,7 @@ def spoken_text(config: TextConfig) -> Callable[[str], str]:
     """The function that gives a written text's spoken form under `config`; the identity when it
     asks for neither normalisation nor a lexicon. Raises ConfigError for a lexicon that cannot
     be read or parsed, or a normaliser that cannot run."""
-    normalize = normalizer(config.normalizer) if config.normalize else None
+    normalize = normalizer(config.normalizer, config.date_order) if config.normalize else None
     lexicon = None
     if config.lexicon:
         try:

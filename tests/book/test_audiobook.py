@@ -89,6 +89,7 @@ def test_chapter_files_match_their_timing_files(rendered):
         stem = out / "chapters" / f"chapter-{chapter.index + 1:03d}"
         timing = json.loads(stem.with_suffix(".json").read_text())
         assert timing["title"] == chapter.title and len(timing["chunks"]) == len(chapter.chunks)
+        assert timing["chapter"] == chapter.index + 1  # chapter-001.json is chapter 1
         for fmt in ("wav", "flac"):
             info = sf.info(str(stem.with_suffix(f".{fmt}")))
             assert info.samplerate == 24000 and info.channels == 1

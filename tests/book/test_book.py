@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from helpers import REPO
 
+from synth.book.render import chapter_id, open_book
 from synth.book.stitch import (
     StitchSettings,
     TimedChunk,
@@ -257,6 +258,20 @@ def test_markdown_chapter_level_and_front_matter():
     book = read_text_book("# The Book\n\n## Only\n\nText here.\n", fmt="markdown")
     assert book.title == "The Book" and [ch.title for ch in book.chapters] == ["Only"]
     assert read_text_book("# One\n\nA.\n\n# Two\n\nB.\n").title is None
+
+
+def test_a_markdown_title_at_the_chapters_level_is_the_title_not_a_chapter(tmp_path):
+    # `# The Title`, then `# Chapter 1` ...: common in books converted from other formats (issue 24)
+    path = tmp_path / "converted.md"
+    path.write_text("# The Lost Road\n\n# Chapter 1\n\nIt began at dawn.\n\n# Chapter 2\n\nIt ended at dusk.\n")
+    book = open_book(str(path))  # what `synth book` reads: the M4B takes the book's title
+    assert book.title == "The Lost Road"
+    assert [ch.title for ch in book.chapters] == ["Chapter 1", "Chapter 2"]
+    assert [c.text for c in book.chapters[0].chunks] == ["Chapter 1", "It began at dawn."]
+    # a first heading with text of its own, or one that is itself a chapter's, is a chapter
+    assert read_text_book("# Prologue\n\n# Chapter 1\n\nA.\n\n# Chapter 2\n\nB.\n").title is None
+    assert read_text_book("# Chapter 1\n\n# Chapter 2\n\nB.\n").title is None
+    assert read_text_book("# Opening\n\nA.\n\n# Two\n\nB.\n").title is None
     untitled = read_book("Some words first.\n\n# One\n\nA.\n\n# Two\n\nB.\n", fmt="markdown")
     assert [ch.title for ch in untitled] == ["Front matter", "One", "Two"]
     no_headings = read_book("Just a paragraph.\n\nAnd *another*.", fmt="markdown")
@@ -436,7 +451,7 @@ def test_subtitles_and_timing_over_an_hour():
     info = timing_json("Chapter X", 4, SR, 48_000, timed[:2])
     assert info == {
         "title": "Chapter X",
-        "chapter": 4,
+        "chapter": 5,  # the fifth chapter (index 4): chapter-005.json
         "sample_rate_hz": SR,
         "duration_s": 2.0,
         "num_samples": 48_000,
@@ -445,6 +460,12 @@ def test_subtitles_and_timing_over_an_hour():
             {"index": 1, "start_s": 3.0, "end_s": 3.0, "text": "Failed line.", "missing": True},
         ],
     }
+
+
+def test_a_chapters_timing_file_numbers_it_as_its_file_name_does():
+    for chapter in read_book("# One\n\nA.\n\n# Two\n\nB.\n\n# Three\n\nC.\n"):
+        number = timing_json(chapter.title, chapter.index, SR, 0, [])["chapter"]
+        assert chapter_id(chapter) == f"chapter-{number:03d}"  # chapter-001.json says "chapter": 1
 
 
 def test_chapter_audio_round_trips_in_every_format(tmp_path):

@@ -1,6 +1,8 @@
 """Reading EPUBs (synth.book.epub) made in the test from a public-domain text (Alice): spine
 order, titles from the nav or the NCX, front matter skipped or kept, footnotes and images
-dropped, metadata and cover; broken archives named. No model."""
+dropped, metadata and cover; broken archives named. And one shaped as pandoc writes a book:
+its front matter named once each, a figure's caption unspoken, a table read row by row or
+skipped. No model."""
 
 import zipfile
 
@@ -10,9 +12,12 @@ from epub_book import (
     CHAPTER_TITLES,
     COVER,
     FOOTNOTE,
+    PANDOC_CAPTION,
+    PANDOC_TITLE,
     TITLE,
     alice_paragraphs,
     make_epub,
+    make_pandoc_epub,
 )
 
 from synth.book.epub import load_epub
@@ -41,6 +46,38 @@ def test_front_matter_can_be_kept(tmp_path):
     assert [ch.title for ch in book.chapters] == ["Copyright", *CHAPTER_TITLES]  # the cover and nav hold no text
     assert "First published in 1865." in [c.text for c in book.chapters[0].chunks]
     assert book.skipped == ()
+
+
+def test_a_pandoc_book_names_its_skipped_matter_once_each(tmp_path):
+    # pandoc titles its cover page, title page and nav all by the book's title (issue 24)
+    book = load_epub(str(make_pandoc_epub(tmp_path / "valley.epub")))
+    assert book.title == PANDOC_TITLE and [ch.title for ch in book.chapters] == ["Chapter 1", "Chapter 2"]
+    assert book.skipped == ("Cover", "Title page", "Contents")
+
+
+def test_a_figures_caption_is_not_spoken_and_a_table_is_read_row_by_row(tmp_path):
+    path = make_pandoc_epub(tmp_path / "valley.epub")
+    spoken = [c.text for c in load_epub(str(path)).chapters[0].chunks[1:]]
+    assert not any(PANDOC_CAPTION in text for text in spoken)  # the image is skipped, so is what it shows
+    # not `Item`, `Cost`, `Tea`, `$1` as four one-word paragraphs: a row each, cells after their heading
+    assert spoken == ["We set out at dawn.", "Supplies", "Item: Tea; Cost: $1.", "Item: Bread; Cost: $2.50.",
+                      "Then we walked on."]
+    skipped = [c.text for c in open_book(str(path), tables="skip").chapters[0].chunks[1:]]
+    assert skipped == ["We set out at dawn.", "Table omitted: Supplies.", "Then we walked on."]
+
+
+def test_tables_is_a_validated_text_setting_with_a_spoken_row():
+    from pydantic import ValidationError
+
+    from synth.pipeline.config import TextConfig
+    from synth.pipeline.spoken import spoken_text
+
+    assert TextConfig().tables == "rows"
+    assert spoken_text(TextConfig(normalize=True))("Item: Tea; Cost: $1.") == "Item: Tea; Cost: one dollar."
+    with pytest.raises(ValidationError, match="tables"):
+        TextConfig(tables="columns")
+    with pytest.raises(ValueError, match="tables='columns'"):
+        load_epub("any.epub", tables="columns")
 
 
 def test_a_document_without_a_toc_entry_is_titled_by_its_headings(tmp_path):

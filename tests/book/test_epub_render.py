@@ -77,7 +77,7 @@ def test_chapters_are_mastered_and_pass_the_acx_check(rendered):
     assert "book: skipped as front/back matter: Cover, Contents, Copyright" in log
     assert log.count(": ACX pass (") == 2 and "book: ACX check: 2 of 2 chapters pass" in log
     for timing in timings(out):
-        samples, rate = sf.read(str(out / "chapters" / f"chapter-{timing['chapter'] + 1:03d}.wav"), dtype="float32")
+        samples, rate = sf.read(str(out / "chapters" / f"chapter-{timing['chapter']:03d}.wav"), dtype="float32")
         report = acx_check(samples, rate)  # the file as written (16-bit), measured again
         assert report.passes, report.line()
         assert timing["mastered"] and timing["acx"]["passes"] and timing["acx"]["reasons"] == []
@@ -112,7 +112,7 @@ def test_with_qc_on_each_chunks_scores_are_in_its_chapter_json_and_failing_chunk
     chunks = [(t["chapter"], entry) for t in timings(out) for entry in t["chunks"]]
     assert len(chunks) == len(rows) == 13 and len(rejected) == 13
     for chapter, entry in chunks:
-        row = rows[f"chapter-{chapter + 1:03d}:{entry['index']}"]  # one passage per chapter: turn = chunk
+        row = rows[f"chapter-{chapter:03d}:{entry['index']}"]  # one passage per chapter: turn = chunk
         # the row's QC columns, those QC measured; none it did not (ASR, speaker, DNSMOS, level are off)
         assert {c: entry[c] for c in QC_COLUMNS if c in entry} == {c: row[c] for c in QC_COLUMNS if row[c] is not None}
         assert "wer" not in entry and "dnsmos" not in entry and entry["loop_score"] is not None
