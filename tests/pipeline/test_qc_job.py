@@ -209,7 +209,7 @@ def test_the_kept_take_is_trimmed_in_whole_frames_with_its_codes(qc_shard, speec
     settings = QcSettings(enabled=True, metrics=("timing",), max_takes=1,
                           cleanup=CleanupSettings(trim_silence=True, keep_silence_s=0.16))
     retakes = Retakes(settings, TakeScorer(settings, rate).load(), samples_per_frame=spf,
-                      encode_audio=lambda a: b"")
+                      encode_audio=lambda a, key: b"")
     chain = Chain([ChainTurn("t:0", 0, "Hello there, this is a recorded voice prompt.", max_frames=frames, seed=3),
                    ChainTurn("t:1", 0, "And then the next turn.", max_frames=8, seed=4)], engine, SegmentCost(engine))
     retakes.start_chain(chain)
