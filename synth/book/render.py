@@ -59,8 +59,8 @@ from synth.book.stitch import (
 )
 from synth.book.text import Book, Chapter, load_text_book
 from synth.errors import SynthError
-from synth.pipeline.config import ConfigError, SynthConfig
 from synth.pipeline.audio_io import encode_audio
+from synth.pipeline.config import ConfigError, SynthConfig
 from synth.pipeline.manifest import manifest_bytes
 from synth.pipeline.output import (
     BOOK,

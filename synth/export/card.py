@@ -33,7 +33,6 @@ from synth import __version__
 from synth.export.destination import EXPORT_CARD, nemo_manifest, split_dir
 from synth.export.options import TRAIN, ExportOptions
 from synth.export.stats import OutputStats
-from synth.pipeline.provenance import PARQUET_KEY
 from synth.pipeline.output import (
     CARD_FILE,
     CARD_FILE_ASIDE,
@@ -41,6 +40,7 @@ from synth.pipeline.output import (
     RUN_RECORD,
     data_files,
 )
+from synth.pipeline.provenance import PARQUET_KEY
 from synth.store.store import SETTINGS_HISTORY, Store
 
 CARD_MARK = "# synth-card: written by synth after every run; delete this line to keep your edits from being replaced"

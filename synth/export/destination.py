@@ -26,7 +26,6 @@ It knows nothing about the formats' contents or Ray.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 
 from synth.store.layout import Layout

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from synth.pipeline.output import BOOK_M4B, CHAPTERS_DIR, committed_parts, data_file, errors_file, part_name
+from synth.pipeline.output import (
+    BOOK_M4B,
+    CHAPTERS_DIR,
+    committed_parts,
+    data_file,
+    errors_file,
+    part_name,
+)
 from synth.pipeline.provenance import RECORDED
 from synth.pipeline.qc_scores import Rescored, rescored
 from synth.qc.policy import reason_metric

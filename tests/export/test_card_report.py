@@ -152,7 +152,11 @@ def test_an_imports_card_says_recorded_it_loads_and_its_clips_are_not_marked_gen
     """`synth import` writes a card and a report as a run does; the card says the rows are recordings (none
     generated), `load_dataset(OUT)` loads through it (without a card it met `_progress/*.json`), and each clip
     is marked as an imported recording, never as AI-generated. A dataset holding both kinds says both, counted."""
-    from synth.pipeline.provenance import RECORDED_SPEECH, read_audio_marking, read_parquet_marking
+    from synth.pipeline.provenance import (
+        RECORDED_SPEECH,
+        read_audio_marking,
+        read_parquet_marking,
+    )
 
     out = _imported(tmp_path, speech_clip, tiny_checkpoint)
     header = card_header(out)

@@ -21,7 +21,6 @@ import yaml
 from helpers import assert_exactly_once, dataset_store, recommit
 
 import synth
-
 from synth.export.job import run_export
 from synth.export.options import ExportOptions
 from synth.export.rows import ExportError
@@ -283,7 +282,11 @@ def test_every_file_of_a_run_is_marked_ai_generated_and_exports_and_verify_keep_
     import tarfile
 
     from synth.cli import main
-    from synth.pipeline.provenance import GENERATED, read_audio_marking, read_parquet_marking
+    from synth.pipeline.provenance import (
+        GENERATED,
+        read_audio_marking,
+        read_parquet_marking,
+    )
 
     out, ids = synth_output
     rows = source_rows(out)
