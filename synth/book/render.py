@@ -292,7 +292,8 @@ def _assemble_chapter(chapter: Chapter, store: Store, parts: dict[str, list[str]
     acx = acx_check(samples, sample_rate_hz)
     stem = f"{CHAPTERS_DIR}/{chapter_id(chapter)}"
     store.retract(chapter_id(chapter))
-    records = [store.write(f"{stem}.{fmt}", encode_marked(samples, sample_rate_hz, fmt, provenance, chapter_id(chapter)))
+    records = [store.write(f"{stem}.{fmt}",
+                           encode_marked(samples, sample_rate_hz, fmt, provenance, chapter_id(chapter)))
                for fmt in dict.fromkeys(formats)]
     if m4b is not None:
         m4b.add_chapter(chapter.title, samples)

@@ -123,7 +123,7 @@ def _settings_by_rows(output: Store, stats: OutputStats) -> str:
 
 MARKING = {
     "audio_files": "each WAV/FLAC clip (the `audio` column, wav/ or flac/) and a book's chapter files carry a JSON "
-                   "record in their comment (WAV INFO ICMT, FLAC Vorbis COMMENT, MP3 ID3v2 COMM, M4B ©cmt)",
+                   "record in their comment (WAV INFO ICMT, FLAC Vorbis COMMENT, MP3 ID3v2 TXXX:comment, M4B ©cmt)",
     "parquet_key": PARQUET_KEY.decode(),
     "watermark": None,
 }
@@ -349,10 +349,12 @@ def export_card_text(options: ExportOptions, record: dict) -> str:
     }
     if not present:
         del header["configs"]
+    first = TRAIN if split else None
     how = {
-        "lhotse_shar": f'from lhotse import CutSet\ncuts = CutSet.from_shar(in_dir="{split_dir("shar", TRAIN if split else None)}")',
-        "nemo": f"# NeMo: manifest_filepath: {nemo_manifest(TRAIN if split else None)} (audio paths relative to nemo/)",
-        "webdataset": f'import glob, webdataset as wds\nds = wds.WebDataset(sorted(glob.glob("{split_dir("wds", TRAIN if split else None)}/*.tar")))',
+        "lhotse_shar": f'from lhotse import CutSet\ncuts = CutSet.from_shar(in_dir="{split_dir("shar", first)}")',
+        "nemo": f"# NeMo: manifest_filepath: {nemo_manifest(first)} (audio paths relative to nemo/)",
+        "webdataset": "import glob, webdataset as wds\n"
+                      f'ds = wds.WebDataset(sorted(glob.glob("{split_dir("wds", first)}/*.tar")))',
     }[options.format]
     rule = (f"Rows are split by script id (a hash of it), so that a conversation is never in two splits: "
             f"{', '.join(f'{k} {v:g}' for k, v in (options.splits or {}).items())} of the scripts, {TRAIN} the rest."

@@ -124,10 +124,9 @@ def report_html(output: Store, stats: OutputStats) -> str:
                else "<p>QC: not measured (no QC verdicts in data/ or from <code>synth rescore</code>).</p>")
     origin = (f"<p>Rows: {stats.rows_generated} generated, {stats.rows_recorded} recorded "
               f"(imported by <code>synth import</code>).</p>")
-    chapters = "".join(
-        f"<tr><td>{c['number']}</td><td>{esc(str(c['title']))}</td><td>{c['duration_s'] or 0:.1f} s</td>"
-        f"<td>{'pass' if c['acx'].get('passes') else esc('FAIL: ' + '; '.join(c['acx'].get('reasons') or []))}</td></tr>"
-        for c in stats.chapters)
+    acx = (lambda c: "pass" if c["acx"].get("passes") else esc("FAIL: " + "; ".join(c["acx"].get("reasons") or [])))
+    chapters = "".join(f"<tr><td>{c['number']}</td><td>{esc(str(c['title']))}</td><td>{c['duration_s'] or 0:.1f} s</td>"
+                       f"<td>{acx(c)}</td></tr>" for c in stats.chapters)
     chapters_html = (f"<h2>Chapters</h2><table><tr><th>chapter</th><th>title</th><th>duration</th><th>ACX</th></tr>"
                      f"{chapters}</table>" if chapters else "")
     figures = "\n".join(f'<img alt="{esc(title)}" title="{esc(title)}" src="data:image/png;base64,{png}">'

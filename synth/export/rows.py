@@ -26,7 +26,7 @@ from synth.errors import SynthError
 from synth.export.options import ExportOptions
 from synth.pipeline.output import committed_parts as dataset_parts
 from synth.pipeline.output import data_file, read_data_part
-from synth.pipeline.qc_scores import rescored
+from synth.pipeline.qc_scores import rescored, scored_parts
 from synth.store.store import Store
 
 READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
@@ -70,8 +70,9 @@ def committed_parts(source: Store) -> list[SourcePart]:
 def has_qc_verdicts(source: Store, parts: list[SourcePart]) -> bool:
     """Whether some committed row has a QC verdict: a `qc_pass` value in data/ (an output made with QC off
     has the column, all null), or `synth rescore`'s scores for its part."""
+    scored = scored_parts(source)
     for part in parts:
-        if rescored(source, part.shard, part.part, part.data_sha256) is not None:
+        if part.name in scored and rescored(source, part.shard, part.part, part.data_sha256) is not None:
             return True
         location = source.at(part.data_path)
         with location.fs.open_input_file(location.path) as f:

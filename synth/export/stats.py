@@ -31,7 +31,7 @@ from synth.pipeline.output import (
     part_name,
 )
 from synth.pipeline.provenance import RECORDED
-from synth.pipeline.qc_scores import Rescored, rescored
+from synth.pipeline.qc_scores import Rescored, rescored, scored_parts
 from synth.qc.policy import reason_metric
 from synth.store.layout import marker_file
 from synth.store.marker import Damaged
@@ -121,6 +121,7 @@ def collect(output: Store, *, examples: int = EXAMPLES) -> OutputStats:
     marker is a StoreError naming it (`synth.pipeline.output.committed_parts`)."""
     stats = OutputStats()
     parts = committed_parts(output)
+    scored = scored_parts(output)
     progress = {info.path.rsplit("/", 1)[-1]: info.mtime.timestamp() for info in output.location.fs.get_file_info(
         [output.at(marker_file(part_name(s, p))).path for s, p in sorted(parts)]) if info.mtime is not None}
     for (shard, part), commit in sorted(parts.items()):
@@ -133,10 +134,12 @@ def collect(output: Store, *, examples: int = EXAMPLES) -> OutputStats:
             _count_errors(output, errors_file(shard, part), stats)
         if commit.rows:
             record = next((f for f in commit.files if f.path == data_file(shard, part)), None)
-            scores = rescored(output, shard, part, record.sha256) if record else None
+            scores = (rescored(output, shard, part, record.sha256)
+                      if record is not None and part_name(shard, part) in scored else None)
             _count_rows(output, data_file(shard, part), stats, examples, scores)
     stats.commits.sort()
-    stats.chapters, stats.book_m4b = book_chapters(output)
+    if output.layout.kind == "book":
+        stats.chapters, stats.book_m4b = book_chapters(output)
     return stats
 
 

@@ -4,17 +4,19 @@ The EU AI Act (Article 50(2), applying from 2 August 2026) asks that synthetic a
 marked as such in a machine-readable, detectable way. This module owns that marking:
 `Provenance` (AI-generated speech of a model with its weights fingerprint, by a synth
 version; or a recording that `synth import` brought in, which is never marked AI-generated
-and is given no source type: synth cannot tell how it was made), the record it becomes (`record`: JSON with the statement, IPTC's digital
-source type, the generator, the model, its weights, the row id), where that record goes in
-each kind of file, and reading it back (`read_audio_marking`):
+and is given no source type: synth cannot tell how it was made), the record it becomes
+(`record`: JSON with the statement, IPTC's digital source type, the generator, the model,
+its weights, the row id), where that record goes in each kind of file, and reading it back
+(`read_audio_marking`):
 
 - WAV, FLAC: soundfile's string fields, written with the audio (`audio_tags`): libsndfile
   writes a WAV's as the RIFF `LIST`/`INFO` chunk (INAM title = row id, ISFT software = synth
   and its version, ICMT comment = the record) and a FLAC's as Vorbis comments (TITLE,
   SOFTWARE, COMMENT).
-- MP3 (book chapters): ID3v2 tags (TIT2, COMM, ...) set by remuxing the encoded file through
-  PyAV's FFmpeg (`tag_mp3`: packets copied, nothing re-encoded); soundfile writes ID3v1
-  only, whose fields hold 30 characters.
+- MP3 (book chapters): ID3v2.4 frames set by remuxing the encoded file through PyAV's
+  FFmpeg (`tag_mp3`: packets copied, nothing re-encoded): TIT2 (title), TXXX `comment` (the
+  record), TXXX `description` (the statement), TENC (synth); soundfile writes ID3v1 only,
+  whose fields hold 30 characters.
 - M4B (MP4): the container's `comment` (the record) and `description` (the statement), set
   by `synth.book.m4b` through PyAV (`container_tags`).
 - Parquet (data/, takes/): the file's key-value metadata `synth_provenance` (`parquet_metadata`):

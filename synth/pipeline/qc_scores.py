@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.pipeline.output import part_name, scores_file, scores_unit
+from synth.pipeline.output import SCORES_DIR, part_name, scores_file, scores_unit
 from synth.qc.policy import METRICS
 from synth.store.marker import Damaged
 from synth.store.store import Store
@@ -46,6 +46,12 @@ class Rescored:
             return False
         row.update(self.scores[row["id"]])
         return True
+
+
+def scored_parts(store: Store) -> set[str]:
+    """The names of the parts that have a scores file (one listing of qc/): the only ones worth asking
+    `rescored` about, where each question costs a read (a request, on an object store)."""
+    return {path.removeprefix(f"{SCORES_DIR}/").removesuffix(".parquet") for path in store.file_sizes(SCORES_DIR)}
 
 
 def rescored(store: Store, shard: int, part: int, data_sha256: str) -> Rescored | None:

@@ -177,7 +177,8 @@ class Retakes:
         """A rejected take's row of takes/: metrics, codes, seed, and its audio unless turned off."""
         audio = None
         if self.settings.keep_take_audio:
-            audio = {"bytes": self.encode_audio(take.result.audio, f"{key}{TAKE_SEPARATOR}{take.number}"), "path": None}
+            marked_as = f"{key}{TAKE_SEPARATOR}{take.number}"  # its record's id: the turn and the take
+            audio = {"bytes": self.encode_audio(take.result.audio, marked_as), "path": None}
         return {"id": key, "script_id": script_id, "turn": turn, "take": take.number, "kept_take": kept,
                 "seed": take.seed, "num_frames": take.result.num_frames, "stop_reason": take.result.stop_reason,
                 "codes": take.result.codes.astype(np.int16).tolist(), "audio": audio,

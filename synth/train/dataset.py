@@ -39,11 +39,12 @@ from synth.pipeline.output import (
     committed_parts,
     data_file,
     dataset_store,
+    part_name,
     read_data_part,
     voice_codes_file,
     voice_unit,
 )
-from synth.pipeline.qc_scores import rescored
+from synth.pipeline.qc_scores import rescored, scored_parts
 from synth.pipeline.spoken import spoken_text
 from synth.store import storage
 from synth.store.errors import StoreError
@@ -147,6 +148,7 @@ def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
     on. With `qc_filter`, a row's verdict is its own `qc_pass`, else `synth rescore`'s for its part
     (`synth.pipeline.qc_scores`); a filter that leaves no row is an error saying how many it removed."""
     tables, verdicts = [], {}
+    scored = scored_parts(output) if qc_filter else set()
     for (shard, part), commit in sorted(committed_parts(output).items()):
         if not commit.rows:  # a part whose rows all failed has no data file
             continue
@@ -160,7 +162,7 @@ def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
                 table = table.set_column(table.schema.get_field_index("text"), "text", spoken).drop_columns(
                     [SPOKEN_COLUMN])
         if qc_filter:
-            scores = rescored(output, shard, part, record.sha256)
+            scores = rescored(output, shard, part, record.sha256) if part_name(shard, part) in scored else None
             own = table.column(QC_COLUMN).to_pylist() if QC_COLUMN in table.column_names else [None] * len(table)
             for row_id, verdict in zip(table.column("id").to_pylist(), own):
                 if verdict is None and scores is not None:

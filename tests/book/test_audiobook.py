@@ -114,7 +114,7 @@ def test_the_book_m4b_marks_each_chapter_where_its_file_starts(rendered):
 
 
 def test_every_book_file_is_marked_and_the_card_and_report_tell_the_chapters(rendered):
-    """Each chapter file (WAV INFO, FLAC Vorbis comment, MP3 ID3v2 COMM) and the M4B (its comment) says it is
+    """Each chapter file (WAV INFO, FLAC Vorbis comment, MP3 ID3v2 TXXX) and the M4B (its comment) says it is
     AI-generated speech of the model the rows name, read back through PyAV's FFmpeg (and the WAV's through
     soundfile); `synth book` writes a card and a report whose chapters are the timing files'."""
     import yaml
