@@ -144,16 +144,20 @@ def _what_it_is(stats: OutputStats, imported_from) -> str:
 
 
 def _marking_note(stats: OutputStats) -> str:
-    recorded = (" An imported recording's record says so (`ai_generated: false`, no source type): it is never "
-                "marked as AI-generated." if stats.rows_recorded else "")
-    generated = ("Each generated clip's record says `AI-generated speech`, `ai_generated: true`, IPTC's digital "
-                 "source type `trainedAlgorithmicMedia`, the generator (synth and its version), the model, its "
-                 "weights fingerprint and the row id." if stats.rows_generated else "")
-    return (f"Every audio file synth wrote says what made it, machine-readably: each clip's WAV/FLAC (in the "
-            f"`audio` column and under wav/ or flac/) carries a JSON record in its comment (the WAV's INFO chunk, "
-            f"the FLAC's Vorbis comments). {generated}{recorded} Each data/ Parquet file's metadata "
-            f"(`{PARQUET_KEY.decode()}`) says the same of its rows, and the `model`, `model_weights` and "
-            "`stop_reason` columns of every row. No audio watermark is embedded in the samples.")
+    said = [
+        "Every audio file synth wrote says what made it, machine-readably: each clip's WAV/FLAC (in the `audio` "
+        "column and under wav/ or flac/) carries a JSON record in its comment (the WAV's INFO chunk, the FLAC's "
+        "Vorbis comments).",
+        *(["Each generated clip's record says `AI-generated speech`, `ai_generated: true`, IPTC's digital source "
+           "type `trainedAlgorithmicMedia`, the generator (synth and its version), the model, its weights "
+           "fingerprint and the row id."] if stats.rows_generated else []),
+        *(["An imported recording's record says so (`ai_generated: false`, no source type): it is never marked as "
+           "AI-generated."] if stats.rows_recorded else []),
+        f"Each data/ Parquet file's metadata (`{PARQUET_KEY.decode()}`) says the same of its rows, as do the "
+        "`model`, `model_weights` and `stop_reason` columns of every row. No audio watermark is embedded in the "
+        "samples.",
+    ]
+    return " ".join(said)
 
 
 def _model_lines(stats: OutputStats) -> str:
