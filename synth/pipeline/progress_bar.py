@@ -45,6 +45,9 @@ class _AboveBar(io.TextIOBase):
     def fileno(self) -> int:
         return self._target.fileno()
 
+    def __getattr__(self, name: str):  # anything else (`buffer`, `errors`...) is the real stream's
+        return getattr(self._target, name)
+
     def close_line(self) -> None:
         """Write out a partial line left when the bar goes."""
         if self._pending:
