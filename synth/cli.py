@@ -5,7 +5,7 @@
     synth book  --config configs/demo.yaml --book examples/books/alice-ch1-3.md --voice narrator --output out/alice
     synth book  --config configs/demo.yaml --book book.epub --voice narrator --output out/book --strict
     synth verify out/demo                    (check an output against its commit markers)
-    synth export out/demo --format lhotse_shar --to out/demo-shar   (also: nemo, webdataset)
+    synth export out/demo --format lhotse_shar --to out/demo-shar   (also: nemo, webdataset; --split dev=0.01)
     synth card out/demo / synth report out/demo   (rewrite the dataset card / the HTML run report)
     synth acx out/alice/chapters/*.wav       (ACX's audio numbers, per file)
     synth train --config configs/train-demo.yaml --data out/demo --output out/demo-ft   (fine-tune CSM)
@@ -164,6 +164,9 @@ def _export_parser(sub) -> None:
     parser.add_argument("--max-duration", type=float, metavar="S", help="drop rows longer than S seconds")
     parser.add_argument("--speakers", help="comma-separated speaker ids to keep")
     parser.add_argument("--voices", help="comma-separated voice names to keep")
+    parser.add_argument("--split", dest="splits", metavar="NAME=FRACTION,...",
+                        help="held-out splits by fraction of scripts, e.g. dev=0.01,test=0.01 (by script id, so a "
+                        "conversation is never in two; the rest is train; each split gets its own files)")
     parser.add_argument("--shard-mb", type=float, default=256.0, help="webdataset: tar shard size in MB (256)")
     parser.add_argument("--workers", type=int, default=2, help="parts exported at once (Ray tasks, 2)")
     parser.add_argument("--ray-address", help="as ray.address for a run (default: RAY_ADDRESS, else a local Ray)")
@@ -184,7 +187,7 @@ def export_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from synth.export.job import run_export
-    from synth.export.options import ExportOptions
+    from synth.export.options import ExportOptions, parse_splits
     from synth.pipeline.config import ConfigError
 
     split = (lambda text, kind: tuple(kind(x.strip()) for x in text.split(",") if x.strip()) if text else None)
@@ -192,7 +195,7 @@ def export_command(args: argparse.Namespace) -> int:
         options = ExportOptions(format=args.format, qc_pass_only=args.qc_pass_only, min_duration_s=args.min_duration,
                                 max_duration_s=args.max_duration, speakers=split(args.speakers, int),
                                 voices=split(args.voices, str), shard_max_mb=args.shard_mb, num_workers=args.workers,
-                                ray_address=args.ray_address)
+                                ray_address=args.ray_address, splits=parse_splits(args.splits or "") or None)
     except (ValidationError, ValueError) as e:
         raise ConfigError(f"synth export: {e}") from None
     record = run_export(args.output, args.destination, options)
@@ -275,6 +278,7 @@ def import_command(args: argparse.Namespace) -> int:
                                    audio_format=args.audio_format, adopt=args.adopt_output)
     print(f"import: {totals['rows']} rows, {totals['errors']} error rows in {totals['parts']} parts "
           f"({totals['skipped_parts']} committed before) -> {args.output}", flush=True)
+    _describe(args.output)
     return 1 if totals["errors"] else 0
 
 
@@ -316,14 +320,19 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.output:
         raise SynthError("--output is required unless --dry-run")
     summary = run(config, args.input, args.output, allow_changes=args.allow_changes, adopt=args.adopt_output)
+    _describe(args.output, config.job.lease_stale_seconds)
+    return 0 if summary["ok"] else 1
+
+
+def _describe(output: str, lease_stale_seconds: float = 60.0) -> None:
+    """The dataset card and report, as every command that writes a dataset ends (run, book, import)."""
     from synth.export.describe import describe_output
 
-    try:  # the rows are committed and run.json written: a card that cannot be written fails nothing
-        describe_output(args.output, lease_stale_seconds=config.job.lease_stale_seconds)
+    try:  # the rows are committed: a card that cannot be written fails nothing
+        describe_output(output, lease_stale_seconds=lease_stale_seconds)
     except (SynthError, OSError) as e:
         print(f"warning: the dataset card and report were not written ({e}); `synth card` / `synth report` "
               "write them later", file=sys.stderr)
-    return 0 if summary["ok"] else 1
 
 
 def book_command(args: argparse.Namespace) -> int:
@@ -345,6 +354,7 @@ def book_command(args: argparse.Namespace) -> int:
                      passage_chunks=args.passage_chunks, settings=settings, title=args.title,
                      mastering=None if args.no_master else MasterSettings(), strict=args.strict,
                      keep_matter=args.keep_matter, allow_changes=args.allow_changes, adopt=args.adopt_output)
+    _describe(args.output, config.job.lease_stale_seconds)
     return 0 if ok else 1
 
 

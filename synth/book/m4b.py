@@ -1,7 +1,8 @@
 """A whole book as one M4B file: AAC audio in an MP4 container (brand `M4B `), one chapter
 marker per chapter, so audiobook players show the chapters and remember the place, and
 the book's metadata: title (also as album), author (artist and album artist), language,
-genre `Audiobook`, and the cover as an attached picture (JPEG or PNG).
+genre `Audiobook`, the cover as an attached picture (JPEG or PNG), and what made the audio
+(the `comment` and `description` a caller gives, e.g. that it is AI-generated speech).
 
 Chapters are added one at a time, so a long book is never in memory whole: they are
 encoded into a temporary local file, which is handed, a chunk at a time, to a writer
@@ -33,12 +34,14 @@ T = TypeVar("T")
 
 
 class M4bBook:
-    """An M4B being written; `add_chapter` in book order, then `close` (or `discard`)."""
+    """An M4B being written; `add_chapter` in book order, then `close_into` (or `discard`)."""
 
     def __init__(self, *, sample_rate_hz: int, title: str, author: str | None = None,
                  language: str | None = None, cover: bytes | None = None, cover_type: str | None = None,
-                 bit_rate: int = 64000):
-        """A cover of another type than JPEG or PNG is left out (`self.cover_skipped` says so)."""
+                 bit_rate: int = 64000, marking: dict[str, str] | None = None):
+        """A cover of another type than JPEG or PNG is left out (`self.cover_skipped` says so).
+        marking: metadata that says what made the audio (FFmpeg's keys,
+        `synth.pipeline.provenance.Provenance.container_tags`)."""
         import av
 
         self.sample_rate_hz = sample_rate_hz
@@ -47,7 +50,7 @@ class M4bBook:
         # "mp4", not "ipod": FFmpeg's ipod muxer refuses a picture stream; the brand makes it an M4B
         self._container = av.open(self._tmp, "w", format="mp4", options={"brand": "M4B "})
         tags = {"title": title, "album": title, "artist": author, "album_artist": author, "language": language,
-                "genre": "Audiobook"}
+                "genre": "Audiobook", **(marking or {})}
         self._container.metadata.update({k: v for k, v in tags.items() if v})
         self._stream = self._container.add_stream("aac", rate=sample_rate_hz, layout="mono")
         self._stream.bit_rate = bit_rate

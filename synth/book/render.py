@@ -9,7 +9,8 @@ the slots of as many actors as there are, each committed when done. The run is a
 ordinary synthesis run into the same output, a dataset store of kind `book`
 (`synth.pipeline.output`: per-chunk dataset, commits, resume); this module owns writing
 that manifest and, once the chunks exist, assembling each chapter from its passages, each
-committed as a unit of the store:
+committed as a unit of the store, every audio file marked as AI-generated speech of the model
+its rows name (`synth.pipeline.provenance`):
 
     OUT/book/manifest.parquet          the passages as scripts (unit book-manifest; the same bytes on resume)
     OUT/data/ ...                      the per-chunk dataset, as for any synthesis run
@@ -58,6 +59,7 @@ from synth.book.stitch import (
 )
 from synth.book.text import Book, Chapter, load_text_book
 from synth.errors import SynthError
+from synth.pipeline.audio_io import encode_audio
 from synth.pipeline.config import ConfigError, SynthConfig
 from synth.pipeline.manifest import manifest_bytes
 from synth.pipeline.output import (
@@ -68,6 +70,7 @@ from synth.pipeline.output import (
     data_files,
     recorded_plan,
 )
+from synth.pipeline.provenance import Provenance, tag_mp3
 from synth.pipeline.runner import run
 from synth.store.errors import StoreError
 from synth.store.lease import Lease
@@ -189,6 +192,25 @@ class ChapterFiles:
     acx: AcxReport
 
 
+def book_provenance(store: Store) -> Provenance:
+    """What made the book's audio, from its rows' `model` and `model_weights` (read alone, per part):
+    the marking of every chapter file and of the M4B. Rows of several models (a render continued with
+    --allow-changes) are all named."""
+    makers = set()
+    for path in data_files(store):
+        table = pq.read_table(store.location.fs.open_input_file(path), columns=["model", "model_weights"])
+        makers |= set(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
+    models, weights = ("; ".join(sorted({str(m[i]) for m in makers})) or None for i in (0, 1))
+    return Provenance(True, models, weights)
+
+
+def encode_marked(samples: np.ndarray, sample_rate_hz: int, fmt: str, provenance: Provenance, name: str) -> bytes:
+    """A chapter's audio as one file format (wav, flac: 16-bit PCM; mp3), marked as what made it."""
+    if fmt == "mp3":  # soundfile writes ID3v1 only (30-character fields): ID3v2 tags by a remux
+        return tag_mp3(encode_chapter(samples, sample_rate_hz, fmt), {"title": name, **provenance.container_tags(name)})
+    return encode_audio(samples, sample_rate_hz, fmt, provenance.audio_tags(name))
+
+
 def _parts_by_script(store: Store) -> dict[str, list[str]]:
     """script id -> the data part files holding its rows (reads only the `script_id` column)."""
     parts: dict[str, list[str]] = defaultdict(list)
@@ -230,11 +252,13 @@ def assemble_chapters(book: Book, store: Store, *, sample_rate_hz: int, formats:
     book as OUT/book.m4b with a marker per chapter, titled `title`, with the book's author,
     language and cover. A chunk that failed is left out and marked `missing` in the timing file."""
     parts = _parts_by_script(store)
+    provenance = book_provenance(store)
     written = []
     m4b = None
     if M4B in formats:
         m4b = M4bBook(sample_rate_hz=sample_rate_hz, title=title, author=book.author,
-                      language=book.language, cover=book.cover, cover_type=book.cover_type)
+                      language=book.language, cover=book.cover, cover_type=book.cover_type,
+                      marking=provenance.container_tags(title or "book"))
         if m4b.cover_skipped:
             log(f"book: the cover is {book.cover_type}, which an M4B cannot carry (JPEG or PNG): left out")
     formats = [f for f in formats if f != M4B]
@@ -246,7 +270,7 @@ def assemble_chapters(book: Book, store: Store, *, sample_rate_hz: int, formats:
         for chapter in book.chapters:  # one chapter's audio in memory at a time
             written.append(_assemble_chapter(chapter, store, parts, sample_rate_hz=sample_rate_hz, formats=formats,
                                              passage_chunks=passage_chunks, settings=settings, mastering=mastering,
-                                             about=about, m4b=m4b, log=log))
+                                             about=about, m4b=m4b, provenance=provenance, log=log))
         if m4b is not None:
             store.retract(M4B_UNIT)
             store.commit(M4B_UNIT, [m4b.close_into(lambda chunks: store.write_stream(BOOK_M4B, chunks))])
@@ -259,7 +283,8 @@ def assemble_chapters(book: Book, store: Store, *, sample_rate_hz: int, formats:
 
 def _assemble_chapter(chapter: Chapter, store: Store, parts: dict[str, list[str]], *, sample_rate_hz: int,
                       formats: Sequence[str], passage_chunks: int, settings: StitchSettings,
-                      mastering: MasterSettings | None, about: dict, m4b: M4bBook | None, log) -> ChapterFiles:
+                      mastering: MasterSettings | None, about: dict, m4b: M4bBook | None, provenance: Provenance,
+                      log) -> ChapterFiles:
     rows = {p.start + turn: found for p in passages(chapter, passage_chunks)
             for turn, found in _chunk_audio(store, parts.get(p.script_id, []), p.script_id).items()
             if turn < p.stop - p.start}
@@ -271,7 +296,8 @@ def _assemble_chapter(chapter: Chapter, store: Store, parts: dict[str, list[str]
     acx = acx_check(samples, sample_rate_hz)
     stem = f"{CHAPTERS_DIR}/{chapter_id(chapter)}"
     store.retract(chapter_id(chapter))
-    records = [store.write(f"{stem}.{fmt}", encode_chapter(samples, sample_rate_hz, fmt))
+    records = [store.write(f"{stem}.{fmt}",
+                           encode_marked(samples, sample_rate_hz, fmt, provenance, chapter_id(chapter)))
                for fmt in dict.fromkeys(formats)]
     if m4b is not None:
         m4b.add_chapter(chapter.title, samples)

@@ -4,9 +4,10 @@ This module owns `run_export` (the driver: open the source dataset, claim the ex
 take its lease, record or check what is exported (a rerun must ask for the same export),
 recover what an unfinished export left, make again the parts whose source part changed
 since, hand every committed source part not yet exported to a Ray task, at most
-`num_workers` at once, then commit the NeMo manifest and write `export.json`) and
-`export_part` (the task: read one part with the filters, write its files through the
-format's module, commit its marker under the lease). Ray is found as a run finds it
+`num_workers` at once, then commit the NeMo manifests and write `export.json` and the
+export's card, `synth.export.card.write_export_card`) and `export_part` (the task: read one
+part with the filters, one pass per split, write its files through the format's module,
+commit its marker under the lease). Ray is found as a run finds it
 (`synth.pipeline.runner.init_ray`). The formats' contents are `lhotse_shar`'s, `nemo`'s
 and `webdataset`'s; the names are `synth.export.destination`'s, the protocol `synth.store`'s.
 """
@@ -17,13 +18,15 @@ import time
 from collections import Counter
 
 from synth.export import lhotse_shar, nemo, webdataset
+from synth.export.card import write_export_card
 from synth.export.destination import (
     EXPORT,
     EXPORT_RECORD,
-    NEMO_MANIFEST,
     NEMO_MANIFEST_UNIT,
     UnitCommit,
     accept_unit,
+    nemo_manifest,
+    split_dir,
 )
 from synth.export.options import ExportOptions
 from synth.export.rows import (
@@ -32,7 +35,6 @@ from synth.export.rows import (
     check_filters,
     committed_parts,
     read_rows,
-    source_columns,
 )
 from synth.pipeline.output import dataset_store
 from synth.store.errors import StopRun
@@ -54,15 +56,21 @@ def export_part(options_dict: dict, source_uri: str, dest_uri: str, part: Source
         files.append(dest.write(path, data))
 
     dropped: Counter = Counter()
-    rows = read_rows(source, part, options, dropped)
-    if options.format == "lhotse_shar":
-        count, seconds = lhotse_shar.write_part(rows, part, put)
-    elif options.format == "nemo":
-        count, seconds = nemo.write_part(rows, part, put)
-    else:
-        count, seconds = webdataset.write_part(rows, part, put, shard_max_mb=options.shard_max_mb)
+    count, seconds, splits = 0, 0.0, {}
+    for split in options.split_names if options.splits else (None,):  # a pass over the part per split
+        rows = read_rows(source, part, options, dropped, split)
+        if options.format == "lhotse_shar":
+            n, s = lhotse_shar.write_part(rows, part, put, split_dir("shar", split))
+        elif options.format == "nemo":
+            n, s = nemo.write_part(rows, part, put, f"{split_dir('nemo/manifests', split)}/{part.name}.jsonl")
+        else:
+            n, s = webdataset.write_part(rows, part, put, shard_max_mb=options.shard_max_mb,
+                                         directory=split_dir("wds", split))
+        count, seconds = count + n, seconds + s
+        if split is not None:
+            splits[split] = n
     crash_point("export-part-files")  # the torn unit: its files written, its marker not
-    commit = UnitCommit(part.shard, part.part, count, seconds, dict(dropped), part.data_sha256)
+    commit = UnitCommit(part.shard, part.part, count, seconds, dict(dropped), part.data_sha256, splits)
     marker = dest.commit(part.name, files, commit.meta())
     return UnitCommit.from_marker(marker)
 
@@ -79,7 +87,7 @@ def run_export(source_uri: str, dest_uri: str, options: ExportOptions, *, log=pr
     t_start = time.time()
     source = dataset_store(source_uri, "synth export")
     parts = committed_parts(source)
-    check_filters(options, source_columns(source, parts), source.uri)
+    check_filters(options, source, parts)
     dest = Store.at_uri(dest_uri, EXPORT)
     _overlap(source, dest)
     dest.claim()
@@ -157,15 +165,20 @@ def _fan_out(options: ExportOptions, source_uri: str, dest: Store, todo: list[So
 
 def _finish(dest: Store, options: ExportOptions, identity: dict, parts: list[SourcePart], commits: dict,
             failed: dict, wall_s: float, log) -> dict:
-    """The NeMo manifest (every committed part's lines, in order) and export.json."""
+    """The NeMo manifests (every committed part's lines, in order, per split), export.json and the card."""
     ordered = [commits[key] for key in sorted(commits)]
     if options.format == "nemo":
-        pieces = [r.path for c in ordered for r in c.files if r.path.startswith("nemo/manifests/")]
         dest.retract(NEMO_MANIFEST_UNIT)
-        dest.commit(NEMO_MANIFEST_UNIT, [dest.write_stream(NEMO_MANIFEST, (dest.read(p) for p in pieces))])
-    dropped = Counter()
+        manifests = []
+        for split in options.split_names if options.splits else (None,):
+            lines = f"{split_dir('nemo/manifests', split)}/"
+            pieces = [r.path for c in ordered for r in c.files if r.path.rsplit("/", 1)[0] + "/" == lines]
+            manifests.append(dest.write_stream(nemo_manifest(split), (dest.read(p) for p in pieces)))
+        dest.commit(NEMO_MANIFEST_UNIT, manifests)
+    dropped, by_split = Counter(), Counter()
     for commit in ordered:
         dropped.update(commit.dropped)
+        by_split.update(commit.splits)
     units = [p.name for p in parts] + ([NEMO_MANIFEST_UNIT] if options.format == "nemo" else [])
     record = {
         "identity": identity,
@@ -177,9 +190,11 @@ def _finish(dest: Store, options: ExportOptions, identity: dict, parts: list[Sou
         "rows": sum(c.rows for c in ordered),
         "audio_seconds": sum(c.audio_seconds for c in ordered),
         "dropped": dict(dropped),
+        **({"splits": {name: by_split.get(name, 0) for name in options.split_names}} if options.splits else {}),
         "wall_seconds": wall_s,
     }
     dest.write_record(EXPORT_RECORD, record)
+    write_export_card(dest, options, record)
     log(f"synth export: done: {record['rows']} row(s), {record['audio_seconds']:.1f} s audio, dropped "
         f"{dict(dropped) or 'none'}, {len(failed)} failed part(s) -> {dest.uri}")
     return record

@@ -4,7 +4,8 @@ This module owns the page: the run's summary (run.json), then plots drawn with
 matplotlib's Agg backend (no display) and embedded as PNG data URIs: throughput over
 time (audio committed against the parts' commit times), duration and characters-per-
 second histograms, hours per speaker and per voice, the QC metrics' distributions and
-failure reasons (when the output has QC columns), error rows by reason, and a few
+failures by metric (when rows have QC verdicts, their own or `synth rescore`'s), error rows
+by reason, a book's chapters with their ACX results, and a few
 playable example clips embedded as data URIs too. Nothing on the page is fetched: it
 opens without network access. The numbers come from `synth.export.stats`.
 """
@@ -90,9 +91,9 @@ def plots(stats: OutputStats) -> list[tuple[str, str]]:
     for metric, reservoir in sorted(stats.qc_metrics.items()):
         out.append((f"QC: {metric}", _histogram(reservoir.values, f"QC metric: {metric}", metric)))
     if stats.has_qc:
-        out.append(("QC failure reasons", _bars(dict(stats.qc_reasons) or {"(no failures)": 0},
-                                                f"QC: {stats.qc_rows - stats.qc_passed} of {stats.qc_rows} rows "
-                                                "failed, by reason", "rows")))
+        out.append(("QC failures by metric", _bars(dict(stats.qc_failed_by_metric) or {"(no failures)": 0},
+                                                   f"QC: {stats.qc_rows - stats.qc_passed} of {stats.qc_rows} rows "
+                                                   "failed, by metric", "rows")))
     if stats.error_reasons:
         out.append(("Error rows by reason", _bars(dict(stats.error_reasons), "Error rows by reason", "rows")))
     return out
@@ -113,9 +114,21 @@ def report_html(output: Store, stats: OutputStats) -> str:
     summary_keys = ("scripts", "scripts_ok", "scripts_with_errors", "scripts_in_failed_shards", "shards",
                     "shards_done", "turns_generated", "error_rows", "audio_hours", "wall_seconds", "x_real_time")
     summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_number(run[k]))}</td></tr>" for k in summary_keys
-                      if k in run) or "<tr><td>no run.json: the run has not finished</td></tr>"
-    qc_line = (f"<p>QC: {stats.qc_passed} of {stats.qc_rows} rows passed.</p>" if stats.has_qc
-               else "<p>QC: not measured (the output has no QC columns).</p>")
+                      if k in run)
+    if not summary:
+        summary = ("<tr><td>an import of recordings: nothing was generated</td></tr>" if output.layout.kind == "import"
+                   else "<tr><td>no run.json: the run has not finished</td></tr>")
+    rescored = (f" ({stats.qc_rescored_rows} verdicts from <code>synth rescore</code>, where data/ has none)"
+                if stats.qc_rescored_rows else "")
+    qc_line = (f"<p>QC: {stats.qc_passed} of {stats.qc_rows} rows passed{rescored}.</p>" if stats.has_qc
+               else "<p>QC: not measured (no QC verdicts in data/ or from <code>synth rescore</code>).</p>")
+    origin = (f"<p>Rows: {stats.rows_generated} generated, {stats.rows_recorded} recorded "
+              f"(imported by <code>synth import</code>).</p>")
+    acx = (lambda c: "pass" if c["acx"].get("passes") else esc("FAIL: " + "; ".join(c["acx"].get("reasons") or [])))
+    chapters = "".join(f"<tr><td>{c['number']}</td><td>{esc(str(c['title']))}</td><td>{c['duration_s'] or 0:.1f} s</td>"
+                       f"<td>{acx(c)}</td></tr>" for c in stats.chapters)
+    chapters_html = (f"<h2>Chapters</h2><table><tr><th>chapter</th><th>title</th><th>duration</th><th>ACX</th></tr>"
+                     f"{chapters}</table>" if chapters else "")
     figures = "\n".join(f'<img alt="{esc(title)}" title="{esc(title)}" src="data:image/png;base64,{png}">'
                         for title, png in plots(stats))
     clips = "\n".join(
@@ -136,7 +149,9 @@ table {{ border-collapse: collapse; }} th, td {{ border: 1px solid #ccc; padding
 <p><code>{esc(output.uri)}</code>, written {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}.
 {stats.rows} turns, {stats.audio_seconds / 3600:.4f} h of audio, {stats.error_rows} error rows.</p>
 <h2>Run</h2><table>{summary}</table>
+{origin}
 {qc_line}
+{chapters_html}
 {f"<h2>Failed shards</h2><ul>{failed_html}</ul>" if failed_html else ""}
 <h2>Plots</h2><div class="plots">
 {figures}

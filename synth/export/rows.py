@@ -2,11 +2,13 @@
 
 This module owns which source parts count (those a sound commit marker covers: a partly
 finished output exports what it committed; a damaged marker stops the export, naming
-it), reading one part batch by batch (memory stays
-bounded by a batch, whatever the output's size), the export filters (QC pass, duration
-range, speakers, voices) with a count of what each dropped, and the metadata a row carries
-into every format (every column but the audio and the codes, QC columns included when the
-output has them). It knows nothing about the formats' files or Ray.
+it), reading one part batch by batch (memory stays bounded by a batch, whatever the
+output's size) for one split at a time (`ExportOptions.split_of`: by script, so a
+conversation never straddles two), each row's QC verdict (its own, else `synth rescore`'s
+for its part, `synth.pipeline.qc_scores`), the export filters (QC pass, duration range,
+speakers, voices) with a count of what each dropped, and the metadata a row carries into
+every format (every column but the audio and the codes, QC columns included when the rows
+have them). It knows nothing about the formats' files or Ray.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from synth.errors import SynthError
 from synth.export.options import ExportOptions
 from synth.pipeline.output import committed_parts as dataset_parts
 from synth.pipeline.output import data_file, read_data_part
+from synth.pipeline.qc_scores import rescored, scored_parts
 from synth.store.store import Store
 
 READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
@@ -64,26 +67,28 @@ def committed_parts(source: Store) -> list[SourcePart]:
     return found
 
 
-def source_columns(source: Store, parts: list[SourcePart]) -> list[str]:
-    """The data columns of `source` (from its first part's schema); [] when nothing is committed.
-    `qc_pass` counts only when it holds values: an output made with QC off has the column, all null."""
-    if not parts:
-        return []
-    location = source.at(parts[0].data_path)
-    with location.fs.open_input_file(location.path) as f:
-        parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        if QC_PASS in names and parquet.read(columns=[QC_PASS]).column(QC_PASS).null_count == parquet.metadata.num_rows:
-            names = [name for name in names if name != QC_PASS]
-    return names
+def has_qc_verdicts(source: Store, parts: list[SourcePart]) -> bool:
+    """Whether some committed row has a QC verdict: a `qc_pass` value in data/ (an output made with QC off
+    has the column, all null), or `synth rescore`'s scores for its part."""
+    scored = scored_parts(source)
+    for part in parts:
+        if part.name in scored and rescored(source, part.shard, part.part, part.data_sha256) is not None:
+            return True
+        location = source.at(part.data_path)
+        with location.fs.open_input_file(location.path) as f:
+            parquet = pq.ParquetFile(f)
+            if QC_PASS in parquet.schema_arrow.names and (
+                    parquet.read(columns=[QC_PASS]).column(QC_PASS).null_count < parquet.metadata.num_rows):
+                return True
+    return False
 
 
-def check_filters(options: ExportOptions, columns: list[str], uri: str) -> None:
+def check_filters(options: ExportOptions, source: Store, parts: list[SourcePart]) -> None:
     """Refuse filters the output cannot answer, before anything runs."""
-    if options.qc_pass_only and columns and QC_PASS not in columns:
-        raise ExportError(f"--qc-pass-only: {uri} has no `{QC_PASS}` column with values (it was generated without "
-                          "QC), so no row can be said to pass; export it without --qc-pass-only, or run QC on it "
-                          "first")
+    if options.qc_pass_only and parts and not has_qc_verdicts(source, parts):
+        raise ExportError(f"--qc-pass-only: {source.uri} has no `{QC_PASS}` column with values (it was generated "
+                          "without QC) and no `synth rescore` scores of its parts, so no row can be said to pass; "
+                          f"export it without --qc-pass-only, or score it first (synth rescore {source.uri})")
 
 
 def drop_reason(row: dict, options: ExportOptions) -> str | None:
@@ -101,12 +106,20 @@ def drop_reason(row: dict, options: ExportOptions) -> str | None:
     return None
 
 
-def read_rows(source: Store, part: SourcePart, options: ExportOptions, dropped: Counter) -> Iterator[dict]:
-    """The part's rows that pass the filters, a batch at a time; counts the rest in `dropped` by reason."""
+def read_rows(source: Store, part: SourcePart, options: ExportOptions, dropped: Counter,
+              split: str | None = None) -> Iterator[dict]:
+    """The part's rows (of `split` alone, when given) that pass the filters, a batch at a time, each with
+    its rescored QC verdict where it has none of its own; counts the rest of the split's rows in
+    `dropped` by reason."""
     data = read_data_part(source, part.shard, part.part, part.data_sha256)
+    scores = rescored(source, part.shard, part.part, part.data_sha256)
     with pa.BufferReader(data) as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_BATCH_ROWS):
             for row in batch.to_pylist():
+                if split is not None and options.split_of(row["script_id"]) != split:
+                    continue
+                if scores is not None:
+                    scores.fill(row)
                 reason = drop_reason(row, options)
                 if reason is None:
                     yield row

@@ -2,7 +2,8 @@
 
 This module owns audio at the edges: decoding a clip of any format, sample rate and
 channel count into float32 mono at the codec's rate (resampled with soxr), and
-encoding float32 samples to WAV/FLAC bytes. It knows nothing about the model.
+encoding float32 samples to WAV/FLAC bytes, with the string tags that mark them. It knows
+nothing about the model.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def decode_clip(data: bytes, target_rate_hz: int, *, name: str = "clip") -> np.n
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def encode_audio(samples: np.ndarray, rate_hz: int, fmt: str) -> bytes:
-    """Encode [num_samples] float32 mono as WAV (16-bit PCM) or FLAC bytes."""
+def encode_audio(samples: np.ndarray, rate_hz: int, fmt: str, tags: dict[str, str] | None = None) -> bytes:
+    """Encode [num_samples] float32 mono as WAV (16-bit PCM) or FLAC bytes. tags: soundfile's string
+    fields (title, software, comment...), written as a WAV's INFO chunk or a FLAC's Vorbis comments
+    (`synth.pipeline.provenance.Provenance.audio_tags`)."""
     buf = io.BytesIO()
     clipped = np.clip(samples, -1.0, 1.0)
-    sf.write(buf, clipped, rate_hz, format=fmt.upper(), subtype="PCM_16")
+    with sf.SoundFile(buf, "w", rate_hz, 1, format=fmt.upper(), subtype="PCM_16") as f:
+        for name, value in (tags or {}).items():  # strings go in before the first frame
+            setattr(f, name, value)
+        f.write(clipped)
     return buf.getvalue()

@@ -131,6 +131,30 @@ class ActorsConfig(_Section):
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor; default = ceil(num_cpus).")
 
 
+class WatermarkConfig(_Section):
+    """An audio watermark in the samples, as Sesame marks CSM's output with silentcipher, for users who
+    bring its weights (synth downloads nothing). Off by default (`output.watermark: null`): every file
+    synth writes is marked in its metadata whatever this says (`synth.pipeline.provenance`). This
+    version reserves the setting and checks it; it does not apply a watermark yet, and says so."""
+
+    method: Literal["silentcipher"] = Field(description="The watermarking model (Sesame's choice for CSM).")
+    weights: str = Field(min_length=1, description="Path of its checkpoint, which you bring.")
+
+    @model_validator(mode="after")
+    def _usable(self) -> "WatermarkConfig":
+        import importlib.util
+        import os
+
+        if importlib.util.find_spec(self.method) is None:
+            raise ValueError(f"method={self.method!r} needs the {self.method} package (pip install {self.method}) "
+                             "and its weights at output.watermark.weights; synth downloads nothing")
+        if not os.path.exists(os.path.expanduser(self.weights)):
+            raise ValueError(f"weights={self.weights!r}: no such file or directory (bring {self.method}'s "
+                             "checkpoint; synth downloads nothing)")
+        raise ValueError("this version of synth does not apply an audio watermark yet (the setting is reserved): "
+                         "leave output.watermark null; every file is still marked in its metadata")
+
+
 class OutputConfig(_Section):
     """What lands in --output."""
 
@@ -139,6 +163,9 @@ class OutputConfig(_Section):
     scripts_per_shard: int = Field(32, ge=1, description="Manifest rows per shard (the unit of work).")
     commit_every_scripts: int = Field(
         8, ge=1, description="Scripts per committed part: a crash redoes at most this many scripts per actor."
+    )
+    watermark: WatermarkConfig | None = Field(
+        None, description="An audio watermark in the samples (silentcipher, with weights you bring); null: none."
     )
 
 

@@ -359,7 +359,9 @@ def run_identity(config: SynthConfig, plan: Plan, inputs: dict | None = None) ->
         "sampling": config.sampling.model_dump(),
         "generation": config.generation.model_dump(exclude={"batch_size", "context_from"}),
         "context_from": config.context_from,
-        "output": config.output.model_dump(exclude={"commit_every_scripts", "scripts_per_shard"}),
+        # (a watermark left at null is left out: outputs made before the setting existed continue as they were)
+        "output": config.output.model_dump(exclude={"commit_every_scripts", "scripts_per_shard"} | (
+            {"watermark"} if config.output.watermark is None else set())),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
         "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)

@@ -11,8 +11,13 @@ is committed with the settings it was scored with and the sha256 of the file it 
 so a relaunch skips what is done and redoes what other settings scored or what was
 scored from a file that changed since.
 The intended voice of a row (`speaker_sim`) is the first clip of its speaker within its
-script (`script_id`, when the dataset has one); a speaker's first clip has none. It holds
-no model math and runs in the calling process (no Ray).
+script (`script_id`, when the dataset has one); for a speaker's first clip in its script (every
+clip of a corpus of one-clip scripts, as an import is), the speaker's reference across the
+whole dataset: its first clip (for that clip itself, its second), where the speaker is the same
+voice in every script (a row's `voice`; or its `speaker` where speakers are people: recorded
+rows, or a dataset synth did not generate). A generated row without a voice has none (its
+speaker id names a role within its script). It holds no model math and runs in the calling
+process (no Ray).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from synth.pipeline.output import (
     scores_file,
     scores_unit,
 )
+from synth.pipeline.provenance import RECORDED
+from synth.pipeline.qc_scores import INPUT_SHA256, SETTINGS_HASH, SETTINGS_KEY
 from synth.qc.deps import check_installed
 from synth.qc.policy import METRICS, judge
 from synth.qc.scorer import Take, TakeScorer
@@ -51,7 +58,6 @@ from synth.store.recovery import Verification, recover, verify
 from synth.store.store import Store, canonical_hash
 
 RATE_HZ = 16000  # every model of the scorer wants 16 kHz: clips are decoded straight to it
-SETTINGS_KEY = b"synth_qc_settings"  # the scores file's metadata: the settings it was scored with
 LEASE_STALE_S = 60.0  # as a run's job.lease_stale_seconds
 # A store of scores only (`synth rescore --output`): the scored input is its identity.
 RESCORE = Layout(kind="rescore", identity_file="_identity.json", unit_files=rf"{SCORES_DIR}/[A-Za-z0-9._-]+\.parquet",
@@ -135,10 +141,12 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
         for finding in found.findings:
             log(f"synth rescore: VERIFY FAILED: {finding} (put aside; made again)")
         scorer: TakeScorer | None = None
+        across = _speaker_references(files, source, audio_column) if "speaker" in config.qc.metrics else {}
+        chosen = canonical_hash({repr(k): [[p, i] for p, i, _ in refs] for k, refs in sorted(across.items(), key=repr)})
         for path, stem, sha in files:
             unit = scores_unit(stem)
             marker = found.units.get(unit)
-            wanted = {"qc_settings": canonical_hash(settings.decode()), "input_sha256": sha}
+            wanted = {SETTINGS_HASH: canonical_hash(settings.decode()), INPUT_SHA256: sha, "speaker_references": chosen}
             if marker is not None and all(marker.meta.get(k) == v for k, v in wanted.items()):
                 summary.skipped += 1
                 continue
@@ -152,7 +160,7 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
             base = path.rsplit("/", 1)[0]
             rows = _score_table(table, storage.Location(source.fs, base, base), scorer, config,
                                 text_column=text_column, audio_column=audio_column, id_column=id_column,
-                                name=path, summary=summary)
+                                name=path, summary=summary, across=across)
             store.retract(unit)
             record = store.write(scores_file(stem), _scores_bytes(rows, settings))
             crash_point("rescore-scored")  # the torn unit: its scores written, its marker not
@@ -186,10 +194,60 @@ def _scores_bytes(rows: list[dict], settings: bytes) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _voice_key(row: dict, generated_columns: bool):
+    """What names a clip's speaker as the same voice in every script: its voice, else its speaker id where
+    speakers are people (a recorded row; any row of a dataset synth did not generate, which has no
+    `stop_reason`); None for a generated row without a voice, whose speaker id is a role in its script."""
+    if row.get("voice"):
+        return ("voice", row["voice"])
+    if row.get("speaker") is None or (generated_columns and row.get("stop_reason") != RECORDED):
+        return None
+    return ("speaker", row["speaker"])
+
+
+def _in_order(table: pa.Table) -> list[int]:
+    """A file's rows in the order they are scored: by script, then turn (the first of a script's speaker
+    is its reference), then file order."""
+    has = set(table.column_names)
+    scripts = table.column("script_id").to_pylist() if "script_id" in has else [None] * table.num_rows
+    turns = table.column("turn").to_pylist() if "turn" in has else list(range(table.num_rows))
+    return sorted(range(table.num_rows), key=lambda i: (str(scripts[i]), turns[i] or 0, i))
+
+
+def _speaker_references(files: list[tuple[str, str, str]], source: storage.Location,
+                        audio_column: str) -> dict[tuple, list[tuple[str, int, np.ndarray]]]:
+    """Each cross-script voice's first two clips in scoring order, (file, row, clip at 16 kHz): its
+    reference across the dataset, and the one its reference is compared with. {} without speakers."""
+    light = ("speaker", "voice", "stop_reason", "script_id", "turn")
+    picked: dict[tuple, list[tuple[str, int]]] = {}
+    for path, _, _ in files:
+        names = pq.read_schema(source.fs.open_input_file(path)).names
+        if "speaker" not in names or audio_column not in names:
+            return {}
+        table = pq.read_table(path, filesystem=source.fs, columns=[c for c in light if c in names])
+        rows = table.to_pylist()
+        for i in _in_order(table):
+            key = _voice_key(rows[i], "stop_reason" in names)
+            if key is not None and len(picked.setdefault(key, [])) < 2:
+                picked[key].append((path, i))
+    found: dict[tuple, list[tuple[str, int, np.ndarray]]] = {}
+    for key, places in picked.items():
+        for path, i in places:
+            audio = pq.read_table(path, filesystem=source.fs, columns=[audio_column]).column(0)[i].as_py()
+            base = path.rsplit("/", 1)[0]
+            try:
+                found.setdefault(key, []).append((path, i, _clip(audio, storage.Location(source.fs, base, base),
+                                                                  f"{path} row {i}")))
+            except AudioError:  # an unreadable reference: that clip gets its own error, the voice no reference
+                continue
+    return found
+
+
 def _score_table(table: pa.Table, base: storage.Location, scorer: TakeScorer, config: SynthConfig, *,
                  text_column: str | None, audio_column: str, id_column: str, name: str,
-                 summary: RescoreSummary) -> list[dict]:
-    """The scores rows of one input file, in its row order."""
+                 summary: RescoreSummary, across: dict | None = None) -> list[dict]:
+    """The scores rows of one input file, in its row order. across: the cross-script references
+    (`_speaker_references`) for a speaker's first clip in its script."""
     if text_column is None:
         text_column = "spoken_text" if "spoken_text" in table.column_names else "text"
     for column in (text_column, audio_column):
@@ -203,8 +261,8 @@ def _score_table(table: pa.Table, base: storage.Location, scorer: TakeScorer, co
     codes = table.column("codes").to_pylist() if "codes" in has else [None] * table.num_rows
     scripts = table.column("script_id").to_pylist() if "script_id" in has else [None] * table.num_rows
     speakers = table.column("speaker").to_pylist() if "speaker" in has else [None] * table.num_rows
-    turns = table.column("turn").to_pylist() if "turn" in has else list(range(table.num_rows))
-    order = sorted(range(table.num_rows), key=lambda i: (str(scripts[i]), turns[i] or 0, i))
+    light = table.select([c for c in ("speaker", "voice", "stop_reason") if c in has]).to_pylist()
+    order = _in_order(table)
     references: dict[tuple, np.ndarray] = {}  # (script, speaker) -> its first clip
     rows: dict[int, dict] = {}
     batch: list[tuple[int, Take]] = []
@@ -229,6 +287,9 @@ def _score_table(table: pa.Table, base: storage.Location, scorer: TakeScorer, co
         reference = references.get(key) if speakers[i] is not None else None
         if speakers[i] is not None:
             references.setdefault(key, clip)
+        if reference is None and across:  # its speaker's first clip in its script: the voice's across scripts
+            voice = _voice_key(light[i], "stop_reason" in has)
+            reference = next((c for p, r, c in across.get(voice, ()) if (p, r) != (name, i)), None)
         row_codes = np.asarray(codes[i]) if codes[i] is not None else None
         batch.append((i, Take(clip, str(texts[i] or ""), row_codes, reference)))
         if len(batch) >= config.qc.asr.batch_size:

@@ -76,7 +76,7 @@ class Retakes:
     """The retake loop of one worker; see the module docstring."""
 
     def __init__(self, settings: QcSettings, scorer: TakeScorer, *, samples_per_frame: int, encode_audio):
-        """encode_audio: samples -> bytes in the output's format (rejected takes' audio)."""
+        """encode_audio: (samples, take key) -> bytes in the output's format, marked (rejected takes' audio)."""
         self.settings = settings
         self.scorer = scorer
         self.samples_per_frame = samples_per_frame
@@ -177,7 +177,8 @@ class Retakes:
         """A rejected take's row of takes/: metrics, codes, seed, and its audio unless turned off."""
         audio = None
         if self.settings.keep_take_audio:
-            audio = {"bytes": self.encode_audio(take.result.audio), "path": None}
+            marked_as = f"{key}{TAKE_SEPARATOR}{take.number}"  # its record's id: the turn and the take
+            audio = {"bytes": self.encode_audio(take.result.audio, marked_as), "path": None}
         return {"id": key, "script_id": script_id, "turn": turn, "take": take.number, "kept_take": kept,
                 "seed": take.seed, "num_frames": take.result.num_frames, "stop_reason": take.result.stop_reason,
                 "codes": take.result.codes.astype(np.int16).tolist(), "audio": audio,

@@ -37,6 +37,7 @@ from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, Seg
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.output import PartCommit, part_name
 from synth.pipeline.plan import Shard
+from synth.pipeline.provenance import Provenance
 from synth.pipeline.retakes import Accepted, QcCounts, Retakes, no_qc_columns
 from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
@@ -136,21 +137,24 @@ class ShardWorker:
         self.voices = VoiceLibrary(config.voices, self.store, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
+        self.provenance = Provenance(True, self.model_id, self.model_weights)  # marks every clip it encodes
         self._cost = SegmentCost(engine)
         self.spoken = spoken_text(config.text)  # written -> what the model is given
         self.retakes = self._retakes(config, engine)
 
-    @staticmethod
-    def _retakes(config: SynthConfig, engine: Engine) -> Retakes | None:
+    def encode(self, audio: np.ndarray, key: str) -> bytes:
+        """A clip's bytes in the output's format, marked as AI-generated speech of row (or take) `key`."""
+        return encode_audio(audio, self.engine.sample_rate_hz, self.config.output.audio_format,
+                            self.provenance.audio_tags(key))
+
+    def _retakes(self, config: SynthConfig, engine: Engine) -> Retakes | None:
         """The retake loop with its scorer's models loaded (once, here), or None with QC off."""
         if not config.qc.enabled:
             return None
         from synth.qc.scorer import TakeScorer
 
-        rate, fmt = engine.sample_rate_hz, config.output.audio_format
-        scorer = TakeScorer(config.qc, rate, device=resolve_device(config.model.device)).load()
-        return Retakes(config.qc, scorer, samples_per_frame=engine.samples_per_frame,
-                       encode_audio=lambda audio: encode_audio(audio, rate, fmt))
+        scorer = TakeScorer(config.qc, engine.sample_rate_hz, device=resolve_device(config.model.device)).load()
+        return Retakes(config.qc, scorer, samples_per_frame=engine.samples_per_frame, encode_audio=self.encode)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -210,7 +214,7 @@ class ShardWorker:
         turn_index, request, plan = chain.turn, chain.request, chain.plan
         assert request is not None and plan is not None
         turn = script.turns[turn_index]
-        audio_bytes = encode_audio(result.audio, self.engine.sample_rate_hz, self.config.output.audio_format)
+        audio_bytes = self.encode(result.audio, result.request_id)
         settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": request.max_frames}
         return {
             "id": result.request_id,

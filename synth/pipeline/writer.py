@@ -3,7 +3,8 @@
 This module owns the schema of data/*.parquet (the `datasets` features, so the dataset
 loads with `load_dataset("parquet", ...)`, QC columns included), of takes/*.parquet
 (rejected takes) and of errors/*.parquet, and turns a part's rows, rejected takes and
-error rows into the bytes of its files. A row that cannot be written in its columns (a
+error rows into the bytes of its files (data and takes files marked with what made their
+audio: `synth.pipeline.provenance`). A row that cannot be written in its columns (a
 value out of a column's range that validation missed) becomes an error row naming it,
 and the rest of its part is written. Where those files go, and the order that commits
 them, is `synth.pipeline.output`'s. It knows nothing about models or Ray.
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from synth.pipeline.manifest import RowError
 from synth.pipeline.output import PartCommit, PartFiles, audio_file, commit_part
+from synth.pipeline.provenance import parquet_metadata
 from synth.store.store import Store
 
 
@@ -114,7 +116,10 @@ class DatasetWriter:
         """Relative path of a clip's file: deterministic, one per (script, turn)."""
         return audio_file(shard, script_id, turn, self.audio_format)
 
-    def _parquet_bytes(self, table: pa.Table) -> bytes:
+    def _parquet_bytes(self, table: pa.Table, rows: list[dict] | None = None) -> bytes:
+        """The table as Parquet; with `rows`, its metadata also marks what their audio is (`provenance`)."""
+        if rows is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **parquet_metadata(rows)})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
@@ -157,7 +162,7 @@ class DatasetWriter:
                 schema=ERROR_SCHEMA,
             )
             error_bytes = self._parquet_bytes(err_table)
-        data_bytes = self._parquet_bytes(table) if rows else None
+        data_bytes = self._parquet_bytes(table, rows) if rows else None
         commit = PartCommit(
             shard=shard,
             part=part,
@@ -168,7 +173,8 @@ class DatasetWriter:
             error_scripts=len({e.row for e in errors}),
             qc=qc or {},
         )
-        takes_bytes = self._parquet_bytes(pa.Table.from_pylist(list(takes), schema=self.takes_schema)) if takes else None
+        takes_bytes = (self._parquet_bytes(pa.Table.from_pylist(list(takes), schema=self.takes_schema),
+                                           [{**take, **_maker(rows)} for take in takes]) if takes else None)
         audio = tuple((r["audio"]["path"], r["audio"]["bytes"]) for r in rows) if self.write_audio_files else ()
         return PartFiles(commit, data=data_bytes, errors=error_bytes, audio=audio, takes=takes_bytes)
 
@@ -178,6 +184,11 @@ class DatasetWriter:
     ) -> PartCommit:
         """Write a part's files and then its marker (`synth.pipeline.output.commit_part`)."""
         return commit_part(self.store, self.part_files(shard, part, rows, errors, scripts, takes, qc, manifest_rows))
+
+
+def _maker(rows: list[dict]) -> dict:
+    """The model columns of a part's rows, for its takes (which do not repeat them)."""
+    return {k: rows[0].get(k) for k in ("model", "model_weights")} if rows else {}
 
 
 def codes_to_list(codes: np.ndarray) -> list[list[int]]:

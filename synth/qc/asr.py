@@ -36,8 +36,11 @@ class Transcriber:
         if not todo:
             return texts
         inputs = [{"raw": np.asarray(clips_16k[i], np.float32), "sampling_rate": ASR_RATE_HZ} for i in todo]
+        # The cap goes in as `max_length`, which Whisper's generate counts after its prompt, as it counts
+        # `max_new_tokens`: given `max_new_tokens`, transformers 5 warns that both are set on every batch
+        # (Whisper's generate fills in a default `max_length` first).
         out = self.pipe(inputs, batch_size=self.batch_size,
-                        generate_kwargs={"language": "en", "task": "transcribe", "max_new_tokens": self.max_new_tokens})
+                        generate_kwargs={"language": "en", "task": "transcribe", "max_length": self.max_new_tokens})
         for i, item in zip(todo, out):
             texts[i] = item["text"].strip()
         return texts

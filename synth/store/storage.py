@@ -88,7 +88,8 @@ def is_dir(loc: Location) -> bool:
 
 
 def read_bytes(loc: Location) -> bytes:
-    with loc.fs.open_input_stream(loc.path) as f:
+    # compression=None: the bytes as stored (pyarrow would otherwise decompress a `.gz` by its suffix)
+    with loc.fs.open_input_stream(loc.path, compression=None) as f:
         return f.read()
 
 
@@ -174,7 +175,7 @@ def create_exclusive(loc: Location, data: bytes) -> bool:
 def sha256_of(loc: Location, chunk_bytes: int = 1 << 20) -> tuple[int, str]:
     """(size, sha256) of a file, read a chunk at a time."""
     digest, size = hashlib.sha256(), 0
-    with loc.fs.open_input_stream(loc.path) as f:
+    with loc.fs.open_input_stream(loc.path, compression=None) as f:  # as stored, a `.gz` too
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
             size += len(chunk)

@@ -1,8 +1,8 @@
 """A synth dataset as a training set: every trained turn with the context it was conditioned on, as codes.
 
 This module owns reading a synth output (local or object store) for training: the rows of its
-committed parts (the `qc_pass` filter when asked; the text the model was given, `spoken_text`,
-where the output has it), each row's context from `context_ids`
+committed parts (the `qc_pass` filter when asked, with `synth rescore`'s verdicts where data/
+has none; the text the model was given, `spoken_text`, where the output has it), each row's context from `context_ids`
 resolved to coded turns (generated turns: their stored codes; voice prompts: the run's
 OUT/_voices/ cache where its bytes are what their marker recorded, or encoded; recorded
 manifest clips: read through the run's manifest (run.json's input, plan.json's files) and
@@ -39,10 +39,12 @@ from synth.pipeline.output import (
     committed_parts,
     data_file,
     dataset_store,
+    part_name,
     read_data_part,
     voice_codes_file,
     voice_unit,
 )
+from synth.pipeline.qc_scores import rescored, scored_parts
 from synth.pipeline.spoken import spoken_text
 from synth.store import storage
 from synth.store.errors import StoreError
@@ -142,37 +144,53 @@ class TrainSet:
 
 
 def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
-    """Rows of the committed parts (data/ files a sound marker covers; codes as arrays), and the ids to train on."""
-    tables = []
+    """Rows of the committed parts (data/ files a sound marker covers; codes as arrays), and the ids to train
+    on. With `qc_filter`, a row's verdict is its own `qc_pass`, else `synth rescore`'s for its part
+    (`synth.pipeline.qc_scores`); a filter that leaves no row is an error saying how many it removed."""
+    tables, verdicts = [], {}
+    scored = scored_parts(output) if qc_filter else set()
     for (shard, part), commit in sorted(committed_parts(output).items()):
         if not commit.rows:  # a part whose rows all failed has no data file
             continue
-        loc = output.at(data_file(shard, part))
         record = next(f for f in commit.files if f.path == data_file(shard, part))
         with pa.BufferReader(read_data_part(output, shard, part, record.sha256)) as f:
             names = pq.read_schema(f).names
-            if qc_filter and QC_COLUMN not in names:
-                raise DatasetError(
-                    f"{loc.uri} has no `{QC_COLUMN}` column, so data.qc_filter cannot pick rows: run synth's QC "
-                    f"on {output.uri} first, or train without data.qc_filter")
-            table = pq.read_table(f, columns=[c for c in (*COLUMNS, SPOKEN_COLUMN) if c in names]
-                                  + ([QC_COLUMN] if qc_filter else []))
+            table = pq.read_table(f, columns=[c for c in (*COLUMNS, SPOKEN_COLUMN, QC_COLUMN) if c in names
+                                              and (c != QC_COLUMN or qc_filter)])
             if SPOKEN_COLUMN in names:  # the model read the spoken form: train on what it read
                 spoken = pc.coalesce(table.column(SPOKEN_COLUMN), table.column("text"))
                 table = table.set_column(table.schema.get_field_index("text"), "text", spoken).drop_columns(
                     [SPOKEN_COLUMN])
-            tables.append(table)
+        if qc_filter:
+            scores = rescored(output, shard, part, record.sha256) if part_name(shard, part) in scored else None
+            own = table.column(QC_COLUMN).to_pylist() if QC_COLUMN in table.column_names else [None] * len(table)
+            for row_id, verdict in zip(table.column("id").to_pylist(), own):
+                if verdict is None and scores is not None:
+                    verdict = scores.scores.get(row_id, {}).get(QC_COLUMN)
+                verdicts[row_id] = verdict
+            table = table.drop_columns([c for c in (QC_COLUMN,) if c in table.column_names])
+        tables.append(table)
     if not tables:
         raise DatasetError(f"{output.uri} has no committed rows to train on")
-    table = pa.concat_tables(tables)
-    if qc_filter and table.column(QC_COLUMN).null_count == table.num_rows:  # made with QC off: all null
-        raise DatasetError(
-            f"{output.uri} has no `{QC_COLUMN}` values (it was generated with QC off), so data.qc_filter cannot "
-            f"pick rows: run synth's QC on it first (synth rescore), or train without data.qc_filter")
+    table = pa.concat_tables(tables, promote_options="default")
     rows = table.drop_columns(["codes"]).to_pylist()
     for row, codes in zip(rows, codes_arrays(table.column("codes"))):
         row["codes"] = codes  # [num_frames, K] int64, or None (null, or frames of different widths)
-    train = {r["id"] for r in rows if not qc_filter or r[QC_COLUMN] is True}
+    if not qc_filter:
+        return rows, {r["id"] for r in rows}
+    unscored = sum(v is None for v in verdicts.values())
+    if unscored == len(rows):  # made with QC off (the column all null, or absent) and never rescored
+        raise DatasetError(
+            f"{output.uri} has no `{QC_COLUMN}` values (it was generated with QC off) and no `synth rescore` scores, "
+            f"so data.qc_filter cannot pick rows: score it first (synth rescore {output.uri}), or train without "
+            "data.qc_filter")
+    train = {r["id"] for r in rows if verdicts.get(r["id"]) is True}
+    if not train:
+        failed = len(rows) - unscored
+        raise DatasetError(
+            f"{output.uri}: the QC filter (data.qc_filter) removed all {len(rows)} rows ({failed} failed QC"
+            + (f", {unscored} have no QC verdict" if unscored else "") + "): none can be trained on. Train "
+            "without data.qc_filter, or on data that passes QC")
     return rows, train
 
 

@@ -8,7 +8,8 @@ columns as `synth run` writes: each clip one row (a one-turn script, no context)
 24 kHz mono, padded to whole 80 ms frames, Mimi-encoded in batches through synth's codec
 (synth.engine.codec), and committed in parts into a dataset store of kind `import`
 (synth.pipeline.output, synth.store: claimed, leased, its identity the corpus's clips with
-their fingerprints), so a killed import resumes, a relaunch on a changed corpus is refused
+their fingerprints; each clip's file marked as an imported recording, never as AI-generated,
+synth.pipeline.provenance), so a killed import resumes, a relaunch on a changed corpus is refused
 naming the clips, `synth verify` checks it and `synth train` reads it. A clip that cannot
 be read or has no transcript is an error row naming it; the rest goes on. It knows nothing
 of training.
@@ -30,6 +31,7 @@ from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
 from synth.pipeline.manifest import RowError, ids_sha256
 from synth.pipeline.output import DATA_SCHEMA, IMPORT, accept_part, parsed_part
 from synth.pipeline.plan import InputFile, Plan, Shard
+from synth.pipeline.provenance import RECORDED, Provenance
 from synth.pipeline.writer import DatasetWriter, codes_to_list
 from synth.store import storage
 from synth.store.errors import StoreError
@@ -38,7 +40,7 @@ from synth.store.recovery import recover
 from synth.store.store import Store
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")
-STOP_REASON = "recorded"  # the `stop_reason` of an imported row: nothing was generated
+STOP_REASON = RECORDED  # the `stop_reason` of an imported row: nothing was generated
 
 
 class CorpusError(SynthError, ValueError):
@@ -214,7 +216,9 @@ def _row(clip: Clip, samples: np.ndarray, codes: np.ndarray, writer: DatasetWrit
     return {
         "id": f"{clip.id}:0", "script_id": clip.id, "turn": 0, "speaker": clip.speaker, "text": clip.text.strip(),
         "spoken_text": clip.text.strip(),
-        "audio": {"bytes": encode_audio(samples, rate, audio_format), "path": writer.audio_path(shard, clip.id, 0)},
+        "audio": {"bytes": encode_audio(samples, rate, audio_format,  # marked as imported, never as generated
+                                        Provenance(False, model_id).audio_tags(f"{clip.id}:0")),
+                  "path": writer.audio_path(shard, clip.id, 0)},
         "sampling_rate": rate, "duration_s": len(samples) / rate, "num_frames": len(codes),
         "codes": codes_to_list(codes), "stop_reason": STOP_REASON, "seed": None, "voice": None,
         "context_turns": [], "context_ids": [], "num_prompt_tokens": None, "model": model_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -29,6 +30,13 @@ from synth.train.output import MODEL_DIR, MODEL_UNIT, TRAIN, TRAIN_SET_FILE
 from synth.train.sampler import BatchPlan
 
 STATE_FILE = "state.pt"
+
+
+def say(line: str) -> None:
+    """A line of the worker's log, printed once. Ray Train replaces `print` in its workers with one that
+    logs the line and also prints it, so the driver, which shows both, would show every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def load_base(config: TrainConfig):
@@ -98,16 +106,15 @@ def train_loop(loop_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]
         if rank == 0:
-            print(f"train: resuming from the checkpoint of step {start}", flush=True)
+            say(f"train: resuming from the checkpoint of step {start}")
 
     module = ray.train.torch.prepare_model(CodesLoss(model))  # to the worker's device; DDP when world > 1
     device = ray.train.torch.get_device()
     bf16 = config.model.precision == "bfloat16" or (config.model.precision == "auto" and device.type == "cuda")
     if rank == 0:
-        print(f"train: {len(train_set.targets)} examples, {plan.steps_per_epoch} steps per epoch on {world} "
-              f"worker(s), steps {start + 1}..{plan.num_steps}, {sum(p.numel() for p in params.values())} "
-              f"trainable weights ({config.model.method}), {'bfloat16' if bf16 else 'float32'} on {device.type}",
-              flush=True)
+        say(f"train: {len(train_set.targets)} examples, {plan.steps_per_epoch} steps per epoch on {world} "
+            f"worker(s), steps {start + 1}..{plan.num_steps}, {sum(p.numel() for p in params.values())} "
+            f"trainable weights ({config.model.method}), {'bfloat16' if bf16 else 'float32'} on {device.type}")
     module.train()
     for step in range(start, plan.num_steps):
         t0 = time.perf_counter()
@@ -125,8 +132,8 @@ def train_loop(loop_config: dict) -> None:
             mean /= world
         history.append([step + 1, round(mean.item(), 6)])
         if rank == 0:
-            print(f"train: step {step + 1}/{plan.num_steps} loss {mean.item():.4f} "
-                  f"({batch.num_positions} positions, {time.perf_counter() - t0:.2f} s)", flush=True)
+            say(f"train: step {step + 1}/{plan.num_steps} loss {mean.item():.4f} "
+                f"({batch.num_positions} positions, {time.perf_counter() - t0:.2f} s)")
         if (step + 1) % config.checkpoints.every_steps == 0 or step + 1 == plan.num_steps:
             _report(step + 1, history, params, optimizer, rank)
     if rank == 0:
@@ -138,7 +145,7 @@ def train_loop(loop_config: dict) -> None:
                 with open(os.path.join(directory, name), "rb") as f:
                     files.append(store.write_stream(f"{MODEL_DIR}/{name}", iter(lambda: f.read(1 << 20), b"")))
         store.commit(MODEL_UNIT, files)
-        print(f"train: saved the model to {store.at(MODEL_DIR).uri}", flush=True)
+        say(f"train: saved the model to {store.at(MODEL_DIR).uri}")
 
 
 def _report(step: int, history: list, params: dict, optimizer, rank: int) -> None:
@@ -155,4 +162,4 @@ def _report(step: int, history: list, params: dict, optimizer, rank: int) -> Non
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint)
     if rank == 0:
-        print(f"train: checkpoint at step {step}", flush=True)
+        say(f"train: checkpoint at step {step}")

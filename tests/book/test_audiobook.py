@@ -121,6 +121,45 @@ def test_the_book_m4b_marks_each_chapter_where_its_file_starts(rendered):
     assert duration_s == pytest.approx(start, abs=0.1)
 
 
+def test_every_book_file_is_marked_and_the_card_and_report_tell_the_chapters(rendered):
+    """Each chapter file (WAV INFO, FLAC Vorbis comment, MP3 ID3v2 TXXX) and the M4B (its comment) says it is
+    AI-generated speech of the model the rows name, read back through PyAV's FFmpeg (and the WAV's through
+    soundfile); `synth book` writes a card and a report whose chapters are the timing files'."""
+    import yaml
+
+    from synth.pipeline.provenance import GENERATED, read_audio_marking
+
+    out, *_ = rendered
+    rows = pq.read_table(out / "data", columns=["model", "model_weights"]).to_pylist()
+    (model, weights), = {(r["model"], r["model_weights"]) for r in rows}
+    timings = []
+    for chapter in load_book(BOOK):
+        stem = out / "chapters" / f"chapter-{chapter.index + 1:03d}"
+        for fmt in ("wav", "flac", "mp3"):
+            record = read_audio_marking(stem.with_suffix(f".{fmt}").read_bytes())
+            assert record is not None, fmt
+            assert (record["statement"], record["ai_generated"], record["model"], record["model_weights"],
+                    record["id"]) == (GENERATED, True, model, weights, stem.name), fmt
+        with sf.SoundFile(str(stem.with_suffix(".wav"))) as f:
+            assert json.loads(f.comment)["ai_generated"] is True and f.title == stem.name
+        timings.append(json.loads(stem.with_suffix(".json").read_text()))
+    book = read_audio_marking((out / "book.m4b").read_bytes())
+    assert book["ai_generated"] is True and book["model_weights"] == weights
+    with av.open(str(out / "book.m4b")) as f:
+        assert f.metadata["description"] == GENERATED
+
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("\n---\n", 1)[0][4:])
+    assert header["synth"]["origin"] == "generated"
+    assert [(c["number"], c["title"], c["duration_s"], c["acx_passes"]) for c in header["synth"]["chapters"]] == [
+        (i + 1, t["title"], t["duration_s"], t["acx"]["passes"]) for i, t in enumerate(timings)]
+    assert "narrated in the voice `narrator`" in card and "`book.m4b`" in card
+    for i, t in enumerate(timings):
+        acx = "pass" if t["acx"]["passes"] else "FAIL: " + "; ".join(t["acx"]["reasons"])
+        assert f"| {i + 1} | {t['title']} | {t['duration_s']:.1f} s | flac, mp3, wav | {acx} |" in card
+    assert "<h2>Chapters</h2>" in (out / "report.html").read_text()
+
+
 def test_the_voice_is_encoded_once_per_run_and_not_again_on_resume(rendered):
     out, _, first_log, _ = rendered
     assert "voices: 2 ready (2 encoded now" in first_log  # narrator and guest, by the first actor ready

@@ -50,7 +50,7 @@ def test_an_export_killed_midway_and_rerun_gives_each_row_once(synth_output, ray
         listed |= {f["path"] for f in json.load(open(os.path.join(dest, "_progress", name)))["files"]}
         listed.add(f"_progress/{name}")
     present = {os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs}
-    assert present - listed == {"_synth.json", "_identity.json", "export.json"}, present - listed
+    assert present - listed == {"_synth.json", "_identity.json", "export.json", "README.md"}, present - listed
     assert_exactly_once([p for p in present if p.endswith(".tar")], sorted(p for p in listed if p.endswith(".tar")))
     report = verify_export_at(dest)  # every unit against its marker, and every source part exported
     assert report.ok and report.units == parts, report.render()

@@ -100,3 +100,30 @@ def test_fast_engine_options_load_from_yaml_and_bad_ones_name_the_field(tmp_path
         assert FastEngineOptions(compile_mode=mode).compile_mode == mode
     with pytest.raises(ValueError, match="inductor's own CUDA graphs"):
         FastEngineOptions(compile_mode="reduce-overhead")
+
+
+def test_the_audio_watermark_is_off_by_default_and_refused_clearly_when_it_cannot_run(tmp_path, monkeypatch):
+    """output.watermark: null by default, and not in a run's recorded settings then (outputs made before it
+    continue); set, it names what is missing (the package, the weights), and never downloads anything."""
+    import importlib.util
+
+    from synth.pipeline.output import run_identity
+    from synth.pipeline.plan import Plan
+
+    config = load_config(None, [])
+    assert config.output.watermark is None
+    assert "watermark" not in run_identity(config, Plan((), 1, (), 1))["output"]
+    weights = tmp_path / "silentcipher-ckpt"
+    with pytest.raises(ConfigError, match=r"output.watermark: .*needs the silentcipher package \(pip install "
+                                          r"silentcipher\).*synth downloads nothing"):
+        load_config(None, [f"output.watermark={{method: silentcipher, weights: {weights}}}"])
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "silentcipher" else found(
+        name, *a))  # as where the package is installed
+    with pytest.raises(ConfigError, match=r"weights=.*silentcipher-ckpt.*: no such file or directory"):
+        load_config(None, [f"output.watermark={{method: silentcipher, weights: {weights}}}"])
+    weights.mkdir()
+    with pytest.raises(ConfigError, match=r"does not apply an audio watermark yet \(the setting is reserved\)"):
+        load_config(None, [f"output.watermark={{method: silentcipher, weights: {weights}}}"])
+    with pytest.raises(ConfigError, match="output.watermark.method"):
+        load_config(None, ["output.watermark={method: audioseal, weights: /x}"])

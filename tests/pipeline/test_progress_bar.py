@@ -35,3 +35,27 @@ def test_without_a_terminal_there_is_no_bar_and_the_log_lines_are_unchanged():
     bar.update(1, rows=5, audio_seconds=6.0, x_real_time=1.0)
     bar.close()
     assert logged == ["[1/4 shards] 5 turns"] and stream.getvalue() == ""
+
+
+def test_lines_ray_forwards_from_the_actors_print_above_the_bar_not_glued_to_it(monkeypatch):
+    """Ray's driver prints each actor line to whatever sys.stdout is at the time: while the bar is
+    drawn, that line must start on a line of its own, with the bar drawn again below it."""
+    from ray._private.worker import print_to_stdstream
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stdout", screen)  # one terminal: stdout and the bar's stderr share the screen
+    bar = ShardBar(total=4, done_before=0, log=lambda m: None, stream=screen)
+    bar.update(1, rows=5, audio_seconds=6.0, x_real_time=1.0)
+    print_to_stdstream({"ip": "127.0.0.1", "pid": 4242, "actor_name": "SynthActor", "task_name": None, "job": "01",
+                        "is_err": False, "lines": ["model loaded in 3.2 s"]}, ignore_prefix=False)
+    print("a partial", end="")  # a line not yet ended waits, and is written when the bar goes
+    bar.update(2, rows=10, audio_seconds=12.0, x_real_time=1.0)
+    bar.close()
+    import sys
+
+    assert sys.stdout is screen  # put back
+    visible = [line.split("\r")[-1] for line in screen.getvalue().split("\n")]  # what each screen line shows
+    actor = [line for line in visible if "model loaded in 3.2 s" in line]
+    assert len(actor) == 1 and "SynthActor pid=4242" in actor[0] and "synth:" not in actor[0], visible
+    assert "|" not in actor[0]  # no bar before it on its line
+    assert any("2/4" in line for line in visible) and "a partial" in screen.getvalue()

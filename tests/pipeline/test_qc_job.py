@@ -26,6 +26,7 @@ from synth.pipeline.config import load_config
 from synth.pipeline.manifest import open_manifest, write_manifest
 from synth.pipeline.output import RUN_RECORD, committed_parts, takes_file
 from synth.pipeline.plan import plan_shards
+from synth.pipeline.provenance import read_audio_marking
 from synth.pipeline.verify import verify_dataset
 from synth.pipeline.worker import ShardWorker, load_engine
 from synth.qc.policy import METRICS, take_seed
@@ -103,6 +104,9 @@ def test_every_take_is_scored_recorded_and_the_kept_one_marked(qc_shard):
         take_id = key if rejected["take"] == 1 else f"{key}#take2"
         assert np.array_equal(np.array(rejected["codes"]), engine.results[take_id].codes)  # its codes, on record
         assert rejected["audio"]["bytes"]  # qc.keep_take_audio (default on)
+        marked = read_audio_marking(rejected["audio"]["bytes"])  # a rejected take's clip is marked too, as a take
+        assert marked["ai_generated"] is True and marked["id"] == f"{key}#take{rejected['take']}"
+        assert read_audio_marking(row["audio"]["bytes"])["id"] == key  # the kept one as its row
         kept_id = key if row["take"] == 1 else f"{key}#take2"
         assert np.array_equal(np.array(row["codes"]), engine.results[kept_id].codes)
         assert not np.array_equal(engine.results[kept_id].codes, engine.results[take_id].codes)  # a new seed
@@ -209,7 +213,7 @@ def test_the_kept_take_is_trimmed_in_whole_frames_with_its_codes(qc_shard, speec
     settings = QcSettings(enabled=True, metrics=("timing",), max_takes=1,
                           cleanup=CleanupSettings(trim_silence=True, keep_silence_s=0.16))
     retakes = Retakes(settings, TakeScorer(settings, rate).load(), samples_per_frame=spf,
-                      encode_audio=lambda a: b"")
+                      encode_audio=lambda a, key: b"")
     chain = Chain([ChainTurn("t:0", 0, "Hello there, this is a recorded voice prompt.", max_frames=frames, seed=3),
                    ChainTurn("t:1", 0, "And then the next turn.", max_frames=8, seed=4)], engine, SegmentCost(engine))
     retakes.start_chain(chain)

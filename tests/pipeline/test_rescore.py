@@ -69,11 +69,13 @@ def test_rescore_a_dataset_synth_did_not_write(tmp_path, speech_clip, tiny_whisp
     sf.write(silence, np.zeros(32000, np.float32), 16000)
     hello = (src / "clips" / "hello.wav").read_bytes()
     text = "Hello there, this is a recorded voice prompt."
-    features = Features({"sentence": Value("string"), "speaker": Value("string"), "audio": Audio()})
-    rows = [{"sentence": text, "speaker": "a", "audio": {"bytes": hello, "path": None}},
-            {"sentence": text, "speaker": "a", "audio": {"bytes": None, "path": "clips/hello.wav"}},
-            {"sentence": text, "speaker": "b", "audio": {"bytes": silence.read_bytes(), "path": None}},
-            {"sentence": text, "speaker": "c", "audio": {"bytes": b"not audio", "path": None}}]
+    # every clip alone in its script, as in an imported corpus: a speaker's voice is checked across scripts
+    features = Features({"sentence": Value("string"), "speaker": Value("string"), "script_id": Value("string"),
+                         "audio": Audio()})
+    rows = [{"sentence": text, "speaker": "a", "script_id": "r0", "audio": {"bytes": hello, "path": None}},
+            {"sentence": text, "speaker": "a", "script_id": "r1", "audio": {"bytes": None, "path": "clips/hello.wav"}},
+            {"sentence": text, "speaker": "b", "script_id": "r2", "audio": {"bytes": silence.read_bytes(), "path": None}},
+            {"sentence": text, "speaker": "c", "script_id": "r3", "audio": {"bytes": b"not audio", "path": None}}]
     pq.write_table(pa.Table.from_pylist(rows, schema=features.arrow_schema), src / "train.parquet")
     base = ["rescore", str(src), "--text-column", "sentence", "--set", f"qc.asr.model={tiny_whisper}",
             "--set", "qc.metrics=[asr,speaker,level,timing]"]
@@ -82,8 +84,11 @@ def test_rescore_a_dataset_synth_did_not_write(tmp_path, speech_clip, tiny_whisp
     assert main([*base, "--output", str(tmp_path / "scores")]) == 0
     bytes_row, path_row, silent, broken = pq.read_table(tmp_path / "scores" / "qc" / "train.parquet").to_pylist()
     assert [r["id"] for r in (bytes_row, path_row, silent, broken)] == ["0", "1", "2", "3"]  # no id column
-    assert bytes_row["speech_ratio"] > 0.7 and bytes_row["speaker_sim"] is None  # its speaker's first clip
+    assert bytes_row["speech_ratio"] > 0.7
+    # a's reference across scripts is its first clip; that clip itself is compared with a's second (the same audio)
     assert path_row["speaker_sim"] == pytest.approx(1.0, abs=1e-4)  # the same clip, read from its path
+    assert bytes_row["speaker_sim"] == pytest.approx(1.0, abs=1e-4)
+    assert silent["speaker_sim"] is None  # b's only clip: nothing to compare it with
     assert path_row["speech_ratio"] == bytes_row["speech_ratio"]
     assert {r.split(":")[0] for r in silent["qc_reasons"]} >= {"speech_ratio", "leading_silence_s"}
     assert broken["qc_reasons"][0].startswith("audio:") and "cannot decode" in broken["qc_reasons"][0]

@@ -70,6 +70,25 @@ def test_asr_runs_end_to_end_through_from_pretrained_batched(tiny_whisper, clips
     assert row["asr_text"] is not None and (row["wer"], row["cer"]) == pytest.approx(error_rates(TEXT, row["asr_text"]))
 
 
+def test_asr_caps_the_transcript_without_a_warning_per_batch(tiny_whisper, clips, scorer):
+    """The tiny random Whisper never ends a transcript, so each is as long as the cap; transformers must
+    not print its `max_new_tokens`/`max_length` warning for every batch (it did, once per batch)."""
+    import logging
+
+    asr = Transcriber(tiny_whisper, batch_size=2, max_new_tokens=12)
+    heard = []
+    handler = logging.Handler()
+    handler.emit = lambda record: heard.append(record.getMessage())
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        texts = asr.transcribe([scorer._at_16k(clips[n]) for n in ("speech", "noise", "cut_short", "padded")])
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in heard if "max_new_tokens" in m or "max_length" in m], heard
+    assert all(0 < len(t) <= 12 for t in texts), texts  # byte-level vocabulary: at most a character per token
+
+
 def test_error_rates_normalise_then_count_errors():
     assert error_rates("Hello, World! It's Mr. Smith.", "hello world it is mister smith") == (0.0, 0.0)
     wer, cer = error_rates(TEXT, OTHER_TEXT)  # a wrong transcript

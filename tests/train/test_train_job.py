@@ -134,8 +134,10 @@ def test_the_job_is_killed_resumes_from_its_checkpoint_and_lowers_the_loss(train
     assert resumed, second[-3000:]
     start = int(resumed.group(1))
     assert start >= 2 and start % 2 == 0
-    steps_run = sorted({int(s) for s in re.findall(rf"train: step (\d+)/{NUM_STEPS} ", second)})
-    assert steps_run == list(range(start + 1, NUM_STEPS + 1))  # nothing done twice, nothing left out
+    # each step's line once (Ray Train's own `print` in the workers made the driver show every line twice)
+    steps_run = [int(s) for s in re.findall(rf"train: step (\d+)/{NUM_STEPS} ", second)]
+    assert steps_run == list(range(start + 1, NUM_STEPS + 1)), second[-3000:]  # nothing done twice or left out
+    assert len(re.findall(r"train: resuming from the checkpoint", second)) == 1
 
     record = json.load(open(os.path.join(out, TRAIN_RECORD)))
     assert record["finished"] and record["steps"] == NUM_STEPS
@@ -226,7 +228,7 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
         return prepare_train_set(uri, processor=processor, model_config=config, qc_filter=qc_filter,
                                  max_positions=2048, encode=lambda clips: pytest.fail("nothing to encode"))
 
-    with pytest.raises(DatasetError, match=r"has no `qc_pass` values.*run synth's QC"):
+    with pytest.raises(DatasetError, match=r"has no `qc_pass` values .*and no `synth rescore` scores"):
         prepare(data, True)
     ids = [r["id"] for r in load_output(data)]
     qc = {i: not i.startswith("s") or i == "s0:0" for i in ids}  # s1..s4 fail QC
@@ -259,6 +261,35 @@ def test_the_qc_filter_bad_rows_and_refusals(synth_output, tiny_checkpoint, tmp_
     with pytest.raises(StoreError, match="the dataset's committed rows changed since this training run began"):
         record_identity(mine, data, dataset_store(qc_data, "synth train"), train_config)
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_the_qc_filter_takes_rescored_verdicts_and_names_a_filter_that_removes_every_row(synth_output,
+                                                                                       tiny_checkpoint, tmp_path):
+    """After `synth rescore OUT`, data.qc_filter uses the scores in qc/ (data/ has none); a filter that no row
+    passes says it removed all N rows, not "no row can be trained on (0 skipped)"."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from synth.cli import main
+    from synth.train.dataset import prepare_train_set
+
+    _, data = synth_output
+    copy = str(tmp_path / "rescored")
+    shutil.copytree(data, copy)
+    ids = [r["id"] for r in load_output(copy)]
+
+    def prepare():
+        return prepare_train_set(copy, processor=AutoProcessor.from_pretrained(tiny_checkpoint),
+                                 model_config=AutoConfig.from_pretrained(tiny_checkpoint), qc_filter=True,
+                                 max_positions=2048, encode=lambda clips: [np.zeros((5, 32), np.int16) for _ in clips])
+
+    rescore = ["rescore", copy, "--set", "qc.metrics=[repetition]"]
+    assert main([*rescore, "--set", "qc.thresholds.max_loop_score=1.0"]) == 0  # every row passes
+    train_set, skipped = prepare()
+    assert {t for t, _, _ in train_set.targets} | {s.split("'")[1] for s in skipped} == set(ids)
+    assert main([*rescore, "--set", "qc.thresholds.max_loop_score=-1"]) == 0  # rescored again: none passes
+    with pytest.raises(DatasetError, match=rf"the QC filter \(data.qc_filter\) removed all {len(ids)} rows "
+                                           rf"\({len(ids)} failed QC\)"):
+        prepare()
 
 
 def test_a_bad_training_config_fails_before_anything_runs(tmp_path, capsys):
