@@ -87,7 +87,9 @@ class Row:
     slot_frames: int
     ttfa_s: float
     peak_mem_gib: float
-    warmup_s: float = 0.0
+    warmup_s: float = 0.0  # fast engine: compile + graph capture + a throwaway row, apart from wall_s
+    compile_s: float = 0.0  # of warmup_s, compiling the frame's steps (or loading them from the compile cache)
+    capture_s: float = 0.0  # of warmup_s, capturing the CUDA graphs
     frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
     decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine; on its worker thread when threaded)
     loop_result_s: float = 0.0  # of wall_s, the frame loop's own time on finished rows (fast engine)
@@ -183,7 +185,8 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     wall = time.perf_counter() - t0
     row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
               stats.slot_frames - slot_frames, min(r.info.ready_s for r in results), _peak_gib(device),
-              engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
+              engine.warmup_s, compile_s=engine.compile_s, capture_s=engine.capture_s,
+              decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
               loop_result_s=engine.loop_result_s - loop_s,
               attended=(stats.attended_positions - attended) / max(1, stats.frames - frames),
               prefill_per_turn=(stats.prefill_tokens - prefilled) / max(1, len(results)),

@@ -185,7 +185,8 @@ class Scheduler:
         longest length bucket when below it, so that any prompt fits.
         kv_continuation: admit a job to a free slot whose cache holds the start of its prompt and
         prefill only the rest; hold_frames: frames a `followed` row's slot waits for its follow-up;
-        park_rows: slot caches that can be set aside for follow-ups (None: num_slots)."""
+        park_rows: most slot caches that can be set aside for follow-ups, each allocated on first use
+        (None: num_slots)."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -199,7 +200,7 @@ class Scheduler:
         self.queue: deque[Job] = deque()
         self.kv_continuation, self.hold_frames = kv_continuation, hold_frames
         self.park_rows = (self.num_slots if park_rows is None else park_rows) if kv_continuation else 0
-        model.setup_parking(self.park_rows, self.max_positions)
+        model.setup_parking(self.park_rows)
         self.held = HeldCaches(self.num_slots, self.park_rows)
         self.rows: list[SlotRow | None] = [None] * self.num_slots  # slot -> its row, None when free
         # max over busy slots of prompt_len - first_frame: frame t then writes at most position
