@@ -11,10 +11,10 @@ the compiled code depends on: the model's architecture (not its weights: they ar
 of the compiled functions), the engine's shapes (slots, positions, attention buckets,
 sampler width, stop rules), dtype, compile mode, the source of the compiled code, torch
 and Python versions, and the device (GPU name and compute capability, or the CPU's
-architecture and vector ISA). A `key.json` written after a complete warm-up marks a
-directory warm. Inductor keys its own entries too (a stale directory is never wrong, only
-cold); the key keeps one configuration's artifacts together and apart from the others'.
-It knows nothing about the model's math, scheduling or configs.
+architecture, vector ISA and thread count). A `key.json` written after a complete warm-up
+marks a directory warm. Inductor keys its own entries too (a stale directory is never
+wrong, only cold); the key keeps one configuration's artifacts together and apart from the
+others'. It knows nothing about the model's math, scheduling or configs.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ COMPILED_SOURCES = ("frame_step.py", "lean_csm.py", "stop.py")
 
 def device_tag(device: torch.device) -> str:
     """The device as compiled code depends on it: GPU name and compute capability, or CPU
-    architecture and the vector instructions inductor generates for."""
+    architecture, the vector instructions inductor generates for and the threads its loops are
+    split over (inductor's own key holds the thread count)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} sm_{major}{minor}"
-    return f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    return f"cpu {platform.machine()} {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
 
 
 def _sources_digest() -> str:

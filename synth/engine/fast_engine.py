@@ -46,7 +46,13 @@ from synth.engine.interface import (
     SamplingParams,
     prepare_results,
 )
-from synth.engine.memory import MemoryPlan, available_bytes, check_fits, park_rows_that_fit, plan_memory
+from synth.engine.memory import (
+    MemoryPlan,
+    available_bytes,
+    check_fits,
+    park_rows_that_fit,
+    plan_memory,
+)
 from synth.engine.options import FastEngineOptions
 from synth.engine.prompt import context_clips, prompt_positions, render_ids
 from synth.engine.scheduler import Finished, Job, PrefillBuckets, Scheduler
