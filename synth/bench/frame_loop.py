@@ -120,20 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import tempfile
 
+    from synth.bench.throughput import bench_checkpoint
     from synth.engine.fast_engine import FastEngine
     from synth.engine.options import FastEngineOptions
 
-    build = Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.checkpoint:
-        checkpoint = args.checkpoint
-    elif cfg["device"] == "cpu":
-        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
-
-        checkpoint = str(ensure_tiny_checkpoint(build / "tiny-csm"))
-    else:
-        from synth.engine.tiny_checkpoint import build_csm1b_random
-
-        checkpoint = str(build_csm1b_random(build / "csm1b-random", cfg["device"]))
+    checkpoint = bench_checkpoint(args.checkpoint, cfg["device"],
+                                  Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-")))
     slots = args.slots or cfg["slots"]
     # Rows in their given order (not longest first), so their caps are mixed and a few end every frame.
     engine = FastEngine.load(checkpoint, device=cfg["device"], dtype=cfg["dtype"], num_slots=slots,

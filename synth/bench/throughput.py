@@ -110,6 +110,20 @@ class Row:
                 "useful_fraction": self.frames / max(self.slot_frames, 1)}
 
 
+def bench_checkpoint(checkpoint: str | None, device: str, build_dir: Path) -> str:
+    """The model a benchmark loads: `checkpoint` if given, else the tiny checkpoint (CPU) or random
+    weights at CSM-1B's size (CUDA), built under `build_dir` once and reused there."""
+    if checkpoint:
+        return checkpoint
+    if device == "cpu":
+        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
+
+        return str(ensure_tiny_checkpoint(build_dir / "tiny-csm"))
+    from synth.engine.tiny_checkpoint import build_csm1b_random
+
+    return str(build_csm1b_random(build_dir / "csm1b-random", device))
+
+
 def sync(device):
     """Wait for the device's queued work (CUDA); nothing on CPU."""
     if device == "cuda":
@@ -410,17 +424,7 @@ def main(argv=None):
                                 num_kv_buckets=args.kv_buckets, park_rows=args.park_rows)
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.checkpoint:
-        path = args.checkpoint
-    elif args.config == "tiny-cpu":
-        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
-
-        path = ensure_tiny_checkpoint(build_dir / "tiny-csm")
-    else:
-        from synth.engine.tiny_checkpoint import build_csm1b_random
-
-        path = build_csm1b_random(build_dir / "csm1b-random", device)
-    path = str(path)
+    path = bench_checkpoint(args.checkpoint, device, build_dir)
 
     from transformers import CsmConfig
 

@@ -8,8 +8,8 @@ actor restarted on another node, would have), loading the engine with `compile=T
 compile cache (`fast_engine.compile_cache`) at a directory of this run: the first start finds it
 empty and compiles into it, the next ones load from it. `--no-cache` adds a start without the
 compile cache, which is what every start paid before it. Prints a table of each start's
-warm-up (compile, graph capture and a throwaway row) and the whole process, and the ratio of
-the cold warm-up to each loaded one. Runs without Ray or pydantic.
+compiled graphs found in the cache and compiled, its warm-up (compile, graph capture and a
+throwaway row) and the whole process, and the ratio of the cold warm-up to each loaded one. Runs without Ray or pydantic.
 """
 
 from __future__ import annotations
@@ -38,10 +38,14 @@ def start(args: argparse.Namespace) -> None:
     engine = FastEngine.load(args.checkpoint, device=args.device, dtype=args.dtype, num_slots=args.slots,
                              max_positions=args.max_positions, compile=True, warmup=True,
                              options=FastEngineOptions(compile_cache=args.cache or None))
+    from torch._dynamo.utils import counters
+
     info = engine.describe()
     print(json.dumps({"warmup_s": engine.warmup_s, "compile_s": engine.compile_s, "capture_s": engine.capture_s,
                       "cache": info.compile_cache or "off", "load_s": time.perf_counter() - t1 - engine.warmup_s,
-                      "imports_s": t1 - t0, "process_s": time.perf_counter() - t0}), flush=True)
+                      "imports_s": t1 - t0, "process_s": time.perf_counter() - t0,
+                      "graphs_hit": counters["inductor"]["fxgraph_cache_hit"],
+                      "graphs_compiled": counters["inductor"]["fxgraph_cache_miss"]}), flush=True)
 
 
 def _run_start(args: argparse.Namespace, checkpoint: str, cache: str | None, label: str) -> dict:
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the others loading (default %(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="also a start without the compile cache")
     parser.add_argument("--cache-dir", help="the compile cache's directory (default: a new, empty temp dir)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads in each start")
+    parser.add_argument("--threads", type=int, help="torch CPU threads in each start (default on CPU: 1; the "
+                        "compiled CPU kernels' threads spin against other work on a busy box, and the warm-up runs frames)")
     parser.add_argument("--start", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -89,20 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     args.device, args.dtype = cfg["device"], cfg["dtype"]
     args.slots = args.slots or cfg["slots"]
     args.max_positions = args.max_positions or cfg["max_positions"]
-    build = Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.checkpoint:
-        checkpoint = args.checkpoint
-    elif args.device == "cpu":
-        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
+    from synth.bench.throughput import bench_checkpoint
 
-        checkpoint = str(ensure_tiny_checkpoint(build / "tiny-csm"))
-    else:
-        from synth.engine.tiny_checkpoint import build_csm1b_random
-
-        checkpoint = str(build_csm1b_random(build / "csm1b-random", args.device))
+    checkpoint = bench_checkpoint(args.checkpoint, args.device,
+                                  Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-")))
     cache = args.cache_dir or tempfile.mkdtemp(prefix="synth-compile-cache-")
     print(f"# bench-warmup {args.config}: {args.slots} slots x {args.max_positions} positions, {args.dtype} on "
-          f"{args.device}, compile cache {cache}; each start a fresh process with an empty inductor cache",
+          f"{args.device}, compile cache {cache}; each start a fresh process with an empty inductor cache"
+          + (f", {args.threads} torch threads" if args.threads else ""),
           flush=True)
     rows = [_run_start(args, checkpoint, None, "no compile cache")] if args.no_cache else []
     for i in range(args.starts):
@@ -113,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict]) -> None:
     print()
-    print("| start | compile cache | warm-up s | compile s | capture s | process s | cold / this warm-up |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| start | compile cache | graphs loaded / compiled | warm-up s | compile s | capture s | process s | "
+          "cold / this warm-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     cold = next((r for r in rows if r["cache"] == "cold"), None)
     for r in rows:
         ratio = f"x{cold['warmup_s'] / r['warmup_s']:.1f}" if cold else "-"
-        print(f"| {r['start']} | {r['cache']} | {r['warmup_s']:.1f} | {r['compile_s']:.1f} | {r['capture_s']:.1f} | "
+        print(f"| {r['start']} | {r['cache']} | {r['graphs_hit']} / {r['graphs_compiled']} | {r['warmup_s']:.1f} | {r['compile_s']:.1f} | {r['capture_s']:.1f} | "
               f"{r['process_s']:.1f} | {ratio} |")
 
 
