@@ -86,7 +86,7 @@ def profile_frame(engine, sample: bool = True) -> dict:
     step, scheduler = engine.step, engine.scheduler
     cuda = engine.device.type == "cuda"
     kv_len = step.max_positions
-    engine._prepare(sample)  # compiled and captured, as a run would have them
+    engine.prepare_frames(sample)  # compiled and captured, as a run would have them
     graphed = isinstance(scheduler.run_frame, GraphedFrame)
     mode = "CUDA graph replay" if graphed else ("compiled steps" if step._compiled is not None else "eager steps")
     unit = "CUDA kernels (copies and sets included), device us" if cuda else "aten ops, self CPU us"

@@ -198,7 +198,7 @@ class FastEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _prepare(self, sample: bool) -> None:
+    def prepare_frames(self, sample: bool) -> None:
         """Compile (through the compile cache) and capture this sampling mode's frames, once."""
         if sample in self._prepared:
             return
@@ -218,7 +218,7 @@ class FastEngine:
         self._sync()
         t1 = time.perf_counter()
         for sample in (False, True):
-            self._prepare(sample)  # CUDA graphs are captured here; nothing is left to do on CPU
+            self.prepare_frames(sample)  # CUDA graphs are captured here; nothing is left to do on CPU
         self._sync()
         t2 = time.perf_counter()
         req = GenerationRequest(request_id="warmup", text="warm up", speaker=0, max_frames=3)
@@ -229,7 +229,9 @@ class FastEngine:
         cache = self.compile_cache
         if cache is not None and not self.compile_cache_was_warm:
             cache.mark_warm(compile_s=round(self.compile_s, 2), capture_s=round(self.capture_s, 2))
-        self.log(f"fast engine warm-up {self.warmup_s:.1f} s: compile {self.compile_s:.1f} s"
+        compiled = (f"compile {self.compile_s:.1f} s" if self.compiled else
+                    f"first frames {self.compile_s:.1f} s (steps not compiled)")
+        self.log(f"fast engine warm-up {self.warmup_s:.1f} s: {compiled}"
                  + (f" ({'loaded from' if self.compile_cache_was_warm else 'cold, saved to'} {cache.directory})"
                     if cache is not None else "") + f", graph capture {self.capture_s:.1f} s")
         return self.warmup_s
@@ -301,7 +303,7 @@ class FastEngine:
         if self._closed:
             raise RuntimeError("FastEngine.run() after close()")
         self._check_sampling(sampling)
-        self._prepare(sampling.do_sample)  # before any work goes to the result thread (graph capture)
+        self.prepare_frames(sampling.do_sample)  # before any work goes to the result thread (graph capture)
         pipeline = _ResultPipeline(self, sampling, on_result, decode)
         try:
             jobs = self._jobs(requests, sampling)
