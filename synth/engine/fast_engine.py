@@ -8,7 +8,9 @@ results (`_ResultPipeline`, one per `run` call, on the engine's one result threa
 has one). It knows nothing about manifests, Ray or output files; the model math lives in
 `synth.engine.lean_csm`, checkpoint loading in
 `synth.engine.checkpoint`, the frame step in `synth.engine.frame_step`, the batching in
-`synth.engine.scheduler`, its tuning options in `synth.engine.options`.
+`synth.engine.scheduler`, its tuning options in `synth.engine.options`, its memory plan (made
+and checked before any cache is allocated) in `synth.engine.memory`, and where its compiled
+steps are kept between starts in `synth.engine.compile_cache`.
 
     engine = FastEngine.load("sesame/csm-1b", device="cuda", dtype="bfloat16", num_slots=64)
     results = engine.generate(requests, SamplingParams())

@@ -14,7 +14,10 @@ padding rows write no cache row, padding positions sit after each row's last one
 decoding writes before it reads. On CUDA the
 host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
 memory, so the GPU always has frames queued and never waits on the host; a finished
-row then sits frozen in its slot for that many frames. It knows nothing about text,
+row then sits frozen in its slot for that many frames. Its frames come back through pinned
+host buffers allocated once. Nothing the loop does per frame scans the queue or every held
+cache: admission looks at the queue only as far as free slots last, and the held caches are
+indexed (`synth.engine.held_cache`). It knows nothing about text,
 tokenizers or audio; of the `Engine` records it carries only each job's `SamplingParams`.
 
 KV continuation: a slot's cache outlives its row (`synth.engine.held_cache`). A job whose
