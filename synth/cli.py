@@ -13,6 +13,8 @@
     synth rescore out/demo --set qc.asr.model=openai/whisper-large-v3   (QC metrics of an existing dataset)
     synth bench --config tiny-cpu            (engine throughput; see BENCHMARKS.md)
     synth bench-driver --rows 1000000        (driver memory on a large manifest)
+    synth bench-warmup --config tiny-cpu     (warm-up, cold against the compile cache)
+    synth bench-loop --config tiny-cpu       (frame-loop host time against held caches and queue)
 
 `pip install` puts `synth` on the PATH; `python -m synth ...` is the same without an
 install (from the repository root), and `jobs/*.py` are the same commands as scripts
@@ -362,6 +364,8 @@ def book_command(args: argparse.Namespace) -> int:
 TOOLS = {
     "bench": ("synth.bench.throughput", "engine throughput: the fast engine against the transformers reference"),
     "bench-driver": ("synth.bench.driver_memory", "driver time and memory on a large manifest"),
+    "bench-warmup": ("synth.bench.warmup", "a compiled engine's warm-up, cold against loaded from the compile cache"),
+    "bench-loop": ("synth.bench.frame_loop", "the frame loop's host time per frame against held caches and queued rows"),
 }
 
 

@@ -1,31 +1,43 @@
 """The device check: everything a GPU session must record, most important first, in one call.
 
-This module owns `scripts/gpu_check.sh` (`python -m synth.bench.gpu_check`): six steps, each in
-its own process under its own timeout, inside one overall budget (525 s on a GPU, so the
-whole check ends within nine minutes cold), in priority order, so whatever finished is on
-disk when time runs out:
+This module owns `scripts/gpu_check.sh` (`python -m synth.bench.gpu_check`): seven steps, each
+in its own process under its own timeout, in priority order. The timeouts add up to the
+budget (570 s on a GPU, so one 600 s device call holds the whole check cold), and each step
+ends by the time the plan gives it (the sum of its own and the earlier steps' timeouts): a step
+that finishes early leaves its time to the next ones, a step that runs long never takes theirs.
 
   1 attention       which SDPA kernel each decode and prefill call of the engine gets (the
                     profiler's aten op and CUDA kernels), its time and first-call cost, and each
                     backend forced in turn (time, error against fp32, or why it refuses)
-  2 bench           the headline benchmark (`synth.bench.throughput`) at 256 slots and batch 1
-  3 graph_vs_eager  codes of CUDA-graph replays against eager launches of the same steps, and
+  2 memory          `configs/csm-1b.yaml` as the check reads it (slots, positions, dtype,
+                    fast_engine options, the longest row): the engine's memory plan against
+                    what it takes, after loading, graph capture, a flat run (no parked cache),
+                    full-width prefills up to the longest prompt, and Mimi decoding the largest
+                    decode batch of the longest rows (16 rows x 30 s)
+  3 bench           the headline benchmark (`synth.bench.throughput`) at 256 slots and batch 1,
+                    each engine's compile and graph-capture time apart, and one frame of the
+                    256-slot engine profiled (`synth.bench.frame_profile`): kernels per frame, and
+                    their time split between backbone, depth decoder, sampling and copies
+  4 qc              reserved: the QC stage at real sizes (issue 22, part 5), not yet written
+  5 graph_vs_eager  codes of CUDA-graph replays against eager launches of the same steps, and
                     the attention ops and kernels of one real compiled frame
-  4 result_thread   finished rows on the worker thread against inline: same codes, same audio
-  5 memory          peak memory at `configs/csm-1b.yaml`'s slots and positions, then full-width
-                    prefills of growing prompt length up to the worst case
-  6 cudnn_off       the 256-slot run with cuDNN attention on, then off
+  6 result_thread   finished rows on the worker thread against inline: same codes, same audio
+  7 cudnn_off       the 256-slot run with cuDNN attention on, then off
 
-Results go to OUT (`--out`, else `$OUT`, else a new temp dir), eight files at most:
-`gpu_check.txt` (the environment and one line per step), one log per step
-(`1_attention.txt` .. `6_cudnn_off.txt`) and `summary.json` (each step's status, seconds,
-timeout and numbers, rewritten after every step). Exit status 0 when every step that could
-run finished and its checks held, 1 otherwise.
+Results go to OUT (`--out`, else `$OUT`, else a new temp dir), three files (a device call
+hands back at most eight): `gpu_check.txt` (the environment and one line per step),
+`steps.txt` (every step's own output, in order, each under a `# ===== step N` header) and
+`summary.json` (each step's status, seconds, timeout and numbers, and the key figures),
+rewritten every few seconds while a step runs, so a call cut off mid-step still has what
+that step saved. Compiled engines share a compile cache under the build dir
+(`fast_engine.compile_cache`): the bench step compiles, the later steps load. Exit status 0
+when every step that could run finished and its checks held, 1 otherwise.
 
 On CPU (`--cpu`, or where torch sees no CUDA) it runs the same steps at small sizes on the tiny
 checkpoint, says which parts need CUDA and skips them, so CI keeps it working
-(`tests/bench/test_gpu_check.py`). It imports neither Ray, pydantic nor yaml (a bare GPU box
-has none of them) and knows nothing about manifests or outputs.
+(`tests/bench/test_gpu_check.py`). It imports neither Ray nor pydantic, and reads the config
+without yaml where yaml is missing (`synth.bench.config_reader`; a bare GPU box has none of
+them); it knows nothing about manifests or outputs.
 """
 
 from __future__ import annotations
@@ -46,45 +58,65 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from synth.bench.config_reader import read_config
 from synth.bench.throughput import SAMPLING as SAMPLED
 from synth.engine.interface import SamplingParams
 from synth.engine.options import FastEngineOptions
 
 REPO = Path(__file__).resolve().parents[2]
-
-# configs/csm-1b.yaml's engine, which a GPU box cannot read (no yaml there); a test keeps them equal.
-PRODUCTION_SLOTS, PRODUCTION_POSITIONS = 256, 2048
-PRODUCTION_OPTIONS = FastEngineOptions(num_kv_buckets=4, result_thread=True, status_lag=2)
+PRODUCTION_CONFIG = REPO / "configs" / "csm-1b.yaml"
 
 GREEDY = SamplingParams(do_sample=False)
+
+
+@dataclass(frozen=True)
+class Production:
+    """What the check takes from the production config (`configs/csm-1b.yaml`)."""
+
+    slots: int  # generation.batch_size
+    positions: int  # generation.max_positions
+    dtype: str  # model.dtype
+    options: FastEngineOptions  # fast_engine
+    max_audio_seconds: float  # generation.max_audio_seconds: the longest row
+    reader: str  # which reader read it (yaml, or synth's own where yaml is missing)
+
+
+def production(path: Path = PRODUCTION_CONFIG) -> Production:
+    """The production engine's settings, read from the config file itself."""
+    config, reader = read_config(path)
+    generation = config["generation"]
+    return Production(slots=int(generation["batch_size"]), positions=int(generation["max_positions"]),
+                      dtype=config["model"]["dtype"], options=FastEngineOptions(**(config.get("fast_engine") or {})),
+                      max_audio_seconds=float(generation["max_audio_seconds"]), reader=reader)
 
 
 @dataclass(frozen=True)
 class Sizes:
     """How large each step runs: CSM-1B sizes on a GPU, small ones on CPU."""
 
-    dtype: str
+    dtype: str | None  # None: the production config's
     bench_config: str  # the `synth bench` config whose workload and checkpoint the steps use
     bench_requests: int
-    max_frames: int  # the longest row of every workload
-    bench_slots: tuple[int, ...]  # the first is the slot count of steps 3, 4 and 6
+    max_frames: int  # the longest row of the bench workload
+    bench_slots: tuple[int, ...]  # the first is the slot count of steps 5, 6 and 7
     positions: int  # max_positions of the bench-sized engines
-    check_rows: int  # rows of steps 3 and 4 (step 4 runs twice as many)
+    check_rows: int  # rows of steps 5 and 6 (step 6 runs twice as many)
+    check_frames: int  # the longest row of steps 5, 6 and 7
     ab_requests: int
-    prod_slots: int
-    prod_positions: int
+    prod_slots: int | None  # None: the production config's (CPU: small stand-ins)
+    prod_positions: int | None
     attention_slots: tuple[int, ...]
     prefills: tuple[tuple[int, int], ...]  # (rows, tokens) of the attention step's prefill calls
     timing_calls: int  # calls averaged per attention timing
 
 
 # The GPU's bench sizes are `synth bench --config csm1b-cuda --requests 1024 --slots 256,1`'s.
-GPU_SIZES = Sizes(dtype="bfloat16", bench_config="csm1b-cuda", bench_requests=1024, max_frames=250,
-                  bench_slots=(256, 1), positions=512, check_rows=256, ab_requests=512,
-                  prod_slots=PRODUCTION_SLOTS, prod_positions=PRODUCTION_POSITIONS, attention_slots=(1, 256),
+GPU_SIZES = Sizes(dtype=None, bench_config="csm1b-cuda", bench_requests=1024, max_frames=250,
+                  bench_slots=(256, 1), positions=512, check_rows=128, check_frames=100, ab_requests=256,
+                  prod_slots=None, prod_positions=None, attention_slots=(1, 256),
                   prefills=((1, 100), (8, 301), (16, 517), (256, 64), (256, 400)), timing_calls=20)
 CPU_SIZES = Sizes(dtype="float32", bench_config="tiny-cpu", bench_requests=8, max_frames=12, bench_slots=(4, 1),
-                  positions=256, check_rows=4, ab_requests=8, prod_slots=4, prod_positions=256,
+                  positions=256, check_rows=4, check_frames=12, ab_requests=8, prod_slots=4, prod_positions=256,
                   attention_slots=(1, 4), prefills=((1, 40), (4, 64)), timing_calls=3)
 
 
@@ -114,8 +146,13 @@ class Context:
     def __init__(self, device: str, checkpoint: str | None, build_dir: Path, result_path: Path):
         self.device, self.cuda = device, device == "cuda"
         self.sizes = GPU_SIZES if self.cuda else CPU_SIZES
+        self.prod = production()
+        self.dtype = self.sizes.dtype or self.prod.dtype
+        self.prod_slots = self.sizes.prod_slots or self.prod.slots
+        self.prod_positions = self.sizes.prod_positions or self.prod.positions
         self.compile = self.cuda  # as production: compiled steps on CUDA only
         self._checkpoint, self.build_dir, self.result_path = checkpoint, build_dir, result_path
+        self.compile_cache = str(build_dir / "compile-cache")  # every step's compiled engines: compiled once
         self.result: dict = {}
 
     def save(self, **fields) -> None:
@@ -141,13 +178,17 @@ class Context:
 
         sync(self.device)
 
+    def options(self, options: FastEngineOptions = FastEngineOptions()) -> FastEngineOptions:
+        """`options` with the check's compile cache."""
+        return replace(options, compile_cache=self.compile_cache)
+
     def load(self, path: str, *, num_slots: int, max_positions: int, compile: bool | None = None,
-             options: FastEngineOptions = FastEngineOptions(), warmup: bool = True):
+             options: FastEngineOptions = FastEngineOptions(), warmup: bool = True, **kwargs):
         from synth.engine.fast_engine import FastEngine
 
-        return FastEngine.load(path, device=self.device, dtype=self.sizes.dtype, num_slots=num_slots,
+        return FastEngine.load(path, device=self.device, dtype=self.dtype, num_slots=num_slots,
                                max_positions=max_positions, compile=self.compile if compile is None else compile,
-                               options=options, warmup=warmup)
+                               options=self.options(options), warmup=warmup, log=print, **kwargs)
 
 
 def _frame_rate(path: str) -> float:
@@ -156,11 +197,12 @@ def _frame_rate(path: str) -> float:
     return float(CsmConfig.from_pretrained(path).codec_config.frame_rate)
 
 
-def _workload(ctx: Context, n: int):
-    """`synth bench`'s workload (rows of 2..60 words, caps from their length), rows cut to `max_frames`."""
+def _workload(ctx: Context, n: int, max_frames: int | None = None):
+    """`synth bench`'s workload (rows of 2..60 words, caps from their length), rows cut to `max_frames`
+    (default: the bench's)."""
     from synth.bench.throughput import workload
 
-    return workload(n, max_cap=ctx.sizes.max_frames)
+    return workload(n, max_cap=max_frames or ctx.sizes.max_frames)
 
 
 # ----------------------------------------------------------------------------- 1 attention
@@ -292,14 +334,14 @@ def attention_step(ctx: Context) -> None:
     from synth.engine.lean_csm import CsmArgs
 
     torch.manual_seed(0)
-    dev, dtype = ctx.device, getattr(torch, ctx.sizes.dtype)
+    dev, dtype = ctx.device, getattr(torch, ctx.dtype)
     args = CsmArgs.from_hf(CsmConfig())  # CSM-1B's heads and widths; no checkpoint needed
     mlp = {} if ctx.cuda else {"intermediate_size": 256}  # a CPU does the layer's MLP slowly, and it is not measured
     backbone, depth = _one_layer(args.backbone, dev, dtype, **mlp), _one_layer(args.depth, dev, dtype, **mlp)
-    P, K = ctx.sizes.prod_positions, args.num_codebooks
+    P, K = ctx.prod_positions, args.num_codebooks
     Db, Dd = args.backbone.hidden_size, args.depth.hidden_size
     randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)
-    print(f"# attention: one {ctx.sizes.dtype} layer of CSM-1B's backbone ({args.backbone.num_heads} query / "
+    print(f"# attention: one {ctx.dtype} layer of CSM-1B's backbone ({args.backbone.num_heads} query / "
           f"{args.backbone.num_kv_heads} kv heads, head dim {args.backbone.head_dim}) and depth decoder "
           f"({args.depth.num_heads} / {args.depth.num_kv_heads}, {args.depth.head_dim}); backbone cache {P} "
           f"positions; the engine's own Decoder.step / Decoder.prefill, each SDPA call captured and re-run "
@@ -390,14 +432,110 @@ def _print_attention(e: dict) -> None:
         print(f"    kernel x{n}: {kernel}", flush=True)
 
 
-# ----------------------------------------------------------------------------- 2 bench, 6 cudnn_off
+# ----------------------------------------------------------------------------- 2 memory
 
 
-def _bench(ctx: Context, path: str, slots: int, requests, *, compile: bool, frame_rate: float, label: str = ""):
+def _memory(ctx: Context, phase: str) -> dict:
+    import resource
+
+    import torch
+
+    if not ctx.cuda:
+        return {"phase": phase, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    free, total = torch.cuda.mem_get_info()
+    return {"phase": phase, "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+            "allocated_gib": torch.cuda.memory_allocated() / 2**30,
+            "device_used_gib": (total - free) / 2**30, "device_total_gib": total / 2**30}
+
+
+def memory_step(ctx: Context) -> None:
+    import numpy as np
+    import torch
+
+    from synth.bench.throughput import reset_peak
+    from synth.engine.memory import GIB
+    from synth.engine.scheduler import Job
+
+    S, P, prod = ctx.prod_slots, ctx.prod_positions, ctx.prod
+    where = (f"{PRODUCTION_CONFIG.name}'s" if ctx.cuda else
+             f"small stand-ins for {PRODUCTION_CONFIG.name}'s {prod.slots} x {prod.positions}")
+    print(f"# memory: {ctx.dtype}, {S} slots x {P} positions ({where}; read with {prod.reader}), its fast_engine "
+          f"options {prod.options}, rows up to {prod.max_audio_seconds:g} s; "
+          + ("CUDA graphs, steps not compiled (a cold compile at these sizes does not fit the budget); "
+             if ctx.cuda else "no CUDA graphs; ")
+          + ("each phase's peak allocated and reserved (torch's allocator; what was allocated before the phase "
+             "counts), and what the device has in use (as nvidia-smi counts)" if ctx.cuda
+             else "CPU: the process's peak RSS so far"), flush=True)
+    phases = []
+
+    def record(phase: str, **extra) -> None:
+        phases.append({**_memory(ctx, phase), **extra})
+        print(phases[-1], flush=True)
+        ctx.save(phases=phases)
+
+    engine = ctx.load(ctx.checkpoint(), num_slots=S, max_positions=P, compile=False, options=prod.options,
+                      warmup=False, max_audio_seconds=prod.max_audio_seconds)
+    plan = engine.memory
+    ctx.save(plan_gib={k: getattr(plan, k) / GIB for k in ("weights", "kv_caches", "parked_bound", "slot_state",
+                                                             "frame", "prefill", "decode", "total")},
+             plan=plan.describe())
+    record("loaded (weights, KV caches)", plan_gib=(plan.weights + plan.kv_caches + plan.slot_state) / GIB)
+    reset_peak(ctx.device)
+    engine.warmup()
+    record("warmed up" + (" (graphs captured)" if ctx.cuda else ""), plan_frame_gib=plan.frame / GIB,
+           capture_s=engine.capture_s)
+    reset_peak(ctx.device)
+    engine.generate([replace(r, max_frames=8) for r in _workload(ctx, S)], SAMPLED)
+    record(f"{S} rows x 8 frames, sampled and decoded (a flat run)", parked_gib=engine.model.parked_bytes() / GIB)
+    K, audio_id = engine.num_codebooks, engine.config.audio_token_id
+    largest = None
+    for T in (P // 5, P // 2, P - 2):  # full-width prefills of all-audio prompts, up to the longest a row allows
+        reset_peak(ctx.device)
+        for i in range(S):
+            engine.scheduler.submit(Job(f"m{i}", torch.full((T,), audio_id), torch.randint(0, 2048, (T, K)),
+                                        torch.ones(T, dtype=torch.bool), max_frames=2, sampling=GREEDY))
+        t0 = time.perf_counter()
+        try:
+            engine.scheduler.run()
+        except torch.OutOfMemoryError as err:
+            engine.scheduler.abort()
+            phases.append({"phase": f"prefill {S} x {T} tokens", "out_of_memory": str(err).splitlines()[0][:300]})
+            print(phases[-1], flush=True)
+            ctx.save(phases=phases)
+            break
+        ctx.sync()
+        record(f"prefill {S} x {T} tokens ({time.perf_counter() - t0:.1f} s)", plan_prefill_gib=plan.prefill / GIB)
+        largest = T
+    # The worst decode: the largest batch of the longest rows, as the engine hands Mimi finished rows.
+    rows, frames = plan.decode_rows, plan.decode_frames
+    codes = [np.random.RandomState(i).randint(0, 2048, (frames, K)).astype(np.int16) for i in range(rows)]
+    reset_peak(ctx.device)
+    t0 = time.perf_counter()
+    try:
+        audio = engine.codec.decode(codes)
+        record(f"decode {rows} rows x {frames} frames ({time.perf_counter() - t0:.1f} s)",
+               plan_decode_gib=plan.decode / GIB, audio_s=sum(len(a) for a in audio) / engine.sample_rate_hz)
+    except torch.OutOfMemoryError as err:
+        phases.append({"phase": f"decode {rows} rows x {frames} frames", "out_of_memory": str(err)[:300]})
+        ctx.save(phases=phases)
+    peak = max(p.get("peak_allocated_gib", p.get("peak_rss_gib", 0.0)) for p in phases)
+    ctx.save(largest_prefill_tokens=largest, prefill_lengths=[P // 5, P // 2, P - 2], peak_gib=peak,
+             parked_gib_flat_run=engine.model.parked_bytes() / GIB, decode_rows=rows, decode_frames=frames,
+             headline=f"{S} slots x {P} positions: peak {peak:.1f} GiB (plan {plan.total / GIB:.1f} GiB with "
+                      f"{plan.park_rows} parked rows, none allocated in the flat run); largest full-width prefill "
+                      f"that fit: {largest} of {P - 2} tokens; decode of {rows} x {frames} frames")
+
+
+# ----------------------------------------------------------------------------- 3 bench, 7 cudnn_off
+
+
+def _bench(ctx: Context, path: str, slots: int, requests, *, compile: bool, frame_rate: float, label: str = "",
+           probe=None):
     from synth.bench.throughput import run_fast
 
-    row = run_fast(path, requests, SAMPLED, device=ctx.device, dtype=ctx.sizes.dtype, num_slots=slots,
-                   max_positions=ctx.sizes.positions, compile=compile, options=FastEngineOptions())
+    row = run_fast(path, requests, SAMPLED, device=ctx.device, dtype=ctx.dtype, num_slots=slots,
+                   max_positions=ctx.sizes.positions, compile=compile, options=ctx.options(), probe=probe)
     row.setting += label
     print("done:", _clean(row.as_dict(frame_rate)), flush=True)
     return row
@@ -405,10 +543,19 @@ def _bench(ctx: Context, path: str, slots: int, requests, *, compile: bool, fram
 
 def _row_headline(row, frame_rate: float) -> str:
     return (f"{row.setting}: {row.fps:.0f} frames/s = {row.fps / frame_rate:.1f}x real time, frame step "
-            f"{row.frame_ms:.1f} ms, useful {row.frames / max(row.slot_frames, 1):.2f}, warm-up {row.warmup_s:.0f} s")
+            f"{row.frame_ms:.1f} ms, useful {row.frames / max(row.slot_frames, 1):.2f}, warm-up "
+            f"{row.warmup_s:.0f} s (compile {row.compile_s:.0f} s, {row.compile_cache or 'no cache'}; graph capture "
+            f"{row.capture_s:.0f} s)")
+
+
+def _frame_headline(frame: dict) -> str:
+    split = ", ".join(f"{part} {p['share']:.0%}" for part, p in frame["eager_split"].items())
+    return (f"one frame at {frame['slots']} slots ({frame['as_run']['mode']}): {frame['as_run']['count']} "
+            f"{frame['unit'].split(',')[0]}, {frame['as_run']['us'] / 1e3:.2f} ms; eager split {split}")
 
 
 def bench_step(ctx: Context) -> None:
+    from synth.bench.frame_profile import profile_frame
     from synth.bench.throughput import print_table
 
     t0 = time.perf_counter()
@@ -417,14 +564,24 @@ def bench_step(ctx: Context) -> None:
     frame_rate = _frame_rate(path)
     requests = _workload(ctx, ctx.sizes.bench_requests)
     print(f"# bench: the fast engine on `synth bench --config {ctx.sizes.bench_config}`'s workload "
-          f"({len(requests)} rows, sampled), {ctx.sizes.positions} positions, compiled: {ctx.compile}; "
-          f"batch 1 runs the first 2 rows (checkpoint ready in {ctx.result['checkpoint_s']} s)", flush=True)
+          f"({len(requests)} rows, sampled), {ctx.sizes.positions} positions, compiled: {ctx.compile} (into the "
+          f"check's compile cache); batch 1 runs the first 2 rows (checkpoint ready in "
+          f"{ctx.result['checkpoint_s']} s); then one frame of the first engine profiled", flush=True)
     rows = []
+
+    def probe(engine) -> None:  # the first engine, after its run: where a frame goes
+        if rows:
+            return
+        frame = profile_frame(engine)
+        print("frame:", json.dumps(_clean(frame)), flush=True)
+        ctx.save(frame=frame)
+
     for slots in ctx.sizes.bench_slots:  # two engines: two cold compiles are what the time budget holds
         rows.append(_bench(ctx, path, slots, requests if slots > 1 else requests[:2], compile=ctx.compile,
-                           frame_rate=frame_rate))
+                           frame_rate=frame_rate, probe=probe))
+        headline = "; ".join(_row_headline(r, frame_rate) for r in rows)
         ctx.save(rows=[r.as_dict(frame_rate) for r in rows],
-                 headline="; ".join(_row_headline(r, frame_rate) for r in rows))
+                 headline=headline + (f"; {_frame_headline(ctx.result['frame'])}" if "frame" in ctx.result else ""))
     print_table(rows, frame_rate)
 
 
@@ -436,7 +593,7 @@ def cudnn_off_step(ctx: Context) -> None:
     path = ctx.checkpoint()
     frame_rate = _frame_rate(path)
     slots = ctx.sizes.bench_slots[0]
-    requests = _workload(ctx, ctx.sizes.ab_requests)
+    requests = _workload(ctx, ctx.sizes.ab_requests, ctx.sizes.check_frames)
     print(f"# cudnn_off: {slots} slots, {len(requests)} rows, cuDNN attention on then off; both arms eager "
           f"steps in CUDA graphs (not compiled: inductor's caches could serve the cuDNN-on compile to the "
           f"cuDNN-off arm, and a cold compile of each arm does not fit the budget)", flush=True)
@@ -453,7 +610,7 @@ def cudnn_off_step(ctx: Context) -> None:
     print_table(rows, frame_rate)
 
 
-# ----------------------------------------------------------------------------- 3 graph_vs_eager
+# ----------------------------------------------------------------------------- 5 graph_vs_eager
 
 
 def _compare_codes(a, b) -> dict:
@@ -473,8 +630,8 @@ def graph_vs_eager_step(ctx: Context) -> None:
     slots = ctx.sizes.bench_slots[0]
     engine = ctx.load(ctx.checkpoint(), num_slots=slots, max_positions=ctx.sizes.positions)
     graphed = isinstance(engine.scheduler.run_frame, GraphedFrame)
-    requests = _workload(ctx, ctx.sizes.check_rows)
-    print(f"# graph_vs_eager: {ctx.sizes.dtype}, {slots} slots, {len(requests)} rows, compiled: {ctx.compile}; "
+    requests = _workload(ctx, ctx.sizes.check_rows, ctx.sizes.check_frames)
+    print(f"# graph_vs_eager: {ctx.dtype}, {slots} slots, {len(requests)} rows, compiled: {ctx.compile}; "
           + ("each run's frames as CUDA-graph replays, then the same steps launched eagerly; equal codes expected "
              "bit for bit" if graphed else "no CUDA: no graphs, both runs eager (this checks the script, not graphs)"),
           flush=True)
@@ -501,7 +658,7 @@ def graph_vs_eager_step(ctx: Context) -> None:
              + f"; attention ops per frame {frame_attention['sdpa_ops']}")
 
 
-# ----------------------------------------------------------------------------- 4 result_thread
+# ----------------------------------------------------------------------------- 6 result_thread
 
 
 def result_thread_step(ctx: Context) -> None:
@@ -509,8 +666,8 @@ def result_thread_step(ctx: Context) -> None:
 
     slots = ctx.sizes.bench_slots[0]
     engine = ctx.load(ctx.checkpoint(), num_slots=slots, max_positions=ctx.sizes.positions)
-    requests = _workload(ctx, 2 * ctx.sizes.check_rows)  # more rows than slots: decodes overlap frames
-    print(f"# result_thread: {ctx.sizes.dtype}, {slots} slots, {len(requests)} rows, sampled, decoded; the "
+    requests = _workload(ctx, 2 * ctx.sizes.check_rows, ctx.sizes.check_frames)  # more rows than slots: decodes overlap frames
+    print(f"# result_thread: {ctx.dtype}, {slots} slots, {len(requests)} rows, sampled, decoded; the "
           f"same run with finished rows on the worker thread (Mimi on its side stream), then inline. Equal codes "
           f"with different audio would be a race", flush=True)
     outs, walls = {}, {}
@@ -536,79 +693,6 @@ def result_thread_step(ctx: Context) -> None:
     print(ctx.result["headline"], flush=True)
 
 
-# ----------------------------------------------------------------------------- 5 memory
-
-
-def _memory(ctx: Context, phase: str) -> dict:
-    import resource
-
-    import torch
-
-    if not ctx.cuda:
-        return {"phase": phase, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    free, total = torch.cuda.mem_get_info()
-    return {"phase": phase, "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-            "allocated_gib": torch.cuda.memory_allocated() / 2**30,
-            "device_used_gib": (total - free) / 2**30, "device_total_gib": total / 2**30}
-
-
-def memory_step(ctx: Context) -> None:
-    import torch
-
-    from synth.bench.throughput import reset_peak
-    from synth.engine.scheduler import Job
-
-    S, P = ctx.sizes.prod_slots, ctx.sizes.prod_positions
-    where = ("configs/csm-1b.yaml's" if ctx.cuda else
-             f"small stand-ins for configs/csm-1b.yaml's {PRODUCTION_SLOTS} x {PRODUCTION_POSITIONS}")
-    print(f"# memory: {ctx.sizes.dtype}, {S} slots x {P} positions ({where}) and its fast_engine options, "
-          + ("CUDA graphs, steps not compiled (a cold compile at these sizes does not fit the budget); "
-             if ctx.cuda else "no CUDA graphs; ")
-          + ("each phase's peak allocated and reserved (torch's allocator; what was allocated before the phase "
-             "counts), and what the device has in use (as nvidia-smi counts)" if ctx.cuda
-             else "CPU: the process's peak RSS so far"), flush=True)
-    phases = []
-
-    def record(phase: str) -> None:
-        phases.append(_memory(ctx, phase))
-        print(phases[-1], flush=True)
-        ctx.save(phases=phases)
-
-    engine = ctx.load(ctx.checkpoint(), num_slots=S, max_positions=P, compile=False, options=PRODUCTION_OPTIONS,
-                      warmup=False)
-    record("loaded (weights, KV caches)")
-    reset_peak(ctx.device)
-    engine.warmup()
-    record("warmed up" + (" (graphs captured)" if ctx.cuda else ""))
-    reset_peak(ctx.device)
-    engine.generate([replace(r, max_frames=8) for r in _workload(ctx, S)], SAMPLED)
-    record(f"{S} rows x 8 frames, sampled and decoded")
-    K, audio_id = engine.num_codebooks, engine.config.audio_token_id
-    largest = None
-    for T in (P // 5, P // 2, P - 2):  # full-width prefills of all-audio prompts, up to the longest a row allows
-        reset_peak(ctx.device)
-        for i in range(S):
-            engine.scheduler.submit(Job(f"m{i}", torch.full((T,), audio_id), torch.randint(0, 2048, (T, K)),
-                                        torch.ones(T, dtype=torch.bool), max_frames=2, sampling=GREEDY))
-        t0 = time.perf_counter()
-        try:
-            engine.scheduler.run()
-        except torch.OutOfMemoryError as err:
-            engine.scheduler.abort()
-            phases.append({"phase": f"prefill {S} x {T} tokens", "out_of_memory": str(err).splitlines()[0][:300]})
-            print(phases[-1], flush=True)
-            ctx.save(phases=phases)
-            break
-        ctx.sync()
-        record(f"prefill {S} x {T} tokens ({time.perf_counter() - t0:.1f} s)")
-        largest = T
-    peak = max(p.get("peak_allocated_gib", p.get("peak_rss_gib", 0.0)) for p in phases)
-    ctx.save(largest_prefill_tokens=largest, prefill_lengths=[P // 5, P // 2, P - 2], peak_gib=peak,
-             headline=f"{S} slots x {P} positions: peak {peak:.1f} GiB; largest full-width prefill that fit: "
-                      f"{largest} of {P - 2} tokens")
-
-
 # ----------------------------------------------------------------------------- the steps
 
 
@@ -616,26 +700,31 @@ def memory_step(ctx: Context) -> None:
 class Step:
     number: int
     name: str
-    run: Callable[[Context], None]
-    timeout_s: int  # on a GPU; CPU_TIMEOUT_S on CPU
+    run: Callable[[Context], None] | None  # None: a slot reserved in the plan, not yet written
+    timeout_s: int  # on a GPU; CPU_SCALE times this on CPU
     min_s: int  # not started with less time than this left
     needs_cuda: str = ""  # why it cannot run without CUDA ("": it runs on CPU too)
-
-    @property
-    def log(self) -> str:
-        return f"{self.number}_{self.name}.txt"
+    reserved: str = ""  # what the reserved slot is for
 
 
+# In priority order; the timeouts add up to the GPU budget (a test checks), each sized for a
+# cold device. Step 2 builds the random CSM-1B checkpoint (later steps reuse it); step 3 cold-
+# compiles two engines (256 slots, batch 1: 8 graphs each at 512 positions) into the compile
+# cache that steps 5 and 6 then load from; step 7 compiles nothing.
 STEPS = [
-    Step(1, "attention", attention_step, 90, 20),
-    Step(2, "bench", bench_step, 360, 60),
-    Step(3, "graph_vs_eager", graph_vs_eager_step, 90, 30),
-    Step(4, "result_thread", result_thread_step, 90, 30),
-    Step(5, "memory", memory_step, 90, 30),
-    Step(6, "cudnn_off", cudnn_off_step, 120, 45, needs_cuda="cuDNN attention is a CUDA backend"),
+    Step(1, "attention", attention_step, 50, 20),
+    Step(2, "memory", memory_step, 110, 40),
+    Step(3, "bench", bench_step, 250, 60),
+    Step(4, "qc", None, 60, 30, reserved="the QC stage at real sizes beside a generating engine (issue 22, part 5)"),
+    Step(5, "graph_vs_eager", graph_vs_eager_step, 40, 20),
+    Step(6, "result_thread", result_thread_step, 30, 20),
+    Step(7, "cudnn_off", cudnn_off_step, 30, 20, needs_cuda="cuDNN attention is a CUDA backend"),
 ]
-GPU_BUDGET_S, CPU_BUDGET_S, CPU_TIMEOUT_S = 525, 400, 150
-SUMMARY, MAIN_LOG = "summary.json", "gpu_check.txt"
+GPU_BUDGET_S = 570  # one 600 s device call: the check, and 30 s for the call's own start and nvidia-smi
+CPU_SCALE = 2  # a small shared CPU box gets twice each step's time: its steps are small, but its cores are busy
+CPU_BUDGET_S = CPU_SCALE * GPU_BUDGET_S
+SUMMARY, MAIN_LOG, STEPS_LOG = "summary.json", "gpu_check.txt", "steps.txt"
+POLL_S = 3.0  # how often summary.json takes in the running step's numbers
 
 
 def run_step(name: str, device: str, checkpoint: str | None, build_dir: str, result: str) -> int:
@@ -686,9 +775,12 @@ def _environment(device: str) -> dict:
     return env
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _tail(path: Path, start: int, lines: int = 15) -> str:
+    """The last lines written to `path` from byte `start` on (a step's part of the steps log)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(start)
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -704,25 +796,55 @@ def _stop(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_child(cmd: list[str], log: Path, timeout: float) -> tuple[int | None, float]:
-    """Run `cmd` in its own process group with its output in `log`; kill the group at `timeout`.
-    Returns (exit status, None on timeout; seconds)."""
+def _run_child(cmd: list[str], log: Path, timeout: float, poll: Callable[[], None]) -> tuple[int | None, float]:
+    """Run `cmd` in its own process group with its output appended to `log`; call `poll` every
+    POLL_S seconds while it runs; kill the group at `timeout`. Returns (exit status, None on
+    timeout; seconds)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     t0 = time.monotonic()
+    rc = None
     with open(log, "a") as out:
         child = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         _children.append(child)
         try:
-            rc = child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            rc = None
+            while (left := timeout - (time.monotonic() - t0)) > 0:
+                try:
+                    rc = child.wait(timeout=min(POLL_S, left))
+                    break
+                except subprocess.TimeoutExpired:
+                    poll()
         finally:
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
             _children.remove(child)
     return rc, time.monotonic() - t0
+
+
+def key_figures(steps: dict) -> dict:
+    """The numbers a reader wants first, lifted out of the steps' results (those that ran)."""
+    result = {name: step.get("result", {}) for name, step in steps.items()}
+    out = {}
+    if "headline" in result.get("attention", {}):
+        out["attention"] = result["attention"]["headline"]
+    memory = result.get("memory", {})
+    if "peak_gib" in memory:
+        out["memory"] = {k: memory.get(k) for k in ("peak_gib", "plan_gib", "largest_prefill_tokens",
+                                                    "parked_gib_flat_run", "decode_rows", "decode_frames")}
+    bench = result.get("bench", {})
+    for row in bench.get("rows", []):
+        out.setdefault("throughput", {})[row["setting"]] = {
+            k: row.get(k) for k in ("frames_per_s", "x_real_time", "frame_ms", "useful_fraction", "warmup_s",
+                                    "compile_s", "capture_s", "compile_cache")}
+    if "frame" in bench:
+        frame = bench["frame"]
+        out["frame"] = {"slots": frame["slots"], "unit": frame["unit"], "as_run": frame["as_run"],
+                        "eager_split": frame["eager_split"]}
+    for name in ("graph_vs_eager", "result_thread", "cudnn_off"):
+        if "headline" in result.get(name, {}):
+            out[name] = result[name]["headline"]
+    return out
 
 
 class Orchestrator:
@@ -732,11 +854,18 @@ class Orchestrator:
         self.out.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix="synth-gpu-check-results-"))
         self.log = open(self.out / MAIN_LOG, "w")
+        (self.out / STEPS_LOG).write_text("")
+        self.summary: dict = {}
 
     def say(self, line: str) -> None:
         print(line, flush=True)
         self.log.write(line + "\n")
         self.log.flush()
+
+    def write_summary(self) -> None:
+        steps = self.summary["steps"]
+        _write_json(self.out / SUMMARY, {**self.summary, "elapsed_s": round(time.monotonic() - self.t_start, 1),
+                                         "key_figures": key_figures(steps)})
 
     def run(self) -> int:
         try:
@@ -753,65 +882,96 @@ class Orchestrator:
         budget = args.budget_s or (GPU_BUDGET_S if device == "cuda" else CPU_BUDGET_S)
         deadline = self.t_start + budget
         env = _environment(device)
-        summary = {"check": "synth GPU check (synth/bench/gpu_check.py)", "mode": device,
-                   "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
-                   "out": str(self.out), "environment": env, "steps": {}}
-        self.say(f"# synth GPU check on {device}, budget {budget} s, results in {self.out}")
+        steps = [s for s in STEPS if not args.only or s.name in args.only]
+        prod = production()
+        self.summary = {"check": "synth GPU check (synth/bench/gpu_check.py)", "mode": device,
+                        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "budget_s": budget,
+                        "plan": {s.name: self._timeout(s, device) for s in steps},
+                        "production_config": {"path": str(PRODUCTION_CONFIG.relative_to(REPO)), "read_with": prod.reader,
+                                              "slots": prod.slots, "positions": prod.positions, "dtype": prod.dtype,
+                                              "max_audio_seconds": prod.max_audio_seconds},
+                        "out": str(self.out), "environment": env, "steps": {}}
+        self.say(f"# synth GPU check on {device}, budget {budget:.0f} s, results in {self.out}")
         self.say("# " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        self.say("# plan (step: timeout s): " + ", ".join(f"{n} {t}" for n, t in self.summary["plan"].items()))
         if device == "cpu":
             self.say("# CPU: small sizes on the tiny checkpoint; CUDA graphs, cuDNN and GPU memory are not checked")
-        for step in STEPS:
-            if args.only and step.name not in args.only:
-                continue
-            entry = summary["steps"][step.name] = self._step(step, device, deadline)
-            _write_json(self.out / SUMMARY, {**summary, "elapsed_s": round(time.monotonic() - self.t_start, 1)})
+        slot_end = time.monotonic()  # the set-up above comes out of the last step's time, not the first's
+        for step in steps:
+            slot_end += self._timeout(step, device)  # the step ends by here: later steps keep their time
+            entry = self._step(step, device, min(slot_end, deadline), deadline)
+            self.summary["steps"][step.name] = entry
+            self.write_summary()
             headline = entry.get("result", {}).get("headline") or entry.get("reason", "")
             self.say(f"step {step.number} {step.name}: {entry['status']} in {entry['seconds']:.0f} s "
-                     f"(timeout {entry['timeout_s']} s) -> {step.log}" + (f": {headline}" if headline else ""))
+                     f"(timeout {entry['timeout_s']} s)" + (f": {headline}" if headline else ""))
             if entry["status"] in ("failed", "timeout") and entry.get("error_tail"):
                 self.say("    " + entry["error_tail"].replace("\n", "\n    "))
-        statuses = [e["status"] for e in summary["steps"].values()]
-        bad = [n for n, e in summary["steps"].items()
+        entries = self.summary["steps"]
+        statuses = [e["status"] for e in entries.values()]
+        bad = [n for n, e in entries.items()
                if e["status"] in ("failed", "timeout", "mismatch") or e.get("reason", "").startswith("not enough time")]
-        summary.update(elapsed_s=round(time.monotonic() - self.t_start, 1), problems=bad)
-        _write_json(self.out / SUMMARY, summary)
-        self.say(f"# done in {summary['elapsed_s']:.0f} s: " + ", ".join(
+        self.summary["problems"] = bad
+        self.write_summary()
+        self.say(f"# done in {time.monotonic() - self.t_start:.0f} s: " + ", ".join(
             f"{statuses.count(s)} {s}" for s in ("ok", "mismatch", "failed", "timeout", "skipped") if s in statuses)
             + (f"; problems: {', '.join(bad)}" if bad else "") + f"; results in {self.out}")
         return 1 if bad else 0
 
-    def _step(self, step: Step, device: str, deadline: float) -> dict:
-        log = self.out / step.log
-        timeout = step.timeout_s if device == "cuda" else CPU_TIMEOUT_S
-        timeout = int(self.args.timeouts.get(step.name, timeout))
-        left = deadline - time.monotonic()
-        entry = {"number": step.number, "log": step.log, "timeout_s": timeout, "seconds": 0.0}
+    def _timeout(self, step: Step, device: str) -> int:
+        timeout = step.timeout_s if device == "cuda" else CPU_SCALE * step.timeout_s
+        return int(self.args.timeouts.get(step.name, timeout))
+
+    def _step(self, step: Step, device: str, ends_by: float, deadline: float) -> dict:
+        log = self.out / STEPS_LOG
+        timeout = self._timeout(step, device)
+        entry = {"number": step.number, "timeout_s": timeout, "seconds": 0.0}
+        header = f"\n# ===== step {step.number} {step.name} =====\n"
+        if step.run is None:
+            with open(log, "a") as f:
+                f.write(f"{header}# reserved for {step.reserved}: not yet written\n")
+            return {**entry, "status": "skipped", "reason": f"reserved for {step.reserved}: not yet written"}
         if step.needs_cuda and device != "cuda":
-            log.write_text(f"# step {step.number} {step.name}: skipped on {device}: needs CUDA ({step.needs_cuda})\n")
+            with open(log, "a") as f:
+                f.write(f"{header}# skipped on {device}: needs CUDA ({step.needs_cuda})\n")
             return {**entry, "status": "skipped", "reason": f"needs CUDA ({step.needs_cuda})"}
+        left = deadline - time.monotonic()
         if left < min(step.min_s, timeout):
-            log.write_text(f"# step {step.number} {step.name}: not started, {left:.0f} s of the budget left\n")
+            with open(log, "a") as f:
+                f.write(f"{header}# not started, {left:.0f} s of the budget left\n")
             return {**entry, "status": "skipped", "reason": f"not enough time left ({left:.0f} s)"}
-        timeout = min(timeout, int(left))
+        timeout = max(1, round(ends_by - time.monotonic()))  # its own time and whatever earlier steps left
         entry["timeout_s"] = timeout
         result = self.scratch / f"{step.name}.json"
-        log.write_text("")
+        with open(log, "a") as f:
+            f.write(header)
+        start = log.stat().st_size
         cmd = [sys.executable, "-m", "synth.bench.gpu_check", "--step", step.name, "--device", device,
                "--build-dir", self.args.build_dir, "--result", str(result)]
         if self.args.checkpoint:
             cmd += ["--checkpoint", self.args.checkpoint]
-        rc, seconds = _run_child(cmd, log, timeout)
+
+        def read_result() -> dict:
+            try:
+                return json.loads(result.read_text())
+            except (OSError, ValueError):
+                return {}
+
+        def poll() -> None:  # what the running step has saved so far goes into summary.json now
+            self.summary["steps"][step.name] = {**entry, "status": "running", "result": read_result(),
+                                                "seconds": round(time.monotonic() - t0, 1)}
+            self.write_summary()
+
+        t0 = time.monotonic()
+        rc, seconds = _run_child(cmd, log, timeout, poll)
         entry["seconds"] = round(seconds, 1)
-        try:
-            entry["result"] = json.loads(result.read_text())
-        except (OSError, ValueError):
-            entry["result"] = {}
+        entry["result"] = read_result()
         if rc is None:
             with open(log, "a") as f:
                 f.write(f"\n# killed at the step's timeout, {timeout} s\n")
-            return {**entry, "status": "timeout", "error_tail": _tail(log)}
+            return {**entry, "status": "timeout", "error_tail": _tail(log, start)}
         if rc != 0:
-            return {**entry, "status": "failed", "exit_status": rc, "error_tail": _tail(log)}
+            return {**entry, "status": "failed", "exit_status": rc, "error_tail": _tail(log, start)}
         return {**entry, "status": "mismatch" if entry["result"].get("pass") is False else "ok"}
 
 
@@ -832,12 +992,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="small sizes on CPU even where CUDA is available")
     parser.add_argument("--out", help="results directory (default: $OUT, else a new temp dir)")
     parser.add_argument("--build-dir", default=str(Path(tempfile.gettempdir()) / "synth-gpu-check"),
-                        help="where the random checkpoint is built once and reused (default: %(default)s)")
+                        help="where the random checkpoint and the compile cache are built once and reused "
+                        "(default: %(default)s)")
     parser.add_argument("--checkpoint", help="a checkpoint to load instead of building the random one")
     parser.add_argument("--only", type=lambda text: text.split(","), metavar="NAME,...",
                         help="the steps to run (default: all, in order)")
-    parser.add_argument("--budget-s", type=float, help=f"overall seconds (default {GPU_BUDGET_S} on a GPU, "
-                        f"{CPU_BUDGET_S} on CPU); a step starts only with its minimum left and stops at the budget")
+    parser.add_argument("--budget-s", type=float, help=f"overall seconds (default {GPU_BUDGET_S} on a GPU, the sum "
+                        f"of the steps' timeouts; {CPU_BUDGET_S} on CPU); a step starts only with its minimum left")
     parser.add_argument("--timeouts", type=_timeouts, default={}, metavar="NAME=S,...",
                         help="per-step timeouts instead of the defaults, e.g. bench=400")
     parser.add_argument("--step", choices=[s.name for s in STEPS], help=argparse.SUPPRESS)

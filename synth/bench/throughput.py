@@ -87,7 +87,10 @@ class Row:
     slot_frames: int
     ttfa_s: float
     peak_mem_gib: float
-    warmup_s: float = 0.0
+    warmup_s: float = 0.0  # fast engine: compile + graph capture + a throwaway row, apart from wall_s
+    compile_s: float = 0.0  # of warmup_s, compiling the frame's steps (or loading them from the compile cache)
+    capture_s: float = 0.0  # of warmup_s, capturing the CUDA graphs
+    compile_cache: str = ""  # compiled steps: "cold" (compiled into the compile cache), "loaded" from it, "" neither
     frame_ms: float = 0.0  # one frame step alone (fast engine), all slots
     decode_s: float = 0.0  # Mimi decoding inside wall_s (fast engine; on its worker thread when threaded)
     loop_result_s: float = 0.0  # of wall_s, the frame loop's own time on finished rows (fast engine)
@@ -105,6 +108,20 @@ class Row:
         return {**self.__dict__, "frames_per_s": self.fps, "x_real_time": self.fps / frame_rate_hz,
                 "frames_per_cpu_s": self.frames / max(self.cpu_s, 1e-9),
                 "useful_fraction": self.frames / max(self.slot_frames, 1)}
+
+
+def bench_checkpoint(checkpoint: str | None, device: str, build_dir: Path) -> str:
+    """The model a benchmark loads: `checkpoint` if given, else the tiny checkpoint (CPU) or random
+    weights at CSM-1B's size (CUDA), built under `build_dir` once and reused there."""
+    if checkpoint:
+        return checkpoint
+    if device == "cpu":
+        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
+
+        return str(ensure_tiny_checkpoint(build_dir / "tiny-csm"))
+    from synth.engine.tiny_checkpoint import build_csm1b_random
+
+    return str(build_csm1b_random(build_dir / "csm1b-random", device))
 
 
 def sync(device):
@@ -183,7 +200,9 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     wall = time.perf_counter() - t0
     row = Row("fast", setting, len(results), sum(r.num_frames for r in results), wall,
               stats.slot_frames - slot_frames, min(r.info.ready_s for r in results), _peak_gib(device),
-              engine.compile_s, decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
+              engine.warmup_s, compile_s=engine.compile_s, capture_s=engine.capture_s,
+              compile_cache=engine.describe().compile_cache or "",
+              decode_s=engine.codec.decode_s, cpu_s=time.process_time() - c0,
               loop_result_s=engine.loop_result_s - loop_s,
               attended=(stats.attended_positions - attended) / max(1, stats.frames - frames),
               prefill_per_turn=(stats.prefill_tokens - prefilled) / max(1, len(results)),
@@ -209,8 +228,9 @@ class QcStage:
 
 
 def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile,
-             options: FastEngineOptions = FastEngineOptions(), scorer=None) -> Row:
-    """scorer: also score every finished turn (QC on)."""
+             options: FastEngineOptions = FastEngineOptions(), scorer=None, probe=None) -> Row:
+    """scorer: also score every finished turn (QC on). probe(engine): called once the row is measured,
+    before the engine is closed (e.g. to profile its frame)."""
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
     setting = (f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
@@ -232,6 +252,8 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
             engine.scheduler.run_frame(sample)
         sync(device)
         row.frame_ms = (time.perf_counter() - t0) / 20 * 1000
+    if probe is not None:
+        probe(engine)
     engine.close()
     del engine, results
     gc.collect()
@@ -402,17 +424,7 @@ def main(argv=None):
                                 num_kv_buckets=args.kv_buckets, park_rows=args.park_rows)
 
     build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    if args.checkpoint:
-        path = args.checkpoint
-    elif args.config == "tiny-cpu":
-        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
-
-        path = ensure_tiny_checkpoint(build_dir / "tiny-csm")
-    else:
-        from synth.engine.tiny_checkpoint import build_csm1b_random
-
-        path = build_csm1b_random(build_dir / "csm1b-random", device)
-    path = str(path)
+    path = bench_checkpoint(args.checkpoint, device, build_dir)
 
     from transformers import CsmConfig
 
@@ -508,14 +520,14 @@ def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list
 
 def print_table(rows: list[Row], frame_rate: float) -> None:
     print()
-    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s | prefilled / kept positions per row |"
+    header = "| engine | setting | rows | frames | wall s | frames/s | x real time | useful/computed | first audio s | peak mem GiB | warm-up s | compile / capture s | frame step ms | decode s | loop on results s | attended positions | frames per CPU s | prefilled / kept positions per row |"
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = r.as_dict(frame_rate)
         print(f"| {r.engine} | {r.setting} | {r.requests} | {r.frames} | {r.wall_s:.1f} | {r.fps:.1f} | "
               f"{d['x_real_time']:.1f} | {d['useful_fraction']:.2f} | {r.ttfa_s:.2f} | {r.peak_mem_gib:.2f} | "
-              f"{r.warmup_s:.1f} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
+              f"{r.warmup_s:.1f} | {r.compile_s:.1f} / {r.capture_s:.1f}{f' ({r.compile_cache})' if r.compile_cache else ''} | {r.frame_ms:.1f} | {r.decode_s:.1f} | {r.loop_result_s:.1f} | "
               f"{'-' if math.isnan(r.attended) else f'{r.attended:.0f}'} | {d['frames_per_cpu_s']:.1f} | "
               f"{'-' if math.isnan(r.prefill_per_turn) else f'{r.prefill_per_turn:.1f} / {r.kept_per_turn:.1f}'} |")
     refs = [r for r in rows if r.engine == "transformers"]

@@ -8,7 +8,9 @@ results (`_ResultPipeline`, one per `run` call, on the engine's one result threa
 has one). It knows nothing about manifests, Ray or output files; the model math lives in
 `synth.engine.lean_csm`, checkpoint loading in
 `synth.engine.checkpoint`, the frame step in `synth.engine.frame_step`, the batching in
-`synth.engine.scheduler`, its tuning options in `synth.engine.options`.
+`synth.engine.scheduler`, its tuning options in `synth.engine.options`, its memory plan (made
+and checked before any cache is allocated) in `synth.engine.memory`, and where its compiled
+steps are kept between starts in `synth.engine.compile_cache`.
 
     engine = FastEngine.load("sesame/csm-1b", device="cuda", dtype="bfloat16", num_slots=64)
     results = engine.generate(requests, SamplingParams())
@@ -16,11 +18,14 @@ has one). It knows nothing about manifests, Ray or output files; the model math 
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +37,7 @@ from synth.engine.checkpoint import (
     resolve_checkpoint,
 )
 from synth.engine.codec import MimiCodec, PendingAudio, load_mimi
+from synth.engine.compile_cache import CompileCache, compile_key
 from synth.engine.frame_step import FrameStep, on_device
 from synth.engine.interface import (
     EngineInfo,
@@ -42,9 +48,16 @@ from synth.engine.interface import (
     SamplingParams,
     prepare_results,
 )
+from synth.engine.memory import (
+    MemoryPlan,
+    available_bytes,
+    check_fits,
+    park_rows_that_fit,
+    plan_memory,
+)
 from synth.engine.options import FastEngineOptions
 from synth.engine.prompt import context_clips, prompt_positions, render_ids
-from synth.engine.scheduler import Finished, Job, Scheduler
+from synth.engine.scheduler import Finished, Job, PrefillBuckets, Scheduler
 from synth.engine.stop import StopRules
 
 
@@ -55,34 +68,79 @@ class FastEngine:
 
     def __init__(self, model, config, processor, codec: MimiCodec, *, num_slots: int, max_positions: int,
                  compile: bool = False, stop_rules: StopRules = StopRules(), top_k_max: int | None = 64,
-                 options: FastEngineOptions = FastEngineOptions()):
+                 options: FastEngineOptions = FastEngineOptions(), max_row_frames: int | None = None,
+                 log: Callable[[str], None] | None = None):
         """top_k_max: largest top-k a sampling call may ask for (the sampler's static width);
         None serves any top-k, including 0 (no filter), at the cost of a full-vocabulary sort.
         compile: torch.compile the frame's steps (mode: `options.compile_mode`). options: how
-        the engine runs (CUDA graphs, attention buckets, result thread, ...; see `FastEngineOptions`)."""
+        the engine runs (CUDA graphs, attention buckets, result thread, ...; see `FastEngineOptions`).
+        max_row_frames: the longest row it will be asked for, which sizes the Mimi decode in its
+        memory plan (None: max_positions). log: where the memory plan and the warm-up go (None: nowhere).
+
+        The memory plan (`synth.engine.memory`) is made and checked before any cache is allocated:
+        sizes that cannot fit the device raise `EngineMemoryError` with the numbers."""
         if num_slots < 1:
             raise ValueError(f"num_slots={num_slots} must be >= 1")
         self.model, self.config, self.processor, self.codec = model, config, processor, codec
         self.options = options
+        self.log = log or (lambda line: None)
         self.num_codebooks = config.num_codebooks
         self.sample_rate_hz = codec.sample_rate_hz
         self.samples_per_frame = codec.samples_per_frame
         self.max_positions = max_positions
         self.num_slots = num_slots
+        self.memory = self._plan_memory(max_row_frames)
+        self.log(self.memory.describe())
         self.step = FrameStep(model, num_slots, max_positions, stop_rules=stop_rules, top_k_max=top_k_max,
                               num_kv_buckets=options.num_kv_buckets, num_codes=decodable_codes(config))
-        self.compile_s = 0.0
+        self.warmup_s = self.compile_s = self.capture_s = 0.0  # warm-up, and its compile and graph capture
         self.compiled = compile
+        self.compile_cache: CompileCache | None = None
+        self.compile_cache_was_warm = False
         if compile:
             self.step.compile_steps(options.compile_mode)
+            if options.compile_cache:
+                self.compile_cache = CompileCache(options.compile_cache, compile_key(
+                    model_args=model.args, device=self.device, dtype=model.lm_head.weight.dtype, num_slots=num_slots,
+                    max_positions=max_positions, kv_buckets=self.step.kv_buckets, top_k_max=self.step.top_k_max,
+                    num_codes=self.step.num_codes, stop_rules=stop_rules, compile_mode=options.compile_mode))
+                self.compile_cache_was_warm = self.compile_cache.is_warm()
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=options.cuda_graph, status_lag=options.status_lag,
                                    min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
                                    prefill_tokens=options.prefill_tokens, kv_continuation=options.kv_continuation,
-                                   hold_frames=options.hold_frames, park_rows=options.park_rows)
+                                   hold_frames=options.hold_frames, park_rows=self.memory.park_rows)
+        self._prepared: set[bool] = set()  # sampling modes whose frames are compiled (and captured)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
         self._pool: ThreadPoolExecutor | None = None  # the result thread, from the first run on
         self._closed = False
         self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.lm_head.weight.device
+
+    def _plan_memory(self, max_row_frames: int | None) -> MemoryPlan:
+        """The memory plan at this engine's sizes; the parked rows' bound lowered to what fits when
+        `park_rows` is left to the engine, and sizes that cannot fit refused."""
+        options, model, codec = self.options, self.model, self.codec
+        bound = 0 if not options.kv_continuation else self.num_slots if options.park_rows is None else options.park_rows
+        weights = sum(t.numel() * t.element_size() for m in (model, codec.mimi) for t in m.parameters())
+        prefill_tokens = PrefillBuckets(self.max_positions, min(options.max_prefill_rows or self.num_slots,
+                                                                self.num_slots), options.prefill_tokens).tokens
+        plan = plan_memory(model.args, device=self.device, dtype=model.lm_head.weight.dtype, num_slots=self.num_slots,
+                           max_positions=self.max_positions, park_rows=bound, prefill_tokens=prefill_tokens,
+                           weights=weights, decode_rows=min(options.decode_batch, codec.max_batch),
+                           decode_frames=min(max_row_frames or self.max_positions, self.max_positions),
+                           decode_frames_per_call=codec.max_decode_frames,
+                           mimi_filters=int(getattr(codec.mimi.config, "num_filters", 64)),
+                           samples_per_frame=codec.samples_per_frame, codec_dtype=codec.dtype)
+        free = available_bytes(self.device)
+        if free is None:
+            return plan
+        if options.park_rows is None:
+            plan = replace(plan, park_rows=park_rows_that_fit(plan, *free))
+        check_fits(plan, *free)
+        return plan
 
     def close(self) -> None:
         """Stop the result thread, after the work it has; the engine runs nothing after this.
@@ -107,8 +165,11 @@ class FastEngine:
     def load(cls, model_path: str, *, device: str = "cuda", dtype: str | torch.dtype = "bfloat16",
              num_slots: int = 32, max_positions: int | None = None, compile: bool | None = None,
              stop_rules: StopRules = StopRules(), top_k_max: int | None = 64, warmup: bool = True,
-             options: FastEngineOptions = FastEngineOptions()) -> "FastEngine":
+             options: FastEngineOptions = FastEngineOptions(), max_audio_seconds: float | None = None,
+             log: Callable[[str], None] | None = None) -> "FastEngine":
         """Load from a checkpoint dir or hub id. compile=None: compile the steps on CUDA only.
+        max_audio_seconds: the longest row it will be asked for (sizes its memory plan; None: as
+        long as max_positions allows); log: where the memory plan and the warm-up are reported.
 
         The codec runs in float32 (float64 for float64 models) unless `options.codec_dtype` says otherwise.
         """
@@ -126,22 +187,56 @@ class FastEngine:
         codec = MimiCodec(mimi, num_codebooks=config.num_codebooks, max_batch=16 if mimi.device.type == "cuda" else 2)
         processor = AutoProcessor.from_pretrained(str(path))
         compile = (torch.device(device).type == "cuda") if compile is None else compile
+        max_row_frames = None if max_audio_seconds is None else math.ceil(
+            max_audio_seconds * codec.sample_rate_hz / codec.samples_per_frame)
         engine = cls(model, config, processor, codec, num_slots=num_slots, max_positions=max_positions,
-                     compile=compile, stop_rules=stop_rules, top_k_max=top_k_max, options=options)
+                     compile=compile, stop_rules=stop_rules, top_k_max=top_k_max, options=options,
+                     max_row_frames=max_row_frames, log=log)
         if warmup:
             engine.warmup()
         return engine
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def prepare_frames(self, sample: bool) -> None:
+        """Compile (through the compile cache) and capture this sampling mode's frames, once."""
+        if sample in self._prepared:
+            return
+        with self.compile_cache.active() if self.compile_cache is not None else nullcontext():
+            self.scheduler.prepare(sample)
+        self._prepared.add(sample)
+
     def warmup(self) -> float:
-        """Compile/capture the frame step on a throwaway row; returns (and records) the seconds spent."""
+        """Compile, then capture, the frame step of both sampling modes, then run a throwaway row;
+        records the seconds of each (`compile_s`, `capture_s`, `warmup_s`: all three) and returns
+        `warmup_s`. A cold compile cache is marked warm afterwards."""
         t0 = time.perf_counter()
+        with self.compile_cache.active() if self.compile_cache is not None else nullcontext(), \
+                torch.inference_mode(), on_device(self.device):
+            for sample in (False, True):
+                self.step.warm(sample)  # every compiled piece compiles here (or loads from the cache)
+        self._sync()
+        t1 = time.perf_counter()
+        for sample in (False, True):
+            self.prepare_frames(sample)  # CUDA graphs are captured here; nothing is left to do on CPU
+        self._sync()
+        t2 = time.perf_counter()
         req = GenerationRequest(request_id="warmup", text="warm up", speaker=0, max_frames=3)
         for do_sample in (False, True):
             self.generate([req], SamplingParams(do_sample=do_sample), decode=False)
-        if self.model.lm_head.weight.is_cuda:
-            torch.cuda.synchronize(self.model.lm_head.weight.device)
-        self.compile_s = time.perf_counter() - t0
-        return self.compile_s
+        self._sync()
+        self.compile_s, self.capture_s, self.warmup_s = t1 - t0, t2 - t1, time.perf_counter() - t0
+        cache = self.compile_cache
+        if cache is not None and not self.compile_cache_was_warm:
+            cache.mark_warm(compile_s=round(self.compile_s, 2), capture_s=round(self.capture_s, 2))
+        compiled = (f"compile {self.compile_s:.1f} s" if self.compiled else
+                    f"first frames {self.compile_s:.1f} s (steps not compiled)")
+        self.log(f"fast engine warm-up {self.warmup_s:.1f} s: {compiled}"
+                 + (f" ({'loaded from' if self.compile_cache_was_warm else 'cold, saved to'} {cache.directory})"
+                    if cache is not None else "") + f", graph capture {self.capture_s:.1f} s")
+        return self.warmup_s
 
     # ------------------------------------------------------------------ prompts
 
@@ -194,8 +289,11 @@ class FastEngine:
         w = self.model.lm_head.weight
         return EngineInfo(engine=self.name, dtype=str(w.dtype).removeprefix("torch."), device=str(w.device),
                           compiled=self.compiled, num_slots=self.num_slots, max_positions=self.max_positions,
-                          warmup_s=round(self.compile_s, 3), result_thread=self.result_thread,
-                          status_lag=self.scheduler.status_lag)
+                          warmup_s=round(self.warmup_s, 3), compile_s=round(self.compile_s, 3),
+                          capture_s=round(self.capture_s, 3), result_thread=self.result_thread,
+                          status_lag=self.scheduler.status_lag,
+                          compile_cache=None if self.compile_cache is None else
+                          ("loaded" if self.compile_cache_was_warm else "cold"))
 
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
             on_result: OnResult | None = None, decode: bool = True) -> list[GenerationResult]:
@@ -207,7 +305,7 @@ class FastEngine:
         if self._closed:
             raise RuntimeError("FastEngine.run() after close()")
         self._check_sampling(sampling)
-        self.scheduler.prepare(sampling.do_sample)  # before any work goes to the result thread (graph capture)
+        self.prepare_frames(sampling.do_sample)  # before any work goes to the result thread (graph capture)
         pipeline = _ResultPipeline(self, sampling, on_result, decode)
         try:
             jobs = self._jobs(requests, sampling)

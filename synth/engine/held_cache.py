@@ -15,6 +15,7 @@ can keep a slot for its follow-up for a few frames while the follow-up is prepar
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,39 +57,73 @@ class Held:
 
 
 class HeldCaches:
-    """The held cache of every slot, by slot and by the key of the row that left it."""
+    """The held cache of every slot, by slot and by the key of the row that left it.
+
+    Every lookup the scheduler makes per admission or per frame is kept off a scan of all the
+    entries: rows by key (`slot_of`), the free parked rows lowest first (`to_park`), and the
+    entries under a hold (`any_reserved`) each have an index of their own."""
 
     def __init__(self, num_slots: int, park_rows: int = 0):
         self.num_slots = num_slots
         self.held: list[Held | None] = [None] * (num_slots + park_rows)  # slots, then parked rows
         self.epoch = [0] * (num_slots + park_rows)  # rows admitted so far: a late record of an older row is dropped
+        self._by_key: dict[Any, int] = {}  # key -> the index whose entry it is (the latest, if a key recurs)
+        self._free_parked = list(range(num_slots, num_slots + park_rows))  # a heap: the lowest (allocated) first
+        self._holds: dict[int, int] = {}  # index -> reserved_until, for entries that may still be under a hold
+
+    def _drop(self, index: int) -> None:
+        """Forget the entry at `index` in the indexes (not in `held`)."""
+        held = self.held[index]
+        if held is not None and self._by_key.get(held.key) == index:
+            del self._by_key[held.key]
+        self._holds.pop(index, None)
 
     def take(self, slot: int) -> None:
         """A new row starts in `slot`: what it held is being overwritten."""
+        self._drop(slot)
         self.held[slot] = None
         self.epoch[slot] += 1
 
     def clear(self) -> None:
         for slot in range(len(self.held)):
-            self.take(slot)
+            self.held[slot] = None
+            self.epoch[slot] += 1
+        self._by_key.clear()
+        self._holds.clear()
+        self._free_parked = list(range(self.num_slots, len(self.held)))
 
     def ended(self, slot: int, key: Any, reserved_until: int, followed: bool) -> int:
         """The row `key` ended in `slot`; its keys follow (`record`). Returns the slot's epoch."""
+        self._drop(slot)
         self.held[slot] = Held(key, None, reserved_until, followed)
+        self._by_key[key] = slot
+        if reserved_until >= 0:
+            self._holds[slot] = reserved_until
         return self.epoch[slot]
 
-    def to_park(self, slot: int, exclude: int | None) -> int | None:
-        """A free parked row for the cache in `slot` if a follow-up will want it (else None). A full
-        park keeps what it holds: its caches were set aside first, so their follow-ups come first."""
+    def to_park(self, slot: int) -> int | None:
+        """A free parked row for the cache in `slot` if a follow-up will want it (else None), the
+        lowest free one (rows are allocated on first use: those in use already come first); the
+        caller moves the cache there (`move`). A full park keeps what it holds: its caches were
+        set aside first, so their follow-ups come first."""
         held = self.held[slot]
-        if held is None or held.keys is None or not held.followed:
+        if held is None or held.keys is None or not held.followed or not self._free_parked:
             return None
-        return next((i for i in range(self.num_slots, len(self.held)) if self.held[i] is None and i != exclude), None)
+        return heapq.heappop(self._free_parked)
 
     def move(self, src: int, dst: int) -> None:
         """The cache recorded at `src` now lies at `dst` (parked, or back in a slot)."""
-        self.held[dst], self.held[src] = self.held[src], None
+        held = self.held[src]
+        self._drop(src)
+        self._drop(dst)
+        self.held[dst], self.held[src] = held, None
         self.epoch[dst] += 1
+        if held is not None:
+            self._by_key[held.key] = dst
+            if held.reserved_until >= 0:
+                self._holds[dst] = held.reserved_until
+        if src >= self.num_slots:
+            heapq.heappush(self._free_parked, src)
 
     def record(self, slot: int, epoch: int, keys: torch.Tensor) -> None:
         """The positions [P, 1 + K] the slot holds, unless a newer row has taken it since."""
@@ -98,10 +133,10 @@ class HeldCaches:
 
     def slot_of(self, key: Any) -> int | None:
         """The slot (or parked row) holding what row `key` left, if any."""
-        if key is None:
+        index = self._by_key.get(key) if key is not None else None
+        if index is None or self.held[index] is None or self.held[index].keys is None:
             return None
-        return next((s for s, h in enumerate(self.held) if h is not None and h.key == key and h.keys is not None),
-                    None)
+        return index
 
     def reusable(self, slot: int, keys: torch.Tensor) -> int:
         """Positions of a prompt with `keys` [T, 1 + K] that the slot's cache already holds; at most
@@ -117,4 +152,10 @@ class HeldCaches:
         return held is not None and frame < held.reserved_until
 
     def any_reserved(self, frame: int) -> bool:
-        return any(self.reserved(s, frame) for s in range(len(self.held)))
+        """Whether any entry waits for its follow-up at scheduler frame `frame` (frames only grow):
+        looks only at entries whose hold has not lapsed, and forgets those whose has."""
+        for index, until in list(self._holds.items()):
+            if frame < until:
+                return True
+            del self._holds[index]
+        return False

@@ -135,8 +135,10 @@ class EngineInfo:
     compiled: steps compiled (fast) or static caches auto-compiled (reference).
     model: the checkpoint it was loaded from (reference engine).
     num_slots, max_positions, warmup_s, result_thread, status_lag: the fast engine's slots,
-      KV-cache positions per slot, seconds of compile/capture warm-up, and how its frame
-      loop handles finished rows (see `FastEngineOptions`).
+      KV-cache positions per slot, seconds of warm-up, and how its frame loop handles finished
+      rows (see `FastEngineOptions`); compile_s, capture_s: of the warm-up, the compile of its
+      steps and the capture of its CUDA graphs; compile_cache: "loaded" when the compiled steps
+      came from the compile cache, "cold" when they were compiled into it.
     """
 
     engine: str
@@ -147,6 +149,9 @@ class EngineInfo:
     num_slots: int | None = None
     max_positions: int | None = None
     warmup_s: float | None = None
+    compile_s: float | None = None
+    capture_s: float | None = None
+    compile_cache: str | None = None
     result_thread: bool | None = None
     status_lag: int | None = None
 

@@ -170,7 +170,6 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=False)
         self.o_proj = nn.Linear(a.num_heads * a.head_dim, a.hidden_size, bias=False)
         self.cache: KVCache | None = None
-        self.parked: KVCache | None = None  # slot caches set aside for a later continuation (`LeanCsm.park`)
 
     def _qkv(self, x, cos, sin):
         B, S, _ = x.shape
@@ -346,6 +345,7 @@ class LeanCsm(nn.Module):
         self.depth = Decoder(args.depth)
         self.codebooks_head = nn.Parameter(torch.empty(K - 1, Dd, V))  # [K-1, Dd, V]
         self.register_buffer("audio_offsets", torch.arange(K) * V, persistent=False)
+        self.parked: list[torch.Tensor | None] = []  # parked backbone slot caches (`setup_parking`)
 
     def setup_caches(self, num_slots: int, max_positions: int) -> None:
         if max_positions > self.args.backbone.max_positions:
@@ -355,25 +355,33 @@ class LeanCsm(nn.Module):
         self.backbone.setup_caches(num_slots, max_positions)
         self.depth.setup_caches(num_slots, self.args.num_codebooks)
 
-    def setup_parking(self, rows: int, max_positions: int) -> None:
-        """Room to set aside `rows` slot caches of the backbone (KV continuation): per layer k, v
-        [rows, Hkv, max_positions, Dh], allocated once; 0: none."""
-        for layer in self.backbone.layers:
-            attn, k = layer.self_attn, layer.self_attn.cache.k
-            if rows and (attn.parked is None or attn.parked.k.shape[0] != rows):
-                attn.parked = KVCache(rows, k.shape[1], max_positions, k.shape[3], k.dtype, k.device)
+    def setup_parking(self, rows: int) -> None:
+        """Room to set aside up to `rows` slot caches of the backbone (KV continuation). A parked
+        row, [layers, 2 (k, v), Hkv, max_positions, Dh], is allocated the first time it is used,
+        so a run that parks nothing (no chained turns) allocates nothing; 0: none."""
+        self.parked = [None] * rows
+
+    def parked_bytes(self) -> int:
+        """Bytes of the parked rows allocated so far."""
+        return sum(t.numel() * t.element_size() for t in self.parked if t is not None)
 
     @torch.inference_mode()
     def park(self, slot: int, row: int, length: int, *, back: bool = False) -> None:
         """Copy the backbone cache's positions [0, length): slot -> parked row, or (back) parked row -> slot."""
-        for layer in self.backbone.layers:
-            live, parked = layer.self_attn.cache, layer.self_attn.parked
+        store = self.parked[row]
+        if store is None:
+            assert not back, f"parked row {row} was never filled"
+            k = self.backbone.layers[0].self_attn.cache.k  # [B, Hkv, P, Dh]
+            store = self.parked[row] = torch.empty(len(self.backbone.layers), 2, *k.shape[1:], dtype=k.dtype,
+                                                   device=k.device)
+        for i, layer in enumerate(self.backbone.layers):
+            live = layer.self_attn.cache
             if back:
-                live.k[slot, :, :length] = parked.k[row, :, :length]
-                live.v[slot, :, :length] = parked.v[row, :, :length]
+                live.k[slot, :, :length] = store[i, 0, :, :length]
+                live.v[slot, :, :length] = store[i, 1, :, :length]
             else:
-                parked.k[row, :, :length] = live.k[slot, :, :length]
-                parked.v[row, :, :length] = live.v[slot, :, :length]
+                store[i, 0, :, :length] = live.k[slot, :, :length]
+                store[i, 1, :, :length] = live.v[slot, :, :length]
 
     def embed_frames(self, codes: torch.Tensor) -> torch.Tensor:
         """codes: [..., K] -> [..., Db], the sum over codebooks of their embeddings. Builds

@@ -89,9 +89,17 @@ class FastEngineOptions:
     parked instead, `park_rows`): a hold makes chains run depth first, and the run's tail longer."""
 
     park_rows: int | None = None
-    """Slot caches that can be set aside (parked, on the device) when another turn takes the slot,
-    until the chain's next turn continues them in any free slot; each costs one slot's KV cache
-    (max_positions positions). None: as many as slots. 0: none."""
+    """Most slot caches that can be set aside (parked, on the device) when another turn takes the
+    slot, until the chain's next turn continues them in any free slot; each costs one slot's KV
+    cache (max_positions positions) and is allocated the first time it is used, so a run without
+    chained turns allocates none. None: as many as slots, or fewer where the device's memory
+    holds fewer beside everything else (the startup log says how many). 0: none."""
+
+    compile_cache: str | None = "~/.cache/synth/compile"
+    """Directory of the compiled frame steps, one subdirectory per model architecture, shapes,
+    dtype, torch version and device (`synth.engine.compile_cache`): the first start compiles into
+    it, later starts with the same key load instead. On storage every node mounts, a cluster
+    compiles once. null: inductor's own per-machine cache only."""
 
     def __post_init__(self):
         at_least = {"num_kv_buckets": 1, "hold_frames": 0, "park_rows": 0, "decode_batch": 1, "decode_interval_frames": 0, "status_lag": 0,

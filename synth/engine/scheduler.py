@@ -14,7 +14,10 @@ padding rows write no cache row, padding positions sit after each row's last one
 decoding writes before it reads. On CUDA the
 host reads each frame's stop flags `status_lag` frames late (default 2) from pinned
 memory, so the GPU always has frames queued and never waits on the host; a finished
-row then sits frozen in its slot for that many frames. It knows nothing about text,
+row then sits frozen in its slot for that many frames. Its frames come back through pinned
+host buffers allocated once. Nothing the loop does per frame scans the queue or every held
+cache: admission looks at the queue only as far as free slots last, and the held caches are
+indexed (`synth.engine.held_cache`). It knows nothing about text,
 tokenizers or audio; of the `Engine` records it carries only each job's `SamplingParams`.
 
 KV continuation: a slot's cache outlives its row (`synth.engine.held_cache`). A job whose
@@ -91,6 +94,20 @@ class Finished:
     submitted_s: float
     started_s: float
     finished_s: float
+
+
+@dataclass
+class _PendingCopy:
+    """A finished row's frames on their way to the host: history[slot, :fed] -> host buffer `buffer`."""
+
+    event: torch.cuda.Event | None  # recorded after the copy (CUDA); None: already done
+    buffer: int
+    fed: int  # frames fed back to the backbone (the EOS frame too): what the held cache may claim
+    row: SlotRow
+    slot: int
+    reason: str
+    n: int  # frames in the result
+    epoch: int  # the held cache's epoch of the slot when the row ended (-1: no KV continuation)
 
 
 @dataclass
@@ -171,7 +188,8 @@ class Scheduler:
         longest length bucket when below it, so that any prompt fits.
         kv_continuation: admit a job to a free slot whose cache holds the start of its prompt and
         prefill only the rest; hold_frames: frames a `followed` row's slot waits for its follow-up;
-        park_rows: slot caches that can be set aside for follow-ups (None: num_slots)."""
+        park_rows: most slot caches that can be set aside for follow-ups, each allocated on first use
+        (None: num_slots)."""
         self.model, self.step = model, step
         self.num_slots, self.max_positions = step.num_slots, step.max_positions
         self.device = step.state.hidden.device
@@ -185,7 +203,7 @@ class Scheduler:
         self.queue: deque[Job] = deque()
         self.kv_continuation, self.hold_frames = kv_continuation, hold_frames
         self.park_rows = (self.num_slots if park_rows is None else park_rows) if kv_continuation else 0
-        model.setup_parking(self.park_rows, self.max_positions)
+        model.setup_parking(self.park_rows)
         self.held = HeldCaches(self.num_slots, self.park_rows)
         self.rows: list[SlotRow | None] = [None] * self.num_slots  # slot -> its row, None when free
         # max over busy slots of prompt_len - first_frame: frame t then writes at most position
@@ -202,7 +220,15 @@ class Scheduler:
         self._events = [torch.cuda.Event() for _ in range(ring)] if self.is_cuda else [None] * ring
         self._unread: deque[tuple[torch.cuda.Event | None, torch.Tensor, int]] = deque()  # (event, snapshot, frame)
         # (event, frames fed [F, K] on their way to the host, row, slot, stop reason, result frames, held epoch)
-        self._pending_copies: list[tuple[torch.cuda.Event | None, torch.Tensor, SlotRow, int, str, int, int]] = []
+        self._pending_copies: deque[_PendingCopy] = deque()
+        # Finished rows' frames reach the host through these pinned buffers, taken and given back,
+        # never allocated per row (a pinned allocation synchronises the device): [N, P, K] int32.
+        self._host_frames = torch.zeros(self.num_slots, self.max_positions, step.K, dtype=torch.int32,
+                                        pin_memory=self.is_cuda)
+        self._free_host_frames = list(range(self.num_slots))
+        self._drained: list[Finished] = []  # rows whose copy was awaited early, for lack of a free buffer
+        self._num_busy = 0  # slots decoding a row
+        self._num_sampled = 0  # of them, rows that sample
 
     @torch.inference_mode()  # as the frames of `run` are: compiled code is specialised on it
     def prepare(self, sample: bool) -> None:
@@ -226,15 +252,26 @@ class Scheduler:
         for slot, row in enumerate(self.rows):
             if row is not None:
                 self.step.release(self._slot_index[slot])
-                self.rows[slot] = None
+                self._set_row(slot, None)
         self._unread.clear()
         self._pending_copies.clear()
+        self._drained.clear()
+        self._free_host_frames = list(range(self.num_slots))
         self._update_pos_base()
 
     # ------------------------------------------------------------------ admission
 
     def _busy(self) -> bool:
-        return any(row is not None for row in self.rows)
+        return self._num_busy > 0
+
+    def _set_row(self, slot: int, row: SlotRow | None) -> None:
+        """The slot's row from now on (None: free), with the counts the frame loop reads."""
+        old = self.rows[slot]
+        for r, sign in ((old, -1), (row, 1)):
+            if r is not None:
+                self._num_busy += sign
+                self._num_sampled += sign * r.job.sampling.do_sample
+        self.rows[slot] = row
 
     @torch.inference_mode()
     def _admit(self) -> list[Finished]:
@@ -243,15 +280,19 @@ class Scheduler:
         A job continues in the free slot whose cache holds the start of its prompt; the others take
         free slots that no hold keeps (see the module docstring), or wait in the queue, in order."""
         finished: list[Finished] = []
+        num_free, busy = self.num_slots - self._num_busy, self._num_busy > 0
+        if not self.queue or not num_free or (busy and num_free < self.min_admit and len(self.queue) >= self.min_admit):
+            return finished  # the frame loop's usual case: nothing is looked at
         free = [i for i, row in enumerate(self.rows) if row is None]
-        busy = len(free) < self.num_slots
-        if busy and len(free) < self.min_admit and len(self.queue) >= self.min_admit:
-            return finished
         frame = self.stats.frames if busy else None  # None: nothing is decoding, so no hold keeps a slot
         fresh: list[tuple[int, Job]] = []
         continued: list[tuple[int, Job, int]] = []  # (slot, job, prompt positions its slot holds)
-        waiting: deque[Job] = deque()
-        for job in self.queue:  # in order: a follow-up does not jump the queue (see the module docstring)
+        waiting: list[Job] = []
+        queue = self.queue
+        # In order: a follow-up does not jump the queue (see the module docstring). Only as far as
+        # free slots last: the rest of the queue is not looked at, however long it is.
+        while queue and free:
+            job = queue.popleft()
             if job.max_frames <= 0:  # nothing to generate: done without a slot
                 now = time.perf_counter()
                 finished.append(Finished(job.key, np.zeros((0, self.step.K), np.int16), "max_length",
@@ -266,7 +307,7 @@ class Scheduler:
                 continue
             free.remove(slot)
             if slot != own:
-                self._set_aside(slot, exclude=own)
+                self._set_aside(slot)
             if kept and parked:  # bring the parked cache back into the slot: its kept positions
                 self.model.park(slot, own - self.num_slots, kept, back=True)
                 self.held.move(own, slot)
@@ -275,17 +316,17 @@ class Scheduler:
                 continued.append((slot, job, kept))
             else:
                 fresh.append((slot, job))
-        self.queue = waiting
+        queue.extendleft(reversed(waiting))
         for batch in self._batches(fresh, lambda item: int(item[1].input_ids.shape[0])):
             self._prefill(batch)
         for batch in self._batches(continued, lambda item: int(item[1].input_ids.shape[0]) - item[2]):
             self._extend(batch)
         return finished
 
-    def _set_aside(self, slot: int, exclude: int | None) -> None:
+    def _set_aside(self, slot: int) -> None:
         """Park the cache in `slot` before a new row overwrites it, if a follow-up will want it and
-        a parked row is free (not `exclude`, the one about to come back)."""
-        row = self.held.to_park(slot, exclude)
+        a parked row is free."""
+        row = self.held.to_park(slot)
         if row is not None:
             self.model.park(slot, row - self.num_slots, int(self.held.held[slot].keys.shape[0]))
             self.held.move(slot, row)
@@ -381,7 +422,7 @@ class Scheduler:
                         self._to_device(seeds), [j.sampling for _, j in batch])
         now = time.perf_counter()
         for (s, j), n in zip(batch, lens):
-            self.rows[s] = SlotRow(j, started_s=now, first_frame=self.stats.frames, prompt_len=n)
+            self._set_row(s, SlotRow(j, started_s=now, first_frame=self.stats.frames, prompt_len=n))
         self._update_pos_base()
         self.stats.prefills += 1
         self.stats.prefill_rows += len(batch)
@@ -399,12 +440,14 @@ class Scheduler:
 
     def _collect(self, status: torch.Tensor, frame_index: int) -> None:
         """status: [2, B] host copy of (stop_code, result_len) taken after frame `frame_index`."""
+        stopped = (status[0] != RUNNING).nonzero()[:, 0].tolist()  # slots whose flag is set: not a scan of all
+        if not stopped:
+            return
         codes_now, lens_now = status[0].tolist(), status[1].tolist()
         released = False
-        for slot, row in enumerate(self.rows):
-            if row is None or codes_now[slot] == RUNNING:
-                continue
-            if frame_index < row.first_frame:  # stale: the flags are the slot's previous row's
+        for slot in stopped:
+            row = self.rows[slot]
+            if row is None or frame_index < row.first_frame:  # free, or stale: the flags are its previous row's
                 continue
             n, reason = lens_now[slot], STOP_REASONS[codes_now[slot]]
             epoch = -1
@@ -413,38 +456,50 @@ class Scheduler:
                 fed = min(n + (reason == "eos"), self.max_positions)
                 until = self.stats.frames + self.hold_frames if row.job.followed else -1
                 epoch = self.held.ended(slot, row.job.key, until, row.job.followed)
-            out = torch.empty((fed, self.step.K), dtype=torch.int32, pin_memory=self.is_cuda)
-            out.copy_(self.step.state.history[slot, :fed], non_blocking=self.is_cuda)
+            buffer = self._host_buffer()
+            self._host_frames[buffer, :fed].copy_(self.step.state.history[slot, :fed], non_blocking=self.is_cuda)
             event = None
             if self.is_cuda:
                 event = torch.cuda.Event()
                 event.record(torch.cuda.current_stream(self.device))
-            self._pending_copies.append((event, out, row, slot, reason, n, epoch))
+            self._pending_copies.append(_PendingCopy(event, buffer, fed, row, slot, reason, n, epoch))
             self.step.release(self._slot_index[slot])
-            self.rows[slot] = None
+            self._set_row(slot, None)
             self.stats.useful_frames += n
             released = True
         if released:
             self._update_pos_base()
 
+    def _host_buffer(self) -> int:
+        """A free pinned host buffer for a finished row's frames; when all are in use (more rows ended
+        within a few frames than there are slots), the oldest copy is awaited and its row finished."""
+        if not self._free_host_frames:
+            self._drained.append(self._finish_copy(self._pending_copies.popleft()))
+        return self._free_host_frames.pop()
+
+    def _finish_copy(self, copy: "_PendingCopy") -> Finished:
+        """The row of a copy that has reached the host (waited for here); its buffer is free again."""
+        if copy.event is not None:
+            copy.event.synchronize()
+        out = self._host_frames[copy.buffer, : copy.fed]
+        job = copy.row.job
+        if self.kv_continuation:  # the slot holds the prompt and the frames fed back, but never claims the
+            # cache's last position, where the frames run after the row ended may write (positions clamp there)
+            keys = torch.cat([job.keys(), frame_keys(out)])[: self.max_positions - 1]
+            self.held.record(copy.slot, copy.epoch, keys)
+        codes = out[: copy.n].numpy().astype(np.int16)  # a copy: the buffer goes back
+        self._free_host_frames.append(copy.buffer)
+        return Finished(job.key, codes, copy.reason, int(job.input_ids.shape[0]), copy.slot, job.submitted_s,
+                        copy.row.started_s, time.perf_counter())
+
     def _drain_copies(self, wait: bool) -> list[Finished]:
-        """Rows whose codes have reached the host (wait: all of them)."""
-        finished, keep = [], []
-        for item in self._pending_copies:
-            event, out, row, slot, reason, n, epoch = item
+        """Rows whose codes have reached the host (wait: all of them), in the order they ended."""
+        finished, self._drained = self._drained, []
+        while self._pending_copies:
+            event = self._pending_copies[0].event
             if event is not None and not wait and not event.query():
-                keep.append(item)
-                continue
-            if event is not None:
-                event.synchronize()
-            job = row.job
-            if self.kv_continuation:  # the slot holds the prompt and the frames fed back, but never claims the
-                # cache's last position, where the frames run after the row ended may write (positions clamp there)
-                keys = torch.cat([job.keys(), frame_keys(out)])[: self.max_positions - 1]
-                self.held.record(slot, epoch, keys)
-            finished.append(Finished(job.key, out[:n].numpy().astype(np.int16), reason, int(job.input_ids.shape[0]),
-                                     slot, job.submitted_s, row.started_s, time.perf_counter()))
-        self._pending_copies = keep
+                break  # copies complete in order, on one stream
+            finished.append(self._finish_copy(self._pending_copies.popleft()))
         return finished
 
     # ------------------------------------------------------------------ the loop
@@ -452,7 +507,7 @@ class Scheduler:
     def _run_frame(self) -> None:
         """One frame for every slot, and a snapshot of its stop flags on its way to the host."""
         kv_len = self._kv_len()
-        self.run_frame(any(row.job.sampling.do_sample for row in self.rows if row is not None), kv_len)
+        self.run_frame(self._num_sampled > 0, kv_len)
         self.stats.frames += 1
         self.stats.attended_positions += kv_len
         self.stats.slot_frames += self.num_slots

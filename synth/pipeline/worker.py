@@ -87,6 +87,8 @@ def load_engine(config: SynthConfig) -> Engine:
             # the sampler's static width; top-k 0 (no filter) needs the full-vocabulary path
             top_k_max=None if min(sampling.top_k, sampling.depth_top_k) == 0 else widest_top_k,
             options=config.fast_engine,
+            max_audio_seconds=gen.max_audio_seconds,  # the longest row: sizes the engine's memory plan
+            log=lambda line: print(line, flush=True),  # the memory plan and warm-up, in the actor's log
         )
     from synth.engine.reference_engine import TransformersEngine
 
