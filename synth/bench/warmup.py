@@ -49,14 +49,14 @@ def start(args: argparse.Namespace) -> None:
 
 
 def _run_start(args: argparse.Namespace, checkpoint: str, cache: str | None, label: str) -> dict:
-    inductor = tempfile.mkdtemp(prefix="synth-bench-inductor-")  # empty: nothing from earlier starts
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor, "PYTHONUNBUFFERED": "1",
-           "TRANSFORMERS_VERBOSITY": "error"}
     cmd = [sys.executable, "-m", "synth.bench.warmup", "--start", "--checkpoint", checkpoint, "--device", args.device,
            "--dtype", args.dtype, "--slots", str(args.slots), "--max-positions", str(args.max_positions),
            "--cache", cache or ""] + (["--threads", str(args.threads)] if args.threads else [])
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    with tempfile.TemporaryDirectory(prefix="synth-bench-inductor-") as inductor:  # empty: nothing from earlier starts
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor, "PYTHONUNBUFFERED": "1",
+               "TRANSFORMERS_VERBOSITY": "error"}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row.update(start=label, wall_s=time.perf_counter() - t0)
     print("done:", row, flush=True)
