@@ -326,6 +326,58 @@ def private_ray():
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+@contextmanager
+def ray_head(*, job_agent: bool = False, num_cpus: int = 2, probe_dir: str | None = None):
+    """A private Ray head node (`ray start --head`; 2 CPUs, as on the CI machine) in its own session,
+    temp dir, ports and auth token: the one way a test starts a cluster that jobs join. Yields
+    {"env": the environment of a job that joins it (RAY_ADDRESS set: the GCS, or with `job_agent`
+    the dashboard `ray job submit` talks to, once its job agent takes jobs), "session": the head's
+    session id, "ray": the `ray` command}. Afterwards its processes, and only its, are killed
+    (`ray stop` would take down every Ray on the machine, the test session's own included)."""
+    import tempfile
+
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    with private_ray() as env:
+        env = {**env, "RAY_AUTH_MODE": "token"}
+        env.pop("SYNTH_CRASH_AT", None)
+        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+        port, dashboard = free_port(), free_port()
+        args = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--port", str(port), "--disable-usage-stats",
+                # its own agent and metrics ports: the defaults (52365...) are taken by any other Ray on the
+                # machine, and an agent that cannot bind takes no jobs
+                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        args += (["--include-dashboard", "true", "--dashboard-port", str(dashboard)] if job_agent
+                 else ["--include-dashboard", "false"])
+        start = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+        try:
+            said, _ = start.communicate(timeout=120)
+            assert start.returncode == 0, said
+            env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}" if job_agent else f"127.0.0.1:{port}"}
+            if job_agent:
+                _wait_for_job_agent(ray_bin, env, probe_dir or tempfile.mkdtemp(prefix="ray-probe-"))
+            yield {"env": env, "session": start.pid, "ray": ray_bin}
+        finally:
+            kill_session(start.pid)  # the head's processes stay in the session `ray start` began
+
+
+def _wait_for_job_agent(ray_bin: str, env: dict, probe_dir: str, timeout_s: float = 180) -> None:
+    """`ray start` returns before the node's job agent has registered; until it has, a submit
+    fails with "No available agent" (seen on a loaded 2-core box). Submit a no-op job until one
+    is taken: nothing of the tests' own is submitted before the cluster can run it."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while True:
+        probe = subprocess.run([ray_bin, "job", "submit", "--working-dir", probe_dir, "--", "python", "-c", "pass"],
+                               env=env, capture_output=True, text=True, timeout=timeout_s)
+        if probe.returncode == 0:
+            return
+        assert "No available agent" in probe.stderr + probe.stdout and time.time() < deadline, (
+            probe.stdout + probe.stderr)[-3000:]
+        time.sleep(2)
+
+
 def pids_mentioning(text: str) -> list[int]:
     """Processes whose command line contains `text` (e.g. a private Ray temp dir)."""
     pids = []

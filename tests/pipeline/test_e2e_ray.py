@@ -3,19 +3,15 @@
 import json
 import os
 import subprocess
-import sys
-import time
 
 import pytest
 from helpers import (
     REPO,
     check_audio_rows,
-    free_port,
     job_args,
-    kill_session,
     load_errors,
     load_output,
-    private_ray,
+    ray_head,
     reference_codes,
     write_mixed_manifest,
 )
@@ -25,45 +21,9 @@ from synth.pipeline.output import RUN_RECORD
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A 2-CPU head node, as on the CI machine, in a private temp dir; afterwards its processes,
-    and only its, are killed (`ray stop` would take down every Ray on the machine, the test
-    session's own included)."""
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    dashboard = free_port()
-    with private_ray() as env:
-        env = {**env, "RAY_AUTH_MODE": "token"}
-        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-        start = subprocess.Popen(
-            [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(free_port()),
-             "--dashboard-port", str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
-             # the job agent's own port: its default (52365) is taken by any other Ray on the machine
-             # (e.g. a test's in-process one), and an agent that cannot bind takes no jobs
-             "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
-        try:
-            said, _ = start.communicate(timeout=120)
-            assert start.returncode == 0, said
-            env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
-            _wait_for_job_agent(ray_bin, env, tmp_path_factory.mktemp("probe"))
-            yield {"ray": ray_bin, "env": env}
-        finally:
-            kill_session(start.pid)  # the head's processes stay in the session `ray start` began
-
-
-def _wait_for_job_agent(ray_bin: str, env: dict, probe_dir, timeout_s: float = 180) -> None:
-    """`ray start` returns before the node's job agent has registered; until it has, a submit
-    fails with "No available agent" (seen on a loaded 2-core box). Submit a no-op job until one
-    is taken: nothing of the tests' own is submitted before the cluster can run it."""
-    deadline = time.time() + timeout_s
-    while True:
-        probe = subprocess.run([ray_bin, "job", "submit", "--working-dir", str(probe_dir), "--", "python", "-c", "pass"],
-                               env=env, capture_output=True, text=True, timeout=timeout_s)
-        if probe.returncode == 0:
-            return
-        assert "No available agent" in probe.stderr + probe.stdout and time.time() < deadline, (
-            probe.stdout + probe.stderr)[-3000:]
-        time.sleep(2)
+    """A private 2-CPU head node with its job agent (`helpers.ray_head`)."""
+    with ray_head(job_agent=True, probe_dir=str(tmp_path_factory.mktemp("probe"))) as head:
+        yield head
 
 
 def test_ray_job_submit_writes_a_loadable_dataset_with_reference_codes(

@@ -29,7 +29,6 @@ import glob
 import importlib.util
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -140,25 +139,9 @@ def test_every_crash_point_in_the_code_is_drawn_here():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A 2-CPU head node (as on CI) in its own session; jobs join it through RAY_ADDRESS."""
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    with helpers.private_ray() as env:
-        env = {**env, "RAY_AUTH_MODE": "token"}
-        env.pop(faults.ENV_VAR, None)
-        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
-        start = subprocess.Popen(
-            [ray_bin, "start", "--head", "--num-cpus", "2", "--port", str(helpers.free_port()),
-             "--include-dashboard", "false", "--disable-usage-stats"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
-        try:
-            said, _ = start.communicate(timeout=120)
-            assert start.returncode == 0, said
-            address = re.search(r"--address='([^']+)'", said)
-            assert address, said
-            yield {"env": {**env, "RAY_ADDRESS": address.group(1)}, "session": start.pid}
-        finally:
-            helpers.kill_session(start.pid)
+    """A 2-CPU head node (as on CI) in its own session (`helpers.ray_head`); jobs join it through RAY_ADDRESS."""
+    with helpers.ray_head() as head:
+        yield head
 
 
 def _pids_titled(session: int, title: bytes) -> list[int]:

@@ -20,9 +20,8 @@ from helpers import (
     JobProcess,
     free_port,
     job_args,
-    kill_session,
     load_output,
-    private_ray,
+    ray_head,
     recommit,
     run_job,
 )
@@ -43,33 +42,11 @@ NUM_STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def ray_job_env(tmp_path_factory):
-    """The environment of jobs on one private single-node Ray cluster (`ray start --head`, its own temp dir,
-    token and port), shared by the module's four jobs: a killed driver leaves it running, as on a real
-    cluster. Afterwards the cluster's session is killed."""
-    import secrets
-    import subprocess
-    import sys
-    import time
-
-    with private_ray() as env:
-        port = free_port()
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-        log = str(tmp_path_factory.mktemp("cluster") / "cluster.log")
-        with open(log, "w") as out:
-            cluster = subprocess.Popen(
-                [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
-                 "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={env['RAY_TMPDIR']}"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.time() + 120
-            while "Ray runtime started" not in open(log, errors="replace").read():
-                assert cluster.poll() is None and time.time() < deadline, open(log, errors="replace").read()[-3000:]
-                time.sleep(0.2)
-            yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
-        finally:
-            kill_session(cluster.pid)
-            cluster.wait()
+def ray_job_env():
+    """The environment of jobs on one private single-node Ray cluster (`helpers.ray_head`), shared by the
+    module's jobs: a killed driver leaves it running, as on a real cluster."""
+    with ray_head() as head:
+        yield head["env"]
 
 
 @pytest.fixture(scope="module")
