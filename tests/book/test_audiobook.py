@@ -16,6 +16,8 @@ from synth.book.text import Chapter, Chunk, load_book
 from synth.pipeline.output import RUN_RECORD, VOICES_DIR, data_file, parsed_part
 from synth.store.layout import PROGRESS_DIR
 
+pytestmark = pytest.mark.slow  # a book rendered on a local Ray, killed and resumed
+
 BOOK = os.path.join(REPO, "examples/books/alice-ch1-3.md")
 PASSAGE_CHUNKS = 40  # Alice's chapters (74-82 chunks) become two passages each
 

@@ -56,6 +56,7 @@ def timings(out):
     return [json.loads((out / "chapters" / f"chapter-{i + 1:03d}.json").read_text()) for i in range(2)]
 
 
+@pytest.mark.slow  # an EPUB rendered on a local Ray with QC on
 def test_the_m4b_carries_title_author_cover_and_chapter_marks(rendered):
     _, out, _ = rendered
     with av.open(str(out / "book.m4b")) as f:
@@ -72,6 +73,7 @@ def test_the_m4b_carries_title_author_cover_and_chapter_marks(rendered):
         start += timing["duration_s"]
 
 
+@pytest.mark.slow  # an EPUB rendered on a local Ray with QC on
 def test_chapters_are_mastered_and_pass_the_acx_check(rendered):
     _, out, log = rendered
     assert "book: skipped as front/back matter: Cover, Contents, Copyright" in log
@@ -85,6 +87,7 @@ def test_chapters_are_mastered_and_pass_the_acx_check(rendered):
         assert timing["book"] == {"title": TITLE, "author": AUTHOR, "language": "en"}
 
 
+@pytest.mark.slow  # an EPUB rendered on a local Ray with QC on
 def test_spoken_text_beside_the_written_and_subtitles_show_the_written(rendered):
     _, out, _ = rendered
     first, second = timings(out)
@@ -105,6 +108,7 @@ def test_spoken_text_beside_the_written_and_subtitles_show_the_written(rendered)
     assert all(r["text"] != r["spoken_text"] for r in rows if "Alice" in r["text"])
 
 
+@pytest.mark.slow  # an EPUB rendered on a local Ray with QC on
 def test_with_qc_on_each_chunks_scores_are_in_its_chapter_json_and_failing_chunks_were_retaken(rendered):
     _, out, log = rendered
     rows = {r["id"]: r for f in sorted(os.listdir(out / "data")) for r in pq.read_table(out / "data" / f).to_pylist()}
@@ -127,6 +131,7 @@ def test_with_qc_on_each_chunks_scores_are_in_its_chapter_json_and_failing_chunk
     assert "QC passed 0/13 turns in 26 takes" in log
 
 
+@pytest.mark.slow  # an EPUB rendered on a local Ray with QC on
 def test_unmastered_chapters_fail_the_acx_check_with_reasons(rendered, tmp_path, capsys):
     book, out, _ = rendered
     raw = tmp_path / "raw"

@@ -27,6 +27,8 @@ from synth.pipeline.output import CARD_FILE, CARD_FILE_ASIDE, REPORT_FILE, RUN_R
 
 from .test_exports import source_rows
 
+pytestmark = pytest.mark.slow  # the package fixture runs synthesis (and QC) on Ray
+
 PROBE = """<script>window.addEventListener("load", () => document.body.setAttribute("data-probe", JSON.stringify(
   [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]))));</script>"""
 

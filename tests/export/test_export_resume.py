@@ -20,6 +20,8 @@ from synth.store import faults
 
 from .test_exports import check_webdataset, source_rows
 
+pytestmark = pytest.mark.slow  # the package fixture runs synthesis (and QC) on Ray
+
 
 def test_an_export_killed_midway_and_rerun_gives_each_row_once(synth_output, ray_here, tmp_path):
     out, ids = synth_output

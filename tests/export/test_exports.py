@@ -27,6 +27,8 @@ from synth.export.rows import ExportError
 from synth.pipeline.output import PLAN_RECORD
 from synth.store.errors import StoreError
 
+pytestmark = pytest.mark.slow  # the package fixture runs synthesis (and QC) on Ray
+
 
 def source_rows(out: str) -> dict[str, dict]:
     """id -> row of every data part of the output."""

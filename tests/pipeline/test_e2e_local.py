@@ -56,6 +56,7 @@ def test_an_empty_manifest_is_refused_before_anything_runs(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_plain_python_run_resume_and_refusal(mixed, tiny_checkpoint, tmp_path):
     path, good, bad = mixed
     out = str(tmp_path / "out")
@@ -124,6 +125,7 @@ def test_demo_example_manifest_is_valid():
     assert "(0 with errors)" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_row_that_fails_its_shard_costs_only_itself_and_a_shard_that_keeps_failing_is_recorded(
         mixed, tiny_checkpoint, tmp_path):
     """dialogue-a's generation raises every time (SYNTH_RAISE_AT): its shard's first attempt fails, the

@@ -18,6 +18,8 @@ from helpers import (
 
 from synth.pipeline.output import RUN_RECORD
 
+pytestmark = pytest.mark.slow  # a Ray head node and `ray job submit`
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):

@@ -399,6 +399,7 @@ def _check_whole(out: str, expected: list[str], users: dict, capsys) -> None:
     assert rc == 0, said
 
 
+@pytest.mark.slow
 def test_bad_values_are_error_rows_and_cost_no_good_row(finished, capsys):
     rows = [r for f in sorted(glob.glob(os.path.join(finished["out"], "errors", "*.parquet")))
             for r in pq.read_table(f).to_pylist()]  # errors/ also holds the user's README.txt
@@ -409,6 +410,7 @@ def test_bad_values_are_error_rows_and_cost_no_good_row(finished, capsys):
     _check_whole(finished["out"], finished["expected"], finished["users"], capsys)
 
 
+@pytest.mark.slow
 def test_every_damage_at_once_is_found_by_verify_and_repaired_by_a_relaunch(cluster, finished, tmp_path, capsys):
     import numpy as np
 
@@ -455,6 +457,7 @@ def test_every_damage_at_once_is_found_by_verify_and_repaired_by_a_relaunch(clus
     _check_whole(out, finished["expected"], finished["users"], capsys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["reordered", "edited", "grown", "new file", "voice clip"])
 def test_changed_input_is_refused_naming_the_file_even_with_allow_changes(finished, tmp_path, capsys, change):
     from synth.pipeline.manifest import write_manifest
@@ -493,6 +496,7 @@ def test_changed_input_is_refused_naming_the_file_even_with_allow_changes(finish
     assert _tree(out) == before  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_what_the_store_cannot_take_is_refused_with_a_message_never_a_traceback(finished, tmp_path, capsys):
     from synth.export.destination import EXPORT
     from synth.pipeline.output import part_name

@@ -148,6 +148,7 @@ def committed_before_crash(out: str) -> dict[str, tuple[int, int]]:
 # -- the tests --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_driver_killed_after_first_commit_resumes_exactly_once(
     manifest, reference, tiny_checkpoint, ray_env, tmp_path
 ):
@@ -194,6 +195,7 @@ def _synth_actor_pids(session: int) -> list[int]:
     return [pid for pid in session_pids(session) if _cmdline(pid).startswith("ray::SynthActor")]
 
 
+@pytest.mark.slow
 def test_actor_killed_mid_shard_is_replaced_and_its_shard_retried(
     manifest, reference, tiny_checkpoint, ray_env, tmp_path
 ):
@@ -250,6 +252,7 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_node_lost_mid_shard_the_run_completes_on_the_other_node(
     manifest, reference, tiny_checkpoint, ray_env, tmp_path
 ):
@@ -339,6 +342,7 @@ def _s3_files(fs, prefix: str) -> list[str]:
                   if i.type == pafs.FileType.File)
 
 
+@pytest.mark.slow
 def test_s3_input_and_output_killed_and_resumed(manifest, reference, tiny_checkpoint, ray_env, s3, tmp_path):
     _, ids = manifest
     env = {**ray_env, **s3["env"]}

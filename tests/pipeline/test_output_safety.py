@@ -30,6 +30,8 @@ from helpers import (
 from synth.pipeline.output import data_file, part_name
 from synth.store.layout import LEASE_FILE, OWNER_RECORD, QUARANTINE_DIR, marker_file
 
+pytestmark = pytest.mark.slow  # every test runs jobs on a local Ray
+
 NUM_SCRIPTS = 8  # 2 shards of 4 one-script parts; one slot, so parts commit one by one
 PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
          "--set", "generation.batch_size=1"]

@@ -31,6 +31,8 @@ from synth.pipeline.verify import verify_dataset
 from synth.pipeline.worker import ShardWorker, load_engine
 from synth.qc.policy import METRICS, take_seed
 
+pytestmark = pytest.mark.slow  # QC models and jobs on a local Ray
+
 QC_ON = ["qc.enabled=true", "qc.max_takes=2", "sampling.do_sample=true"]
 JOB_TIMEOUT_S = 240
 

@@ -38,6 +38,7 @@ def plain_output(tmp_path_factory, speech_clip, tiny_checkpoint):
     return str(work / "out"), ids
 
 
+@pytest.mark.slow
 def test_rescore_an_output_made_without_qc_beside_its_data(plain_output, tiny_whisper, capsys):
     out, ids = plain_output
     data = pq.read_table(os.path.join(out, "data")).to_pylist()
@@ -94,6 +95,7 @@ def test_rescore_a_dataset_synth_did_not_write(tmp_path, speech_clip, tiny_whisp
     assert broken["qc_reasons"][0].startswith("audio:") and "cannot decode" in broken["qc_reasons"][0]
 
 
+@pytest.mark.slow
 def test_rescore_killed_mid_commit_resumes_and_repairs_its_store(plain_output, tiny_whisper, tmp_path, capsys):
     """`synth rescore --output` killed between a scores file and its marker (as `kill -9` leaves it),
     then run again: each row scored once, the store verified; a scores file changed afterwards is

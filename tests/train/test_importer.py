@@ -118,6 +118,7 @@ def test_an_hf_audio_dataset_with_speakers(corpus, codec, tmp_path, tiny_checkpo
     assert torch.tensor(rows[1]["codes"]).shape == (rows[1]["num_frames"], 32)
 
 
+@pytest.mark.slow
 def test_an_import_killed_mid_commit_resumes_exactly_once_into_an_adopted_directory(corpus, tiny_checkpoint,
                                                                                     tmp_path):
     """`synth import` killed between a part's data and its marker (as `kill -9` leaves it), then run

@@ -38,6 +38,8 @@ from synth.train.output import (
     TRAIN_SET_FILE,
 )
 
+pytestmark = pytest.mark.slow  # a Ray Train run, killed and resumed
+
 NUM_STEPS = 6
 
 
