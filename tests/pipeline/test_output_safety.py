@@ -22,12 +22,13 @@ from helpers import (
     check_audio_rows,
     job_args,
     load_output,
-    private_ray,
+    ray_head,
     run_job,
     write_scripts_manifest,
 )
 
 from synth.pipeline.output import data_file, part_name
+from synth.pipeline.verify import verify_dataset_at
 from synth.store.layout import LEASE_FILE, OWNER_RECORD, QUARANTINE_DIR, marker_file
 
 pytestmark = pytest.mark.slow  # every test runs jobs on a local Ray
@@ -43,10 +44,15 @@ def manifest(tmp_path_factory, speech_clip):
     return write_scripts_manifest(str(tmp_path_factory.mktemp("in")), speech_clip, NUM_SCRIPTS)
 
 
-def _run(manifest, out, checkpoint, *extra: str) -> subprocess.CompletedProcess:
-    with private_ray() as env:
-        return run_job(job_args(manifest[0], str(out), checkpoint, *PARTS, *extra), {**env, "RAY_ADDRESS": None},
-                       timeout=TIMEOUT_S)
+@pytest.fixture(scope="module")
+def cluster():
+    """One private 2-CPU head node the module's jobs join (a job's own local Ray costs its start-up each time)."""
+    with ray_head() as head:
+        yield head
+
+
+def _run(cluster, manifest, out, checkpoint, *extra: str) -> subprocess.CompletedProcess:
+    return run_job(job_args(manifest[0], str(out), checkpoint, *PARTS, *extra), cluster["env"], timeout=TIMEOUT_S)
 
 
 def _synth_verify(out) -> subprocess.CompletedProcess:
@@ -59,24 +65,23 @@ def check_output(out, manifest) -> None:
     ds = load_output(str(out))
     assert_exactly_once(ds["id"], manifest[1])
     check_audio_rows(ds)
-    verified = _synth_verify(out)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = verify_dataset_at(str(out))  # `synth verify`'s check, in this process
+    assert report.ok, report.render()
 
 
 @pytest.fixture(scope="module")
-def two_jobs(manifest, tiny_checkpoint, tmp_path_factory):
+def two_jobs(cluster, manifest, tiny_checkpoint, tmp_path_factory):
     """Job A writes OUT; once it has committed a part, job B is started on the same OUT."""
     work = tmp_path_factory.mktemp("two-jobs")
     out = work / "out"
-    with private_ray() as env_a, private_ray() as env_b:
-        a = JobProcess(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), env_a,
-                       str(work / "a.log"))
-        a.wait_until(lambda: (out / marker_file(part_name(0, 0))).exists(), TIMEOUT_S, "job A's first commit")
-        lease_during = json.loads((out / LEASE_FILE).read_text())
-        # a stale window of 2 s of its own is no licence to take a live run's lease on this host
-        b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS, "--set", "job.lease_stale_seconds=2"),
-                    {**env_b, "RAY_ADDRESS": None}, timeout=TIMEOUT_S)
-        a_rc = a.finish(TIMEOUT_S)
+    # both join the module's cluster; B is refused before it starts anything there
+    a = JobProcess(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS), cluster["env"], str(work / "a.log"))
+    a.wait_until(lambda: (out / marker_file(part_name(0, 0))).exists(), TIMEOUT_S, "job A's first commit")
+    lease_during = json.loads((out / LEASE_FILE).read_text())
+    # a stale window of 2 s of its own is no licence to take a live run's lease on this host
+    b = run_job(job_args(manifest[0], str(out), tiny_checkpoint, *PARTS, "--set", "job.lease_stale_seconds=2"),
+                cluster["env"], timeout=TIMEOUT_S)
+    a_rc = a.finish(TIMEOUT_S)
     return out, a, a_rc, lease_during, b
 
 
@@ -91,14 +96,14 @@ def test_a_second_job_on_a_busy_output_is_refused_and_the_first_finishes_whole(t
     check_output(out, manifest)
 
 
-def test_a_shard_that_lost_a_part_marker_is_redone_and_a_damaged_marker_quarantined(two_jobs, manifest,
+def test_a_shard_that_lost_a_part_marker_is_redone_and_a_damaged_marker_quarantined(cluster, two_jobs, manifest,
                                                                                     tiny_checkpoint, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(two_jobs[0], copy)
     os.remove(copy / marker_file(part_name(1, 2)))  # its files can no longer be trusted: made again
     garbled = copy / marker_file(part_name(0, 3))
     garbled.write_bytes(garbled.read_bytes()[:20])  # cut short
-    again = _run(manifest, copy, tiny_checkpoint)
+    again = _run(cluster, manifest, copy, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"VERIFY FAILED: {part_name(0, 3)}: its marker is damaged" in again.stdout
     assert "uncommitted file(s) left by an interrupted run" in again.stdout  # the two parts' files: no marker lists them
@@ -110,7 +115,7 @@ def test_a_shard_that_lost_a_part_marker_is_redone_and_a_damaged_marker_quaranti
     check_output(copy, manifest)
 
 
-def test_a_damaged_committed_part_is_found_quarantined_and_generated_again(two_jobs, manifest, tiny_checkpoint,
+def test_a_damaged_committed_part_is_found_quarantined_and_generated_again(cluster, two_jobs, manifest, tiny_checkpoint,
                                                                           tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(two_jobs[0], copy)
@@ -120,19 +125,19 @@ def test_a_damaged_committed_part_is_found_quarantined_and_generated_again(two_j
         f.truncate(size // 2)
     found = _synth_verify(copy)
     assert found.returncode == 1 and f"{data_file(0, 1)} has {size // 2} bytes, its marker says {size}" in found.stdout
-    again = _run(manifest, copy, tiny_checkpoint)
+    again = _run(cluster, manifest, copy, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"VERIFY FAILED: {part_name(0, 1)}: {data_file(0, 1)} has" in again.stdout
     assert damaged.stat().st_size == size  # generated again, whole
     check_output(copy, manifest)
 
 
-def test_a_foreign_directory_is_refused_untouched_and_an_adopted_one_keeps_its_files(manifest, tiny_checkpoint,
+def test_a_foreign_directory_is_refused_untouched_and_an_adopted_one_keeps_its_files(cluster, manifest, tiny_checkpoint,
                                                                                     tmp_path):
     foreign = tmp_path / "foreign"
     (foreign / "data").mkdir(parents=True)
     (foreign / "data" / "train.parquet").write_text("x")
-    refused = _run(manifest, foreign, tiny_checkpoint)
+    refused = _run(cluster, manifest, foreign, tiny_checkpoint)
     assert refused.returncode == 2 and "is not empty and is not a synth run store (it holds data)" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert sorted(os.listdir(foreign)) == ["data"] and (foreign / "data" / "train.parquet").read_text() == "x"
@@ -140,7 +145,7 @@ def test_a_foreign_directory_is_refused_untouched_and_an_adopted_one_keeps_its_f
     adopted = tmp_path / "adopted"
     adopted.mkdir()
     (adopted / "notes.txt").write_text("the user's notes")
-    result = _run(manifest, adopted, tiny_checkpoint, "--adopt-output")
+    result = _run(cluster, manifest, adopted, tiny_checkpoint, "--adopt-output")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (adopted / "notes.txt").read_text() == "the user's notes"
     assert json.loads((adopted / OWNER_RECORD).read_text())["found"] == ["notes.txt"]
@@ -162,7 +167,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manifest, tiny_checkpoint, small_disk):
+def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(cluster, manifest, tiny_checkpoint, small_disk):
     out = small_disk / "out"
     filler = small_disk / "filler"  # the disk 100 % full before the run starts
     with open(filler, "wb", buffering=0) as f:
@@ -171,23 +176,23 @@ def test_a_full_disk_stops_the_run_and_a_relaunch_with_space_loses_nothing(manif
                 f.write(b"\0" * 4096)
         except OSError:
             pass
-    refused = _run(manifest, out, tiny_checkpoint)
+    refused = _run(cluster, manifest, out, tiny_checkpoint)
     assert refused.returncode == 2 and "no space left on the device" in refused.stderr, refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr and not [p for p in out.rglob("*") if p.is_file()]  # no 0-byte lease
     filler.unlink()
-    full = _run(manifest, out, tiny_checkpoint)
+    full = _run(cluster, manifest, out, tiny_checkpoint)
     assert full.returncode == 2, full.stdout + full.stderr
     assert "no space left on the device" in full.stderr and "run the same command again to resume" in full.stderr
     assert "retrying" not in full.stdout and "FAILED after" not in full.stdout  # not retried as a crash
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    again = _run(manifest, out, tiny_checkpoint)
+    again = _run(cluster, manifest, out, tiny_checkpoint)
     assert again.returncode == 0, again.stdout + again.stderr
     check_output(out, manifest)
     # the finished output remounted read-only: a relaunch says so and changes nothing
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        read_only = _run(manifest, out, tiny_checkpoint)
+        read_only = _run(cluster, manifest, out, tiny_checkpoint)
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert read_only.returncode == 2 and "read-only" in read_only.stderr, read_only.stdout + read_only.stderr
