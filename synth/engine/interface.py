@@ -60,6 +60,12 @@ class GenerationRequest:
       cache to keep; it checks the positions itself. Others ignore it.
     followed: a later request will continue this one (a chain's next turn): a hint to keep its
       cache a while.
+    chain_frames: frames this request and the rest of its chain may generate (the sum of their
+      caps): a scheduling hint; the fast engine (`longest_first`) starts the requests with the
+      most work left first, so the longest chains do not make the run's tail. 0: this request's
+      max_frames.
+    speculative: generated before the take it continues has passed QC, which may still cancel it:
+      the fast engine admits it only to slots no other request waits for.
     """
 
     request_id: str
@@ -70,6 +76,8 @@ class GenerationRequest:
     seed: int = 0
     continues: str | None = None
     followed: bool = False
+    chain_frames: int = 0
+    speculative: bool = False
 
 
 @dataclass(frozen=True)
