@@ -397,12 +397,15 @@ class _ResultPipeline:
     """One `FastEngine.run` call's finished rows on their way to results.
 
     The scheduler hands over rows as they finish (`on_finished`); they wait in `to_decode`
-    until a batch is full, the oldest has waited `decode_interval_frames`, or a follow-up
-    is all that can refill a slot (`on_frame`), then go to Mimi together (`flush`): on the
-    result thread when the engine has one, else decoding asynchronously beside the frame
-    loop. `deliver` takes the batches that are done, in order, into `results`, and submits
-    the follow-up requests `on_result` returned for them. Everything but `finish_rows` runs
-    on the frame loop's thread; `finish_rows` runs on the result thread when there is one.
+    until a batch is full, the oldest has waited `decode_interval_frames`, a chain's next
+    turn waits on one of them, or a follow-up is all that can refill a slot (`on_frame`),
+    then go to Mimi together (`flush`): on the result thread when the engine has one, else
+    decoding asynchronously beside the frame loop. `deliver` takes the batches that are done,
+    in order, into `results`, and submits the follow-up requests `on_result` returned for
+    them. Between frames it also takes what other threads handed over (`take_inbox`: requests
+    to schedule, cancellations), and drops a cancelled row that has left the scheduler but
+    not yet reached `on_result` (`cancel`). Everything but `finish_rows` runs on the frame
+    loop's thread; `finish_rows` runs on the result thread when there is one.
     """
 
     def __init__(self, engine: FastEngine, sampling: SamplingParams, on_result: OnResult | None, decode: bool):

@@ -193,6 +193,23 @@ class Engine(Protocol):
         follow-up requests (a conversation's next turn), which are generated too."""
         ...
 
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Hand requests over from any thread: the `run` under way (else the next) generates them as
+        if its `on_result` had returned them."""
+        ...
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request from any thread, wherever it is short of being handed to `on_result`."""
+        ...
+
+    def open_submissions(self) -> None:
+        """More work will be handed over (`submit`): `run` waits for it instead of ending, until
+        the matching `close_submissions` (calls nest)."""
+        ...
+
+    def close_submissions(self) -> None:
+        ...
+
     def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Codec codes [T_i, num_codebooks] int16 of float32 clips at `sample_rate_hz`."""
         ...

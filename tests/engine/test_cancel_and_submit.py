@@ -141,3 +141,26 @@ def test_open_submissions_nest_and_follow_ups_from_on_result_still_join(tiny_che
 def _answer(engine: FastEngine, request: GenerationRequest) -> None:
     engine.submit([request])
     engine.close_submissions()
+
+
+def test_the_reference_engine_takes_submissions_and_cancels_too(tiny_checkpoint, alone):
+    """The same seam on transformers' engine: requests handed over from a thread join its next
+    round, a cancelled one is never delivered, and the run waits until submissions close."""
+    from synth.engine.reference_engine import TransformersEngine
+
+    engine = TransformersEngine.load(tiny_checkpoint, device="cpu", dtype="float64", compile=False)
+
+    def verdicts():
+        engine.submit(LATER)
+        engine.cancel("later-b")
+        engine.close_submissions()
+
+    def on_result(result):
+        if result.request_id == "next":
+            threading.Timer(0.3, verdicts).start()
+
+    engine.open_submissions()
+    results = engine.run([NEXT], GREEDY, on_result=on_result)
+    assert sorted(r.request_id for r in results) == ["later-a", "next"]
+    for r in results:
+        np.testing.assert_array_equal(r.codes, alone[r.request_id], err_msg=r.request_id)
