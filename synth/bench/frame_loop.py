@@ -62,12 +62,10 @@ def _hold(engine, held: int) -> None:
     """`held` entries in the held-cache table beyond the slots: rows that ended, their caches parked
     for a follow-up that is not queued (bookkeeping only: no parked cache is allocated, and the
     benchmark's rows are followed by nothing, so none is parked)."""
-    from synth.engine.held_cache import HeldCaches
-
     scheduler = engine.scheduler
-    scheduler.held = HeldCaches(engine.num_slots, held)
+    scheduler.policy.reset_parking(held)
     engine.model.setup_parking(held)
-    keys = torch.full((8, 1 + engine.num_codebooks), -1, dtype=torch.long)
+    keys = np.full((8, 1 + engine.num_codebooks), -1, dtype=np.int64)
     for index in range(engine.num_slots, engine.num_slots + held):
         epoch = scheduler.held.ended(index, ("held", index), -1, True)
         scheduler.held.record(index, epoch, keys)

@@ -99,6 +99,14 @@ class Row:
     in_flight: float = float("nan")  # dialogue workload: mean rows decoding per frame
     prefill_per_turn: float = float("nan")  # fast engine: prompt positions computed per row (kept ones excluded)
     kept_per_turn: float = float("nan")  # fast engine: prompt positions per row kept from a slot's cache
+    # fast engine: where the slot-frames not delivered went (`SchedulerStats`): busy beyond the delivered
+    # frames (EOS frames, lagged stop flags, cancelled rows), idle while a job was queued, idle while a
+    # chain's next turn was being prepared, idle with nothing to come (the tail)
+    busy_extra: int = 0
+    idle_queued: int = 0
+    idle_between_turns: int = 0
+    idle_drain: int = 0
+    prefill_s: float = 0.0  # fast engine: of wall_s, the frame loop's cache moves and prefills
 
     @property
     def fps(self):
@@ -194,6 +202,8 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     slot_frames, frames, attended, loop_s = (stats.slot_frames, stats.frames, stats.attended_positions,
                                              engine.loop_result_s)
     prefilled, kept = stats.prefill_tokens, stats.kept_positions
+    before = replace(stats)
+    prefill_s = engine.scheduler.prefill_s
     c0, t0 = time.process_time(), time.perf_counter()
     results = work(engine)
     sync(device)
@@ -206,7 +216,11 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
               loop_result_s=engine.loop_result_s - loop_s,
               attended=(stats.attended_positions - attended) / max(1, stats.frames - frames),
               prefill_per_turn=(stats.prefill_tokens - prefilled) / max(1, len(results)),
-              kept_per_turn=(stats.kept_positions - kept) / max(1, len(results)))
+              kept_per_turn=(stats.kept_positions - kept) / max(1, len(results)),
+              busy_extra=stats.busy_slot_frames - before.busy_slot_frames - (stats.useful_frames - before.useful_frames),
+              idle_queued=stats.idle_queued - before.idle_queued,
+              idle_between_turns=stats.idle_between_turns - before.idle_between_turns,
+              idle_drain=stats.idle_drain - before.idle_drain, prefill_s=engine.scheduler.prefill_s - prefill_s)
     return row, results
 
 
@@ -547,6 +561,18 @@ def print_table(rows: list[Row], frame_rate: float) -> None:
               f"dialogues in flight per frame: {row.in_flight:.1f} of {row.setting.split(' ')[0]} slots; "
               f"prompt positions prefilled per turn: {row.prefill_per_turn:.1f} (flat {flat[0].prefill_per_turn:.1f}), "
               f"kept from the slot's cache: {row.kept_per_turn:.1f}")
+    for row in fast:
+        print(f"slot-frames not delivered ({row.setting}): {where_slot_frames_went(row)}; "
+              f"prefills {row.prefill_s:.1f} s of {row.wall_s:.1f} s")
+
+
+def where_slot_frames_went(row: Row) -> str:
+    """The computed slot-frames that delivered nothing, by cause, as fractions of all computed ones."""
+    parts = [("busy beyond the delivered frames", row.busy_extra), ("idle, a job queued", row.idle_queued),
+             ("idle, a chain's next turn being prepared", row.idle_between_turns),
+             ("idle, nothing to come (the tail)", row.idle_drain)]
+    total = max(row.slot_frames, 1)
+    return ", ".join(f"{name} {n / total:.3f}" for name, n in parts)
 
 
 if __name__ == "__main__":

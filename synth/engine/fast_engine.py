@@ -8,17 +8,24 @@ results (`_ResultPipeline`, one per `run` call, on the engine's one result threa
 has one). It knows nothing about manifests, Ray or output files; the model math lives in
 `synth.engine.lean_csm`, checkpoint loading in
 `synth.engine.checkpoint`, the frame step in `synth.engine.frame_step`, the batching in
-`synth.engine.scheduler`, its tuning options in `synth.engine.options`, its memory plan (made
+`synth.engine.scheduler` (which carries out `synth.engine.policy`'s decisions), requests and
+cancellations handed over from other threads in `synth.engine.inbox`, its tuning options in `synth.engine.options`, its memory plan (made
 and checked before any cache is allocated) in `synth.engine.memory`, and where its compiled
 steps are kept between starts in `synth.engine.compile_cache`.
 
     engine = FastEngine.load("sesame/csm-1b", device="cuda", dtype="bfloat16", num_slots=64)
     results = engine.generate(requests, SamplingParams())
+
+Work may also come from outside `on_result` while `run` goes (a QC stage's verdicts, on its own
+thread): `submit(requests)` and `cancel(request_id)` are thread-safe, and between
+`open_submissions()` and `close_submissions()` the run does not end when it runs out of work,
+but waits for more.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 import weakref
 from collections import deque
@@ -39,6 +46,7 @@ from synth.engine.checkpoint import (
 from synth.engine.codec import MimiCodec, PendingAudio, load_mimi
 from synth.engine.compile_cache import CompileCache, compile_key
 from synth.engine.frame_step import FrameStep, on_device
+from synth.engine.inbox import Inbox
 from synth.engine.interface import (
     EngineInfo,
     GenerationRequest,
@@ -108,12 +116,14 @@ class FastEngine:
         self.scheduler = Scheduler(model, self.step, use_cuda_graph=options.cuda_graph, status_lag=options.status_lag,
                                    min_admit=options.min_admit, max_prefill_rows=options.max_prefill_rows,
                                    prefill_tokens=options.prefill_tokens, kv_continuation=options.kv_continuation,
-                                   hold_frames=options.hold_frames, park_rows=self.memory.park_rows)
+                                   hold_frames=options.hold_frames, park_rows=self.memory.park_rows,
+                                   by_priority=options.longest_first)
         self._prepared: set[bool] = set()  # sampling modes whose frames are compiled (and captured)
         self.result_thread = self.scheduler.is_cuda if options.result_thread is None else options.result_thread
         self._pool: ThreadPoolExecutor | None = None  # the result thread, from the first run on
         self._closed = False
         self.loop_result_s = 0.0  # seconds the frame loop spent on finished rows (launch, wait, callbacks)
+        self._inbox = Inbox()  # requests and cancellations from other threads (`submit`, `cancel`)
 
     @property
     def device(self) -> torch.device:
@@ -245,7 +255,8 @@ class FastEngine:
                                                              self.config)
         return Job(key=request.request_id, input_ids=input_ids, audio_frames=audio_frames, is_audio=is_audio,
                    max_frames=request.max_frames, seed=request.seed, sampling=sampling,
-                   continues=request.continues, followed=request.followed)
+                   continues=request.continues, followed=request.followed, chain_frames=request.chain_frames,
+                   speculative=request.speculative)
 
     def _jobs(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Job]:
         clips = [context_clips(r) for r in requests]
@@ -301,31 +312,61 @@ class FastEngine:
         requests (e.g. the next turn of a conversation), which join the queue. Results come in
         completion order. With `result_thread`, `on_result` runs on the engine's worker thread
         (one call at a time, in completion order); when a call raises, the call already under
-        way for the next batch may still finish before the error reaches the caller."""
+        way for the next batch may still finish before the error reaches the caller.
+
+        Requests handed over with `submit` (from any thread, before or during the call) are
+        generated as if `on_result` had returned them, with this call's sampling; `cancel` drops
+        one. The call returns once nothing is queued, decoding or on its way to a result, and no
+        `open_submissions` is left open."""
         if self._closed:
             raise RuntimeError("FastEngine.run() after close()")
         self._check_sampling(sampling)
         self.prepare_frames(sampling.do_sample)  # before any work goes to the result thread (graph capture)
         pipeline = _ResultPipeline(self, sampling, on_result, decode)
         try:
-            jobs = self._jobs(requests, sampling)
-            if self.options.longest_first:
-                jobs.sort(key=lambda j: -j.max_frames)
-            for job in jobs:
+            pipeline.take_inbox()  # work handed over before the call, first
+            for job in self._jobs(requests, sampling):  # queued by the work they have left (`longest_first`)
                 self.scheduler.submit(job)
             while True:
                 self.scheduler.run(pipeline.on_finished, pipeline.on_frame)
                 if pipeline.to_decode:
                     pipeline.flush()
-                if not pipeline.finishing:
-                    break
-                pipeline.deliver(wait=True)  # may submit follow-ups: run again until nothing is left
+                if pipeline.finishing:
+                    pipeline.deliver(wait=True)  # may submit follow-ups: run again until nothing is left
+                elif not pipeline.take_inbox():
+                    if not self._inbox.is_open:
+                        break
+                    self._inbox.wait(timeout_s=1.0)  # nothing to do until a submission, a cancel or the close
         except BaseException:
             self.scheduler.abort()  # the next call starts clean
+            self._inbox.clear()
             raise
         finally:
             pipeline.close()
         return pipeline.results
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Hand requests to the engine from any thread: the `run` call under way (else the next one)
+        generates them as if its `on_result` had returned them, and delivers their results there."""
+        self._inbox.put("submit", list(requests))
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request from any thread, wherever it is: queued, decoding (its slot is free for the
+        next frame's admission) or finished but not yet handed to `on_result`. Nothing of it is
+        delivered; the frames it had generated are counted as discarded (`scheduler.stats`). A
+        request whose result has been handed over already is not affected. Takes effect between
+        two frames of the `run` under way, in order with `submit`."""
+        self._inbox.put("cancel", request_id)
+
+    def open_submissions(self) -> None:
+        """Say that more work will be handed over (`submit`) from another thread: `run` does not end
+        when it runs out of work, it waits, until the matching `close_submissions`. Calls nest: one
+        per pending source (e.g. per take awaiting its QC verdict), or one for the whole run."""
+        self._inbox.open()
+
+    def close_submissions(self) -> None:
+        """The end of an `open_submissions`: once none is open, `run` ends when its work is done."""
+        self._inbox.close()
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
                  decode: bool = True) -> list[GenerationResult]:
@@ -356,12 +397,15 @@ class _ResultPipeline:
     """One `FastEngine.run` call's finished rows on their way to results.
 
     The scheduler hands over rows as they finish (`on_finished`); they wait in `to_decode`
-    until a batch is full, the oldest has waited `decode_interval_frames`, or a follow-up
-    is all that can refill a slot (`on_frame`), then go to Mimi together (`flush`): on the
-    result thread when the engine has one, else decoding asynchronously beside the frame
-    loop. `deliver` takes the batches that are done, in order, into `results`, and submits
-    the follow-up requests `on_result` returned for them. Everything but `finish_rows` runs
-    on the frame loop's thread; `finish_rows` runs on the result thread when there is one.
+    until a batch is full, the oldest has waited `decode_interval_frames`, a chain's next
+    turn waits on one of them, or a follow-up is all that can refill a slot (`on_frame`),
+    then go to Mimi together (`flush`): on the result thread when the engine has one, else
+    decoding asynchronously beside the frame loop. `deliver` takes the batches that are done,
+    in order, into `results`, and submits the follow-up requests `on_result` returned for
+    them. Between frames it also takes what other threads handed over (`take_inbox`: requests
+    to schedule, cancellations), and drops a cancelled row that has left the scheduler but
+    not yet reached `on_result` (`cancel`). Everything but `finish_rows` runs on the frame
+    loop's thread; `finish_rows` runs on the result thread when there is one.
     """
 
     def __init__(self, engine: FastEngine, sampling: SamplingParams, on_result: OnResult | None, decode: bool):
@@ -371,7 +415,13 @@ class _ResultPipeline:
         self.to_decode: list[Finished] = []
         self.finishing: deque[Future | _DecodingBatch] = deque()  # in the order the rows finished
         self.oldest_frame = 0  # scheduler frame count when the oldest row in `to_decode` finished
+        self.follow_up_due = False  # a row in `to_decode` is followed: its chain's next turn waits on it
         self.pool = engine._result_pool()
+        # Rows sent to be finished (`flush`) and not yet handed to `on_result`, key -> frames, and those
+        # of them cancelled meanwhile: `finish_rows` (maybe on the result thread) drops these.
+        self.lock = threading.Lock()
+        self.in_finishing: dict = {}
+        self.cancelled: set = set()
 
     def close(self) -> None:
         """Leave nothing of this call on the result thread: after an error, batches not yet
@@ -387,24 +437,57 @@ class _ResultPipeline:
         if not self.to_decode:
             self.oldest_frame = self.engine.scheduler.stats.frames
         self.to_decode.append(f)
+        self.follow_up_due |= f.followed
         if len(self.to_decode) >= self.engine.options.decode_batch:
             self.flush()
 
     def on_frame(self) -> None:
+        self.take_inbox()
         scheduler = self.engine.scheduler
-        # With nothing queued, a finished row's follow-up is all that can refill its slot, and a held
-        # slot waits for its follow-up: decode now.
+        # A chain's next turn waits on its predecessor's result: decode now. So does a slot when
+        # nothing is queued (a follow-up is all that can refill it) or when it is held for one.
         waiting_for_follow_up = self.on_result is not None and (
-            not scheduler.queue or scheduler.held.any_reserved(scheduler.stats.frames))
+            self.follow_up_due or not scheduler.policy.waiting or scheduler.policy.any_reserved())
         waited = scheduler.stats.frames - self.oldest_frame >= self.engine.options.decode_interval_frames
         if self.to_decode and (waiting_for_follow_up or waited):
             self.flush()
         self.deliver(wait=False)
 
+    def take_inbox(self) -> bool:
+        """Schedule the requests and apply the cancellations handed over from other threads, in
+        order (on the frame loop's thread); whether there were any."""
+        items = self.engine._inbox.take()
+        for kind, value in items:
+            if kind == "submit":
+                for job in self.engine._jobs(value, self.sampling):
+                    self.engine.scheduler.submit(job)
+            elif self.engine.scheduler.cancel(value) is None:
+                self.cancel(value)
+        return bool(items)
+
+    def cancel(self, key) -> bool:
+        """Drop a finished row not yet handed to `on_result`: waiting to be decoded, or being finished
+        (then `finish_rows` drops it). False when there is none (delivered, or never here)."""
+        policy = self.engine.scheduler.policy
+        index = next((i for i, f in enumerate(self.to_decode) if f.key == key), None)
+        if index is not None:
+            policy.discard(len(self.to_decode.pop(index).codes))
+            return True
+        with self.lock:
+            frames = self.in_finishing.pop(key, None)
+            if frames is None:
+                return False
+            self.cancelled.add(key)
+        policy.discard(frames)
+        return True
+
     def flush(self) -> None:
         """Send the rows waiting in `to_decode` to Mimi as one batch."""
         t = time.perf_counter()
         batch, self.to_decode = self.to_decode, []
+        self.follow_up_due = False
+        with self.lock:
+            self.in_finishing.update((f.key, len(f.codes)) for f in batch)
         if self.pool is not None:
             self.finishing.append(self.pool.submit(self._finish_rows_in_thread, batch))
         else:
@@ -432,6 +515,7 @@ class _ResultPipeline:
         engine = self.engine
         if audio is None:
             audio = [np.zeros(len(f.codes) * engine.samples_per_frame, np.float32) for f in batch]
+        batch, audio = self._claim(batch, audio)
         now = time.perf_counter()
         results, follow_ups = [], []
         for f, a in zip(batch, audio):
@@ -446,6 +530,19 @@ class _ResultPipeline:
         for res in results:
             follow_ups += list((self.on_result(res) if self.on_result is not None else None) or ())
         return results, engine._jobs(follow_ups, self.sampling)
+
+    def _claim(self, batch: list[Finished], audio: list[np.ndarray]) -> tuple[list[Finished], list[np.ndarray]]:
+        """The rows of the batch to deliver, with their audio: those not cancelled since `flush`.
+        A row claimed here can no longer be cancelled."""
+        kept = []
+        with self.lock:
+            for f, a in zip(batch, audio):
+                if f.key in self.cancelled:
+                    self.cancelled.discard(f.key)
+                else:
+                    self.in_finishing.pop(f.key, None)
+                    kept.append((f, a))
+        return [f for f, _ in kept], [a for _, a in kept]
 
     @torch.inference_mode()
     def _finish_rows_in_thread(self, batch: list[Finished]) -> tuple[list[GenerationResult], list[Job]]:

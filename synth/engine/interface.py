@@ -60,6 +60,12 @@ class GenerationRequest:
       cache to keep; it checks the positions itself. Others ignore it.
     followed: a later request will continue this one (a chain's next turn): a hint to keep its
       cache a while.
+    chain_frames: frames this request and the rest of its chain may generate (the sum of their
+      caps): a scheduling hint; the fast engine (`longest_first`) starts the requests with the
+      most work left first, so the longest chains do not make the run's tail. 0: this request's
+      max_frames.
+    speculative: generated before the take it continues has passed QC, which may still cancel it:
+      the fast engine admits it only to slots no other request waits for.
     """
 
     request_id: str
@@ -70,6 +76,8 @@ class GenerationRequest:
     seed: int = 0
     continues: str | None = None
     followed: bool = False
+    chain_frames: int = 0
+    speculative: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,23 @@ class Engine(Protocol):
     ) -> list[GenerationResult]:
         """Generate `requests`; `on_result` sees each result when it is ready and may return
         follow-up requests (a conversation's next turn), which are generated too."""
+        ...
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Hand requests over from any thread: the `run` under way (else the next) generates them as
+        if its `on_result` had returned them."""
+        ...
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request from any thread, wherever it is short of being handed to `on_result`."""
+        ...
+
+    def open_submissions(self) -> None:
+        """More work will be handed over (`submit`): `run` waits for it instead of ending, until
+        the matching `close_submissions` (calls nest)."""
+        ...
+
+    def close_submissions(self) -> None:
         ...
 
     def encode_clips(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -57,8 +57,10 @@ class FastEngineOptions:
     fewer than `decode_batch`."""
 
     longest_first: bool = True
-    """Queue each call's rows by descending `max_frames`, so short rows fill the tail and slots
-    rarely sit idle (better packing, later first audio)."""
+    """Queue rows by the work they have left, most first: a chain's turn by the frames its chain may
+    still generate (`GenerationRequest.chain_frames`), any other row by its `max_frames`; equals
+    first come, first served. Short rows and short chains fill the tail, and slots rarely sit idle
+    (better packing, later first audio). False: first come, first served."""
 
     codec_dtype: str | None = None
     """The dtype Mimi runs in (one of `DTYPE_NAMES`); None: float32, or float64 for a float64 model."""

@@ -29,6 +29,7 @@ from synth.engine.checkpoint import (
     resolve_device,
 )
 from synth.engine.codec import clip_key
+from synth.engine.inbox import Inbox
 from synth.engine.interface import GenerationRequest, GenerationResult, SamplingParams
 from synth.engine.prompt import conversation
 from synth.engine.stop import frames_before_eos
@@ -58,6 +59,7 @@ class TransformersEngine:
         self.device = device
         self.dtype = dtype
         self.model_id = model_id
+        self._inbox = Inbox()  # requests and cancellations from other threads (`submit`, `cancel`)
         cfg = model.config
         self.num_codebooks = cfg.num_codebooks
         self.max_positions = cfg.max_position_embeddings
@@ -169,18 +171,56 @@ class TransformersEngine:
     def run(self, requests: Sequence[GenerationRequest], sampling: SamplingParams,
             on_result: interface.OnResult | None = None) -> list[GenerationResult]:
         """Generate `requests` in rounds: each round is `generate` over what is waiting, and the
-        follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round."""
+        follow-ups that `on_result` returns (e.g. a conversation's next turn) form the next round,
+        with the requests handed over by `submit` meanwhile; a `cancel` drops a waiting request,
+        or a result of the round not yet handed to `on_result`. While `open_submissions` is open
+        the call waits for more instead of ending."""
         results: list[GenerationResult] = []
-        waiting = list(requests)
-        while waiting:
-            follow_ups: list[GenerationRequest] = []
-            batch = self.generate(waiting, sampling)
+        waiting: list[GenerationRequest] = []
+        self._take_inbox(waiting, [])  # work handed over before the call, first
+        waiting += requests
+        while True:
+            batch = self.generate(waiting, sampling) if waiting else []
+            waiting = []
+            took = self._take_inbox(waiting, batch)
             interface.prepare_results(on_result, batch)
             for result in batch:
                 results.append(result)
-                follow_ups += list((on_result(result) if on_result is not None else None) or ())
-            waiting = follow_ups
-        return results
+                waiting += list((on_result(result) if on_result is not None else None) or ())
+            if waiting or took:
+                continue
+            if not self._inbox.is_open:
+                return results
+            self._inbox.wait(timeout_s=1.0)
+
+    def _take_inbox(self, waiting: list[GenerationRequest], done: list[GenerationResult]) -> bool:
+        """Requests handed over join `waiting`; a cancel drops its request from `waiting` or its
+        result from `done` (both in place). Whether anything was taken."""
+        items = self._inbox.take()
+        for kind, value in items:
+            if kind == "submit":
+                waiting += value
+                continue
+            for queue in (waiting, done):
+                queue[:] = [x for x in queue if x.request_id != value]
+        return bool(items)
+
+    def submit(self, requests: Sequence[GenerationRequest]) -> None:
+        """Hand requests over from any thread: the `run` under way (else the next) generates them
+        in its next round, as if `on_result` had returned them."""
+        self._inbox.put("submit", list(requests))
+
+    def cancel(self, request_id: str) -> None:
+        """Drop a request from any thread: waiting for its round, or generated and not yet handed to
+        `on_result` (a round under way still computes it, padded batches being what they are)."""
+        self._inbox.put("cancel", request_id)
+
+    def open_submissions(self) -> None:
+        """More work will be handed over: `run` waits for it (see `FastEngine.open_submissions`)."""
+        self._inbox.open()
+
+    def close_submissions(self) -> None:
+        self._inbox.close()
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[GenerationResult]:
         by_id = {

@@ -96,8 +96,10 @@ class Chain:
                 self.candidates.append(ContextItem(turn.key, i, turn.recorded, self.cost(turn.recorded), pinned))
                 continue
             followed = any(t.recorded is None for t in self.turns[i + 1:])
+            chain_frames = sum(t.max_frames for t in self.turns[i:] if t.recorded is None)
             request = GenerationRequest(request_id=turn.key, text=turn.text, speaker=turn.speaker,
                                         max_frames=turn.max_frames, seed=turn.seed, followed=followed,
+                                        chain_frames=chain_frames,
                                         continues=self.request.request_id if self.request is not None else None)
             max_positions = self.engine.max_positions
             try:
