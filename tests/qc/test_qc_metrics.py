@@ -170,7 +170,11 @@ def test_cleanup_trims_whole_frames_and_normalises_loudness(clips, scored):
     assert cut[0] >= 14 and cut[1] >= 8  # ~1.5 s and ~1 s of silence, less the 0.16 s kept
     trimmed_audio, trimmed_codes = cleanup.trim(audio, codes, cut, spf)
     assert len(trimmed_audio) == len(trimmed_codes) * spf and trimmed_codes[0, 0] == codes[cut[0], 0]
-    assert cleanup.frames_to_trim(5.0, 5.0, 10, 0.08, 0.0) == (0, 9)  # all silence: one frame is kept
+    assert cleanup.frames_to_trim(5.0, 5.0, 10, 0.08, 0.0) == (0, 9)  # all silence, nothing to keep: one frame
+    # no speech detected (silences meet): keep_silence_s is kept, in whole frames, not one 80 ms frame
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 0.16) == (0, 8)
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 0.2) == (0, 7)  # 0.2 s: 3 frames (240 ms) keep it all
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 5.0) == (0, 0)  # more than the clip: all of it
     louder, gain = cleanup.normalize_loudness(clips["speech"] * 0.05, RATE, -20.0, -1.0)
     assert gain > 0 and quality.loudness_lufs(louder, RATE) == pytest.approx(-20.0, abs=0.5)
     assert quality.peak_dbfs(louder) <= -1.0 + 1e-3
