@@ -21,6 +21,7 @@ seconds), for the QC stage's rate. It knows nothing about outputs, the policy's 
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -55,9 +56,9 @@ class Take:
 @dataclass
 class ScorerStats:
     """What a scorer has done: takes, their audio seconds, and the seconds spent scoring them:
-    wall (`busy_s`), the process's CPU time meanwhile (`cpu_s`: what else the process ran then
-    counts too; on CPU the frame loop waits for the scorer, so nothing does) and the time its
-    calls held a GPU (`device_s`, synchronised; 0 on CPU)."""
+    wall (`busy_s`), CPU time of the scorer's own threads (`cpu_s`: the calling thread's and its
+    workers'; on CPU its torch and onnxruntime calls run on those threads) and the time its calls
+    held a GPU (`device_s`, synchronised; 0 on CPU)."""
 
     takes: int = 0
     audio_s: float = 0.0
@@ -82,6 +83,8 @@ class TakeScorer:
         self._dnsmos: quality.Dnsmos | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._references: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # id -> (reference, embedding)
+        self._lock = threading.Lock()
+        self._workers_cpu_s = 0.0  # CPU seconds of every job the workers ran
 
     def load(self) -> "TakeScorer":
         """Load every model the settings need now (else on first use) and start the workers; returns self."""
@@ -122,14 +125,15 @@ class TakeScorer:
         return soxr.resample(np.asarray(clip, np.float32), self.sample_rate_hz, ASR_RATE_HZ).astype(np.float32)
 
     def score(self, takes: Sequence[Take]) -> list[dict]:
-        """One dict of every metric column per take (None: off or undefined), in order."""
+        """One dict of every metric column per take (None: off or undefined), in order. One caller
+        at a time (the workers are shared by its batch's jobs)."""
         if self.device != "cpu":
             return self._score(takes)
         with _torch_threads(1):  # on CPU the workers are the parallelism; see `_torch_threads`
             return self._score(takes)
 
     def _score(self, takes: Sequence[Take]) -> list[dict]:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, w0 = time.perf_counter(), time.thread_time(), self._workers_cpu_s
         self.load()
         clips = [self._at_16k(t.audio) for t in takes]
         rows: list[dict] = [dict.fromkeys(METRICS) for _ in takes]
@@ -153,7 +157,7 @@ class TakeScorer:
         if "repetition" in self.groups:
             for row, take in zip(rows, takes):
                 row["loop_score"] = repetition.loop_score(take.codes) if take.codes is not None else None
-        self._count(takes, t0, c0)
+        self._count(takes, time.perf_counter() - t0, time.thread_time() - c0 + self._workers_cpu_s - w0)
         return rows
 
     # -- the workers' jobs ------------------------------------------------------------
@@ -161,7 +165,12 @@ class TakeScorer:
     def _cpu_jobs(self, takes: Sequence[Take], clips: list[np.ndarray]) -> dict[str, list[tuple[list[int], Future]]]:
         """Submit the batch's CPU work: each job covers some takes and returns one dict (or value) per take."""
         assert self._pool is not None
-        submit, jobs = self._pool.submit, {}
+        jobs: dict[str, list[tuple[list[int], Future]]] = {}
+
+        def submit(fn, *args) -> Future:
+            assert self._pool is not None
+            return self._pool.submit(self._timed, fn, *args)
+
         by_length = sorted(range(len(takes)), key=lambda i: len(clips[i]))  # like lengths batch with little padding
         if "timing" in self.groups:
             groups = _balanced(by_length, [len(c) for c in clips], len(self._vads))
@@ -216,11 +225,20 @@ class TakeScorer:
         self.stats.device_s += time.perf_counter() - t0
         return out
 
-    def _count(self, takes: Sequence[Take], t0: float, c0: float) -> None:
+    def _timed(self, fn: Callable, *args):
+        """A worker's job, its CPU time counted."""
+        c0 = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._workers_cpu_s += time.thread_time() - c0
+
+    def _count(self, takes: Sequence[Take], wall_s: float, cpu_s: float) -> None:
         self.stats.takes += len(takes)
         self.stats.audio_s += sum(len(t.audio) for t in takes) / self.sample_rate_hz
-        self.stats.busy_s += time.perf_counter() - t0
-        self.stats.cpu_s += time.process_time() - c0
+        self.stats.busy_s += wall_s
+        self.stats.cpu_s += cpu_s
 
 
 @contextmanager
