@@ -8,9 +8,11 @@ retakes), in one of two ways:
 
 - `inline`: each batch of turns the engine finishes together is scored before the frame loop
   goes on, as a QC run scores its takes today (the retake decision needs the verdict);
-- `beside`: the batches go to a thread that scores them while generation goes on, and the run
-  ends when the last is scored: what flat rows will get once the engine takes requests from
-  another thread (issue 22's QC pipeline; no row here needs a verdict to go on).
+- `beside`: finished turns queue for a thread that scores them while generation goes on, all
+  that queued while it was busy in one batch (the engine mostly finishes rows one or two at a
+  time, and a Whisper call costs its decoding steps whatever its batch), and the run ends when
+  the last is scored: what flat rows will get once the engine takes requests from another
+  thread (issue 22's QC pipeline; no row here needs a verdict to go on).
 
 and the issue-22 table: throughput with QC off and on (flat rows), the stage's CPU- and
 GPU-seconds per audio second, the seconds the engine waited on QC, and the columns that
@@ -20,8 +22,8 @@ outputs.
 
 from __future__ import annotations
 
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class QcCost:
     cpu_s: float = 0.0
     device_s: float = 0.0
     waited_s: float = 0.0
+    batches: int = 0  # scorer calls the turns took
 
     @property
     def cpu_per_audio_s(self) -> float:
@@ -59,10 +62,16 @@ class QcStage:
         self.scorer, self.mode = scorer, mode
         self.request = {r.request_id: r for r in requests}
         self.references: dict[int, object] = {}  # speaker -> their first finished turn's audio, as stored
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="synth-bench-qc") if mode == "beside" else None
-        self.pending: list[Future] = []
         self.waited_s = 0.0
+        self.batches: list[int] = []  # turns per scorer call
         self._start = asdict(scorer.stats)
+        self._queue: list = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name="synth-bench-qc", daemon=True) \
+            if mode == "beside" else None
+        if self._thread is not None:
+            self._thread.start()
 
     def _take(self, result):
         from synth.pipeline.audio_io import as_stored
@@ -78,11 +87,25 @@ class QcStage:
     def prepare(self, results) -> None:
         t0 = time.perf_counter()
         takes = [self._take(r) for r in results]
-        if self.thread is None:
+        if self._thread is None:
+            self.batches.append(len(takes))
             self.scorer.score(takes)
         else:
-            self.pending.append(self.thread.submit(self.scorer.score, takes))
+            with self._ready:
+                self._queue.extend(takes)
+                self._ready.notify()
         self.waited_s += time.perf_counter() - t0
+
+    def _drain(self) -> None:
+        """The beside thread: score everything queued, in one call, until closed and empty."""
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._queue or self._closed)
+                takes, self._queue = self._queue, []
+                if not takes:
+                    return
+            self.batches.append(len(takes))
+            self.scorer.score(takes)
 
     def __call__(self, result) -> None:
         return None
@@ -90,13 +113,15 @@ class QcStage:
     def finish(self) -> QcCost:
         """Wait for every batch still being scored (the run's end waits on it); what the run's QC cost."""
         t0 = time.perf_counter()
-        for future in self.pending:
-            future.result()
-        if self.thread is not None:
-            self.thread.shutdown()
+        if self._thread is not None:
+            with self._ready:
+                self._closed = True
+                self._ready.notify()
+            self._thread.join()
         self.waited_s += time.perf_counter() - t0
         now = asdict(self.scorer.stats)
-        return QcCost(**{k: now[k] - self._start[k] for k in self._start}, waited_s=self.waited_s)
+        return QcCost(**{k: now[k] - self._start[k] for k in self._start}, waited_s=self.waited_s,
+                      batches=len(self.batches))
 
 
 def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str, num_workers: int,
@@ -118,7 +143,7 @@ def print_qc(rows, scorer) -> None:
     """The issue-22 table of the rows `synth bench --qc` ran, and where each QC model ran."""
     fast = [r for r in rows if r.engine == "fast"]
     print("\n| workload | slots | QC | frames/s | / QC off | QC CPU-s per audio s | QC GPU-s per audio s | "
-          "engine waited on QC s | QC wall s | turns scored (audio s) | discarded speculative frames |")
+          "engine waited on QC s | QC wall s | turns scored (audio s) in calls | discarded speculative frames |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in fast:
         if row.qc is None:
@@ -129,7 +154,7 @@ def print_qc(rows, scorer) -> None:
         ratio = f"{row.fps / off.fps:.2f}" if off is not None else "-"
         print(f"| flat | {row.setting.split(' ')[0]} | on, {row.setting.split('QC on, ')[-1]} | {row.fps:.1f} | {ratio} | "
               f"{cost.cpu_per_audio_s:.4f} | {cost.device_per_audio_s:.4f} | {cost.waited_s:.1f} | {cost.busy_s:.1f} | "
-              f"{cost.takes} ({cost.audio_s:.1f}) | - |")
+              f"{cost.takes} ({cost.audio_s:.1f}) in {cost.batches} | - |")
     for speculation in ("off", "on"):
         print(f"| 4-turn chains, speculation {speculation} | - | on | {NOT_YET} | | | | | | | {NOT_YET} |")
     print("\nQC models: " + "; ".join(f"{group}: {where}" for group, where in scorer.placement.items())
