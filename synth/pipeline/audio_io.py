@@ -15,8 +15,6 @@ import io
 import math
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from synth.errors import SynthError
 
@@ -31,6 +29,9 @@ class AudioError(SynthError, ValueError):
 def decode_clip(data: bytes, target_rate_hz: int, *, name: str = "clip") -> np.ndarray:
     """Decode audio bytes to [num_samples] float32 mono at `target_rate_hz`.
     name: the clip's path, URI or voice, which every error message starts with."""
+    import soundfile as sf  # here and in encode_audio: `as_stored` needs neither (a bare GPU box has none)
+    import soxr
+
     buffer = io.BytesIO(data)
     try:
         samples, rate_hz = sf.read(buffer, dtype="float32", always_2d=True)
@@ -85,6 +86,8 @@ def encode_audio(samples: np.ndarray, rate_hz: int, fmt: str, tags: dict[str, st
     scale saturates; generated takes are `as_stored` first, so theirs never do). tags: soundfile's string
     fields (title, software, comment...), written as a WAV's INFO chunk or a FLAC's Vorbis comments
     (`synth.pipeline.provenance.Provenance.audio_tags`)."""
+    import soundfile as sf
+
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", rate_hz, 1, format=fmt.upper(), subtype="PCM_16") as f:
         for name, value in (tags or {}).items():  # strings go in before the first frame

@@ -25,11 +25,16 @@ class Transcriber:
     precision; it decodes with `num_beams` beams (1: greedy, synth's default; transformers' pipeline
     would otherwise search 5)."""
 
-    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 128,
-                 num_beams: int = 1):
+    def __init__(self, model, *, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 128,
+                 num_beams: int = 1, processor=None):
+        """model: a checkpoint `from_pretrained` loads (hub id or directory), or a loaded Whisper with its
+        `processor` (e.g. `synth.qc.tiny_whisper.random_whisper`'s), used in the dtype it has."""
         transformers = require("transformers")
-        half = {"dtype": require("torch").float16} if device != "cpu" else {}
-        self.pipe = transformers.pipeline("automatic-speech-recognition", model=model, device=device, **half)
+        if processor is not None:
+            parts = {"tokenizer": processor.tokenizer, "feature_extractor": processor.feature_extractor}
+        else:
+            parts = {"dtype": require("torch").float16} if device != "cpu" else {}
+        self.pipe = transformers.pipeline("automatic-speech-recognition", model=model, device=device, **parts)
         self.batch_size, self.num_beams = batch_size, num_beams
         # Whisper's prompt takes 4 positions (start, language, task, no timestamps)
         self.max_new_tokens = min(max_new_tokens, self.pipe.model.config.max_target_positions - 4)

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import soxr
 
 from synth.qc import quality, repetition
 from synth.qc.asr import ASR_RATE_HZ, Transcriber, error_rates
@@ -70,14 +69,16 @@ class ScorerStats:
 class TakeScorer:
     """The QC metrics of takes at `sample_rate_hz`; see the module docstring."""
 
-    def __init__(self, settings: QcSettings, sample_rate_hz: int, *, device: str = "cpu"):
+    def __init__(self, settings: QcSettings, sample_rate_hz: int, *, device: str = "cpu",
+                 transcriber: Transcriber | None = None):
+        """transcriber: a loaded speech recogniser to use instead of loading `settings.asr.model`."""
         self.settings = settings
         self.sample_rate_hz = sample_rate_hz
         self.device = device
         self.groups = set(settings.metrics)
         self.num_workers = settings.num_workers
         self.stats = ScorerStats()
-        self._asr: Transcriber | None = None
+        self._asr: Transcriber | None = transcriber
         self._speaker: SpeakerEncoder | None = None
         self._vads: list[VoiceActivity] = []  # one per worker: the VAD keeps state between its calls
         self._dnsmos: quality.Dnsmos | None = None
@@ -122,6 +123,8 @@ class TakeScorer:
     def _at_16k(self, clip: np.ndarray) -> np.ndarray:
         if self.sample_rate_hz == ASR_RATE_HZ:
             return np.asarray(clip, np.float32)
+        import soxr  # here: a scorer at 16 kHz (the device check's) needs no resampler
+
         return soxr.resample(np.asarray(clip, np.float32), self.sample_rate_hz, ASR_RATE_HZ).astype(np.float32)
 
     def score(self, takes: Sequence[Take]) -> list[dict]:
