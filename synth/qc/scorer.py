@@ -112,7 +112,7 @@ class TakeScorer:
     @property
     def placement(self) -> dict[str, str]:
         """Where each model of the metrics that are on runs."""
-        device = self.device if self.device != "cpu" else "cpu"
+        device = self.device
         where = {"asr": f"{device} (Whisper{', float16' if device != 'cpu' else ''}, batched)",
                  "speaker": f"{device} (Resemblyzer, one call per batch; spectrograms on the workers)",
                  "dnsmos": self._dnsmos.placement if self._dnsmos is not None else "cpu (onnxruntime)",
@@ -153,7 +153,7 @@ class TakeScorer:
             scores = self._on_device(self._dnsmos.ovrl_batch, [self._dnsmos.windows_of(c) for c in clips])
             for row, value in zip(rows, scores):
                 row["dnsmos"] = value
-        for name, jobs in cpu.items():
+        for jobs in cpu.values():
             for indices, future in jobs:
                 for i, value in zip(indices, future.result()):
                     rows[i].update(value)
