@@ -64,6 +64,7 @@ class QcStage:
         self.references: dict[int, object] = {}  # speaker -> their first finished turn's audio, as stored
         self.waited_s = 0.0
         self.batches: list[int] = []  # turns per scorer call
+        self.takes: list = []  # every take it was handed (`stage_alone` scores them again)
         self._start = asdict(scorer.stats)
         self._queue: list = []
         self._ready = threading.Condition()
@@ -87,6 +88,7 @@ class QcStage:
     def prepare(self, results) -> None:
         t0 = time.perf_counter()
         takes = [self._take(r) for r in results]
+        self.takes += takes
         if self._thread is None:
             self.batches.append(len(takes))
             self.scorer.score(takes)
@@ -124,6 +126,17 @@ class QcStage:
                       batches=len(self.batches))
 
 
+def stage_alone(scorer, takes) -> dict:
+    """The stage alone: `takes` scored again in one call (no engine beside it); its cost, and how
+    many cores it kept busy (CPU seconds over wall seconds: the workers' parallelism)."""
+    before = asdict(scorer.stats)
+    scorer.score(takes)
+    now = asdict(scorer.stats)
+    cost = QcCost(**{k: now[k] - before[k] for k in before}, batches=1)
+    return {**asdict(cost), "cpu_per_audio_s": cost.cpu_per_audio_s, "device_per_audio_s": cost.device_per_audio_s,
+            "cores_busy": cost.cpu_s / max(cost.busy_s, 1e-9)}
+
+
 def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str, num_workers: int,
                  metrics: tuple[str, ...] | None = None):
     """The QC scorer with `metrics` (default every group) on and its models loaded (outside any timing)."""
@@ -139,8 +152,9 @@ def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: s
     return TakeScorer(settings, sample_rate_hz, device=device).load()
 
 
-def print_qc(rows, scorer) -> None:
-    """The issue-22 table of the rows `synth bench --qc` ran, and where each QC model ran."""
+def print_qc(rows, scorer, alone: dict | None = None) -> None:
+    """The issue-22 table of the rows `synth bench --qc` ran, the stage alone (`stage_alone`), and
+    where each QC model ran."""
     fast = [r for r in rows if r.engine == "fast"]
     print("\n| workload | slots | QC | frames/s | / QC off | QC CPU-s per audio s | QC GPU-s per audio s | "
           "engine waited on QC s | QC wall s | turns scored (audio s) in calls | discarded speculative frames |")
@@ -157,5 +171,9 @@ def print_qc(rows, scorer) -> None:
               f"{cost.takes} ({cost.audio_s:.1f}) in {cost.batches} | - |")
     for speculation in ("off", "on"):
         print(f"| 4-turn chains, speculation {speculation} | - | on | {NOT_YET} | | | | | | | {NOT_YET} |")
+    if alone is not None:
+        print(f"\nQC stage alone (the last run's {alone['takes']} turns, {alone['audio_s']:.1f} s of audio, in one call): "
+              f"{alone['cpu_per_audio_s']:.4f} CPU-s and {alone['device_per_audio_s']:.4f} GPU-s per audio s, "
+              f"{alone['busy_s']:.1f} s wall ({alone['cores_busy']:.1f} cores busy on average)")
     print("\nQC models: " + "; ".join(f"{group}: {where}" for group, where in scorer.placement.items())
           + f"; {scorer.num_workers} worker threads")

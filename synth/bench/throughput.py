@@ -214,10 +214,10 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
 
 def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile,
              options: FastEngineOptions = FastEngineOptions(), scorer=None, qc_mode: str = "inline",
-             probe=None) -> Row:
+             on_stage=None, probe=None) -> Row:
     """scorer: also score every finished turn (QC on; `synth.bench.qc_stage`, `qc_mode` inline or
-    beside). probe(engine): called once the row is measured, before the engine is closed (e.g. to
-    profile its frame)."""
+    beside; on_stage(stage) is handed the stage after the run). probe(engine): called once the row
+    is measured, before the engine is closed (e.g. to profile its frame)."""
     from synth.bench.qc_stage import QcStage
 
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
@@ -230,6 +230,8 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
             stage = QcStage(scorer, requests, qc_mode)
             results = e.run(requests, sampling, on_result=stage)
             costs.append(stage.finish())  # the run ends when its last turn is scored
+            if on_stage is not None:
+                on_stage(stage)
             return results
     else:
         def work(e):
@@ -444,6 +446,7 @@ def main(argv=None):
 
         scorer = build_scorer(args.qc, build_dir, codec.sampling_rate, device, args.qc_workers, args.qc_metrics)
     rows: list[Row] = []
+    stages: list = []  # the QC runs' stages (--qc)
     if args.workload == "dialogue":
         rows = dialogue_rows(args, cfg, path, requests, sampling, compile, options)
     elif not args.skip_reference:
@@ -461,7 +464,8 @@ def main(argv=None):
             for mode in [None] + (args.qc_modes if scorer is not None else []):
                 rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
                                      max_positions=cfg["max_positions"], compile=compile, options=options,
-                                     scorer=scorer if mode else None, qc_mode=mode or "inline"))
+                                     scorer=scorer if mode else None, qc_mode=mode or "inline",
+                                     on_stage=stages.append))
                 print("done:", rows[-1].as_dict(frame_rate), flush=True)
         except torch.OutOfMemoryError as err:
             print(f"fast {slots} slots: out of memory ({err})", flush=True)
@@ -470,9 +474,9 @@ def main(argv=None):
 
     print_table(rows, frame_rate)
     if scorer is not None:
-        from synth.bench.qc_stage import print_qc
+        from synth.bench.qc_stage import print_qc, stage_alone
 
-        print_qc(rows, scorer)
+        print_qc(rows, scorer, stage_alone(scorer, stages[-1].takes) if stages else None)
         scorer.close()
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
