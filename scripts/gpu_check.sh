@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-call device check (synth/bench/gpu_check.py): attention kernels per call shape, the
-# headline benchmark, graph vs eager codes, result thread vs inline, memory at configs/csm-1b.yaml's
-# size, cuDNN attention on/off; each step under its own timeout, within nine minutes on a GPU.
+# headline benchmark, the QC stage at real sizes beside the engine, graph vs eager codes, result thread
+# vs inline, memory at configs/csm-1b.yaml's size, cuDNN attention on/off; each step under its own
+# timeout, within nine minutes on a GPU.
 # Results in $OUT (or --out DIR; default a new temp dir): gpu_check.txt, one log per step, summary.json.
 # Needs torch and transformers only (no Ray, pydantic or yaml; synth need not be installed).
 #   scripts/gpu_check.sh            # CUDA when torch sees it, else small sizes on CPU

@@ -18,7 +18,11 @@ that finishes early leaves its time to the next ones, a step that runs long neve
                     each engine's compile and graph-capture time apart, and one frame of the
                     256-slot engine profiled (`synth.bench.frame_profile`): kernels per frame, and
                     their time split between backbone, depth decoder, sampling and copies
-  4 qc              reserved: the QC stage at real sizes (issue 22, part 5), not yet written
+  4 qc              the QC stage with every metric that is installed, batched, Whisper at
+                    whisper-large-v3-turbo's shapes (random weights, half precision, transcripts
+                    capped at 3 tokens per second of speech): alone (audio s per s, CPU- and
+                    GPU-seconds per audio second), then beside the engine generating: how many
+                    GPUs' worth of generation one GPU's QC keeps up with (skipped groups named)
   5 graph_vs_eager  codes of CUDA-graph replays against eager launches of the same steps, and
                     the attention ops and kernels of one real compiled frame
   6 result_thread   finished rows on the worker thread against inline: same codes, same audio
@@ -108,16 +112,22 @@ class Sizes:
     attention_slots: tuple[int, ...]
     prefills: tuple[tuple[int, int], ...]  # (rows, tokens) of the attention step's prefill calls
     timing_calls: int  # calls averaged per attention timing
+    qc_whisper: str  # the QC step's Whisper: "turbo" (whisper-large-v3-turbo's shapes) or "tiny"
+    qc_clips: int  # clips the QC stage scores alone, in one batch
+    qc_clip_s: float  # their length
+    qc_rows: int  # rows the engine generates for the QC stage beside it
 
 
 # The GPU's bench sizes are `synth bench --config csm1b-cuda --requests 1024 --slots 256,1`'s.
 GPU_SIZES = Sizes(dtype=None, bench_config="csm1b-cuda", bench_requests=1024, max_frames=250,
                   bench_slots=(256, 1), positions=512, check_rows=128, check_frames=100, ab_requests=256,
                   prod_slots=None, prod_positions=None, attention_slots=(1, 256),
-                  prefills=((1, 100), (8, 301), (16, 517), (256, 64), (256, 400)), timing_calls=20)
+                  prefills=((1, 100), (8, 301), (16, 517), (256, 64), (256, 400)), timing_calls=20,
+                  qc_whisper="turbo", qc_clips=64, qc_clip_s=8.0, qc_rows=128)
 CPU_SIZES = Sizes(dtype="float32", bench_config="tiny-cpu", bench_requests=8, max_frames=12, bench_slots=(4, 1),
                   positions=256, check_rows=4, check_frames=12, ab_requests=8, prod_slots=4, prod_positions=256,
-                  attention_slots=(1, 4), prefills=((1, 40), (4, 64)), timing_calls=3)
+                  attention_slots=(1, 4), prefills=((1, 40), (4, 64)), timing_calls=3,
+                  qc_whisper="tiny", qc_clips=6, qc_clip_s=2.0, qc_rows=6)
 
 
 def _clean(value):
@@ -610,6 +620,164 @@ def cudnn_off_step(ctx: Context) -> None:
     print_table(rows, frame_rate)
 
 
+# ----------------------------------------------------------------------------- 4 qc
+
+# The QC metric groups that need more than torch and transformers, and the libraries each needs
+# (a bare GPU box has none of them: the step measures what is installed and names the rest).
+QC_LIBRARIES = {"speaker": ("resemblyzer", "librosa"), "dnsmos": ("speechmos", "onnxruntime", "librosa"),
+                "timing": ("silero_vad",), "level": ("pyloudnorm",)}
+WER_LIBRARIES = ("jiwer", "whisper_normalizer")
+TOKENS_PER_S = 3  # a realistic transcript's length: a random decoder never ends one, so it is capped here
+QC_RATE_HZ = 16000  # every QC model's rate: the step scores at it
+
+
+def _qc_groups() -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the metric groups whose libraries are installed, {what is skipped: why})."""
+    import importlib.util
+
+    missing = lambda names: [n for n in names if importlib.util.find_spec(n) is None]
+    skipped = {g: f"not installed: {', '.join(missing(libs))}" for g, libs in QC_LIBRARIES.items() if missing(libs)}
+    if missing(WER_LIBRARIES):
+        skipped["wer"] = f"transcribed, not rated (not installed: {', '.join(missing(WER_LIBRARIES))})"
+    groups = tuple(g for g in ("asr", "speaker", "dnsmos", "level", "timing", "repetition") if g not in skipped)
+    return groups, skipped
+
+
+def _resampler(rate_hz: int):
+    """clip [samples at rate_hz] -> [samples at 16 kHz]: soxr as the scorer resamples where it is
+    installed, else torchaudio, else linear interpolation (a bare GPU box has no soxr; this only
+    feeds a timing)."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("soxr") is not None:
+        import soxr
+
+        return lambda clip: soxr.resample(clip, rate_hz, QC_RATE_HZ).astype(np.float32)
+    if importlib.util.find_spec("torchaudio") is not None:
+        import torch
+        import torchaudio.functional as F
+
+        return lambda clip: F.resample(torch.from_numpy(clip), rate_hz, QC_RATE_HZ).numpy()
+    return lambda clip: np.interp(np.arange(len(clip) * QC_RATE_HZ // rate_hz) * rate_hz / QC_RATE_HZ,
+                                  np.arange(len(clip)), clip).astype(np.float32)
+
+
+class _At16k:
+    """The scorer behind `QcStage` for an engine at another rate: takes resampled to 16 kHz first
+    (references once each), then scored."""
+
+    def __init__(self, scorer, rate_hz: int):
+        self.scorer, self.stats, self.placement = scorer, scorer.stats, scorer.placement
+        self._resample, self._references = _resampler(rate_hz), {}
+
+    def score(self, takes):
+        def ref(r):
+            return None if r is None else self._references.setdefault(id(r), (r, self._resample(r)))[1]
+
+        return self.scorer.score([replace(t, audio=self._resample(t.audio), reference=ref(t.reference)) for t in takes])
+
+
+def _qc_scorer(ctx: Context, groups: tuple[str, ...]):
+    """The scorer of the QC step: Whisper at the sizes' shapes with random weights (half precision on
+    a GPU), built in memory, and every other group that is installed."""
+    import torch
+
+    from synth.qc.asr import Transcriber
+    from synth.qc.policy import AsrSettings, QcSettings
+    from synth.qc.scorer import TakeScorer
+    from synth.qc.tiny_whisper import TINY_SHAPES, TURBO_SHAPES, random_whisper
+
+    shapes = TURBO_SHAPES if ctx.sizes.qc_whisper == "turbo" else TINY_SHAPES
+    model, processor = random_whisper(shapes, device=ctx.device, dtype=torch.float16 if ctx.cuda else None)
+    cap = max(1, math.ceil(TOKENS_PER_S * ctx.sizes.qc_clip_s))
+    asr = AsrSettings(model=f"random whisper ({ctx.sizes.qc_whisper})", batch_size=32 if ctx.cuda else 4,
+                      max_new_tokens=cap)
+    transcriber = Transcriber(model, processor=processor, device=ctx.device, batch_size=asr.batch_size,
+                              max_new_tokens=asr.max_new_tokens)
+    settings = QcSettings(enabled=True, metrics=groups, asr=asr, num_workers=2)
+    return TakeScorer(settings, QC_RATE_HZ, device=ctx.device, transcriber=transcriber).load()
+
+
+def _qc_alone(ctx: Context, scorer) -> dict:
+    """The stage alone: sizes.qc_clips clips of sizes.qc_clip_s (noise bursts, two voices) in one batch."""
+    import numpy as np
+
+    from synth.qc.scorer import Take
+
+    rng = np.random.default_rng(0)
+    n = int(ctx.sizes.qc_clip_s * QC_RATE_HZ)
+    clips = [(rng.standard_normal(n) * np.repeat(rng.random(n // 1600 + 1), 1600)[:n] * 0.2).astype(np.float32)
+             for _ in range(ctx.sizes.qc_clips)]
+    takes = [Take(c, "the quick brown fox jumps over the lazy dog", None, clips[i % 2]) for i, c in enumerate(clips)]
+    scorer.score(takes[:2])  # first calls: CUDA kernels, cuDNN plans, onnxruntime's arena
+    before = replace(scorer.stats)
+    t0 = time.perf_counter()
+    scorer.score(takes)
+    wall, after = time.perf_counter() - t0, scorer.stats
+    audio = after.audio_s - before.audio_s
+    return {"clips": len(takes), "audio_s": audio, "wall_s": wall, "audio_s_per_s": audio / wall,
+            "cpu_s_per_audio_s": (after.cpu_s - before.cpu_s) / audio,
+            "gpu_s_per_audio_s": (after.device_s - before.device_s) / audio}
+
+
+def _qc_beside(ctx: Context, scorer) -> dict:
+    """The engine alone, then with every finished row scored beside it (`QcStage` beside: queued, batched)."""
+    from synth.bench.qc_stage import QcStage
+
+    slots = ctx.sizes.bench_slots[0]
+    engine = ctx.load(ctx.checkpoint(), num_slots=slots, max_positions=ctx.sizes.positions, compile=False)
+    requests = _workload(ctx, ctx.sizes.qc_rows, ctx.sizes.check_frames)
+    rate_hz = engine.sample_rate_hz
+    engine.generate([replace(r, max_frames=4) for r in requests], SAMPLED)  # first use of every width, briefly
+    t0 = time.perf_counter()
+    alone = engine.generate(requests, SAMPLED)
+    gen_wall = time.perf_counter() - t0
+    audio = sum(len(r.audio) for r in alone) / rate_hz
+    stage = QcStage(_At16k(scorer, rate_hz), requests, "beside")
+    t0 = time.perf_counter()
+    engine.run(requests, SAMPLED, on_result=stage)
+    generated = time.perf_counter() - t0
+    cost = stage.finish()
+    both = time.perf_counter() - t0
+    return {"slots": slots, "rows": len(requests), "audio_s": audio, "generate_alone_s": gen_wall,
+            "generate_audio_s_per_s": audio / gen_wall, "beside_generate_s": generated, "beside_total_s": both,
+            "beside_generate_audio_s_per_s": audio / generated, "beside_qc_batches": cost.batches,
+            "beside_qc_audio_s_per_s": cost.audio_s / max(cost.busy_s, 1e-9)}
+
+
+def qc_step(ctx: Context) -> None:
+    from synth.qc import scorer as scorer_module
+
+    groups, skipped = _qc_groups()
+    if "wer" in skipped:  # a bare GPU box: time the transcription, leave its rates undefined
+        scorer_module.error_rates = lambda reference, hypothesis: (None, None)
+    t0 = time.perf_counter()
+    scorer = _qc_scorer(ctx, groups)
+    ctx.save(groups=list(groups), skipped=skipped, placement=scorer.placement, load_s=time.perf_counter() - t0,
+             whisper=ctx.sizes.qc_whisper, max_new_tokens=scorer.settings.asr.max_new_tokens)
+    print(f"# qc: the QC stage with {', '.join(groups)} (Whisper at {ctx.sizes.qc_whisper} shapes, random weights, "
+          f"greedy, {scorer.settings.asr.max_new_tokens} tokens at most: {TOKENS_PER_S} per second of speech); "
+          f"skipped: {skipped or 'nothing'}; models: {scorer.placement}; loaded in {ctx.result['load_s']:.1f} s",
+          flush=True)
+    alone = _qc_alone(ctx, scorer)
+    print("alone:", _clean(alone), flush=True)
+    ctx.save(alone=alone)
+    beside = _qc_beside(ctx, scorer)
+    print("beside the engine:", _clean(beside), flush=True)
+    scorer.close()
+    keeps_up = alone["audio_s_per_s"] / beside["generate_audio_s_per_s"]
+    ctx.save(beside=beside, gpus_of_generation_per_qc=keeps_up,
+             headline=f"QC ({'+'.join(groups)}) alone {alone['audio_s_per_s']:.0f} audio s/s "
+                      f"({alone['gpu_s_per_audio_s']:.4f} GPU-s, {alone['cpu_s_per_audio_s']:.4f} CPU-s per audio s); "
+                      f"the engine at {beside['slots']} slots {beside['generate_audio_s_per_s']:.0f} audio s/s: one "
+                      f"{ctx.device}'s QC keeps up with {keeps_up:.2f} of its generation; beside the engine: generation "
+                      f"x{beside['beside_generate_audio_s_per_s'] / beside['generate_audio_s_per_s']:.2f}"
+                      + (f"; skipped {', '.join(skipped)}" if skipped else ""))
+    print(ctx.result["headline"], flush=True)
+
+
 # ----------------------------------------------------------------------------- 5 graph_vs_eager
 
 
@@ -715,7 +883,7 @@ STEPS = [
     Step(1, "attention", attention_step, 50, 20),
     Step(2, "memory", memory_step, 110, 40),
     Step(3, "bench", bench_step, 250, 60),
-    Step(4, "qc", None, 60, 30, reserved="the QC stage at real sizes beside a generating engine (issue 22, part 5)"),
+    Step(4, "qc", qc_step, 60, 30),
     Step(5, "graph_vs_eager", graph_vs_eager_step, 40, 20),
     Step(6, "result_thread", result_thread_step, 30, 20),
     Step(7, "cudnn_off", cudnn_off_step, 30, 20, needs_cuda="cuDNN attention is a CUDA backend"),
@@ -841,6 +1009,8 @@ def key_figures(steps: dict) -> dict:
         frame = bench["frame"]
         out["frame"] = {"slots": frame["slots"], "unit": frame["unit"], "as_run": frame["as_run"],
                         "eager_split": frame["eager_split"]}
+    if "headline" in result.get("qc", {}):
+        out["qc"] = {k: result["qc"].get(k) for k in ("headline", "gpus_of_generation_per_qc", "skipped")}
     for name in ("graph_vs_eager", "result_thread", "cudnn_off"):
         if "headline" in result.get(name, {}):
             out[name] = result[name]["headline"]

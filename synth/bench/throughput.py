@@ -16,9 +16,10 @@ audio, peak memory) and the fast / reference ratios; `--json PATH` saves the row
 
 `--qc ASR_MODEL` (a Whisper hub id or directory; `tiny` builds the offline tiny Whisper)
 also runs every fast-engine slot count with the QC scorer on the result path (every metric
-of every turn, scored in the batches the engine finishes together, as a QC run scores its
-takes; no retakes), and prints throughput with QC on against off and the QC stage's own
-rate in audio seconds per second.
+of every turn, scored in the batches the engine finishes together; no retakes), inline (as a
+QC run scores its takes) and beside generation (`--qc-modes`), and prints issue 22's table:
+throughput with QC on against off, the QC stage's CPU- and GPU-seconds per audio second and
+the seconds the engine waited on it (`synth.bench.qc_stage`).
 
 `--workload dialogue` groups the same turns into dialogues of `--turns` turns, each
 turn conditioned on the generated audio of the turns before it (the context planner
@@ -42,7 +43,7 @@ import resource
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ class Row:
     idle_between_turns: int = 0
     idle_drain: int = 0
     prefill_s: float = 0.0  # fast engine: of wall_s, the frame loop's cache moves and prefills
+    qc: dict | None = None  # QC on: what scoring cost (`synth.bench.qc_stage.QcCost`)
 
     @property
     def fps(self):
@@ -224,38 +226,32 @@ def _timed_fast(engine, setting: str, device: str, work) -> tuple[Row, list]:
     return row, results
 
 
-class QcStage:
-    """An engine's `on_result` that scores every finished turn with a `synth.qc.scorer.TakeScorer`,
-    a batch at a time (`prepare`), as a QC run does (on the result thread when the engine has one)."""
-
-    def __init__(self, scorer, requests: list[GenerationRequest]):
-        self.scorer = scorer
-        self.text = {r.request_id: r.text for r in requests}
-
-    def prepare(self, results) -> None:
-        from synth.qc.scorer import Take
-
-        self.scorer.score([Take(r.audio, self.text[r.request_id], r.codes) for r in results])
-
-    def __call__(self, result) -> None:
-        return None
-
-
 def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_positions, compile,
-             options: FastEngineOptions = FastEngineOptions(), scorer=None, probe=None) -> Row:
-    """scorer: also score every finished turn (QC on). probe(engine): called once the row is measured,
-    before the engine is closed (e.g. to profile its frame)."""
+             options: FastEngineOptions = FastEngineOptions(), scorer=None, qc_mode: str = "inline",
+             on_stage=None, probe=None) -> Row:
+    """scorer: also score every finished turn (QC on; `synth.bench.qc_stage`, `qc_mode` inline or
+    beside; on_stage(stage) is handed the stage after the run). probe(engine): called once the row
+    is measured, before the engine is closed (e.g. to profile its frame)."""
+    from synth.bench.qc_stage import QcStage
+
     engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
                         compile=compile, options=options)
     setting = (f"{num_slots} slots" + (f", compiled{_mode(options)}" if compile else "") + _loop_setting(engine)
-               + (", QC on" if scorer is not None else ""))
+               + (f", QC on, {qc_mode}" if scorer is not None else ""))
+    costs = []
     if scorer is not None:
         def work(e):
-            return e.run(requests, sampling, on_result=QcStage(scorer, requests))
+            stage = QcStage(scorer, requests, qc_mode)
+            results = e.run(requests, sampling, on_result=stage)
+            costs.append(stage.finish())  # the run ends when its last turn is scored
+            if on_stage is not None:
+                on_stage(stage)
+            return results
     else:
         def work(e):
             return e.generate(requests, sampling)
     row, results = _timed_fast(engine, setting, device, work)
+    row.qc = asdict(costs[0]) if costs else None
     # The frame step alone: what one graph replay (or eager frame) costs at this slot count.
     with torch.inference_mode():
         sample = sampling.do_sample
@@ -415,6 +411,13 @@ def main(argv=None):
     parser.add_argument("--status-lag", type=int, help="frames the host reads stop flags late (default: 2 CUDA, 0 CPU)")
     parser.add_argument("--qc", metavar="ASR_MODEL", help="also run each slot count with every QC metric scored "
                         "on the result path, this Whisper transcribing (`tiny`: the offline tiny Whisper)")
+    parser.add_argument("--qc-workers", type=int, default=2, help="--qc: the scorer's CPU worker threads "
+                        "(qc.num_workers; default %(default)s)")
+    parser.add_argument("--qc-metrics", type=lambda s: tuple(s.split(",")), help="--qc: the metric groups scored "
+                        "(qc.metrics; default all: asr,speaker,dnsmos,level,timing,repetition)")
+    parser.add_argument("--qc-modes", type=lambda s: s.split(","), default=["inline", "beside"],
+                        help="--qc: how turns are scored, comma-separated: inline (the frame loop waits, as a QC run "
+                        "does today) and/or beside (on a thread while generation goes on); default both")
     parser.add_argument("--park-rows", type=int, help="slot caches the fast engine may park for a chain's next turn "
                         "(KV continuation; default: as many as slots)")
     parser.add_argument("--json", help="write the rows here")
@@ -451,8 +454,13 @@ def main(argv=None):
           f"device {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {'greedy' if args.greedy else 'sampling'}", flush=True)
 
-    scorer = _qc_scorer(args.qc, build_dir, codec.sampling_rate, device) if args.qc else None
+    scorer = None
+    if args.qc:
+        from synth.bench.qc_stage import build_scorer
+
+        scorer = build_scorer(args.qc, build_dir, codec.sampling_rate, device, args.qc_workers, args.qc_metrics)
     rows: list[Row] = []
+    stages: list = []  # the QC runs' stages (--qc)
     if args.workload == "dialogue":
         rows = dialogue_rows(args, cfg, path, requests, sampling, compile, options)
     elif not args.skip_reference:
@@ -467,10 +475,11 @@ def main(argv=None):
     for slots in cfg["slots"] if args.workload == "flat" else []:
         try:
             reqs = requests if slots > 1 else requests[: max(cfg["batch1"], 2)]
-            for qc in [None, scorer] if scorer is not None else [None]:
+            for mode in [None] + (args.qc_modes if scorer is not None else []):
                 rows.append(run_fast(path, reqs, sampling, device=device, dtype=dtype, num_slots=slots,
                                      max_positions=cfg["max_positions"], compile=compile, options=options,
-                                     scorer=qc))
+                                     scorer=scorer if mode else None, qc_mode=mode or "inline",
+                                     on_stage=stages.append))
                 print("done:", rows[-1].as_dict(frame_rate), flush=True)
         except torch.OutOfMemoryError as err:
             print(f"fast {slots} slots: out of memory ({err})", flush=True)
@@ -479,35 +488,12 @@ def main(argv=None):
 
     print_table(rows, frame_rate)
     if scorer is not None:
-        print_qc(rows, scorer)
+        from synth.bench.qc_stage import print_qc, stage_alone
+
+        print_qc(rows, scorer, stage_alone(scorer, stages[-1].takes) if stages else None)
+        scorer.close()
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict(frame_rate) for r in rows], indent=1))
-
-
-def _qc_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str):
-    """The QC scorer with every metric on and its models loaded (outside any timing)."""
-    from synth.qc.policy import AsrSettings, QcSettings
-    from synth.qc.scorer import TakeScorer
-
-    if asr_model == "tiny":
-        from synth.qc.tiny_whisper import build_tiny_whisper
-
-        asr_model = str(build_tiny_whisper(build_dir / "tiny-whisper"))
-    settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model))
-    return TakeScorer(settings, sample_rate_hz, device=device).load()
-
-
-def print_qc(rows: list[Row], scorer) -> None:
-    """Throughput with QC on against off at each slot count, and the QC stage's own rate."""
-    print()
-    fast = [r for r in rows if r.engine == "fast"]
-    for on in (r for r in fast if r.setting.endswith(", QC on")):
-        off = next(r for r in fast if r.setting == on.setting.removesuffix(", QC on"))
-        print(f"QC on / off ({off.setting}): throughput x{on.fps / off.fps:.2f} "
-              f"({on.fps:.1f} vs {off.fps:.1f} frames/s)")
-    stats = scorer.stats
-    print(f"QC stage: {stats.takes} turns, {stats.audio_s:.1f} s audio scored in {stats.busy_s:.1f} s: "
-          f"{stats.audio_s / max(stats.busy_s, 1e-9):.2f} audio s/s")
 
 
 def dialogue_rows(args, cfg, path, requests, sampling, compile, options) -> list[Row]:

@@ -5,5 +5,5 @@ the voice library, context planning and dialogue chains, the shard worker, the o
 directory and its commit protocol, and the Ray side (actors, the dispatcher, the run).
 It drives an engine only through `synth.engine.interface` and knows nothing about books.
 Importing this package loads nothing: modules that the engine benchmark uses on a bare
-GPU box (`chain`, `context_plan`) need neither Ray nor pydantic.
+GPU box (`chain`, `context_plan`, `audio_io`) need neither Ray nor pydantic.
 """

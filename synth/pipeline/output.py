@@ -330,8 +330,9 @@ def recorded_plan(store: Store) -> Plan | None:
 # The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
 # versions do not load as one dataset, so an output is only ever continued by its own.
 # 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`; 4: adds the QC columns
-# (`qc_pass`, ...). Bump it with every column change.
-DATA_SCHEMA = 4
+# (`qc_pass`, ...); 5: takes/ adds `gain_db`, and a take louder than full scale is stored scaled, not clipped
+# (an output of clipped takes is not continued with scaled ones). Bump it with every column change.
+DATA_SCHEMA = 5
 
 # What can never change between a run and its relaunch (not even with --allow-changes), and why.
 FIXED = {
@@ -364,7 +365,7 @@ def run_identity(config: SynthConfig, plan: Plan, inputs: dict | None = None) ->
             {"watermark"} if config.output.watermark is None else set())),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
-        "qc": json.loads(json.dumps(asdict(config.qc))),  # as plan.json holds it (tuples are lists)
+        "qc": json.loads(json.dumps(config.qc.identity())),  # as plan.json holds it (tuples are lists)
         "inputs": inputs or {},
         "plan": plan.to_dict(),
     }

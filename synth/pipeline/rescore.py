@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -130,7 +130,7 @@ def rescore(config: SynthConfig, input_uri: str, output_uri: str | None = None, 
     source = storage.resolve(input_uri)
     files = _input_files(source)
     store = _scores_store(config, input_uri, output_uri, adopt)
-    settings = json.dumps(asdict(config.qc), sort_keys=True).encode()
+    settings = json.dumps(config.qc.identity(), sort_keys=True).encode()
     summary = RescoreSummary()
     with Lease.acquire(store, stale_after_s=LEASE_STALE_S, log=log) as lease:
         store.run_id = lease.run_id

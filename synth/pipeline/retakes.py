@@ -7,7 +7,8 @@ derived from the turn's seed and the take number, under its own request id, unti
 passes or `qc.max_takes` were tried; then the first passing take, else the best by
 `take_score`, is accepted: optionally cleaned up (silence trimmed in whole frames,
 loudness normalised) and handed back as the turn's result, so the chain conditions later
-turns on it. Rejected takes become rows of the part's takes/ file. Each turn's intended
+turns on it. Takes arrive as the output stores them (`audio_io.as_stored`), so their metrics
+describe what is stored; the gain that took is on each take's row (`gain_db`). Rejected takes become rows of the part's takes/ file. Each turn's intended
 voice (for `speaker_sim`) is the voice library's clip for its speaker, else the script's
 recorded clip of that speaker, else the speaker's first accepted turn in the script.
 It knows nothing about Ray, commits or files: `synth.pipeline.worker` calls it.
@@ -44,6 +45,7 @@ class _Take:
     result: GenerationResult
     metrics: dict
     reasons: list[str]
+    gain_db: float | None  # the full-scale fit its audio took (`audio_io.as_stored`), or None
 
 
 @dataclass
@@ -119,9 +121,10 @@ class Retakes:
 
     # -- the decision ---------------------------------------------------------------
 
-    def on_take(self, chain: Chain, result: GenerationResult, counts: QcCounts,
-                script_id: str) -> GenerationRequest | Accepted:
-        """A finished take of the chain's current turn: the next take's request, or the accepted take."""
+    def on_take(self, chain: Chain, result: GenerationResult, counts: QcCounts, script_id: str, *,
+                gain_db: float | None = None) -> GenerationRequest | Accepted:
+        """A finished take of the chain's current turn (its audio as stored, `gain_db` what that took):
+        the next take's request, or the accepted take."""
         request = chain.request
         assert request is not None
         key = request.request_id
@@ -131,7 +134,7 @@ class Retakes:
         takes = self._takes.setdefault(key, [])
         number = len(takes) + 1
         reasons = judge(metrics, self.settings.thresholds, self.measured)
-        takes.append(_Take(number, take_seed(request.seed, number), result, metrics, reasons))
+        takes.append(_Take(number, take_seed(request.seed, number), result, metrics, reasons, gain_db))
         counts.takes += 1
         counts.takes_failed.update(reason_metric(r) for r in reasons)
         if reasons and number < self.settings.max_takes:
@@ -156,7 +159,7 @@ class Retakes:
         assert request is not None
         result = replace(kept.result, request_id=request.request_id)
         clean = self.settings.cleanup
-        trimmed, gain_db = None, None
+        trimmed, gain_db = None, kept.gain_db
         if clean.trim_silence and kept.metrics.get("leading_silence_s") is not None and result.num_frames:
             frame_s = self.samples_per_frame / self.scorer.sample_rate_hz
             cut = cleanup.frames_to_trim(kept.metrics["leading_silence_s"], kept.metrics["trailing_silence_s"],
@@ -165,9 +168,11 @@ class Retakes:
             result = replace(result, audio=audio, codes=codes)
             trimmed = list(cut)
         if clean.loudness_lufs is not None:
-            audio, gain_db = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
-                                                        clean.loudness_lufs, clean.max_peak_dbfs)
+            audio, normalized_db = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
+                                                              clean.loudness_lufs, clean.max_peak_dbfs)
             result = replace(result, audio=audio)
+            if normalized_db is not None:  # the row's gain: generation to storage, both steps
+                gain_db = normalized_db + (gain_db or 0.0)
         columns = {"qc_pass": not kept.reasons, "qc_reasons": list(kept.reasons), "take": kept.number,
                    "num_takes": num_takes, "seed": kept.seed, **kept.metrics,
                    "trimmed_frames": trimmed, "gain_db": gain_db}
@@ -182,7 +187,7 @@ class Retakes:
         return {"id": key, "script_id": script_id, "turn": turn, "take": take.number, "kept_take": kept,
                 "seed": take.seed, "num_frames": take.result.num_frames, "stop_reason": take.result.stop_reason,
                 "codes": take.result.codes.astype(np.int16).tolist(), "audio": audio,
-                "qc_pass": not take.reasons, "qc_reasons": list(take.reasons), **take.metrics}
+                "qc_pass": not take.reasons, "qc_reasons": list(take.reasons), **take.metrics, "gain_db": take.gain_db}
 
 
 def no_qc_columns() -> dict:

@@ -6,7 +6,10 @@ and voices, deriving per-turn seeds and length caps, running each script as a ch
 (`synth.pipeline.chain`: every generated turn becomes context for the next) while the
 engine interleaves the turns of all the shard's scripts, and turning results and
 per-row problems into output rows (with the context each turn lost in `warnings`) and
-error rows. With `qc.enabled`, each finished take goes through the retake loop
+error rows. Every finished take's audio is converted to what the output stores before it
+is measured or written (`audio_io.as_stored`: a take louder than full scale is scaled down,
+its gain in the row's `gain_db`, never clipped); later turns hear the take QC kept as stored,
+or without QC the take as generated. With `qc.enabled`, each finished take goes through the retake loop
 (`synth.pipeline.retakes`) before it becomes a row, and a part commits its rejected takes
 with its rows. A shard's rows must be the ones the plan gave it (their ids' hash), or
 nothing is generated. A shard that failed before is run again with its scripts isolated,
@@ -23,14 +26,14 @@ import json
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
 from synth.engine.checkpoint import checkpoint_fingerprint, resolve_device
 from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
-from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
+from synth.pipeline.audio_io import AudioError, as_stored, decode_clip, encode_audio
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, SegmentCost
@@ -212,7 +215,7 @@ class ShardWorker:
     def output_row(self, script: Script, chain: Chain, result: GenerationResult, shard: Shard,
                    qc_columns: dict | None = None) -> dict:
         """The output row of the chain's current turn; qc_columns: its QC decision and metrics
-        (the kept take's seed among them), or None without QC."""
+        (the kept take's seed among them) and `gain_db`, or None for a row without QC or gain."""
         turn_index, request, plan = chain.turn, chain.request, chain.plan
         assert request is not None and plan is not None
         turn = script.turns[turn_index]
@@ -284,6 +287,7 @@ class _ShardRun:
         self.commits: dict[int, PartCommit] = {}
         self.parts: dict[int, _Part] = {}  # parts not yet committed
         self.chains: dict[str, tuple[_Part, Script, Chain]] = {}  # request id -> who generates it
+        self.stored: dict[str, tuple[GenerationResult, float | None]] = {}  # prepared: request id -> (as stored, gain)
         self.t0 = time.perf_counter()
 
     def start_part(self, index: int) -> list[GenerationRequest]:
@@ -314,18 +318,32 @@ class _ShardRun:
         return first
 
     def prepare(self, results: list[GenerationResult]) -> None:
-        """Takes that finished together: score them in one batch (QC on)."""
+        """Takes that finished together: their audio as stored, then (QC on) scored in one batch."""
+        ready = [self._stored(r) for r in results if r.request_id in self.chains]
+        self.stored.update({r.request_id: (r, gain) for r, gain in ready})
         retakes = self.worker.retakes
         if retakes is not None:
-            retakes.score_ahead([(self.chains[r.request_id][2], r) for r in results if r.request_id in self.chains])
+            retakes.score_ahead([(self.chains[r.request_id][2], r) for r, _ in ready])
+
+    def _stored(self, result: GenerationResult) -> tuple[GenerationResult, float | None]:
+        """The result with its audio as the output will store it (`as_stored`: scaled, never clipped,
+        if it is louder than full scale; 16-bit), so QC measures, later turns hear and the row holds
+        the same samples; and the gain in dB (None: none)."""
+        kept = self.stored.pop(result.request_id, None)
+        if kept is not None:
+            return kept
+        audio, gain_db = as_stored(result.audio)
+        return replace(result, audio=audio), gain_db
 
     def __call__(self, result: GenerationResult) -> list[GenerationRequest]:
         """A finished turn (or take): its row, then its chain's next turn (or the chain's end)."""
         part, script, chain = self.chains.pop(result.request_id)
         raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
-        retakes, columns = self.worker.retakes, None
+        generated = result
+        result, gain_db = self._stored(result)
+        retakes, columns = self.worker.retakes, {**no_qc_columns(), "gain_db": gain_db}
         if retakes is not None:
-            outcome = retakes.on_take(chain, result, part.qc, script.id)
+            outcome = retakes.on_take(chain, result, part.qc, script.id, gain_db=gain_db)
             if not isinstance(outcome, Accepted):  # the turn's next take
                 self.chains[outcome.request_id] = (part, script, chain)
                 return [outcome]
@@ -333,7 +351,8 @@ class _ShardRun:
             part.takes += outcome.rejected
         part.rows.append(self.worker.output_row(script, chain, result, self.shard, columns))
         part.manifest_rows[result.request_id] = script.row
-        chain.add_result(result)
+        # later turns hear the take QC kept, as stored and cleaned up; without QC, the take as generated
+        chain.add_result(result if retakes is not None else generated)
         request = self._next(part, script, chain)
         if request is not None:
             return [request]

@@ -52,7 +52,8 @@ def output_features(sample_rate_hz: int):
             "warnings": Value("string"),  # what the turn's context left out that it should have held, or null
             **qc_features(),
             "trimmed_frames": List(Value("int32")),  # [start, end] frames cut by qc.cleanup.trim_silence, or null
-            "gain_db": Value("float64"),  # gain of qc.cleanup.loudness_lufs, or null
+            # dB between generation and storage (`audio_io.as_stored`'s fit, then qc.cleanup.loudness_lufs), or null
+            "gain_db": Value("float64"),
         }
     )
 
@@ -85,6 +86,7 @@ def takes_features(sample_rate_hz: int):
             "codes": List(List(Value("int16"))),
             "audio": Audio(sampling_rate=sample_rate_hz),  # null when qc.keep_take_audio is off
             **qc_features(),
+            "gain_db": Value("float64"),  # the take scaled to fit full scale (`audio_io.as_stored`), or null
         }
     )
 

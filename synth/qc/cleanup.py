@@ -18,12 +18,13 @@ from synth.qc.deps import require
 
 def frames_to_trim(leading_s: float, trailing_s: float, num_frames: int, frame_s: float,
                    keep_s: float) -> tuple[int, int]:
-    """Whole frames to cut at the start and the end, leaving `keep_s` of each silence and at
-    least one frame."""
+    """Whole frames to cut at the start and the end, leaving `keep_s` of each silence. A clip with
+    no speech (its silences meet) keeps its first `keep_s` (whole frames, at least one)."""
     start = max(0, math.floor((leading_s - keep_s) / frame_s))
     end = max(0, math.floor((trailing_s - keep_s) / frame_s))
-    if start + end >= num_frames:  # all silence: keep the first frame
-        return 0, max(0, num_frames - 1)
+    if start + end >= num_frames:  # all silence
+        kept = min(num_frames, max(1, math.ceil(keep_s / frame_s - 1e-9)))
+        return 0, max(0, num_frames - kept)
     return start, end
 
 

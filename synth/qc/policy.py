@@ -13,7 +13,7 @@ nothing about models, outputs or Ray.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 # Metric groups that can be turned on, and the output columns each fills.
@@ -27,6 +27,7 @@ METRIC_COLUMNS = {
 }
 METRICS = tuple(c for cols in METRIC_COLUMNS.values() for c in cols)  # every metric column, in order
 _FORBID = {"extra": "forbid"}  # a plain dict: this layer does not import pydantic
+MAX_WORKERS = 64  # qc.num_workers: more threads than any actor has cores
 
 
 def _check(condition: bool, message: str) -> None:
@@ -43,10 +44,14 @@ class AsrSettings:
     model: str = "openai/whisper-large-v3-turbo"
     batch_size: int = 8
     max_new_tokens: int = 128
+    # greedy: transformers' ASR pipeline otherwise searches 5 beams (its default, after openai's whisper), which
+    # multiplies the decoder's cost; QC needs the error rate, not the best transcript a search can find
+    num_beams: int = 1
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"qc.asr.batch_size must be >= 1, got {self.batch_size}")
         _check(self.max_new_tokens >= 1, f"qc.asr.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.num_beams >= 1, f"qc.asr.num_beams must be >= 1, got {self.num_beams}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ class QcSettings:
     large). metrics: the groups to compute (`METRIC_COLUMNS`). max_takes: takes per turn
     before the best failing one is kept. count_failures_as_errors: a script whose kept take
     fails counts toward `job.max_error_rate`. keep_take_audio: rejected takes keep their audio
-    in takes/ (their codes are always kept)."""
+    in takes/ (their codes are always kept). num_workers: threads that compute the CPU metrics of
+    a batch in parallel (how a run executes, not what it computes: not part of `identity`)."""
 
     __pydantic_config__ = _FORBID
 
@@ -119,13 +125,21 @@ class QcSettings:
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
     count_failures_as_errors: bool = False
     keep_take_audio: bool = True
+    num_workers: int = 2
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRIC_COLUMNS]
         _check(not unknown, f"qc.metrics: unknown {unknown}; choose from {list(METRIC_COLUMNS)}")
         _check(self.max_takes >= 1, f"qc.max_takes must be >= 1, got {self.max_takes}")
+        _check(1 <= self.num_workers <= MAX_WORKERS,
+               f"qc.num_workers must be between 1 and {MAX_WORKERS}, got {self.num_workers}")
         _check(not self.cleanup.trim_silence or "timing" in self.metrics,
                "qc.cleanup.trim_silence needs the `timing` metrics (the VAD finds the silence) in qc.metrics")
+
+    def identity(self) -> dict:
+        """The settings that decide what QC computes (a run's plan.json, a rescore's markers): all
+        but how it executes (`num_workers`)."""
+        return {k: v for k, v in asdict(self).items() if k != "num_workers"}
 
     def measured(self) -> set[str]:
         """The metric columns this policy computes."""

@@ -3,14 +3,20 @@
 This module owns the quality metrics: DNSMOS OVRL (`speechmos`, Microsoft's DNSMOS ONNX
 models shipped in its wheel; 16 kHz; clean espeak speech about 2.7, noise about 1.1),
 integrated loudness in LUFS (`pyloudnorm`, ITU-R BS.1770; undefined under 0.4 s or on
-silence), peak level in dBFS and the fraction of samples at full scale. It knows nothing
-about thresholds (`synth.qc.policy`) or where clips come from.
+silence), peak level in dBFS and the fraction of samples at full scale. DNSMOS runs on
+windows stacked in a batch: on the CPU through onnxruntime (its session is shared by the
+scorer's worker threads), or on a GPU through `onnx2torch`'s conversion of the same graph
+where that converts and agrees with onnxruntime at load (`Dnsmos.placement` says which,
+and why). Only the model OVRL comes from is run: speechmos also runs its P.808 model, whose
+score synth does not use. It knows nothing about thresholds (`synth.qc.policy`) or where
+clips come from.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -19,34 +25,95 @@ from synth.qc.deps import require
 MOS_RATE_HZ = 16000  # DNSMOS's rate
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (16-bit full scale, less rounding)
 MIN_LOUDNESS_S = 0.4  # BS.1770's gating block: pyloudnorm refuses shorter clips
+CPU_ROWS = 2  # windows per onnxruntime call on the CPU: larger batches only add memory traffic there
+DEVICE_ROWS = 64  # windows per call on a GPU (64 x 9 s)
+DEVICE_TOLERANCE = 0.01  # most |OVRL| difference between the GPU path and onnxruntime at load
 
 
 class Dnsmos:
-    """speechmos's DNSMOS models, loaded once, with onnxruntime held to `threads` threads (the
-    actor's CPU share, not every core)."""
+    """speechmos's DNSMOS primary model (signal, background, overall), loaded once. On the CPU,
+    onnxruntime held to `threads` threads per call (the scorer calls it from its worker threads);
+    with `device` a GPU, the converted graph there if it agrees with onnxruntime."""
 
-    def __init__(self, threads: int = 1):
-        dnsmos = require("speechmos.dnsmos")
+    def __init__(self, threads: int = 1, device: str = "cpu"):
+        self._speechmos = require("speechmos.dnsmos")
         ort = require("onnxruntime")
-        models = os.path.join(os.path.dirname(dnsmos.__file__), "dnsmos_models")
+        self.path = os.path.join(os.path.dirname(self._speechmos.__file__), "dnsmos_models", "sig_bak_ovr.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = max(1, threads)
-        primary, p808 = os.path.join(models, "sig_bak_ovr.onnx"), os.path.join(models, "model_v8.onnx")
-        self.model = dnsmos.DNSMOS(primary, p808)
-        self.model.onnx_sess = ort.InferenceSession(primary, options, providers=["CPUExecutionProvider"])
-        self.model.p808_onnx_sess = ort.InferenceSession(p808, options, providers=["CPUExecutionProvider"])
-        self.window = math.ceil(dnsmos.INPUT_LENGTH * MOS_RATE_HZ)  # samples of one DNSMOS window (9.01 s)
+        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.window = math.ceil(self._speechmos.INPUT_LENGTH * MOS_RATE_HZ)  # samples of one window (9.01 s)
+        self.module, self.device = None, "cpu"
+        self.placement = "cpu (onnxruntime)"
+        if device != "cpu":
+            self.module, self.placement = _on_device(self, device)
+            self.device = device if self.module is not None else "cpu"
 
-    def ovrl(self, clip_16k: np.ndarray) -> float | None:
-        """DNSMOS overall quality (1..5) of a 16 kHz clip; None for an empty clip or pure silence.
-        A clip shorter than DNSMOS's 9 s window is repeated to fill exactly one window (speechmos
-        itself doubles it past the window and scores every 1 s hop: 8 windows for a 1 s clip)."""
+    def windows_of(self, clip_16k: np.ndarray) -> np.ndarray | None:
+        """The windows DNSMOS scores for a 16 kHz clip [H, window], as speechmos cuts them; None for
+        an empty clip or pure silence. A clip shorter than the 9 s window is repeated to fill exactly
+        one window (speechmos itself doubles it past the window and scores every 1 s hop: 8 windows
+        for a 1 s clip); a longer one gives a window every 1 s hop, as in speechmos."""
         if not len(clip_16k) or not np.any(clip_16k):
             return None
         clip = np.clip(np.asarray(clip_16k, np.float32), -1.0, 1.0)
         if len(clip) < self.window:
-            clip = np.resize(clip, self.window)
-        return float(self.model(clip, MOS_RATE_HZ, False)["ovrl_mos"])
+            return np.resize(clip, self.window)[None]
+        length_s = self._speechmos.INPUT_LENGTH
+        hops = int(np.floor(len(clip) / MOS_RATE_HZ) - length_s) + 1
+        segments = [clip[int(i * MOS_RATE_HZ) : int((i + length_s) * MOS_RATE_HZ)] for i in range(hops)]
+        return np.stack([s for s in segments if len(s) == self.window])  # speechmos's own cuts (and skips)
+
+    def raw(self, windows: np.ndarray, *, on_cpu: bool = False) -> np.ndarray:
+        """The model's raw (signal, background, overall) [B, 3] of windows [B, window], on its device
+        (or on the CPU's onnxruntime with `on_cpu`)."""
+        windows = np.ascontiguousarray(windows, np.float32)
+        if self.module is None or on_cpu:
+            out = [self.session.run(None, {"input_1": windows[i : i + CPU_ROWS]})[0]
+                   for i in range(0, len(windows), CPU_ROWS)]
+            return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+        import torch
+
+        with torch.inference_mode():
+            return np.concatenate([self.module(torch.from_numpy(windows[i : i + DEVICE_ROWS]).to(self.device))
+                                   .float().cpu().numpy() for i in range(0, len(windows), DEVICE_ROWS)])
+
+    def ovrl_batch(self, stacks: Sequence[np.ndarray | None], *, on_cpu: bool = False) -> list[float | None]:
+        """DNSMOS overall quality (1..5) of clips given by their windows (`windows_of`; None stays None):
+        every window of the batch in one pass, each clip's score the mean over its windows."""
+        present = [w for w in stacks if w is not None]
+        if not present:
+            return [None] * len(stacks)
+        raw = self.raw(np.concatenate(present), on_cpu=on_cpu)
+        # speechmos's own polynomial fit of its raw scores (not personalised; `self` is unused there)
+        ovrl = self._speechmos.DNSMOS.get_polyfit_val(None, raw[:, 0], raw[:, 1], raw[:, 2], False)[2]
+        out, at = [], 0
+        for w in stacks:
+            out.append(None if w is None else float(np.mean(ovrl[at : at + len(w)])))
+            at += 0 if w is None else len(w)
+        return out
+
+    def ovrl(self, clip_16k: np.ndarray) -> float | None:
+        """DNSMOS overall quality (1..5) of one 16 kHz clip; None for an empty clip or pure silence."""
+        return self.ovrl_batch([self.windows_of(clip_16k)])[0]
+
+
+def _on_device(dnsmos: Dnsmos, device: str):
+    """(the converted DNSMOS graph on `device`, its placement) where `onnx2torch` converts it and it
+    agrees with onnxruntime on two fixed windows; else (None, the CPU placement and why)."""
+    import importlib
+
+    try:
+        onnx, onnx2torch = importlib.import_module("onnx"), importlib.import_module("onnx2torch")
+        module = onnx2torch.convert(onnx.load(dnsmos.path)).eval().to(device)
+    except Exception as err:  # a missing or failing converter: the CPU path, with the reason on record
+        return None, f"cpu (onnxruntime; no {device} path: {type(err).__name__}: {str(err)[:120]})"
+    probe = [(np.random.default_rng(i).standard_normal((1, dnsmos.window)) * 0.1).astype(np.float32) for i in (0, 1)]
+    dnsmos.module, dnsmos.device = module, device
+    gap = max(abs(a - b) for a, b in zip(dnsmos.ovrl_batch(probe), dnsmos.ovrl_batch(probe, on_cpu=True)))
+    if gap > DEVICE_TOLERANCE:
+        return None, f"cpu (onnxruntime; the {device} conversion differs by {gap:.3g} MOS)"
+    return module, f"{device} (onnx2torch, within {gap:.1g} MOS of onnxruntime)"
 
 
 def loudness_lufs(clip: np.ndarray, rate_hz: int) -> float | None:

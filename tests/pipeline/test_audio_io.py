@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
+from synth.pipeline.audio_io import (
+    FIT_PEAK_DBFS,
+    AudioError,
+    as_stored,
+    clips_as_pcm16,
+    decode_clip,
+    encode_audio,
+)
 
 
 def test_recorded_clip_is_resampled_to_24k_mono(speech_clip):
@@ -51,3 +58,30 @@ def test_encode_round_trips(fmt):
     decoded, rate = sf.read(io.BytesIO(encode_audio(samples, 24000, fmt)), dtype="float32")
     assert rate == 24000 and decoded.shape == samples.shape
     np.testing.assert_allclose(decoded, samples, atol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_what_is_stored_is_what_a_reader_decodes(fmt):
+    """`as_stored` is the output's own conversion: the bytes of a clip decode to exactly its samples."""
+    rng = np.random.default_rng(0)
+    samples = (0.4 * rng.standard_normal(24000)).clip(-0.99, 0.99).astype(np.float32)
+    stored, gain = as_stored(samples)
+    assert gain is None  # nothing past full scale: unchanged but for 16-bit steps
+    assert np.abs(stored - samples).max() <= 0.5 / 32768 + 1e-9
+    decoded, _ = sf.read(io.BytesIO(encode_audio(samples, 24000, fmt)), dtype="float32")
+    assert np.array_equal(decoded, stored)
+    assert np.array_equal(as_stored(stored)[0], stored)  # stored audio goes through again unchanged
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_a_take_louder_than_full_scale_is_scaled_not_clipped(fmt):
+    t = np.arange(24000) / 24000
+    loud = (4.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)  # a peak of +13 dBFS, as the tiny CSM makes
+    assert clips_as_pcm16(loud) and not clips_as_pcm16(loud / 5)
+    stored, gain = as_stored(loud)
+    assert gain == pytest.approx(FIT_PEAK_DBFS - 20 * np.log10(4.5), abs=1e-4)
+    assert 20 * np.log10(np.abs(stored).max()) == pytest.approx(FIT_PEAK_DBFS, abs=1e-3)  # not 0 dBFS: no sample clipped
+    assert np.abs(stored - loud * 10 ** (gain / 20)).max() <= 0.5 / 32768 + 1e-7  # one gain for the whole clip
+    decoded, _ = sf.read(io.BytesIO(encode_audio(stored, 24000, fmt)), dtype="float32")
+    assert np.array_equal(decoded, stored)
+    assert as_stored(np.zeros(10, np.float32))[1] is None and as_stored(np.zeros(0, np.float32))[0].size == 0

@@ -406,6 +406,7 @@ COLUMNS_OF_SCHEMA[3] = [*COLUMNS_OF_SCHEMA[2][:5], "spoken_text", *COLUMNS_OF_SC
 COLUMNS_OF_SCHEMA[4] = [*COLUMNS_OF_SCHEMA[3], "qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer",
                         "speaker_sim", "dnsmos", "loudness_lufs", "peak_dbfs", "clipped_fraction", "leading_silence_s",
                         "trailing_silence_s", "speech_ratio", "chars_per_s", "loop_score", "trimmed_frames", "gain_db"]
+COLUMNS_OF_SCHEMA[5] = COLUMNS_OF_SCHEMA[4]  # the same data columns; takes/ adds gain_db, loud takes are scaled
 
 
 def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):

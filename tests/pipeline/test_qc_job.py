@@ -123,6 +123,24 @@ def test_every_take_is_scored_recorded_and_the_kept_one_marked(qc_shard):
     assert sum(t["failed"]["wer"] for t in totals) == 4 and sum(t["passed"] for t in totals) == 0
 
 
+def test_level_metrics_describe_the_stored_take_never_clipped(qc_shard):
+    """The tiny CSM's takes peak far past full scale: each is stored scaled to -1 dBFS, with its gain on
+    its row, and its level metrics are those of the stored samples (a rejected take's file holds them)."""
+    engine, _, data, takes = qc_shard
+    for take in takes:
+        key = take["id"] if take["take"] == 1 else f"{take['id']}#take{take['take']}"
+        generated = engine.results[key].audio
+        samples, _ = sf.read(io.BytesIO(take["audio"]["bytes"]), dtype="float32")
+        assert np.abs(generated).max() > 1.0 and take["gain_db"] < 0  # louder than full scale as generated
+        assert take["peak_dbfs"] == pytest.approx(20 * np.log10(float(np.abs(samples).max())), abs=1e-9)
+        assert take["peak_dbfs"] <= -0.99
+        assert take["clipped_fraction"] == 0 and np.abs(samples).max() < 0.999
+        assert np.allclose(samples, generated * 10 ** (take["gain_db"] / 20), atol=0.5 / 32768 + 1e-6)
+    for row in data.values():  # kept takes: the fit, then the clean-up's normalisation, in one gain
+        samples, _ = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        assert row["peak_dbfs"] <= -0.99 and row["clipped_fraction"] == 0
+
+
 def test_later_turns_are_conditioned_on_the_kept_take(qc_shard):
     engine, _, data, _ = qc_shard
     for earlier, later in (("d:1", "d:2"), ("d:2", "d:3")):
@@ -131,9 +149,12 @@ def test_later_turns_are_conditioned_on_the_kept_take(qc_shard):
         request: GenerationRequest = engine.requests[later]
         last = request.context[-1]
         assert last.text == data[earlier]["text"]
-        # the kept take's audio as generated, scaled by the clean-up's gain (what the row holds)
+        # the kept take's audio as generated, scaled by the row's gain (the fit to full scale, then the
+        # clean-up's normalisation, which lowers it here), within half a 16-bit step: what the row holds
         gain = 10 ** (data[earlier]["gain_db"] / 20)
-        assert np.allclose(last.audio, kept.audio * gain, atol=1e-6)
+        assert np.allclose(last.audio, kept.audio * gain, atol=0.5 / 32768 + 1e-6)
+        samples, _ = sf.read(io.BytesIO(data[earlier]["audio"]["bytes"]), dtype="float32")
+        assert np.array_equal(samples, last.audio.astype(np.float32)) or np.allclose(samples, last.audio, atol=1 / 32768)
         assert not np.allclose(last.audio[: len(rejected.audio)], (rejected.audio * gain)[: len(last.audio)])
 
 

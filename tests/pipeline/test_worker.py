@@ -232,3 +232,25 @@ def test_nan_audio_is_refused(shard_output, tmp_path):
     sf.write(path, np.full(2400, np.nan, dtype=np.float32), 24000, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN"):
         worker._clip(str(path))
+
+
+def test_without_qc_a_take_louder_than_full_scale_is_stored_scaled_with_its_gain(shard_output, engine):
+    """QC off: no take is clipped silently either. The tiny CSM's audio peaks past full scale: each row
+    is stored at -1 dBFS, its `gain_db` says by how much it was scaled, and its codes are untouched."""
+    from synth.pipeline.audio_io import FIT_PEAK_DBFS
+
+    out, *_ = shard_output
+    rows = [r for r in _rows(out) if r["num_frames"]]
+    loud = 0
+    for row in rows:
+        samples, _ = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
+        generated = engine.decode(torch.tensor(row["codes"]))
+        peak = float(np.abs(generated).max())
+        if row["gain_db"] is None:  # it fitted: stored as generated, in 16-bit steps
+            assert peak * 32768 < 32767.5 and np.allclose(samples, generated, atol=0.5 / 32768 + 1e-6)
+            continue
+        loud += 1
+        assert row["gain_db"] == pytest.approx(FIT_PEAK_DBFS - 20 * np.log10(peak), abs=1e-3)
+        assert 20 * np.log10(float(np.abs(samples).max())) == pytest.approx(FIT_PEAK_DBFS, abs=1e-3)
+        assert np.allclose(samples, generated * 10 ** (row["gain_db"] / 20), atol=0.5 / 32768 + 1e-5)
+    assert loud and rows[0]["qc_pass"] is None  # the tiny CSM's takes are loud, and QC was off

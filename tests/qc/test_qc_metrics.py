@@ -13,6 +13,7 @@ from synth.qc import cleanup, quality, repetition
 from synth.qc.asr import Transcriber, error_rates, normalize
 from synth.qc.policy import AsrSettings, QcSettings, judge
 from synth.qc.scorer import Take, TakeScorer
+from synth.qc.timing import timing_of
 
 RATE = 24000
 TEXT = "The quick brown fox jumps over the lazy dog near the quiet river bank."
@@ -170,8 +171,100 @@ def test_cleanup_trims_whole_frames_and_normalises_loudness(clips, scored):
     assert cut[0] >= 14 and cut[1] >= 8  # ~1.5 s and ~1 s of silence, less the 0.16 s kept
     trimmed_audio, trimmed_codes = cleanup.trim(audio, codes, cut, spf)
     assert len(trimmed_audio) == len(trimmed_codes) * spf and trimmed_codes[0, 0] == codes[cut[0], 0]
-    assert cleanup.frames_to_trim(5.0, 5.0, 10, 0.08, 0.0) == (0, 9)  # all silence: one frame is kept
+    assert cleanup.frames_to_trim(5.0, 5.0, 10, 0.08, 0.0) == (0, 9)  # all silence, nothing to keep: one frame
+    # no speech detected (silences meet): keep_silence_s is kept, in whole frames, not one 80 ms frame
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 0.16) == (0, 8)
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 0.2) == (0, 7)  # 0.2 s: 3 frames (240 ms) keep it all
+    assert cleanup.frames_to_trim(0.8, 0.8, 10, 0.08, 5.0) == (0, 0)  # more than the clip: all of it
     louder, gain = cleanup.normalize_loudness(clips["speech"] * 0.05, RATE, -20.0, -1.0)
     assert gain > 0 and quality.loudness_lufs(louder, RATE) == pytest.approx(-20.0, abs=0.5)
     assert quality.peak_dbfs(louder) <= -1.0 + 1e-3
     assert cleanup.normalize_loudness(clips["silence"], RATE, -20.0, -1.0)[1] is None
+
+
+# How far a batched metric may be from the same metric computed one clip at a time, the way the
+# libraries compute it alone (resemblyzer's embed_utterance, speechmos's DNSMOS, silero's
+# get_speech_timestamps): float rounding of batched kernels, nothing more.
+BATCH_TOLERANCE = {"speaker_sim": 1e-4, "dnsmos": 1e-4, "leading_silence_s": 0.0, "trailing_silence_s": 0.0,
+                   "speech_ratio": 0.0, "chars_per_s": 0.0, "loudness_lufs": 0.0, "peak_dbfs": 0.0,
+                   "clipped_fraction": 0.0}
+
+
+def test_a_batch_scores_each_take_as_the_libraries_score_it_alone(scorer, clips, scored):
+    """Every metric of the batch (every clip at once, their work split among the workers) against
+    the libraries' own one-clip paths, which the scorer used before it batched."""
+    import speechmos.dnsmos
+    import torch
+    from resemblyzer import VoiceEncoder
+    from silero_vad import get_speech_timestamps
+
+    encoder = VoiceEncoder(device="cpu", verbose=False)
+    dnsmos = scorer._dnsmos
+    alone = speechmos.dnsmos.DNSMOS(dnsmos.path, dnsmos.path.replace("sig_bak_ovr", "model_v8"))
+    vad = scorer._vads[0].model
+    reference = encoder.embed_utterance(scorer._at_16k(clips["same_voice"]))
+    for name, clip in clips.items():
+        clip16 = scorer._at_16k(clip)
+        expected = {"speaker_sim": float(np.dot(encoder.embed_utterance(clip16), reference)),
+                    "loudness_lufs": quality.loudness_lufs(clip, RATE), "peak_dbfs": quality.peak_dbfs(clip),
+                    "clipped_fraction": quality.clipped_fraction(clip)}
+        window = dnsmos.windows_of(clip16)
+        expected["dnsmos"] = None if window is None else float(alone(window[0], 16000, False)["ovrl_mos"])
+        spans = [(s["start"], s["end"]) for s in get_speech_timestamps(torch.from_numpy(clip16), vad)]
+        timing = timing_of(clip16, TEXT, spans)
+        expected.update(leading_silence_s=timing.leading_silence_s, trailing_silence_s=timing.trailing_silence_s,
+                        speech_ratio=timing.speech_ratio, chars_per_s=timing.chars_per_s)
+        for metric, tolerance in BATCH_TOLERANCE.items():
+            got, want = scored[name][metric], expected[metric]
+            assert (got is None) == (want is None), (name, metric, got, want)
+            assert got is None or abs(got - want) <= tolerance, (name, metric, got, want)
+    (alone_row,) = scorer.score([Take(clips["padded"], TEXT, reference=clips["same_voice"])])
+    assert alone_row == pytest.approx(scored["padded"], abs=1e-4)  # a batch of one: the same row
+
+
+def test_a_reference_voice_is_embedded_once_per_scorer(scorer, clips, monkeypatch):
+    calls = []
+    embed = scorer._speaker.embed_batch
+    monkeypatch.setattr(scorer._speaker, "embed_batch", lambda parts: calls.append(len(parts)) or embed(parts))
+    reference = np.copy(clips["same_voice"])
+    takes = [Take(clips[n], TEXT, reference=reference) for n in ("speech", "noise", "cut_short")]
+    first = scorer.score(takes)
+    again = scorer.score(takes)
+    assert calls == [4, 3]  # one encoder call per batch; the reference only in the first
+    assert [r["speaker_sim"] for r in first] == [r["speaker_sim"] for r in again]
+
+
+def test_long_clips_are_scored_every_hop_as_speechmos_does(scorer, clips):
+    """A clip longer than DNSMOS's 9 s window: speechmos's windows (one per 1 s hop), averaged."""
+    import speechmos.dnsmos
+
+    long16 = scorer._at_16k(np.concatenate([clips["speech"]] * 4))
+    dnsmos = scorer._dnsmos
+    windows = dnsmos.windows_of(long16)
+    assert len(windows) == int(np.floor(len(long16) / 16000) - 9.01) + 1 > 1
+    alone = speechmos.dnsmos.DNSMOS(dnsmos.path, dnsmos.path.replace("sig_bak_ovr", "model_v8"))
+    assert dnsmos.ovrl(long16) == pytest.approx(float(alone(long16, 16000, False)["ovrl_mos"]), abs=1e-4)
+
+
+def test_the_scorer_keeps_torch_threads_and_its_models_where_it_says(scorer):
+    import torch
+
+    before = torch.get_num_threads()
+    scorer.score([Take(np.zeros(RATE, np.float32), TEXT)])
+    assert torch.get_num_threads() == before  # importing silero_vad set it to 1 for the whole process
+    assert scorer.placement == {"asr": "cpu (Whisper, batched)", "speaker": scorer.placement["speaker"],
+                                "dnsmos": "cpu (onnxruntime)", "timing": "cpu workers (Silero VAD, batched)",
+                                "level": "cpu workers (pyloudnorm)", "repetition": "cpu (from the codes)"}
+    assert scorer.stats.cpu_s > 0 and scorer.stats.device_s == 0 and scorer.num_workers == 2
+
+
+def test_asr_decodes_greedily_unless_told(tiny_whisper, clips, scorer):
+    """transformers' ASR pipeline searches 5 beams unless the checkpoint says otherwise; QC asks for 1."""
+    seen = []
+    for beams in (1, 2):
+        asr = Transcriber(tiny_whisper, batch_size=2, max_new_tokens=8, num_beams=beams)
+        generate = asr.pipe.model.generate
+        asr.pipe.model.generate = lambda *a, **k: seen.append(k.get("num_beams")) or generate(*a, **k)
+        asr.transcribe([scorer._at_16k(clips["speech"])])
+    assert seen == [1, 2]
+    assert QcSettings().asr.num_beams == 1

@@ -45,6 +45,9 @@ def test_qc_config_is_off_by_default_and_validated():
                               ("qc.metrics=[asr, mos]", "unknown ['mos']"),
                               ("qc.thresholds.max_werr=1", "qc.thresholds.max_werr"),
                               ("qc.asr.batch_size=0", "qc.asr.batch_size"),
+                              ("qc.asr.num_beams=0", "qc.asr.num_beams must be >= 1"),
+                              ("qc.num_workers=0", "qc.num_workers must be between 1 and 64, got 0"),
+                              ("qc.num_workers=65", "qc.num_workers must be between 1 and 64, got 65"),
                               ("qc.cleanup.trim_silence=true", "needs the `timing` metrics")]:
         extra = ["qc.metrics=[asr]"] if "trim" in override else []
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -66,3 +69,11 @@ def test_a_run_with_qc_on_checks_the_extra_first(monkeypatch, tmp_path):
     with pytest.raises(QcUnavailable, match="missing: synth_no_such_qc_library"):
         run(config, str(tmp_path / "no-manifest.parquet"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_num_workers_is_how_qc_runs_not_what_it_computes():
+    """Changing qc.num_workers between a run and its relaunch (or a rescore) changes no recorded setting."""
+    on = load_config(None, ["qc.enabled=true", "qc.num_workers=4"])
+    assert on.qc.num_workers == 4 and QcSettings().num_workers == 2
+    assert on.qc.identity() == load_config(None, ["qc.enabled=true"]).qc.identity()
+    assert "num_workers" not in on.qc.identity() and on.qc.identity()["asr"]["num_beams"] == 1

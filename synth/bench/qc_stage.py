@@ -1,0 +1,179 @@
+"""The QC stage in the benchmark: every finished turn scored, and what that costs the engine.
+
+This module owns `synth bench --qc`'s side of the benchmark (`synth.bench.throughput` runs
+the engines): `QcStage`, an engine's `on_result` that scores every finished turn with every
+QC metric (`synth.qc.scorer.TakeScorer`; each turn's audio as the output stores it, each
+speaker's first turn the reference voice of its later ones, as the retake loop does; no
+retakes), in one of two ways:
+
+- `inline`: each batch of turns the engine finishes together is scored before the frame loop
+  goes on, as a QC run scores its takes today (the retake decision needs the verdict);
+- `beside`: finished turns queue for a thread that scores them while generation goes on, all
+  that queued while it was busy in one batch (the engine mostly finishes rows one or two at a
+  time, and a Whisper call costs its decoding steps whatever its batch), and the run ends when
+  the last is scored: what flat rows will get once the engine takes requests from another
+  thread (issue 22's QC pipeline; no row here needs a verdict to go on).
+
+and the issue-22 table: throughput with QC off and on (flat rows), the stage's CPU- and
+GPU-seconds per audio second, the seconds the engine waited on QC, and the columns that
+speculative chains will fill. It imports neither Ray nor pydantic. It knows nothing about
+outputs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+QC_MODES = ("inline", "beside")
+NOT_YET = "n/a: needs speculative chains (issue 22 part 2)"
+
+
+@dataclass
+class QcCost:
+    """What scoring one run's turns cost: turns, audio seconds, the scorer's wall, CPU and GPU
+    seconds (`ScorerStats`), and the seconds the frame loop spent waiting on it."""
+
+    takes: int = 0
+    audio_s: float = 0.0
+    busy_s: float = 0.0
+    cpu_s: float = 0.0
+    device_s: float = 0.0
+    waited_s: float = 0.0
+    batches: int = 0  # scorer calls the turns took
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        return self.cpu_s / max(self.audio_s, 1e-9)
+
+    @property
+    def device_per_audio_s(self) -> float:
+        return self.device_s / max(self.audio_s, 1e-9)
+
+
+class QcStage:
+    """An engine's `on_result` (with `prepare`) that scores every finished turn; see the module docstring."""
+
+    def __init__(self, scorer, requests, mode: str = "inline"):
+        if mode not in QC_MODES:
+            raise ValueError(f"QC mode {mode!r}: expected one of {QC_MODES}")
+        self.scorer, self.mode = scorer, mode
+        self.request = {r.request_id: r for r in requests}
+        self.references: dict[int, object] = {}  # speaker -> their first finished turn's audio, as stored
+        self.waited_s = 0.0
+        self.batches: list[int] = []  # turns per scorer call
+        self.takes: list = []  # every take it was handed (`stage_alone` scores them again)
+        self._start = asdict(scorer.stats)
+        self._queue: list = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name="synth-bench-qc", daemon=True) \
+            if mode == "beside" else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def _take(self, result):
+        from synth.pipeline.audio_io import as_stored
+        from synth.qc.scorer import Take
+
+        request = self.request[result.request_id]
+        audio, _ = as_stored(result.audio)
+        reference = self.references.get(request.speaker)
+        if reference is None and len(audio):
+            self.references[request.speaker] = audio
+        return Take(audio, request.text, result.codes, reference)
+
+    def prepare(self, results) -> None:
+        t0 = time.perf_counter()
+        takes = [self._take(r) for r in results]
+        self.takes += takes
+        if self._thread is None:
+            self.batches.append(len(takes))
+            self.scorer.score(takes)
+        else:
+            with self._ready:
+                self._queue.extend(takes)
+                self._ready.notify()
+        self.waited_s += time.perf_counter() - t0
+
+    def _drain(self) -> None:
+        """The beside thread: score everything queued, in one call, until closed and empty."""
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: self._queue or self._closed)
+                takes, self._queue = self._queue, []
+                if not takes:
+                    return
+            self.batches.append(len(takes))
+            self.scorer.score(takes)
+
+    def __call__(self, result) -> None:
+        return None
+
+    def finish(self) -> QcCost:
+        """Wait for every batch still being scored (the run's end waits on it); what the run's QC cost."""
+        t0 = time.perf_counter()
+        if self._thread is not None:
+            with self._ready:
+                self._closed = True
+                self._ready.notify()
+            self._thread.join()
+        self.waited_s += time.perf_counter() - t0
+        now = asdict(self.scorer.stats)
+        return QcCost(**{k: now[k] - self._start[k] for k in self._start}, waited_s=self.waited_s,
+                      batches=len(self.batches))
+
+
+def stage_alone(scorer, takes) -> dict:
+    """The stage alone: `takes` scored again in one call (no engine beside it); its cost, and how
+    many cores it kept busy (CPU seconds over wall seconds: the workers' parallelism)."""
+    before = asdict(scorer.stats)
+    scorer.score(takes)
+    now = asdict(scorer.stats)
+    cost = QcCost(**{k: now[k] - before[k] for k in before}, batches=1)
+    return {**asdict(cost), "cpu_per_audio_s": cost.cpu_per_audio_s, "device_per_audio_s": cost.device_per_audio_s,
+            "cores_busy": cost.cpu_s / max(cost.busy_s, 1e-9)}
+
+
+def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str, num_workers: int,
+                 metrics: tuple[str, ...] | None = None):
+    """The QC scorer with `metrics` (default every group) on and its models loaded (outside any timing)."""
+    from synth.qc.policy import AsrSettings, QcSettings
+    from synth.qc.scorer import TakeScorer
+
+    if asr_model == "tiny":
+        from synth.qc.tiny_whisper import build_tiny_whisper
+
+        asr_model = str(build_tiny_whisper(build_dir / "tiny-whisper"))
+    settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model), num_workers=num_workers,
+                          **({"metrics": metrics} if metrics else {}))
+    return TakeScorer(settings, sample_rate_hz, device=device).load()
+
+
+def print_qc(rows, scorer, alone: dict | None = None) -> None:
+    """The issue-22 table of the rows `synth bench --qc` ran, the stage alone (`stage_alone`), and
+    where each QC model ran."""
+    fast = [r for r in rows if r.engine == "fast"]
+    print("\n| workload | slots | QC | frames/s | / QC off | QC CPU-s per audio s | QC GPU-s per audio s | "
+          "engine waited on QC s | QC wall s | turns scored (audio s) in calls | discarded speculative frames |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for row in fast:
+        if row.qc is None:
+            print(f"| flat | {row.setting.split(' ')[0]} | off | {row.fps:.1f} | 1 | - | - | 0 | - | - | - |")
+    for row in (r for r in fast if r.qc is not None):
+        off = next((r for r in fast if r.qc is None and r.setting == row.setting.split(", QC on")[0]), None)
+        cost = QcCost(**row.qc)
+        ratio = f"{row.fps / off.fps:.2f}" if off is not None else "-"
+        print(f"| flat | {row.setting.split(' ')[0]} | on, {row.setting.split('QC on, ')[-1]} | {row.fps:.1f} | {ratio} | "
+              f"{cost.cpu_per_audio_s:.4f} | {cost.device_per_audio_s:.4f} | {cost.waited_s:.1f} | {cost.busy_s:.1f} | "
+              f"{cost.takes} ({cost.audio_s:.1f}) in {cost.batches} | - |")
+    for speculation in ("off", "on"):
+        print(f"| 4-turn chains, speculation {speculation} | - | on | {NOT_YET} | | | | | | | {NOT_YET} |")
+    if alone is not None:
+        print(f"\nQC stage alone (the last run's {alone['takes']} turns, {alone['audio_s']:.1f} s of audio, in one call): "
+              f"{alone['cpu_per_audio_s']:.4f} CPU-s and {alone['device_per_audio_s']:.4f} GPU-s per audio s, "
+              f"{alone['busy_s']:.1f} s wall ({alone['cores_busy']:.1f} cores busy on average)")
+    print("\nQC models: " + "; ".join(f"{group}: {where}" for group, where in scorer.placement.items())
+          + f"; {scorer.num_workers} worker threads")
