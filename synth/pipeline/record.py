@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow as pa
 
 from synth.qc.policy import METRICS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # The version of data/'s and takes/'s fields: parts of two versions do not load as one dataset, so an
 # output is only ever continued by its own (plan.json records it). 1: before plan.json recorded it;
@@ -111,17 +114,20 @@ DATA_TYPES = {f.name: f.type for f in DATA_FIELDS}
 
 # -- types ---------------------------------------------------------------------------
 
-_ARROW = {"string": pa.string(), "bool": pa.bool_(), "int16": pa.int16(), "int32": pa.int32(),
-          "int64": pa.int64(), "float64": pa.float64()}
+# pyarrow and datasets are imported where they are used: the ids are needed where they are missing (the
+# benchmark on a bare GPU box plans context through `synth.pipeline.context_plan`)
 
 
 def arrow_type(type_: str) -> pa.DataType:
     """The Arrow type of a field's type (as `datasets` stores it)."""
+    import pyarrow as pa
+
     if type_ == "audio":
         return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     if type_.startswith("list<"):
         return pa.list_(arrow_type(type_[len("list<"):-1]))
-    return _ARROW[type_]
+    return {"string": pa.string(), "bool": pa.bool_(), "int16": pa.int16(), "int32": pa.int32(),
+            "int64": pa.int64(), "float64": pa.float64()}[type_]
 
 
 def _feature(type_: str, sample_rate_hz: int):
@@ -153,6 +159,8 @@ def takes_schema(sample_rate_hz: int) -> pa.Schema:
 
 def data_columns_schema(names: tuple[str, ...] | list[str]) -> pa.Schema:
     """A plain Arrow schema of some of data/'s fields (no HF metadata), in the order given."""
+    import pyarrow as pa
+
     return pa.schema([(name, arrow_type(DATA_TYPES[name])) for name in names])
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from dataclasses import fields, replace
 
 import numpy as np
@@ -38,6 +40,7 @@ from synth.pipeline.record import (
 from synth.qc.policy import METRICS
 
 SR = 24_000
+REPO = __file__.rsplit("/tests/", 1)[0]
 
 
 def test_the_schema_version_is_bumped_with_the_fields():
@@ -148,3 +151,15 @@ def test_readers_of_data_name_only_its_fields():
     for used in (QC_COLUMNS, HEAVY_COLUMNS, LIGHT_COLUMNS, QC_FIELDS, SCORES_SCHEMA.names, COLUMNS, [SPOKEN_COLUMN]):
         assert set(used) <= names, f"not a data/ field: {set(used) - names}"
     assert [SCORES_SCHEMA.field(n).type for n in QC_FIELDS] == [data_schema(SR).field(n).type for n in QC_FIELDS]
+
+
+def test_the_ids_need_neither_pyarrow_nor_datasets():
+    """The benchmark plans context (`context_plan`, which names voice prompts by `voice_key`) on a bare GPU box."""
+    code = ("import sys\n"
+            "for name in ('pyarrow', 'datasets', 'ray', 'pydantic'):\n"
+            "    sys.modules[name] = None\n"
+            "import synth.pipeline.context_plan\n"
+            "from synth.pipeline.record import parse_row_id, row_id, voice_key\n"
+            "assert parse_row_id(row_id('a:b', 3)) == ('a:b', 3) and voice_key('x') == 'voice:x'\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
