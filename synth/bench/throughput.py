@@ -53,6 +53,7 @@ from synth.engine.interface import GenerationRequest, SamplingParams
 from synth.engine.options import COMPILE_MODES, FastEngineOptions
 from synth.pipeline.chain import CONTEXT_FROM, Chain, ChainTurn, ContextFrom
 from synth.pipeline.context_plan import LOW_WATER, SegmentCost
+from synth.pipeline.record import row_id
 
 WORDS = (
     "it was the best of times worst age wisdom call me ishmael some years ago never mind how long precisely "
@@ -272,7 +273,7 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
 
 def as_dialogues(requests: list[GenerationRequest], turns: int) -> list[list[GenerationRequest]]:
     """Consecutive requests as dialogues of `turns` turns, speakers alternating 0/1."""
-    return [[replace(r, request_id=f"d{i // turns:04d}:{i % turns}", speaker=(i % turns) % 2)
+    return [[replace(r, request_id=row_id(f"d{i // turns:04d}", i % turns), speaker=(i % turns) % 2)
              for i, r in list(enumerate(requests))[start : start + turns]]
             for start in range(0, len(requests) - turns + 1, turns)]
 

@@ -71,6 +71,7 @@ from synth.pipeline.output import (
     recorded_plan,
 )
 from synth.pipeline.provenance import Provenance, tag_mp3
+from synth.pipeline.record import QC_COLUMNS
 from synth.pipeline.runner import run
 from synth.store.errors import StoreError
 from synth.store.lease import Lease
@@ -78,12 +79,6 @@ from synth.store.store import Store
 
 MANIFEST_UNIT = "book-manifest"
 M4B_UNIT = "book-m4b"
-
-# The quality-control columns a run may add to data/ (issue 12): a chunk's scores, copied into
-# its chapter's timing file when the rows have them.
-QC_COLUMNS = ("qc_pass", "qc_reasons", "take", "num_takes", "asr_text", "wer", "cer", "speaker_sim", "dnsmos",
-              "loudness_lufs", "peak_dbfs", "clipped_fraction", "leading_silence_s", "trailing_silence_s",
-              "speech_ratio", "chars_per_s", "loop_score")
 
 
 def open_book(path: str, *, keep_matter: bool = False, tables: str = "rows") -> Book:
@@ -230,7 +225,7 @@ def _chunk_audio(store: Store, paths: list[str], script_id: str) -> dict[int, tu
     fs = store.location.fs
     for path in paths:
         names = set(pq.read_schema(fs.open_input_file(path)).names)
-        extra = [c for c in ("spoken_text", *QC_COLUMNS) if c in names]
+        extra = [c for c in ("spoken_text", *QC_COLUMNS) if c in names]  # the QC columns: when QC ran
         table = pq.read_table(fs.open_input_file(path), columns=["script_id", "turn", "audio", *extra],
                               filters=[("script_id", "=", script_id)])
         for row in table.to_pylist():  # a null QC column: QC was off, or that metric was not measured

@@ -27,11 +27,11 @@ from synth.export.options import ExportOptions
 from synth.pipeline.output import committed_parts as dataset_parts
 from synth.pipeline.output import data_file, read_data_part
 from synth.pipeline.qc_scores import rescored, scored_parts
+from synth.pipeline.record import QC_PASS
 from synth.store.store import Store
 
 READ_BATCH_ROWS = 32  # rows decoded at once: a batch of clips, not a part
 HEAVY_COLUMNS = ("audio", "codes")  # what the metadata leaves out (each format stores them its own way)
-QC_PASS = "qc_pass"
 FRAME_SHIFT_S = 0.08  # one Mimi frame: 1920 samples at 24 kHz (a row's duration_s = num_frames x this)
 
 

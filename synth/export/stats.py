@@ -32,6 +32,7 @@ from synth.pipeline.output import (
 )
 from synth.pipeline.provenance import RECORDED
 from synth.pipeline.qc_scores import Rescored, rescored, scored_parts
+from synth.pipeline.record import NUMERIC_METRICS, VERDICT
 from synth.qc.policy import reason_metric
 from synth.store.layout import marker_file
 from synth.store.marker import Damaged
@@ -39,11 +40,9 @@ from synth.store.store import Store
 
 MAX_SAMPLES = 200_000  # values kept per plotted series
 EXAMPLES = 4  # clips the report embeds
-# QC columns issue #12 adds to data/ (numbers, plotted when present); qc_pass / qc_reasons are counted apart
-QC_METRICS = ("wer", "cer", "speaker_sim", "dnsmos", "loudness_lufs", "peak_dbfs", "clipped_fraction",
-              "leading_silence_s", "trailing_silence_s", "speech_ratio", "chars_per_s", "loop_score")
+# the QC metrics that are numbers are plotted when present (`NUMERIC_METRICS`); the verdict is counted apart
 LIGHT_COLUMNS = ("id", "speaker", "voice", "text", "duration_s", "stop_reason", "model", "model_weights", "engine",
-                 "qc_pass", "qc_reasons", *QC_METRICS)
+                 *VERDICT, *NUMERIC_METRICS)
 
 
 class Reservoir:
@@ -210,7 +209,7 @@ def _count_row(row: dict, stats: OutputStats) -> None:
         stats.qc_rows += 1
         stats.qc_passed += bool(row["qc_pass"])
         stats.qc_failed_by_metric.update({reason_metric(r) for r in row.get("qc_reasons") or []})
-    for metric in QC_METRICS:
+    for metric in NUMERIC_METRICS:
         value = row.get(metric)
         if value is not None:
             stats.qc_metrics[metric].add(float(value))

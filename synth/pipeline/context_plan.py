@@ -27,6 +27,7 @@ from typing import Sequence
 
 from synth.engine.interface import Engine, GenerationRequest, Segment
 from synth.errors import SynthError
+from synth.pipeline.record import voice_name
 
 MIN_FRAMES_TO_GENERATE = 1
 LOW_WATER = 0.5  # the default block window's low-water mark (`generation.context_low_water`; README says why)
@@ -36,7 +37,7 @@ LOW_WATER = 0.5  # the default block window's low-water mark (`generation.contex
 class ContextItem:
     """One candidate context turn.
 
-    key: "voice:NAME" for a voice prompt, else the turn's output id "SCRIPT:TURN".
+    key: `record.voice_key` ("voice:NAME") for a voice prompt, else the turn's `record.row_id` ("SCRIPT:TURN").
     turn: the script's turn index, None for a voice prompt.
     cost: backbone positions it occupies (its text tokens + one per audio frame + markers).
     pinned: kept ahead of recent turns (voice prompts, a script's opening recorded turns).
@@ -140,7 +141,7 @@ def plan_context(
 
 def _left_out(item: ContextItem, room: int, context_budget: int, after: str) -> str:
     """Why `item` is not in the context: it exceeds the turn's whole context budget, or the `room` left."""
-    what = f"voice prompt {item.key.removeprefix('voice:')!r}" if item.turn is None else f"context clip {item.key!r}"
+    what = f"voice prompt {voice_name(item.key) or item.key!r}" if item.turn is None else f"context clip {item.key!r}"
     if item.cost > context_budget:
         reason = f"it does not fit the turn's {context_budget}-position context budget"
     else:

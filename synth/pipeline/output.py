@@ -22,8 +22,8 @@ Every name is a pure function of the shard and part (or the voice, file, chapter
 relaunch writes the same names; a part counts only once its marker exists and its files
 match it (`synth.store.recovery`). This module owns those names, `PartCommit` (what a
 part's marker says), committing a part (`commit_part`), reading the committed parts of a
-dataset, and `run_identity` (plan.json's content). It knows nothing about Parquet schemas
-(`synth.pipeline.writer`), models or Ray.
+dataset, and `run_identity` (plan.json's content). It knows nothing about the rows' fields
+(`synth.pipeline.record`) or Parquet (`synth.pipeline.writer`), models or Ray.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Iterable
 
 from synth.pipeline.config import SynthConfig
 from synth.pipeline.plan import Plan, Shard
+from synth.pipeline.record import DATA_SCHEMA  # the version of data/'s fields, which plan.json records
 from synth.store.faults import crash_point
 from synth.store.layout import Layout
 from synth.store.marker import Damaged, FileRecord, Marker
@@ -326,13 +327,6 @@ def recorded_plan(store: Store) -> Plan | None:
 
 
 # -- the run record -------------------------------------------------------------------
-
-# The version of data/'s columns (`synth.pipeline.writer.output_features`): parts of two
-# versions do not load as one dataset, so an output is only ever continued by its own.
-# 1: before plan.json recorded it; 2: adds `warnings`; 3: adds `spoken_text`; 4: adds the QC columns
-# (`qc_pass`, ...); 5: takes/ adds `gain_db`, and a take louder than full scale is stored scaled, not clipped
-# (an output of clipped takes is not continued with scaled ones). Bump it with every column change.
-DATA_SCHEMA = 5
 
 # What can never change between a run and its relaunch (not even with --allow-changes), and why.
 FIXED = {

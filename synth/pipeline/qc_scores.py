@@ -21,12 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.pipeline.output import SCORES_DIR, part_name, scores_file, scores_unit
-from synth.qc.policy import METRICS
+from synth.pipeline.record import QC_FIELDS, QC_PASS  # what a scores file holds for a row besides its id
 from synth.store.marker import Damaged
 from synth.store.store import Store
 
-QC_PASS = "qc_pass"
-QC_FIELDS = (QC_PASS, "qc_reasons", *METRICS)  # what a scores file holds for a row besides its id
 SETTINGS_KEY = b"synth_qc_settings"  # a scores file's metadata: the `qc:` settings it was scored with (JSON)
 INPUT_SHA256 = "input_sha256"  # a scores unit's marker: the sha256 of the file it scored
 SETTINGS_HASH = "qc_settings"  # a scores unit's marker: the hash of the settings it was scored with

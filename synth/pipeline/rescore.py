@@ -47,6 +47,7 @@ from synth.pipeline.output import (
 )
 from synth.pipeline.provenance import RECORDED
 from synth.pipeline.qc_scores import INPUT_SHA256, SETTINGS_HASH, SETTINGS_KEY
+from synth.pipeline.record import QC_FIELDS, data_columns_schema
 from synth.qc.deps import check_installed
 from synth.qc.policy import METRICS, judge
 from synth.qc.scorer import Take, TakeScorer
@@ -181,10 +182,7 @@ def verify_rescore_at(uri: str, *, checksums: bool = True) -> Verification:
     return report
 
 
-SCORES_SCHEMA = pa.schema(
-    [("id", pa.string()), ("qc_pass", pa.bool_()), ("qc_reasons", pa.list_(pa.string()))]
-    + [(name, pa.string() if name == "asr_text" else pa.float64()) for name in METRICS]
-)
+SCORES_SCHEMA = data_columns_schema(["id", *QC_FIELDS])
 
 
 def _scores_bytes(rows: list[dict], settings: bytes) -> bytes:

@@ -23,9 +23,9 @@ import numpy as np
 
 from synth.engine.interface import GenerationRequest, GenerationResult
 from synth.pipeline.chain import Chain
+from synth.pipeline.record import TakeRow, codes_to_list, take_id
 from synth.qc import cleanup
 from synth.qc.policy import (
-    METRICS,
     QcSettings,
     judge,
     pick,
@@ -34,8 +34,6 @@ from synth.qc.policy import (
     take_seed,
 )
 from synth.qc.scorer import Take, TakeScorer
-
-TAKE_SEPARATOR = "#take"  # a retake's request id: "SCRIPT:TURN#takeN" (take 1 keeps the turn's id)
 
 
 @dataclass
@@ -138,7 +136,7 @@ class Retakes:
         counts.takes += 1
         counts.takes_failed.update(reason_metric(r) for r in reasons)
         if reasons and number < self.settings.max_takes:
-            return replace(request, request_id=f"{key}{TAKE_SEPARATOR}{number + 1}",
+            return replace(request, request_id=take_id(key, number + 1),  # (take 1 keeps the turn's id)
                            seed=take_seed(request.seed, number + 1))
         del self._takes[key]
         kept = takes[pick([take_score(t.metrics, t.reasons) for t in takes])]
@@ -181,19 +179,12 @@ class Retakes:
     def _take_row(self, key: str, script_id: str, turn: int, take: _Take, kept: int) -> dict:
         """A rejected take's row of takes/: metrics, codes, seed, and its audio unless turned off."""
         audio = None
-        if self.settings.keep_take_audio:
-            marked_as = f"{key}{TAKE_SEPARATOR}{take.number}"  # its record's id: the turn and the take
-            audio = {"bytes": self.encode_audio(take.result.audio, marked_as), "path": None}
-        return {"id": key, "script_id": script_id, "turn": turn, "take": take.number, "kept_take": kept,
-                "seed": take.seed, "num_frames": take.result.num_frames, "stop_reason": take.result.stop_reason,
-                "codes": take.result.codes.astype(np.int16).tolist(), "audio": audio,
-                "qc_pass": not take.reasons, "qc_reasons": list(take.reasons), **take.metrics, "gain_db": take.gain_db}
-
-
-def no_qc_columns() -> dict:
-    """The QC columns of a row made without QC."""
-    return {"qc_pass": None, "qc_reasons": None, "take": 1, "num_takes": 1, **dict.fromkeys(METRICS),
-            "trimmed_frames": None, "gain_db": None}
+        if self.settings.keep_take_audio:  # marked with its record's id: the turn and the take
+            audio = {"bytes": self.encode_audio(take.result.audio, take_id(key, take.number)), "path": None}
+        return TakeRow(id=key, script_id=script_id, turn=turn, take=take.number, kept_take=kept, seed=take.seed,
+                       num_frames=take.result.num_frames, stop_reason=take.result.stop_reason,
+                       codes=codes_to_list(take.result.codes), audio=audio, qc_pass=not take.reasons,
+                       qc_reasons=list(take.reasons), metrics=take.metrics, gain_db=take.gain_db).to_dict()
 
 
 def qc_totals(parts: list[dict]) -> dict | None:

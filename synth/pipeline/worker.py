@@ -41,10 +41,11 @@ from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.output import PartCommit, part_name
 from synth.pipeline.plan import Shard
 from synth.pipeline.provenance import Provenance
-from synth.pipeline.retakes import Accepted, QcCounts, Retakes, no_qc_columns
+from synth.pipeline.record import OutputRow, codes_to_list, no_qc, row_id, voice_key
+from synth.pipeline.retakes import Accepted, QcCounts, Retakes
 from synth.pipeline.spoken import spoken_text
 from synth.pipeline.voices import VoiceLibrary
-from synth.pipeline.writer import DatasetWriter, codes_to_list
+from synth.pipeline.writer import DatasetWriter
 from synth.store import storage
 from synth.store.errors import StopRun, StoreError
 from synth.store.faults import raise_point
@@ -203,9 +204,9 @@ class ShardWorker:
                     recorded = Segment(speakers[i], text, self._clip(turn.audio))
                 except AudioError as e:
                     return RowError(script.row, script.id, "audio", str(e), i)
-            turns.append(ChainTurn(f"{script.id}:{i}", speakers[i], text, recorded,
+            turns.append(ChainTurn(row_id(script.id, i), speakers[i], text, recorded,
                                    max_frames=self.max_frames_for(script, text), seed=base_seed + i))
-        prompts = [ContextItem(f"voice:{v.name}", None, v.segment, self._cost(v.segment), pinned=True)
+        prompts = [ContextItem(voice_key(v.name), None, v.segment, self._cost(v.segment), pinned=True)
                    for v in voices]
         return Chain(turns, self.engine, self._cost, prompts, context_from=self.config.context_from,
                      context_low_water=self.config.generation.context_low_water)
@@ -219,33 +220,35 @@ class ShardWorker:
         turn_index, request, plan = chain.turn, chain.request, chain.plan
         assert request is not None and plan is not None
         turn = script.turns[turn_index]
-        audio_bytes = self.encode(result.audio, result.request_id)
+        qc = dict(qc_columns or no_qc())
+        seed = qc.pop("seed", request.seed)  # with QC, the kept take's
         settings = {**self.config.sampling.model_dump(), "dtype": self.config.model.dtype, "max_frames": request.max_frames}
-        return {
-            "id": result.request_id,
-            "script_id": script.id,
-            "turn": turn_index,
-            "speaker": request.speaker,
-            "text": turn.text,
-            "spoken_text": request.text,
-            "audio": {"bytes": audio_bytes, "path": self.writer.audio_path(shard.index, script.id, turn_index)},
-            "sampling_rate": self.engine.sample_rate_hz,
-            "duration_s": len(result.audio) / self.engine.sample_rate_hz,
-            "num_frames": result.num_frames,
-            "codes": codes_to_list(result.codes),
-            "stop_reason": result.stop_reason,
-            "seed": request.seed,
-            "voice": turn.voice or script.voice,
-            "context_turns": [item.turn for item in plan.items if item.turn is not None],
-            "context_ids": [item.key for item in plan.items],
-            "warnings": "; ".join(plan.notes) or None,
-            "num_prompt_tokens": result.num_prompt_tokens,
-            "model": self.model_id,
-            "model_weights": self.model_weights,
-            "engine": self.engine.name,
-            "generation": json.dumps(settings, sort_keys=True),
-            **(qc_columns or no_qc_columns()),
-        }
+        return OutputRow(
+            id=result.request_id,
+            script_id=script.id,
+            turn=turn_index,
+            speaker=request.speaker,
+            text=turn.text,
+            spoken_text=request.text,
+            audio={"bytes": self.encode(result.audio, result.request_id),
+                   "path": self.writer.audio_path(shard.index, script.id, turn_index)},
+            sampling_rate=self.engine.sample_rate_hz,
+            duration_s=len(result.audio) / self.engine.sample_rate_hz,
+            num_frames=result.num_frames,
+            codes=codes_to_list(result.codes),
+            stop_reason=result.stop_reason,
+            seed=seed,
+            voice=turn.voice or script.voice,
+            context_turns=[item.turn for item in plan.items if item.turn is not None],
+            context_ids=[item.key for item in plan.items],
+            warnings="; ".join(plan.notes) or None,
+            num_prompt_tokens=result.num_prompt_tokens,
+            model=self.model_id,
+            model_weights=self.model_weights,
+            engine=self.engine.name,
+            generation=json.dumps(settings, sort_keys=True),
+            qc=qc,
+        ).to_dict()
 
     def run_shard(self, shard: Shard, *, isolate: bool = False) -> list[PartCommit]:
         """Synthesize one shard. Every script of the shard's uncommitted parts runs at once
@@ -341,7 +344,7 @@ class _ShardRun:
         raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
         generated = result
         result, gain_db = self._stored(result)
-        retakes, columns = self.worker.retakes, {**no_qc_columns(), "gain_db": gain_db}
+        retakes, columns = self.worker.retakes, {**no_qc(), "gain_db": gain_db}
         if retakes is not None:
             outcome = retakes.on_take(chain, result, part.qc, script.id, gain_db=gain_db)
             if not isinstance(outcome, Accepted):  # the turn's next take

@@ -1,8 +1,7 @@
-"""The output dataset's Parquet side: the HF `Audio` features, the error schema, rows to bytes.
+"""The output dataset's Parquet side: the error schema, rows to bytes.
 
-This module owns the schema of data/*.parquet (the `datasets` features, so the dataset
-loads with `load_dataset("parquet", ...)`, QC columns included), of takes/*.parquet
-(rejected takes) and of errors/*.parquet, and turns a part's rows, rejected takes and
+This module owns the schema of errors/*.parquet and turns a part's rows (of the record
+`synth.pipeline.record` owns: data/'s fields, types and HF features), rejected takes and
 error rows into the bytes of its files (data and takes files marked with what made their
 audio: `synth.pipeline.provenance`). A row that cannot be written in its columns (a
 value out of a column's range that validation missed) becomes an error row naming it,
@@ -12,84 +11,14 @@ them, is `synth.pipeline.output`'s. It knows nothing about models or Ray.
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synth.pipeline.manifest import RowError
 from synth.pipeline.output import PartCommit, PartFiles, audio_file, commit_part
 from synth.pipeline.provenance import parquet_metadata
+from synth.pipeline.record import data_schema, takes_schema
 from synth.store.store import Store
-
-
-def output_features(sample_rate_hz: int):
-    """The `datasets.Features` of data/*.parquet; its arrow_schema carries the HF metadata."""
-    from datasets import Audio, Features, List, Value
-
-    return Features(
-        {
-            "id": Value("string"),
-            "script_id": Value("string"),
-            "turn": Value("int32"),
-            "speaker": Value("int32"),
-            "text": Value("string"),  # as written in the manifest
-            "spoken_text": Value("string"),  # what the model was given: normalised, respelled (config `text:`)
-            "audio": Audio(sampling_rate=sample_rate_hz),
-            "sampling_rate": Value("int32"),
-            "duration_s": Value("float64"),
-            "num_frames": Value("int32"),
-            "codes": List(List(Value("int16"))),
-            "stop_reason": Value("string"),
-            "seed": Value("int64"),
-            "voice": Value("string"),
-            "context_turns": List(Value("int32")),
-            "context_ids": List(Value("string")),
-            "num_prompt_tokens": Value("int32"),
-            "model": Value("string"),
-            "model_weights": Value("string"),
-            "engine": Value("string"),
-            "generation": Value("string"),
-            "warnings": Value("string"),  # what the turn's context left out that it should have held, or null
-            **qc_features(),
-            "trimmed_frames": List(Value("int32")),  # [start, end] frames cut by qc.cleanup.trim_silence, or null
-            # dB between generation and storage (`audio_io.as_stored`'s fit, then qc.cleanup.loudness_lufs), or null
-            "gain_db": Value("float64"),
-        }
-    )
-
-
-def qc_features() -> dict:
-    """The QC columns (`synth.qc.policy.METRICS` and the decision): null where QC, or a metric, is off."""
-    from datasets import List, Value
-
-    from synth.qc.policy import METRICS
-
-    metrics = {name: Value("string") if name == "asr_text" else Value("float64") for name in METRICS}
-    return {"qc_pass": Value("bool"), "qc_reasons": List(Value("string")), "take": Value("int32"),
-            "num_takes": Value("int32"), **metrics}
-
-
-def takes_features(sample_rate_hz: int):
-    """The `datasets.Features` of takes/*.parquet: one row per rejected take."""
-    from datasets import Audio, Features, List, Value
-
-    return Features(
-        {
-            "id": Value("string"),  # the turn's output id
-            "script_id": Value("string"),
-            "turn": Value("int32"),
-            "take": Value("int32"),
-            "kept_take": Value("int32"),  # the take data/ holds for this turn
-            "seed": Value("int64"),
-            "num_frames": Value("int32"),
-            "stop_reason": Value("string"),
-            "codes": List(List(Value("int16"))),
-            "audio": Audio(sampling_rate=sample_rate_hz),  # null when qc.keep_take_audio is off
-            **qc_features(),
-            "gain_db": Value("float64"),  # the take scaled to fit full scale (`audio_io.as_stored`), or null
-        }
-    )
-
 
 ERROR_SCHEMA = pa.schema(
     [
@@ -111,8 +40,8 @@ class DatasetWriter:
         self.sample_rate_hz = sample_rate_hz
         self.audio_format = audio_format
         self.write_audio_files = write_audio_files
-        self.schema = output_features(sample_rate_hz).arrow_schema
-        self.takes_schema = takes_features(sample_rate_hz).arrow_schema
+        self.schema = data_schema(sample_rate_hz)
+        self.takes_schema = takes_schema(sample_rate_hz)
 
     def audio_path(self, shard: int, script_id: str, turn: int) -> str:
         """Relative path of a clip's file: deterministic, one per (script, turn)."""
@@ -192,7 +121,3 @@ def _maker(rows: list[dict]) -> dict:
     """The model columns of a part's rows, for its takes (which do not repeat them)."""
     return {k: rows[0].get(k) for k in ("model", "model_weights")} if rows else {}
 
-
-def codes_to_list(codes: np.ndarray) -> list[list[int]]:
-    """[num_frames, num_codebooks] int array -> nested lists for Arrow."""
-    return codes.astype(np.int16).tolist()

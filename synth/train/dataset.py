@@ -45,6 +45,7 @@ from synth.pipeline.output import (
     voice_unit,
 )
 from synth.pipeline.qc_scores import rescored, scored_parts
+from synth.pipeline.record import QC_PASS, parse_row_id, row_id, voice_name
 from synth.pipeline.spoken import spoken_text
 from synth.store import storage
 from synth.store.errors import StoreError
@@ -53,7 +54,6 @@ from synth.train.batches import CodedTurn, Example, render_ids
 
 COLUMNS = ["id", "speaker", "text", "codes", "context_ids"]
 SPOKEN_COLUMN = "spoken_text"  # what the model was given (data schema 3 on); `text` before it
-QC_COLUMN = "qc_pass"
 
 TRAIN_SET_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -155,20 +155,20 @@ def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
         record = next(f for f in commit.files if f.path == data_file(shard, part))
         with pa.BufferReader(read_data_part(output, shard, part, record.sha256)) as f:
             names = pq.read_schema(f).names
-            table = pq.read_table(f, columns=[c for c in (*COLUMNS, SPOKEN_COLUMN, QC_COLUMN) if c in names
-                                              and (c != QC_COLUMN or qc_filter)])
+            table = pq.read_table(f, columns=[c for c in (*COLUMNS, SPOKEN_COLUMN, QC_PASS) if c in names
+                                              and (c != QC_PASS or qc_filter)])
             if SPOKEN_COLUMN in names:  # the model read the spoken form: train on what it read
                 spoken = pc.coalesce(table.column(SPOKEN_COLUMN), table.column("text"))
                 table = table.set_column(table.schema.get_field_index("text"), "text", spoken).drop_columns(
                     [SPOKEN_COLUMN])
         if qc_filter:
             scores = rescored(output, shard, part, record.sha256) if part_name(shard, part) in scored else None
-            own = table.column(QC_COLUMN).to_pylist() if QC_COLUMN in table.column_names else [None] * len(table)
+            own = table.column(QC_PASS).to_pylist() if QC_PASS in table.column_names else [None] * len(table)
             for row_id, verdict in zip(table.column("id").to_pylist(), own):
                 if verdict is None and scores is not None:
-                    verdict = scores.scores.get(row_id, {}).get(QC_COLUMN)
+                    verdict = scores.scores.get(row_id, {}).get(QC_PASS)
                 verdicts[row_id] = verdict
-            table = table.drop_columns([c for c in (QC_COLUMN,) if c in table.column_names])
+            table = table.drop_columns([c for c in (QC_PASS,) if c in table.column_names])
         tables.append(table)
     if not tables:
         raise DatasetError(f"{output.uri} has no committed rows to train on")
@@ -181,7 +181,7 @@ def read_rows(output: Store, *, qc_filter: bool) -> tuple[list[dict], set[str]]:
     unscored = sum(v is None for v in verdicts.values())
     if unscored == len(rows):  # made with QC off (the column all null, or absent) and never rescored
         raise DatasetError(
-            f"{output.uri} has no `{QC_COLUMN}` values (it was generated with QC off) and no `synth rescore` scores, "
+            f"{output.uri} has no `{QC_PASS}` values (it was generated with QC off) and no `synth rescore` scores, "
             f"so data.qc_filter cannot pick rows: score it first (synth rescore {output.uri}), or train without "
             "data.qc_filter")
     train = {r["id"] for r in rows if verdicts.get(r["id"]) is True}
@@ -211,11 +211,11 @@ class _ClipsToEncode:
 
 def _voice_turns(output: Store, voices: dict, needed: set[str], clips: _ClipsToEncode,
                  ) -> tuple[dict[str, CodedTurn], dict[str, str]]:
-    """voice:NAME -> its coded turn (codes from OUT/_voices/ when cached and what their marker
-    recorded, else queued); and problems."""
+    """voice key ("voice:NAME") -> its coded turn (codes from OUT/_voices/ when cached and what their
+    marker recorded, else queued); and problems."""
     found, problems = {}, {}
     for key in sorted(needed):
-        name = key.removeprefix("voice:")
+        name = voice_name(key)
         voice = voices.get(name)
         if voice is None:
             problems[key] = f"voice {name!r} is not in {PLAN_RECORD}'s voices"
@@ -240,9 +240,9 @@ def _recorded_turns(manifest_uris: Sequence[str], needed: set[str], clips: _Clip
     problems: dict[str, str] = {}
     wanted: dict[str, set[int]] = {}
     for key in needed:
-        script, _, turn = key.rpartition(":")
-        if turn.isdigit():
-            wanted.setdefault(script, set()).add(int(turn))
+        parsed = parse_row_id(key)
+        if parsed is not None:
+            wanted.setdefault(parsed[0], set()).add(parsed[1])
     for uri in manifest_uris:
         try:
             scripts = list(iter_scripts(open_manifest(uri)))
@@ -253,7 +253,7 @@ def _recorded_turns(manifest_uris: Sequence[str], needed: set[str], clips: _Clip
         for script in scripts:
             if isinstance(script, Script) and script.id in wanted:
                 for i in wanted[script.id]:
-                    key = f"{script.id}:{i}"
+                    key = row_id(script.id, i)
                     turn = script.turns[i] if i < len(script.turns) else None
                     if turn is None or turn.audio is None:
                         continue
@@ -309,9 +309,9 @@ def prepare_train_set(data_uri: str, *, processor, model_config, qc_filter: bool
     plan = output.identity() or {}
     voices = plan.get("voices", {})
     clips = _ClipsToEncode(model_config.codec_config.sampling_rate)
-    found, problems = _voice_turns(output, voices, {k for k in needed if k.startswith("voice:")}, clips)
+    found, problems = _voice_turns(output, voices, {k for k in needed if voice_name(k) is not None}, clips)
     turns.update(found)
-    recorded = {k for k in needed if not k.startswith("voice:")}
+    recorded = {k for k in needed if voice_name(k) is None}
     manifests = _manifest_uris(output, plan)
     # the run's `text:` settings (plan.json), as its worker applied them to recorded transcripts
     spoken = spoken_text(TextConfig(**plan["text"])) if "text" in plan else (lambda text: text)

@@ -29,10 +29,11 @@ import numpy as np
 from synth.errors import SynthError
 from synth.pipeline.audio_io import AudioError, decode_clip, encode_audio
 from synth.pipeline.manifest import RowError, ids_sha256
-from synth.pipeline.output import DATA_SCHEMA, IMPORT, accept_part, parsed_part
+from synth.pipeline.output import IMPORT, accept_part, parsed_part
 from synth.pipeline.plan import InputFile, Plan, Shard
 from synth.pipeline.provenance import RECORDED, Provenance
-from synth.pipeline.writer import DatasetWriter, codes_to_list
+from synth.pipeline.record import DATA_SCHEMA, OutputRow, codes_to_list, row_id
+from synth.pipeline.writer import DatasetWriter
 from synth.store import storage
 from synth.store.errors import StoreError
 from synth.store.lease import Lease
@@ -204,7 +205,7 @@ def _import_part(clips: list[Clip], shard: Shard, writer: DatasetWriter, codec, 
     rows = [_row(clips[r], audio[r], codes[r].numpy(), writer, shard.index, rate, writer.audio_format, model_id,
                  source) for r in audio]
     commit = writer.commit_part(shard.index, 0, rows, errors, shard.num_scripts,
-                                manifest_rows={f"{clips[r].id}:0": r for r in audio})
+                                manifest_rows={row_id(clips[r].id, 0): r for r in audio})
     for e in errors:
         log(f"import: {e}")
     return commit
@@ -212,18 +213,18 @@ def _import_part(clips: list[Clip], shard: Shard, writer: DatasetWriter, codec, 
 
 def _row(clip: Clip, samples: np.ndarray, codes: np.ndarray, writer: DatasetWriter, shard: int, rate: int,
          audio_format: str, model_id: str, source: str) -> dict:
-    """A data/ row of synth's schema for one recorded clip."""
-    return {
-        "id": f"{clip.id}:0", "script_id": clip.id, "turn": 0, "speaker": clip.speaker, "text": clip.text.strip(),
-        "spoken_text": clip.text.strip(),
-        "audio": {"bytes": encode_audio(samples, rate, audio_format,  # marked as imported, never as generated
-                                        Provenance(False, model_id).audio_tags(f"{clip.id}:0")),
-                  "path": writer.audio_path(shard, clip.id, 0)},
-        "sampling_rate": rate, "duration_s": len(samples) / rate, "num_frames": len(codes),
-        "codes": codes_to_list(codes), "stop_reason": STOP_REASON, "seed": None, "voice": None,
-        "context_turns": [], "context_ids": [], "num_prompt_tokens": None, "model": model_id,
-        "model_weights": None, "engine": "import", "generation": json.dumps({"source": source}), "warnings": None,
-    }
+    """A data/ row of synth's schema for one recorded clip (nothing measured: its QC fields null)."""
+    key = row_id(clip.id, 0)
+    return OutputRow(
+        id=key, script_id=clip.id, turn=0, speaker=clip.speaker, text=clip.text.strip(), spoken_text=clip.text.strip(),
+        audio={"bytes": encode_audio(samples, rate, audio_format,  # marked as imported, never as generated
+                                     Provenance(False, model_id).audio_tags(key)),
+               "path": writer.audio_path(shard, clip.id, 0)},
+        sampling_rate=rate, duration_s=len(samples) / rate, num_frames=len(codes), codes=codes_to_list(codes),
+        stop_reason=STOP_REASON, seed=None, voice=None, context_turns=[], context_ids=[], num_prompt_tokens=None,
+        model=model_id, model_weights=None, engine="import", generation=json.dumps({"source": source}),
+        warnings=None, qc={},
+    ).to_dict()
 
 
 def load_codec(model_id: str):

@@ -411,9 +411,9 @@ COLUMNS_OF_SCHEMA[5] = COLUMNS_OF_SCHEMA[4]  # the same data columns; takes/ add
 
 def test_an_output_is_only_continued_with_its_own_data_columns(tmp_path):
     from synth.pipeline.output import DATA_SCHEMA, PLAN_RECORD
-    from synth.pipeline.writer import output_features
+    from synth.pipeline.record import data_schema
 
-    assert list(output_features(SR)) == COLUMNS_OF_SCHEMA[DATA_SCHEMA], "bump output.DATA_SCHEMA with the columns"
+    assert data_schema(SR).names == COLUMNS_OF_SCHEMA[DATA_SCHEMA], "bump record.DATA_SCHEMA with the columns"
     store = _committed_output(tmp_path)
     store.record_identity(run_identity(CONFIG, PLAN), fixed=FIXED)  # the same run continues
     record = json.loads((tmp_path / PLAN_RECORD).read_text())
