@@ -1,4 +1,4 @@
-"""The book layer: long-form text rendered as an audiobook through an ordinary run.
+"""The book layer (4): long-form text rendered as an audiobook through an ordinary run.
 
 It owns reading a book into chapters of sentence-sized chunks (`text`), turning them
 into a manifest of passage chains and assembling chapter files from the run's output

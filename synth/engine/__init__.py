@@ -1,4 +1,4 @@
-"""The engine layer: a loaded CSM that turns generation requests into Mimi codes and audio.
+"""The engine layer (1): a loaded CSM that turns generation requests into Mimi codes and audio.
 
 It owns the seam every engine satisfies (`interface`), checkpoint loading
 (`checkpoint`), prompts (`prompt`), the stop rules (`stop`), the lean static-cache model

@@ -1,4 +1,4 @@
-"""Spoken-form text: what a written sentence sounds like when read aloud.
+"""Spoken-form text (layer 2): what a written sentence sounds like when read aloud.
 
 It owns the normaliser (`normalize`: numbers, dates, times, currency, percentages,
 abbreviations and Roman numerals written out as words) and the pronunciation lexicon

@@ -74,6 +74,7 @@ def test_the_plan_fits_one_device_call_in_the_order_asked():
     assert qc.run is gpu_check.qc_step and qc.timeout_s >= 60  # issue 22 part 5: written, in its budgeted slot
 
 
+@pytest.mark.slow
 def test_the_check_writes_files_the_device_tool_hands_back(cpu_run):
     out, stdout = cpu_run
     names = sorted(os.listdir(out))
@@ -83,6 +84,7 @@ def test_the_check_writes_files_the_device_tool_hands_back(cpu_run):
     assert f"results in {out}" in stdout
 
 
+@pytest.mark.slow
 def test_the_summary_holds_every_step_and_its_numbers(cpu_run):
     out, _ = cpu_run
     summary = json.loads((out / "summary.json").read_text())
@@ -155,6 +157,7 @@ def test_the_summary_holds_every_step_and_its_numbers(cpu_run):
     assert {"compile_s", "capture_s"} <= set(figures["throughput"]["4 slots"])
 
 
+@pytest.mark.slow
 def test_the_steps_log_holds_each_step_in_order(cpu_run):
     out, _ = cpu_run
     text = (out / "steps.txt").read_text()
@@ -177,6 +180,7 @@ def test_the_steps_log_holds_each_step_in_order(cpu_run):
     assert all(f"step {s.number} {s.name}: " in main for s in gpu_check.STEPS)
 
 
+@pytest.mark.slow
 def test_the_cudnn_step_runs_its_two_arms_where_it_is_forced_onto_cpu(tmp_path, tiny_checkpoint):
     """The check skips step 7 on CPU; run alone, as the orchestrator starts it, its code still works
     (the cuDNN switch changes nothing on CPU: this keeps the script working, it measures nothing)."""
@@ -190,6 +194,7 @@ def test_the_cudnn_step_runs_its_two_arms_where_it_is_forced_onto_cpu(tmp_path, 
     assert ab["off_over_on_throughput"] > 0 and "cuDNN off / on" in ab["headline"]
 
 
+@pytest.mark.slow
 def test_the_qc_step_measures_what_a_bare_gpu_box_has_and_names_the_rest(tmp_path, tiny_checkpoint):
     """The device has torch and transformers but none of QC's other libraries: the step still times
     Whisper (transcripts, no rates) and the loop score beside the engine, and says what it skipped."""
@@ -211,6 +216,7 @@ def test_the_qc_step_measures_what_a_bare_gpu_box_has_and_names_the_rest(tmp_pat
     assert "skipped speaker, dnsmos, timing, level, wer" in qc["headline"]
 
 
+@pytest.mark.slow
 def test_a_step_past_its_timeout_is_stopped_and_recorded(tmp_path, tiny_checkpoint):
     result = _check(tmp_path, "--checkpoint", tiny_checkpoint, "--only", "bench", "--timeouts", "bench=2",
                     "--out", str(tmp_path / "out"), timeout=300)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from helpers import REPO
 
@@ -41,6 +42,7 @@ print(json.dumps({"cache": engine.describe().compile_cache, "hits": counters["in
 """
 
 
+@pytest.mark.slow
 def test_a_second_start_loads_every_compiled_step_from_the_cache(tiny_checkpoint, tmp_path):
     cache = str(tmp_path / "compile-cache")
     options = FastEngineOptions(num_kv_buckets=1, compile_cache=cache)

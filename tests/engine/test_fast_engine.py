@@ -438,6 +438,7 @@ def test_cuda_graph_matches_eager(tiny_checkpoint, compile, dtype):
             assert np.mean([np.mean(g.codes == r.codes) for g, r in zip(graphed["greedy"], reference)]) > 0.95
 
 
+@pytest.mark.slow
 def test_compiled_engines_of_any_slot_count_and_bucket_count_share_a_process(tiny_checkpoint, reference_codes,
                                                                            monkeypatch):
     """Compiled engines of 1, 2 and 3 slots in one process, the third with 10 attention buckets:

@@ -104,6 +104,7 @@ def test_every_generated_turn_is_conditioned_on_the_turns_before(shard_output):
         by_id["dialogue-a:1"]["num_prompt_tokens"] + by_id["dialogue-a:1"]["num_frames"])
 
 
+@pytest.mark.slow
 def test_greedy_codes_equal_direct_transformers_generate(shard_output, engine, speech_clip):
     """Each row's codes are what CsmForConditionalGeneration.generate gives for its context:
     the recorded clips, and the earlier generated turns' audio (their codes, Mimi-decoded)."""

@@ -190,6 +190,7 @@ BATCH_TOLERANCE = {"speaker_sim": 1e-4, "dnsmos": 1e-4, "leading_silence_s": 0.0
                    "clipped_fraction": 0.0}
 
 
+@pytest.mark.slow
 def test_a_batch_scores_each_take_as_the_libraries_score_it_alone(scorer, clips, scored):
     """Every metric of the batch (every clip at once, their work split among the workers) against
     the libraries' own one-clip paths, which the scorer used before it batched."""
