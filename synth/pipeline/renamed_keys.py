@@ -26,12 +26,12 @@ class RenamedKey(FutureWarning):
     """A config used an old key name; the message says which and its new name."""
 
 
-def _renames(engine: str) -> dict[str, str]:
-    batch_size = BATCH_SIZE.get(engine)
+def _renames(engine: object) -> dict[str, str]:
+    batch_size = BATCH_SIZE.get(engine) if isinstance(engine, str) else None  # a bad engine is refused later
     return {**RENAMED, **({"generation.batch_size": batch_size} if batch_size else {})}
 
 
-def upgrade(data: dict, engine: str) -> tuple[dict, list[str]]:
+def upgrade(data: dict, engine: object) -> tuple[dict, list[str]]:
     """(data with each old key under its new name, a note per key moved); data is not changed.
     engine: the run's `model.engine` (where `generation.batch_size` goes). Raises ValueError,
     naming both keys, when an old key and its new one are both set to different values."""

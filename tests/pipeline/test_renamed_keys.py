@@ -69,6 +69,9 @@ def test_an_old_key_and_its_new_one_set_differently_are_refused_naming_both():
     # under the transformers engine the old name is its rows per call, not the fast engine's slots
     config = load_config(None, ["model.engine=transformers", "generation.batch_size=8", "fast_engine.num_slots=256"])
     assert (config.transformers_engine.batch_size, config.fast_engine.num_slots) == (8, 256)
+    # with no engine to say where it goes, the old name is an unknown key, and the bad engine is named
+    with pytest.raises(ConfigError, match=r"model.engine: .*\n.*unknown key 'batch_size' in section generation"):
+        load_config(None, ["model.engine=[1]", "generation.batch_size=3"])
 
 
 def test_an_old_style_config_records_the_same_run_identity_as_its_new_style_twin(tmp_path, capsys):
