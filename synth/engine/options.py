@@ -145,13 +145,16 @@ class FastEngineSettings(FastEngineOptions):
     """Longest repeat period the loop stop looks for. Before: `generation.loop_max_period`."""
 
     def __post_init__(self):
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as e:  # the section's errors name it, as `fast_engine.KEY=value ...`
+            raise ValueError(f"fast_engine.{e}") from None
         at_least = {"num_slots": 1, "max_positions": 16, "silence_stop_frames": 0, "loop_stop_frames": 0,
                     "loop_max_period": 2}
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:
-                raise ValueError(f"{name}={value!r} must be >= {low}")
+                raise ValueError(f"fast_engine.{name}={value!r} must be >= {low}")
 
     def options(self) -> FastEngineOptions:
         """How the engine runs: the fields it shares with `FastEngineOptions`."""
