@@ -35,7 +35,7 @@ from synth.errors import SynthError
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a config field, e.g. --set generation.batch_size=4 (repeatable)")
+                        help="override a config field, e.g. --set fast_engine.num_slots=4 (repeatable)")
     parser.add_argument("--allow-changes", action="store_true",
                         help="continue an output whose recorded settings differ from these")
     parser.add_argument("--adopt-output", action="store_true",

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
     parser.add_argument("--checkpoint", help="a checkpoint to load instead of the config's own")
     parser.add_argument("--build-dir", help="build the config's checkpoint here, or reuse the one built here before")
-    parser.add_argument("--slots", type=int)
+    parser.add_argument("--slots", type=int, help="as fast_engine.num_slots")
     parser.add_argument("--held", type=_ints, default=[0, 1024, 16384], help="held caches (default %(default)s)")
     parser.add_argument("--queued", type=_ints, default=[0, 1024, 16384], help="queued rows (default %(default)s)")
     parser.add_argument("--frames", type=int, default=40, help="frames timed per pair (default %(default)s)")

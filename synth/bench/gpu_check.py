@@ -65,7 +65,7 @@ from pathlib import Path
 from synth.bench.config_reader import read_config
 from synth.bench.throughput import SAMPLING as SAMPLED
 from synth.engine.interface import SamplingParams
-from synth.engine.options import FastEngineOptions
+from synth.engine.options import FastEngineOptions, FastEngineSettings
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCTION_CONFIG = REPO / "configs" / "csm-1b.yaml"
@@ -77,10 +77,10 @@ GREEDY = SamplingParams(do_sample=False)
 class Production:
     """What the check takes from the production config (`configs/csm-1b.yaml`)."""
 
-    slots: int  # generation.batch_size
-    positions: int  # generation.max_positions
+    slots: int  # fast_engine.num_slots
+    positions: int  # fast_engine.max_positions
     dtype: str  # model.dtype
-    options: FastEngineOptions  # fast_engine
+    options: FastEngineOptions  # fast_engine's options (how it runs)
     max_audio_seconds: float  # generation.max_audio_seconds: the longest row
     reader: str  # which reader read it (yaml, or synth's own where yaml is missing)
 
@@ -88,10 +88,12 @@ class Production:
 def production(path: Path = PRODUCTION_CONFIG) -> Production:
     """The production engine's settings, read from the config file itself."""
     config, reader = read_config(path)
-    generation = config["generation"]
-    return Production(slots=int(generation["batch_size"]), positions=int(generation["max_positions"]),
-                      dtype=config["model"]["dtype"], options=FastEngineOptions(**(config.get("fast_engine") or {})),
-                      max_audio_seconds=float(generation["max_audio_seconds"]), reader=reader)
+    engine = FastEngineSettings.from_dict(config.get("fast_engine"))
+    if engine.max_positions is None:
+        raise ValueError(f"{path}: the check needs fast_engine.max_positions (the memory step sizes the KV caches)")
+    return Production(slots=engine.num_slots, positions=engine.max_positions, dtype=config["model"]["dtype"],
+                      options=engine.options(), max_audio_seconds=float(config["generation"]["max_audio_seconds"]),
+                      reader=reader)
 
 
 @dataclass(frozen=True)

@@ -380,11 +380,12 @@ def main(argv=None):
     parser.add_argument("--build-dir", help="build the config's own checkpoint here, or reuse the one built "
                         "here before (default: a fresh temp dir)")
     parser.add_argument("--requests", type=int, help="workload size")
-    parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts")
-    parser.add_argument("--ref-batch", type=int)
+    parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts (as fast_engine.num_slots)")
+    parser.add_argument("--ref-batch", type=int, help="the transformers engine's rows per generate call "
+                        "(as transformers_engine.batch_size)")
     parser.add_argument("--batch1-requests", type=int, help="rows for the batch-1 reference run")
     parser.add_argument("--ref-requests", type=int, help="rows for the padded reference run (default: all)")
-    parser.add_argument("--max-positions", type=int)
+    parser.add_argument("--max-positions", type=int, help="KV-cache positions per slot (as fast_engine.max_positions)")
     parser.add_argument("--compile", choices=["auto", "yes", "no"], default="auto",
                         help="torch.compile the fast engine's steps (auto: CUDA only)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
     parser.add_argument("--checkpoint", help="a checkpoint to load instead of the config's own")
     parser.add_argument("--build-dir", help="build the config's checkpoint here, or reuse the one built here before")
-    parser.add_argument("--slots", type=int)
-    parser.add_argument("--max-positions", type=int)
+    parser.add_argument("--slots", type=int, help="as fast_engine.num_slots")
+    parser.add_argument("--max-positions", type=int, help="as fast_engine.max_positions")
     parser.add_argument("--starts", type=int, default=2, help="starts with the compile cache: the first cold, "
                         "the others loading (default %(default)s)")
     parser.add_argument("--no-cache", action="store_true", help="also a start without the compile cache")

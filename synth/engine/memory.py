@@ -171,6 +171,6 @@ def check_fits(plan: MemoryPlan, free: int, total: int) -> None:
         f"{plan.max_positions} positions), parked caches {g(plan.parked_bound)} ({plan.park_rows} rows), slot state "
         f"{g(plan.slot_state)}, frame step {g(plan.frame)}, prefill {g(plan.prefill)} ({plan.prefill_tokens} "
         f"positions), decode {g(plan.decode)} ({plan.decode_rows} rows x {plan.decode_frames} frames) and "
-        f"{g(headroom_bytes(total))} of headroom. Lower generation.batch_size (slots), generation.max_positions, "
+        f"{g(headroom_bytes(total))} of headroom. Lower fast_engine.num_slots, fast_engine.max_positions, "
         f"fast_engine.park_rows or fast_engine.prefill_tokens")
 

@@ -1,17 +1,19 @@
-"""The fast engine's tuning options as one typed record, importable without torch.
+"""The fast engine's settings as typed records, importable without torch or pydantic.
 
-This module owns `FastEngineOptions`: how the fast engine runs (CUDA graphs, compile
+This module owns `FastEngineOptions`, how the fast engine runs (CUDA graphs, compile
 mode, attention buckets, how its frame loop handles finished rows, the codec's dtype,
-admission, prefill sizes), none of which changes what it generates. It is a frozen
-stdlib dataclass that checks its values when built, so the benchmark's flags and a run's YAML
-(`synth.pipeline.config`, whose pydantic validates it from a dict and, through
-`__pydantic_config__`, refuses unknown keys) fill the same record. It knows nothing
-about torch, models, configs or Ray; `synth.engine.fast_engine` reads it.
+admission, prefill sizes), none of which changes what it generates; and
+`FastEngineSettings`, a run config's whole `fast_engine:` section: those options plus the
+engine's sizes (slots, positions) and early stops. Both are frozen stdlib dataclasses that
+check their values when built, so the benchmark's flags, the device check (`from_dict`, no
+pydantic) and a run's YAML (`synth.pipeline.config`, whose pydantic validates them from a
+dict and, through `__pydantic_config__`, refuses unknown keys) fill the same records. It
+knows nothing about torch, models, configs or Ray; `synth.engine.fast_engine` reads the options.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from synth.engine.interface import DTYPE_NAMES
 
@@ -116,3 +118,63 @@ class FastEngineOptions:
             raise ValueError(f"compile_mode={self.compile_mode!r}: expected one of {', '.join(COMPILE_MODES)} "
                              "(or null); the engine captures each frame as one CUDA graph itself, and modes such as "
                              "reduce-overhead or max-autotune turn on inductor's own CUDA graphs inside that capture")
+
+
+@dataclass(frozen=True)
+class FastEngineSettings(FastEngineOptions):
+    """A run config's `fast_engine:` section: how the engine runs (`FastEngineOptions`, the fields
+    above), how large it is, and when it stops a row early. The sizes and stops come after the options."""
+
+    num_slots: int = 8
+    """Rows generated at once (the KV cache holds this many x max_positions positions). Before this
+    section held it: `generation.batch_size` (which for the transformers engine is rows per call)."""
+
+    max_positions: int | None = None
+    """KV-cache positions per slot (prompt + generated frames); None: the model's maximum. Smaller is
+    faster: every step attends over all of them. Before: `generation.max_positions`."""
+
+    silence_stop_frames: int = 0
+    """Stop a row whose codebook 0 holds one value this many frames (0: off); stop_reason `silence`.
+    Before: `generation.silence_stop_frames`."""
+
+    loop_stop_frames: int = 0
+    """Stop a row whose codebook 0 repeats with a period of at most `loop_max_period` this many frames
+    (0: off); stop_reason `loop`. Before: `generation.loop_stop_frames`."""
+
+    loop_max_period: int = 8
+    """Longest repeat period the loop stop looks for. Before: `generation.loop_max_period`."""
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except ValueError as e:  # the section's errors name it, as `fast_engine.KEY=value ...`
+            raise ValueError(f"fast_engine.{e}") from None
+        at_least = {"num_slots": 1, "max_positions": 16, "silence_stop_frames": 0, "loop_stop_frames": 0,
+                    "loop_max_period": 2}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"fast_engine.{name}={value!r} must be >= {low}")
+
+    def options(self) -> FastEngineOptions:
+        """How the engine runs: the fields it shares with `FastEngineOptions`."""
+        return FastEngineOptions(**{f.name: getattr(self, f.name) for f in fields(FastEngineOptions)})
+
+    def recorded(self) -> dict:
+        """The settings that change what the engine generates (a run's recorded settings, under
+        `generation`, where they were named before this section held them)."""
+        return {name: getattr(self, name) for name in RECORDED}
+
+    @classmethod
+    def from_dict(cls, section: dict | None) -> "FastEngineSettings":
+        """The section read from plain YAML (no pydantic); an unknown key is a ValueError naming it."""
+        section = section or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"fast_engine: unknown key {unknown[0]!r} (the section takes: {', '.join(sorted(known))})")
+        return cls(**section)
+
+
+# FastEngineSettings' fields that change outputs, hence part of a run's recorded settings.
+RECORDED = ("max_positions", "silence_stop_frames", "loop_stop_frames", "loop_max_period")

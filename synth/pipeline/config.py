@@ -9,6 +9,8 @@ before any model or GPU is touched. It knows nothing about Ray or the model code
 from __future__ import annotations
 
 import copy
+import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,9 +25,10 @@ from pydantic import (
 )
 
 from synth.engine.interface import DTYPE_NAMES, SamplingParams
-from synth.engine.options import FastEngineOptions
+from synth.engine.options import FastEngineSettings
 from synth.errors import SynthError
 from synth.pipeline.context_plan import LOW_WATER
+from synth.pipeline.renamed_keys import RenamedKey, upgrade
 from synth.qc.policy import QcSettings
 
 
@@ -69,9 +72,10 @@ class SamplingConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    """Batching and per-row length caps."""
+    """Per-row length caps, seeds and the context of a script's turns, for either engine. The fast
+    engine's sizes and early stops are in `fast_engine`, the transformers engine's rows per call in
+    `transformers_engine` (`synth.pipeline.renamed_keys` reads their old names here)."""
 
-    batch_size: int = Field(8, ge=1, description="Rows per generate call (or engine slots).")
     max_audio_seconds: float = Field(20.0, gt=0, description="Hard cap on one generated turn.")
     min_audio_seconds: float = Field(1.0, gt=0, description="Floor of the text-derived cap.")
     chars_per_second: float = Field(
@@ -79,18 +83,6 @@ class GenerationConfig(_Section):
         "cap = max(min_audio_seconds, len(text) / chars_per_second), then clipped to max_audio_seconds.",
     )
     seed: int = Field(0, description="Base seed; a row's seed is its `seed` column or derived from this and its id.")
-    max_positions: int | None = Field(
-        None, ge=16, description="Fast engine: KV-cache positions per slot (prompt + generated frames); "
-        "None = the model's maximum. Smaller is faster: every step attends over all of them.",
-    )
-    silence_stop_frames: int = Field(
-        0, ge=0, description="Fast engine: stop a row whose codebook 0 holds one value this many frames (0 = off).",
-    )
-    loop_stop_frames: int = Field(
-        0, ge=0, description="Fast engine: stop a row whose codebook 0 repeats with a short period this many "
-        "frames (0 = off).",
-    )
-    loop_max_period: int = Field(8, ge=2, description="Longest repeat period the loop stop looks for.")
     context_from: Literal["codes", "audio"] | None = Field(
         None, description="How a generated turn conditions the later turns of its script: `codes`, the codes it "
         "was generated from; `audio`, its audio Mimi-encoded again (what chaining transformers' generate calls "
@@ -118,6 +110,12 @@ class GenerationConfig(_Section):
                 f"max_audio_seconds ({self.max_audio_seconds})"
             )
         return self
+
+
+class TransformersEngineConfig(_Section):
+    """The reference engine (`model.engine: transformers`): transformers' `generate` on batches of rows."""
+
+    batch_size: int = Field(8, ge=1, description="Rows per `generate` call (before: generation.batch_size).")
 
 
 class ActorsConfig(_Section):
@@ -255,15 +253,30 @@ class SynthConfig(_Section):
     job: JobConfig = JobConfig()
     ray: RayConfig = RayConfig()
     text: TextConfig = TextConfig()
-    fast_engine: FastEngineOptions = Field(
-        FastEngineOptions(), description="How the fast engine runs (CUDA graphs, attention buckets, result "
-        "thread, ...); none of it changes outputs, so it is not part of a run's recorded settings.",
+    fast_engine: FastEngineSettings = Field(
+        FastEngineSettings(), description="The fast engine: its slots, positions and early stops (recorded "
+        "settings), and how it runs (CUDA graphs, attention buckets, result thread, ...; never what it generates).",
     )
+    transformers_engine: TransformersEngineConfig = TransformersEngineConfig()
     voices: dict[str, VoiceConfig] = Field(default_factory=dict, description="The voice library, by name.")
     qc: QcSettings = Field(
         QcSettings(), description="Quality control of every generated turn: metrics, thresholds, retakes, "
         "clean-up (`synth.qc.policy`; off by default).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Old key names (`synth.pipeline.renamed_keys`) read as their new ones, each with a note."""
+        if not isinstance(data, dict):
+            return data
+        model, engine = data.get("model"), ModelConfig.model_fields["engine"].default
+        if isinstance(model, dict):
+            engine = model.get("engine", engine)
+        data, notes = upgrade(data, engine)
+        for note in notes:
+            warnings.warn(note, RenamedKey, stacklevel=2)
+        return data
 
     @field_validator("voices")
     @classmethod
@@ -337,13 +350,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")  # pydantic's, for models and dataclasses
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
+        field = ".".join(loc) or "(top level)"
         value = e.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {field}: {e['msg']}{shown}")
+        message = e["msg"]
+        if e["type"] in _UNKNOWN_KEY:
+            message = f"unknown key {loc[-1]!r} in " + (f"section {'.'.join(loc[:-1])}" if len(loc) > 1 else "the top level")
+        lines.append(f"  {field}: {message}{shown}")
     return "\n".join(lines)
 
 
@@ -367,6 +387,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, overrides)
         source += " + overrides"
     try:
-        return schema.model_validate(data)
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always", RenamedKey)
+            config = schema.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+    for note in notes:  # one line each, where the user looks; other warnings as they came
+        if issubclass(note.category, RenamedKey):
+            print(f"synth: {source}: {note.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
+    return config

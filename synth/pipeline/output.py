@@ -344,22 +344,22 @@ FIXED = {
 def run_identity(config: SynthConfig, plan: Plan, inputs: dict | None = None) -> dict:
     """What must not change between a run and its relaunch on the same output (plan.json).
     inputs: fingerprints of the files besides the manifest that shape every row (voices, lexicon)."""
-    import json
-
     return {
         "data_schema": DATA_SCHEMA,
         "model": config.model.resolved_id,
         "engine": config.model.engine,
         "dtype": config.model.dtype,
         "sampling": config.sampling.model_dump(),
-        "generation": config.generation.model_dump(exclude={"batch_size", "context_from"}),
+        # the fast engine's sizes and stops under `generation`, where they were named before, so an output
+        # begun with an older config continues: the recorded settings keep their layout
+        "generation": {**config.generation.model_dump(exclude={"context_from"}), **config.fast_engine.recorded()},
         "context_from": config.context_from,
         # (a watermark left at null is left out: outputs made before the setting existed continue as they were)
         "output": config.output.model_dump(exclude={"commit_every_scripts", "scripts_per_shard"} | (
             {"watermark"} if config.output.watermark is None else set())),
         "voices": {name: voice.model_dump() for name, voice in config.voices.items()},
         "text": config.text.model_dump(),
-        "qc": json.loads(json.dumps(config.qc.identity())),  # as plan.json holds it (tuples are lists)
+        "qc": config.qc.identity(),
         "inputs": inputs or {},
         "plan": plan.to_dict(),
     }

@@ -74,24 +74,24 @@ def load_engine(config: SynthConfig) -> Engine:
         from synth.engine.fast_engine import FastEngine
         from synth.engine.stop import StopRules
 
-        sampling, gen = config.sampling, config.generation
+        sampling, fast = config.sampling, config.fast_engine
         widest_top_k = max(sampling.top_k, sampling.depth_top_k)
         return FastEngine.load(
             model_id,
             device=device,
             dtype=model_cfg.dtype,
-            num_slots=gen.batch_size,
-            max_positions=gen.max_positions,
+            num_slots=fast.num_slots,
+            max_positions=fast.max_positions,
             compile=model_cfg.compile,
             stop_rules=StopRules(
-                silence_frames=gen.silence_stop_frames,
-                loop_frames=gen.loop_stop_frames,
-                loop_max_period=gen.loop_max_period,
+                silence_frames=fast.silence_stop_frames,
+                loop_frames=fast.loop_stop_frames,
+                loop_max_period=fast.loop_max_period,
             ),
             # the sampler's static width; top-k 0 (no filter) needs the full-vocabulary path
             top_k_max=None if min(sampling.top_k, sampling.depth_top_k) == 0 else widest_top_k,
-            options=config.fast_engine,
-            max_audio_seconds=gen.max_audio_seconds,  # the longest row: sizes the engine's memory plan
+            options=fast.options(),
+            max_audio_seconds=config.generation.max_audio_seconds,  # the longest row: sizes the engine's memory plan
             log=lambda line: print(line, flush=True),  # the memory plan and warm-up, in the actor's log
         )
     from synth.engine.reference_engine import TransformersEngine
@@ -101,7 +101,7 @@ def load_engine(config: SynthConfig) -> Engine:
         device=device,
         dtype=model_cfg.dtype,
         compile=model_cfg.compile,
-        batch_size=config.generation.batch_size,
+        batch_size=config.transformers_engine.batch_size,
     )
 
 

@@ -136,10 +136,15 @@ class QcSettings:
         _check(not self.cleanup.trim_silence or "timing" in self.metrics,
                "qc.cleanup.trim_silence needs the `timing` metrics (the VAD finds the silence) in qc.metrics")
 
+    def to_dict(self) -> dict:
+        """Every setting as plain JSON values: sections as dicts, `metrics` as a list (as plan.json
+        and YAML hold them)."""
+        return {**asdict(self), "metrics": list(self.metrics)}
+
     def identity(self) -> dict:
         """The settings that decide what QC computes (a run's plan.json, a rescore's markers): all
         but how it executes (`num_workers`)."""
-        return {k: v for k, v in asdict(self).items() if k != "num_workers"}
+        return {k: v for k, v in self.to_dict().items() if k != "num_workers"}
 
     def measured(self) -> set[str]:
         """The metric columns this policy computes."""

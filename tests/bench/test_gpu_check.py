@@ -23,6 +23,8 @@ from helpers import REPO
 from synth.bench import gpu_check
 from synth.bench.config_reader import parse_config
 from synth.bench.frame_profile import PARTS
+from synth.engine.options import FastEngineOptions, FastEngineSettings
+from synth.pipeline.config import load_config
 
 # What the device tool hands back from OUT: at most 8 files of at most 16 MiB, plain names.
 MAX_FILES, MAX_BYTES, NAME = 8, 16 * 2**20, re.compile(r"^[A-Za-z0-9._-]+$")
@@ -262,10 +264,15 @@ def test_the_check_reads_the_production_config_with_or_without_yaml():
     with open(path) as f:
         config = yaml.safe_load(f)
     prod = gpu_check.production()
-    assert (prod.slots, prod.positions, prod.dtype) == (
-        config["generation"]["batch_size"], config["generation"]["max_positions"], config["model"]["dtype"])
+    engine = config["fast_engine"]
+    assert (prod.slots, prod.positions, prod.dtype) == (engine["num_slots"], engine["max_positions"],
+                                                        config["model"]["dtype"])
     assert prod.max_audio_seconds == config["generation"]["max_audio_seconds"]
-    assert {k: getattr(prod.options, k) for k in config["fast_engine"]} == config["fast_engine"]
+    options = {k: v for k, v in engine.items() if hasattr(FastEngineOptions, k)}
+    assert options and {k: getattr(prod.options, k) for k in options} == options
+    # what a run of this config gets (pydantic, old names read as new): the same engine
+    run = load_config(path).fast_engine
+    assert (run.num_slots, run.max_positions, run.options()) == (prod.slots, prod.positions, prod.options)
     for name in ("csm-1b.yaml", "demo.yaml"):
         with open(os.path.join(REPO, "configs", name)) as f:
             text = f.read()
@@ -275,10 +282,14 @@ def test_the_check_reads_the_production_config_with_or_without_yaml():
     assert parse_config(tricky) == yaml.safe_load(tricky)
     with pytest.raises(ValueError, match="line 2"):
         parse_config("a:\n  - 1\n")
+    with pytest.raises(ValueError, match=r"fast_engine: unknown key 'batch_size'"):  # no pydantic: still refused
+        FastEngineSettings.from_dict({"num_slots": 4, "batch_size": 4})
+    with pytest.raises(ValueError, match="num_slots=0 must be >= 1"):
+        FastEngineSettings.from_dict({"num_slots": 0})
     with pytest.raises(ValueError, match="line 1"):
         parse_config("lora: {rank: 8}\n")
-    # Where yaml cannot be imported, the check still reads the same production settings.
-    code = ("import sys; sys.modules['yaml'] = None\n"
+    # Where yaml (and pydantic, and ray) cannot be imported, the check still reads the same production settings.
+    code = ("import sys; sys.modules.update(yaml=None, pydantic=None, ray=None)\n"
             "from synth.bench.gpu_check import production\n"
             "p = production(); print(p.reader, p.slots, p.positions, p.dtype, p.max_audio_seconds)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

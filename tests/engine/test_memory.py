@@ -91,7 +91,7 @@ def test_sizes_that_cannot_fit_are_refused_with_the_numbers_and_parking_shrinks_
         FastEngine.load(tiny_checkpoint, **load)
     message = str(refused.value)
     for item in ("do not fit cpu", "free of 4.00 GiB", "KV caches", "8 slots x 256 positions", "prefill",
-                 "decode", "generation.batch_size"):
+                 "decode", "fast_engine.num_slots"):
         assert item in message, item
 
     monkeypatch.setattr(fast_engine, "available_bytes",

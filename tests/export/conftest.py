@@ -71,7 +71,7 @@ def run_synth(base, checkpoint: str, extra: str = "") -> tuple[str, list[str]]:
                      for i, (name, text) in enumerate(VOICES.items()))
     config = base / "config.yaml"
     config.write_text(f"model:\n  id: {checkpoint}\n  engine: fast\n  dtype: float32\n  device: cpu\n"
-                      "sampling:\n  do_sample: false\ngeneration:\n  batch_size: 4\n  max_audio_seconds: 1.2\n"
+                      "sampling:\n  do_sample: false\ngeneration:\n  max_audio_seconds: 1.2\nfast_engine:\n  num_slots: 4\n"
                       "actors:\n  num_actors: 1\n  num_cpus: 1\noutput:\n  scripts_per_shard: 4\n"
                       "  commit_every_scripts: 2\njob:\n  max_error_rate: 0.5\n" f"voices:\n{voices}" + extra)
     out = str(base / "out")

@@ -1,12 +1,12 @@
 import pytest
 
-from synth.engine.options import FastEngineOptions
+from synth.engine.options import FastEngineOptions, FastEngineSettings
 from synth.pipeline.config import ConfigError, SynthConfig, load_config
 
 
 def test_defaults_are_valid_and_overrides_are_typed():
-    config = load_config(None, ["generation.batch_size=3", "sampling.do_sample=false", "model.compile=null"])
-    assert config.generation.batch_size == 3
+    config = load_config(None, ["fast_engine.num_slots=3", "sampling.do_sample=false", "model.compile=null"])
+    assert config.fast_engine.num_slots == 3
     assert config.sampling.do_sample is False
     assert config.model.compile is None
     assert SynthConfig().model.id == "sesame/csm-1b"
@@ -15,7 +15,8 @@ def test_defaults_are_valid_and_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, field",
     [
-        ("generation.batch_size=0", "generation.batch_size"),
+        ("fast_engine.num_slots=0", "num_slots"),
+        ("transformers_engine.batch_size=0", "transformers_engine.batch_size"),
         ("model.dtype=fp8", "model.dtype"),
         ("actors.num_cpus=lots", "actors.num_cpus"),
         ("sampling.temperature=-1", "sampling.temperature"),
@@ -37,9 +38,9 @@ def test_min_above_max_audio_seconds_is_refused():
 
 def test_yaml_file_and_its_errors(tmp_path):
     good = tmp_path / "c.yaml"
-    good.write_text("model:\n  id: ./ckpt\n  build_tiny: true\ngeneration:\n  batch_size: 2\n")
-    config = load_config(good, ["generation.batch_size=5"])
-    assert config.generation.batch_size == 5 and config.model.build_tiny
+    good.write_text("model:\n  id: ./ckpt\n  build_tiny: true\nfast_engine:\n  num_slots: 2\n")
+    config = load_config(good, ["fast_engine.num_slots=5"])
+    assert config.fast_engine.num_slots == 5 and config.model.build_tiny
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
@@ -64,7 +65,7 @@ def test_overrides_apply_to_a_config_file_holding_yaml_dates(tmp_path):
     dated = tmp_path / "c.yaml"
     dated.write_text("model:\n  id: 2024-01-01\n")
     with pytest.raises(ConfigError, match="model.id"):  # a date is no model id: a config error, no TypeError
-        load_config(dated, ["generation.batch_size=2"])
+        load_config(dated, ["fast_engine.num_slots=2"])
 
 
 def test_the_shipped_configs_load():
@@ -74,13 +75,15 @@ def test_the_shipped_configs_load():
 
 
 def test_fast_engine_options_load_from_yaml_and_bad_ones_name_the_field(tmp_path):
-    assert SynthConfig().fast_engine == FastEngineOptions()
+    assert SynthConfig().fast_engine.options() == FastEngineOptions()
     path = tmp_path / "c.yaml"
     path.write_text("fast_engine:\n  num_kv_buckets: 2\n  result_thread: false\n  codec_dtype: bfloat16\n"
                     "  compile_mode: max-autotune-no-cudagraphs\n")
     config = load_config(path, ["fast_engine.status_lag=1"])
-    assert config.fast_engine == FastEngineOptions(num_kv_buckets=2, result_thread=False, codec_dtype="bfloat16",
-                                                   status_lag=1, compile_mode="max-autotune-no-cudagraphs")
+    assert config.fast_engine.options() == FastEngineOptions(
+        num_kv_buckets=2, result_thread=False, codec_dtype="bfloat16", status_lag=1,
+        compile_mode="max-autotune-no-cudagraphs")
+    assert config.fast_engine == FastEngineSettings(**vars(config.fast_engine.options()))
     assert SynthConfig.model_validate(config.model_dump()) == config  # as the Ray actors receive it
     for override, field in [
         ("fast_engine.num_kv_buckets=0", "num_kv_buckets"),  # the record's own check
@@ -127,3 +130,15 @@ def test_the_audio_watermark_is_off_by_default_and_refused_clearly_when_it_canno
         load_config(None, [f"output.watermark={{method: silentcipher, weights: {weights}}}"])
     with pytest.raises(ConfigError, match="output.watermark.method"):
         load_config(None, ["output.watermark={method: audioseal, weights: /x}"])
+
+
+@pytest.mark.parametrize("override, section", [
+    ("output.surprise=1", "section output"),  # a pydantic section
+    ("fast_engine.surprise=1", "section fast_engine"),  # a dataclass validated by pydantic
+    ("qc.thresholds.surprise=1", "section qc.thresholds"),  # nested
+    ("surprise=1", "the top level"),
+])
+def test_an_unknown_key_is_refused_naming_the_key_and_its_section(override, section):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert f"unknown key 'surprise' in {section}" in str(err.value), str(err.value)

@@ -128,11 +128,12 @@ def voices_dir(tmp_path_factory, speech_clip):
     return d
 
 
-def _config(checkpoint, voices_dir, **generation):
+def _config(checkpoint, voices_dir, num_slots=8, max_positions=None, **generation):
     return SynthConfig.model_validate({
         "model": {"id": checkpoint, "engine": "fast", "dtype": "float32", "device": "cpu"},
         "sampling": {"do_sample": False},
-        "generation": {"batch_size": 8, "max_audio_seconds": 0.8, "min_audio_seconds": 0.4, **generation},
+        "generation": {"max_audio_seconds": 0.8, "min_audio_seconds": 0.4, **generation},
+        "fast_engine": {"num_slots": num_slots, "max_positions": max_positions},
         "output": {"scripts_per_shard": 100, "commit_every_scripts": 2},
         "voices": {
             "narrator": {"audio": str(voices_dir / "narrator.wav"),
@@ -309,7 +310,7 @@ def json_max_frames(row):
 
 def test_many_dialogues_are_in_flight_at_once(tiny_checkpoint, voices_dir, tmp_path):
     """16 dialogues of 4 turns on 16 slots: the frames run are about those of one dialogue, not 16."""
-    config = _config(tiny_checkpoint, voices_dir, batch_size=16, max_audio_seconds=0.8)
+    config = _config(tiny_checkpoint, voices_dir, num_slots=16, max_audio_seconds=0.8)
     engine = load_engine(config)
     manifest = _write(tmp_path / "m.parquet", [
         {"id": f"d{i:02d}", "turns": [{"speaker": t % 2, "text": f"Turn {t} of dialogue {i}."} for t in range(4)]}

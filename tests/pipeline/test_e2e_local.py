@@ -38,9 +38,9 @@ def test_dry_run_validates_and_plans_without_a_model(mixed, tmp_path):
 
 
 def test_bad_config_fails_before_anything_runs(mixed, tmp_path):
-    result = run_job(job_args(mixed[0], str(tmp_path / "out"), "/nonexistent", "--set", "generation.batch_size=-2"))
+    result = run_job(job_args(mixed[0], str(tmp_path / "out"), "/nonexistent", "--set", "fast_engine.num_slots=-2"))
     assert result.returncode == 2
-    assert "generation.batch_size" in result.stderr and "-2" in result.stderr
+    assert "fast_engine.num_slots" in result.stderr and "-2" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

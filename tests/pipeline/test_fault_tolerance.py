@@ -61,7 +61,7 @@ NUM_PARTS = NUM_SCRIPTS  # 4 shards of 4 scripts, one script per committed part
 # one by one, which leaves a crash room to land mid-shard (with more slots every script
 # of a shard runs at once and its parts all commit within a fraction of a second).
 SMALL_PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
-               "--set", "generation.batch_size=1"]
+               "--set", "fast_engine.num_slots=1"]
 ALL_PARTS = {(shard, part) for shard in range(4) for part in range(4)}
 JOB_TIMEOUT_S = 240
 

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow  # every test runs jobs on a local Ray
 
 NUM_SCRIPTS = 8  # 2 shards of 4 one-script parts; one slot, so parts commit one by one
 PARTS = ["--set", "output.scripts_per_shard=4", "--set", "output.commit_every_scripts=1",
-         "--set", "generation.batch_size=1"]
+         "--set", "fast_engine.num_slots=1"]
 TIMEOUT_S = 240
 
 

@@ -77,7 +77,7 @@ def qc_shard(tmp_path_factory, speech_clip, tiny_checkpoint, tiny_whisper):
             {"id": "s", "seed": 8, "turns": [{"speaker": 2, "text": "One line alone.", "audio": None}]}]
     path = write_manifest(str(work / "manifest.parquet"), rows)
     config = load_config(None, [
-        f"model.id={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu", "generation.batch_size=4",
+        f"model.id={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu", "fast_engine.num_slots=4",
         "generation.max_audio_seconds=1.2", "output.commit_every_scripts=1", *QC_ON,
         f"qc.asr.model={tiny_whisper}", "qc.cleanup.loudness_lufs=-20"])
     engine = ObservedEngine(load_engine(config))

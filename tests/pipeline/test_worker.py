@@ -26,7 +26,8 @@ from synth.store.recovery import recover
 def greedy_config(tiny_checkpoint):
     return load_config(None, [
         f"model.id={tiny_checkpoint}", "model.engine=transformers", "model.dtype=float32", "model.device=cpu",
-        "sampling.do_sample=false", "generation.batch_size=4", "generation.max_audio_seconds=1.6",
+        "sampling.do_sample=false", "transformers_engine.batch_size=4", "fast_engine.num_slots=4",
+        "generation.max_audio_seconds=1.6",
         "output.commit_every_scripts=3", "output.scripts_per_shard=100",
     ])
 
