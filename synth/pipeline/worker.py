@@ -315,7 +315,8 @@ class _ShardRun:
         self.cancelled: dict[str, _Part] = {}  # QC on: speculative requests cancelled -> their part
         self.lock = threading.RLock()
         self.stage: QcStage | None = None
-        self._open = False  # QC on: the engine's submissions are open (closed when no chain is left)
+        self._open = False  # QC on: the engine's submissions are open (closed when no chain of the run is left)
+        self._live = 0  # QC on: chains of the `generate` under way not yet finished
         self.t0 = time.perf_counter()
 
     def generate(self, requests: list[GenerationRequest], params) -> None:
@@ -328,7 +329,7 @@ class _ShardRun:
         self.stage = QcStage(self._score, self._apply, max_queued=self.worker.qc_max_queued,
                              on_error=lambda e: self._close_submissions())
         with self.lock:
-            self._open = True
+            self._open, self._live = True, len(requests)  # one first request per chain
             engine.open_submissions()
         try:
             engine.run(requests, params, on_result=self)
@@ -342,7 +343,7 @@ class _ShardRun:
         self.stage.close()
         if self.stage.error is not None:
             raise self.stage.error
-        assert not self.flights, "the engine ran out of work while a chain awaited a verdict"
+        assert self._live == 0, "the engine ran out of work while a chain awaited a verdict"
 
     def _close_submissions(self) -> None:
         with self.lock:
@@ -488,7 +489,8 @@ class _ShardRun:
         part.running -= 1
         if part.running == 0:
             self._commit(part)
-        if not self.flights:
+        self._live -= 1
+        if self._live <= 0:
             self._close_submissions()
 
     def fail_chain(self, part: _Part, script: Script, chain: Chain, error: Exception) -> None:

@@ -180,3 +180,22 @@ def test_a_failed_parent_discards_its_finished_continuation_and_the_chain_goes_b
     assert counts.speculative_discarded == 2 and counts.speculative_frames_discarded == continuation.num_frames > 0
     assert chain.turn == 0 and chain.request == first and [i.key for i in chain.candidates] == []
     assert not flight.pending and flight.in_flight == retake.request_id
+
+
+def test_isolated_with_qc_a_failing_script_is_an_error_row_and_the_rest_is_the_same(setup, tiny_checkpoint, plain,
+                                                                                    monkeypatch):
+    """The retry path (each script alone): a script whose generation raises becomes an error row, the
+    QC stage beside each script's run; the others' rows are those of the shard run together."""
+    from helpers import load_errors
+
+    from synth.store.faults import RAISE_VAR
+
+    work, engine, manifest, shard = setup
+    monkeypatch.setenv(RAISE_VAR, "generate:c1")
+    worker = ShardWorker(_settings(tiny_checkpoint), engine, manifest, dataset_store(work / "isolated"),
+                         log=lambda m: None)
+    _in_time(lambda: worker.run_shard(shard, isolate=True))
+    data = {r["id"]: r for r in pq.read_table(work / "isolated" / "data").to_pylist()}
+    (error,) = load_errors(work / "isolated")
+    assert error["id"] == "c1" and "InjectedFault" in error["reason"], error
+    _same({k: v for k, v in plain[1].items() if not k.startswith("c1:")}, data)
