@@ -159,15 +159,16 @@ class QcChains:
         from synth.pipeline.chain import Chain, ChainTurn
         from synth.pipeline.context_plan import SegmentCost
         from synth.pipeline.qc_stage import QcStage as Stage
-        from synth.pipeline.verdicts import ChainFlight
+        from synth.pipeline.verdicts import ChainFlight, KeepRate
 
         cost = SegmentCost(self.engine)
+        keep_rate = KeepRate()  # as a worker bets on its takes
         first = []
         for turns in dialogues:
             chain = Chain([ChainTurn(r.request_id, r.speaker, r.text, max_frames=r.max_frames, seed=r.seed)
                            for r in turns], self.engine, cost, context_from=context_from, context_low_water=low_water)
             self.retakes.start_chain(chain)
-            flight = ChainFlight(chain, self.retakes, speculate=self.speculate)
+            flight = ChainFlight(chain, self.retakes, speculate=self.speculate, keep_rate=keep_rate)
             request = flight.first(_does_not_fit)
             self.flights[request.request_id] = flight
             first.append(request)

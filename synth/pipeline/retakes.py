@@ -160,6 +160,10 @@ class Retakes:
             self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
         return accepted
 
+    def take_number(self, request: GenerationRequest) -> int:
+        """The number the turn's next take to be judged has (its takes judged so far, plus one)."""
+        return len(self._takes.get(request.request_id, ())) + 1
+
     @property
     def can_speculate(self) -> bool:
         """Whether a take as it would be accepted is known before its metrics (`as_accepted`): not when

@@ -12,13 +12,18 @@ kept, discards what was speculated past it (the requests to cancel, the finished
 frames counted in `QcCounts`), puts the chain back as it was at the take (`Chain.restore`)
 and goes on from the verdict. A take's reference voice for scoring is the one the plain
 order would give it (the speakers' first kept turns, those still awaiting a verdict taken as
-kept). So rows, takes, seeds and codes are those of the plain order. It knows nothing about
+kept). So rows, takes, seeds and codes are those of the plain order. Speculation is a bet that
+the take will be kept; `KeepRate` places it only while it pays: on take N of a turn while at
+least half of the recent decisions on take N kept it (every take failing, as with the offline
+random models, turns it off by itself; a run whose takes pass speculates on every turn). It
+changes what is generated ahead, never the output. It knows nothing about
 threads, parts or outputs: the caller (the shard worker, the benchmark) holds one lock over
 it, queues the takes for scoring and carries out what `decide` returns.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -50,6 +55,7 @@ class PendingTake:
     result: GenerationResult
     gain_db: float | None
     before: ChainState
+    number: int = 1  # its take number
     metrics: dict | None = None
     assumed: GenerationResult | None = None
     skipped: list[tuple[int, str]] = field(default_factory=list)
@@ -70,12 +76,33 @@ class Verdicts:
     done: bool = False
 
 
+class KeepRate:
+    """How often a turn's newest take was the one kept, by take number, over the last `window`
+    verdicts on followed turns (a worker's chains share one): speculating on take N pays while
+    that rate is at least `min_rate` (with no verdict seen yet, it is assumed to)."""
+
+    def __init__(self, min_rate: float = 0.5, window: int = 64):
+        if not 0 <= min_rate <= 1:
+            raise ValueError(f"min_rate must be within [0, 1], got {min_rate}")
+        self.min_rate, self.window = min_rate, window
+        self._kept: dict[int, deque] = {}  # take number -> recent outcomes (True: that take was kept)
+
+    def worth_it(self, take: int) -> bool:
+        seen = self._kept.get(take)
+        return not seen or sum(seen) >= self.min_rate * len(seen)
+
+    def record(self, take: int, kept: bool) -> None:
+        self._kept.setdefault(take, deque(maxlen=self.window)).append(kept)
+
+
 class ChainFlight:
     """One chain's takes awaiting verdicts, and its speculation; see the module docstring."""
 
-    def __init__(self, chain: Chain, retakes: Retakes, *, speculate: bool):
+    def __init__(self, chain: Chain, retakes: Retakes, *, speculate: bool, keep_rate: KeepRate | None = None):
+        """keep_rate: when to bet on a take (None: on every take)."""
         self.chain, self.retakes = chain, retakes
         self.speculate = speculate and retakes.can_speculate
+        self.keep_rate = keep_rate
         self.pending: list[PendingTake] = []  # in chain order: the head is the next verdict to apply
         self.in_flight: str | None = None  # the request generating now (a chain generates one at a time)
         self.in_flight_speculative = False
@@ -92,10 +119,12 @@ class ChainFlight:
         chain, request = self.chain, self.chain.request
         assert request is not None
         take = Take(result.audio, request.text, result.codes, self._voice(request.speaker))
-        pending = PendingTake(request, chain.turn, chain.plan, engine_id, result, gain_db, chain.snapshot())
+        pending = PendingTake(request, chain.turn, chain.plan, engine_id, result, gain_db, chain.snapshot(),
+                              number=self.retakes.take_number(request))
         self.pending.append(pending)
         self.in_flight = None
-        if not (self.speculate and request.followed):
+        bet = self.keep_rate is None or self.keep_rate.worth_it(pending.number)
+        if not (self.speculate and request.followed and bet):
             return pending, take, None
         pending.assumed = self.retakes.as_accepted(request, result)
         chain.add_result(pending.assumed)
@@ -113,9 +142,12 @@ class ChainFlight:
             head = self.pending.pop(0)
             outcome = self.retakes.on_take(self.chain, head.result, counts, script_id, gain_db=head.gain_db,
                                            metrics=head.metrics, request=head.request, turn=head.turn)
+            # the newest take (this one) kept?
+            kept_this = isinstance(outcome, Accepted) and outcome.columns["take"] == outcome.columns["num_takes"]
+            if self.keep_rate is not None and head.request.followed:
+                self.keep_rate.record(head.number, kept_this)
             if isinstance(outcome, Accepted):
                 out.accepted.append((head, outcome))
-                kept_this = outcome.columns["take"] == outcome.columns["num_takes"]  # the newest take: this one
                 if head.assumed is not None and kept_this:  # what the chain went on from: it stands
                     assert np.array_equal(head.assumed.audio, outcome.result.audio)
                     out.skipped += head.skipped

@@ -49,7 +49,7 @@ from synth.pipeline.provenance import Provenance
 from synth.pipeline.qc_stage import QcStage
 from synth.pipeline.retakes import QcCounts, Retakes, no_qc_columns
 from synth.pipeline.spoken import spoken_text
-from synth.pipeline.verdicts import ChainFlight, PendingTake
+from synth.pipeline.verdicts import ChainFlight, KeepRate, PendingTake
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
 from synth.store import storage
@@ -148,6 +148,7 @@ class ShardWorker:
         self._clip_bytes = 0  # their samples' bytes, at most clip_cache_bytes
         self.clip_cache_bytes = CLIP_CACHE_BYTES
         self.qc_max_queued = QC_MAX_QUEUED
+        self.keep_rate = KeepRate()  # when speculating on a take pays (`synth.pipeline.verdicts`), learnt over the worker's life
         self.voices = VoiceLibrary(config.voices, self.store, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
@@ -371,7 +372,8 @@ class _ShardRun:
                 continue
             if retakes is not None:
                 retakes.start_chain(chain)
-                flight = ChainFlight(chain, retakes, speculate=self.worker.config.qc.speculative)
+                flight = ChainFlight(chain, retakes, speculate=self.worker.config.qc.speculative,
+                                     keep_rate=self.worker.keep_rate)
                 request = flight.first(self._skip(part, item))
                 if request is not None:
                     self.flights[id(chain)] = flight

@@ -23,7 +23,7 @@ from synth.pipeline.context_plan import SegmentCost
 from synth.pipeline.manifest import open_manifest, write_manifest
 from synth.pipeline.plan import plan_shards
 from synth.pipeline.retakes import QcCounts, Retakes, qc_totals
-from synth.pipeline.verdicts import ChainFlight
+from synth.pipeline.verdicts import ChainFlight, KeepRate
 from synth.pipeline.worker import ShardWorker, load_engine
 from synth.qc.policy import QcSettings, Thresholds
 from synth.qc.scorer import TakeScorer
@@ -62,6 +62,7 @@ def _run(setup, tiny_checkpoint, name: str, *extra: str, max_queued: int | None 
                          log=lambda m: None)
     if max_queued is not None:
         worker.qc_max_queued = max_queued
+    worker.keep_rate = KeepRate(min_rate=0.0)  # bet on every take, whatever the odds: the most to roll back
     commits = _in_time(lambda: worker.run_shard(shard))
     data = pq.read_table(work / name / "data").to_pylist()
     takes = pq.read_table(work / name / "takes").to_pylist()
@@ -199,3 +200,16 @@ def test_isolated_with_qc_a_failing_script_is_an_error_row_and_the_rest_is_the_s
     (error,) = load_errors(work / "isolated")
     assert error["id"] == "c1" and "InjectedFault" in error["reason"], error
     _same({k: v for k, v in plain[1].items() if not k.startswith("c1:")}, data)
+
+
+def test_the_bet_on_a_take_is_placed_while_that_take_number_is_kept_often_enough():
+    rate = KeepRate(min_rate=0.5, window=4)
+    assert rate.worth_it(1) and rate.worth_it(2)  # nothing seen yet: bet
+    for kept in (False, False, True):
+        rate.record(1, kept)
+    assert not rate.worth_it(1) and rate.worth_it(2)  # 1 of 3 first takes kept; take 2 unseen
+    for _ in range(3):
+        rate.record(1, True)  # the window keeps the last 4: 3 of 4 kept
+    assert rate.worth_it(1)
+    with pytest.raises(ValueError, match="min_rate"):
+        KeepRate(min_rate=1.5)
