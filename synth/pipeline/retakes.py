@@ -145,8 +145,7 @@ class Retakes:
         counts.takes += 1
         counts.takes_failed.update(reason_metric(r) for r in reasons)
         if reasons and number < self.settings.max_takes:
-            return replace(request, request_id=f"{key}{TAKE_SEPARATOR}{number + 1}",
-                           seed=take_seed(request.seed, number + 1))
+            return self.retake(request, number + 1)
         del self._takes[key]
         kept = takes[pick([take_score(t.metrics, t.reasons) for t in takes])]
         counts.turns += 1
@@ -159,6 +158,11 @@ class Retakes:
         if accepted.result.num_frames:  # the speaker's first accepted turn: the reference of its later ones
             self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
         return accepted
+
+    def retake(self, request: GenerationRequest, number: int) -> GenerationRequest:
+        """Take `number` (2, 3, ...) of the turn whose request is `request`: the same request, its own id and seed."""
+        return replace(request, request_id=f"{request.request_id}{TAKE_SEPARATOR}{number}",
+                       seed=take_seed(request.seed, number))
 
     def take_number(self, request: GenerationRequest) -> int:
         """The number the turn's next take to be judged has (its takes judged so far, plus one)."""

@@ -5,7 +5,9 @@ that finished and await their verdict, in chain order, and the speculative conti
 (`qc.speculative`): when a take finishes, the chain's next turn is requested at once
 (`speculative=True`), conditioned on the take as it would be accepted (`Retakes.as_accepted`:
 as stored, loudness-normalised if configured), on the assumption that it will be kept; and
-so on past takes whose verdicts are still to come. Verdicts are applied in chain order
+so on past takes whose verdicts are still to come; or, when the take is likely to fail, the
+turn's next take (the same request with the next take's seed, as the retake loop would ask
+for it). Verdicts are applied in chain order
 (`decide`), through `Retakes.on_take` exactly as the plain order applies them: a kept take
 whose continuation was speculated lets that continuation stand; a retake, or another take
 kept, discards what was speculated past it (the requests to cancel, the finished takes'
@@ -13,9 +15,10 @@ frames counted in `QcCounts`), puts the chain back as it was at the take (`Chain
 and goes on from the verdict. A take's reference voice for scoring is the one the plain
 order would give it (the speakers' first kept turns, those still awaiting a verdict taken as
 kept). So rows, takes, seeds and codes are those of the plain order. Speculation is a bet that
-the take will be kept; `KeepRate` places it only while it pays: on take N of a turn while at
-least half of the recent decisions on take N kept it (every take failing, as with the offline
-random models, turns it off by itself; a run whose takes pass speculates on every turn). It
+the take will be kept, or that it will not; `KeepRate` says which: the next turn on take N of a turn while at
+least half of the recent verdicts on take N kept it, else the next take (every take failing, as
+with the offline random models, makes the chain retake ahead; a run whose takes pass speculates
+on every turn). It
 changes what is generated ahead, never the output. It knows nothing about
 threads, parts or outputs: the caller (the shard worker, the benchmark) holds one lock over
 it, queues the takes for scoring and carries out what `decide` returns.
@@ -101,7 +104,8 @@ class ChainFlight:
     def __init__(self, chain: Chain, retakes: Retakes, *, speculate: bool, keep_rate: KeepRate | None = None):
         """keep_rate: when to bet on a take (None: on every take)."""
         self.chain, self.retakes = chain, retakes
-        self.speculate = speculate and retakes.can_speculate
+        self.speculate_turns = speculate and retakes.can_speculate  # the next turn, on a take as it would be kept
+        self.speculate_takes = speculate and keep_rate is not None  # the next take, on a take that would fail
         self.keep_rate = keep_rate
         self.pending: list[PendingTake] = []  # in chain order: the head is the next verdict to apply
         self.in_flight: str | None = None  # the request generating now (a chain generates one at a time)
@@ -113,18 +117,24 @@ class ChainFlight:
 
     def on_take(self, engine_id: str, result: GenerationResult, gain_db: float | None,
                 counts: QcCounts) -> tuple[PendingTake, Take, GenerationRequest | None]:
-        """A finished take (its audio as stored): its record, the take to score, and the chain's next
-        turn requested ahead of the verdict (None: no speculation here)."""
+        """A finished take (its audio as stored): its record, the take to score, and what is requested
+        ahead of its verdict (None: nothing): the chain's next turn when the take is likely to be
+        kept, else the turn's next take."""
         assert engine_id == self.in_flight, (engine_id, self.in_flight)
         chain, request = self.chain, self.chain.request
         assert request is not None
         take = Take(result.audio, request.text, result.codes, self._voice(request.speaker))
+        same_turn = self.pending and self.pending[-1].request.request_id == request.request_id  # a retake ahead
+        number = self.pending[-1].number + 1 if same_turn else self.retakes.take_number(request)
         pending = PendingTake(request, chain.turn, chain.plan, engine_id, result, gain_db, chain.snapshot(),
-                              number=self.retakes.take_number(request))
+                              number=number)
         self.pending.append(pending)
         self.in_flight = None
         bet = self.keep_rate is None or self.keep_rate.worth_it(pending.number)
-        if not (self.speculate and request.followed and bet):
+        if not bet and self.speculate_takes and number < self.retakes.settings.max_takes:
+            counts.speculative_turns += 1  # the verdict will likely ask for it: the same request, the next seed
+            return pending, take, self._issue(replace(self.retakes.retake(request, number + 1), speculative=True))
+        if not (self.speculate_turns and request.followed and bet):
             return pending, take, None
         pending.assumed = self.retakes.as_accepted(request, result)
         chain.add_result(pending.assumed)
@@ -144,8 +154,10 @@ class ChainFlight:
                                            metrics=head.metrics, request=head.request, turn=head.turn)
             # the newest take (this one) kept?
             kept_this = isinstance(outcome, Accepted) and outcome.columns["take"] == outcome.columns["num_takes"]
-            if self.keep_rate is not None and head.request.followed:
+            if self.keep_rate is not None:
                 self.keep_rate.record(head.number, kept_this)
+            if not isinstance(outcome, Accepted) and self._generated_ahead(outcome.request_id):
+                continue  # the retake the verdict asks for is under way (or done) already: it stands
             if isinstance(outcome, Accepted):
                 out.accepted.append((head, outcome))
                 if head.assumed is not None and kept_this:  # what the chain went on from: it stands
@@ -165,6 +177,15 @@ class ChainFlight:
                 out.submit.append(request)
             return out
         return out
+
+    def _generated_ahead(self, request_id: str) -> bool:
+        """Whether the request was made ahead of the verdict that asks for it (then it is no longer a bet)."""
+        if self.pending:
+            return self.pending[0].engine_id == request_id
+        if self.in_flight == request_id:
+            self.in_flight_speculative = False
+            return True
+        return False
 
     def _issue(self, request: GenerationRequest | None) -> GenerationRequest | None:
         self.in_flight = request.request_id if request is not None else None

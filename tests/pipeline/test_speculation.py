@@ -55,14 +55,16 @@ def setup(tmp_path_factory, tiny_checkpoint):
     return work, engine, manifest, shard
 
 
-def _run(setup, tiny_checkpoint, name: str, *extra: str, max_queued: int | None = None):
+def _run(setup, tiny_checkpoint, name: str, *extra: str, max_queued: int | None = None, min_rate: float = 0.0):
     """Run the shard into its own output; (commits, data rows by id, take rows by (id, take))."""
     work, engine, manifest, shard = setup
     worker = ShardWorker(_settings(tiny_checkpoint, *extra), engine, manifest, dataset_store(work / name),
                          log=lambda m: None)
     if max_queued is not None:
         worker.qc_max_queued = max_queued
-    worker.keep_rate = KeepRate(min_rate=0.0)  # bet on every take, whatever the odds: the most to roll back
+    # min_rate 0: bet that every take is kept (the next turn ahead: the most to roll back); 1: once a take
+    # number failed, bet that it fails (the next take ahead)
+    worker.keep_rate = KeepRate(min_rate=min_rate)
     commits = _in_time(lambda: worker.run_shard(shard))
     data = pq.read_table(work / name / "data").to_pylist()
     takes = pq.read_table(work / name / "takes").to_pylist()
@@ -98,6 +100,11 @@ def speculative(setup, tiny_checkpoint):
     return _run(setup, tiny_checkpoint, "speculative", "qc.speculative=true")
 
 
+@pytest.fixture(scope="module")
+def retaking_ahead(setup, tiny_checkpoint):
+    return _run(setup, tiny_checkpoint, "retaking-ahead", "qc.speculative=true", min_rate=1.0)
+
+
 def _same(a: dict, b: dict) -> None:
     assert sorted(a) == sorted(b)
     for key in a:
@@ -120,6 +127,16 @@ def test_speculation_gives_the_plain_order_rows_and_takes_bit_for_bit(plain, spe
     assert sum(q["speculative_turns"] for q in spec) >= 12  # every followed turn's first take at least
     assert sum(q["speculative_discarded"] for q in spec) > 0  # some parents failed: their continuations went
     assert qc_totals(spec) == {**qc_totals(plain_qc), **{k: v for k, v in qc_totals(spec).items() if "speculative" in k}}
+
+
+def test_retakes_generated_ahead_of_their_verdicts_give_the_plain_order_output(plain, retaking_ahead):
+    """Betting that takes fail: a turn's next take is generated while the take before it is scored
+    (discarded when that take passes), and the output is still the plain order's."""
+    commits, data, takes = retaking_ahead
+    _same(plain[1], data)
+    _same(plain[2], takes)
+    qc = [c.qc for c in commits]
+    assert sum(q["speculative_turns"] for q in qc) > 0 and sum(q["speculative_discarded"] for q in qc) > 0
 
 
 def test_a_queue_of_one_take_still_finishes_with_the_same_output(setup, tiny_checkpoint, plain):
