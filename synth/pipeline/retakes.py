@@ -69,8 +69,8 @@ class QcCounts:
     failed: Counter = field(default_factory=Counter)  # metric -> kept turns failing it
     takes_failed: Counter = field(default_factory=Counter)  # metric -> takes failing it
     failed_scripts: set = field(default_factory=set)
-    # speculative continuation (`synth.pipeline.verdicts`): turns generated before their parent's verdict,
-    # those thrown away (the parent was retaken or another take kept), and the frames of their takes that
+    # speculation (`synth.pipeline.verdicts`): turns and retakes generated ahead of the verdict that needs them,
+    # those thrown away (the verdict went the other way), and the frames of their takes that
     # had finished when thrown away (a request cancelled while decoding: its frames are the engine's count)
     speculative_turns: int = 0
     speculative_discarded: int = 0

@@ -537,7 +537,7 @@ class _ShardRun:
             f"{done.audio_seconds:.1f} s audio, {done.errors} errors"
             + (f", {warned} turns with `warnings` (context left out)" if warned else "")
             + (f", QC passed {part.qc.passed}/{part.qc.turns} turns in {part.qc.takes} takes" if qc else "")
-            + (f", {part.qc.speculative_discarded}/{part.qc.speculative_turns} speculative turns discarded"
+            + (f", {part.qc.speculative_discarded}/{part.qc.speculative_turns} speculative requests discarded"
                if qc and part.qc.speculative_turns else "")
             + f" ({time.perf_counter() - self.t0:.1f} s into the shard)"
         )
