@@ -230,3 +230,17 @@ def test_the_bet_on_a_take_is_placed_while_that_take_number_is_kept_often_enough
     assert rate.worth_it(1)
     with pytest.raises(ValueError, match="min_rate"):
         KeepRate(min_rate=1.5)
+
+
+def test_the_reference_engine_runs_a_qc_shard_with_speculation_to_its_end(setup, tiny_checkpoint):
+    """The transformers reference takes the QC stage's submissions and cancels in its rounds: every turn
+    is written, every take judged (its batches seed by their first row, so its codes are not compared)."""
+    work, _, manifest, shard = setup
+    config = _settings(tiny_checkpoint, "model.engine=transformers", "sampling.do_sample=false")
+    worker = ShardWorker(config, load_engine(config), manifest, dataset_store(work / "reference"), log=lambda m: None)
+    worker.keep_rate = KeepRate(min_rate=0.0)
+    commits = _in_time(lambda: worker.run_shard(shard))
+    data = pq.read_table(work / "reference" / "data").to_pylist()
+    assert sorted(r["id"] for r in data) == sorted(f"c{i}:{t}" for i in range(4) for t in range(4))
+    qc = [c.qc for c in commits]
+    assert sum(q["turns"] for q in qc) == 16 and sum(q["speculative_turns"] for q in qc) > 0
