@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from synth.engine.checkpoint import checkpoint_fingerprint, resolve_device
-from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
+from synth.engine.interface import Engine, GenerationRequest, GenerationResult, SamplingParams, Segment
 from synth.pipeline.audio_io import AudioError, as_stored, decode_clip, encode_audio
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
@@ -52,6 +52,7 @@ from synth.pipeline.spoken import spoken_text
 from synth.pipeline.verdicts import ChainFlight, KeepRate, PendingTake
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter, codes_to_list
+from synth.qc.scorer import Take
 from synth.store import storage
 from synth.store.errors import StopRun, StoreError
 from synth.store.faults import raise_point
@@ -290,7 +291,7 @@ class _Queued:
     script: Script
     chain: Chain
     pending: PendingTake
-    take: object  # synth.qc.scorer.Take
+    take: Take
 
 
 class _ShardRun:
@@ -320,7 +321,7 @@ class _ShardRun:
         self._live = 0  # QC on: chains of the `generate` under way not yet finished
         self.t0 = time.perf_counter()
 
-    def generate(self, requests: list[GenerationRequest], params) -> None:
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> None:
         """Run the engine on `requests` and everything that follows from them; with QC, the QC stage
         beside it, until no chain is left. An error on the QC thread ends the run and is raised here."""
         engine, retakes = self.worker.engine, self.worker.retakes
