@@ -14,21 +14,25 @@ retakes), in one of two ways:
   the last is scored: what flat rows will get once the engine takes requests from another
   thread (issue 22's QC pipeline; no row here needs a verdict to go on).
 
-and the issue-22 table: throughput with QC off and on (flat rows), the stage's CPU- and
-GPU-seconds per audio second, the seconds the engine waited on QC, and the columns that
-speculative chains will fill. It imports neither Ray nor pydantic. It knows nothing about
-outputs.
+and `QcChains`: dialogues run as chains (`synth.pipeline.chain`) with QC deciding every take
+as a run does: the pipeline's QC stage (`synth.pipeline.qc_stage`) scores takes beside
+generation, each chain's verdicts are applied in order by `synth.pipeline.verdicts` (retakes
+up to `max_takes`), with or without speculative next turns (`qc.speculative`).
+
+And the issue-22 table: throughput with QC off and on (flat rows; 4-turn chains with
+speculation off and on), the stage's CPU- and GPU-seconds per audio second, the seconds the
+engine waited on QC, and the speculative frames thrown away. It imports neither Ray nor
+pydantic. It knows nothing about outputs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 QC_MODES = ("inline", "beside")
-NOT_YET = "n/a: needs speculative chains (issue 22 part 2)"
 
 
 @dataclass
@@ -43,6 +47,9 @@ class QcCost:
     device_s: float = 0.0
     waited_s: float = 0.0
     batches: int = 0  # scorer calls the turns took
+    speculative_turns: int = 0  # chains: turns generated ahead of their parent's verdict
+    speculative_discarded: int = 0  # of those, thrown away (the parent retaken or another take kept)
+    discarded_frames: int = 0  # their frames: finished takes thrown away, and cancelled rows' (the engine's count)
 
     @property
     def cpu_per_audio_s(self) -> float:
@@ -126,6 +133,113 @@ class QcStage:
                       batches=len(self.batches))
 
 
+class QcChains:
+    """Dialogues as chains with QC on, as a run makes them (see the module docstring): the engine's
+    `on_result` queues each take for the QC stage; the stage's thread applies the verdicts and
+    hands retakes and next turns to the engine (`submit`, `cancel`)."""
+
+    def __init__(self, engine, scorer, *, speculate: bool, max_takes: int, max_queued: int = 64):
+        from synth.pipeline.retakes import QcCounts, Retakes
+
+        self.engine, self.scorer = engine, scorer
+        settings = replace(scorer.settings, enabled=True, max_takes=max_takes, speculative=speculate)
+        self.retakes = Retakes(settings, scorer, samples_per_frame=engine.samples_per_frame,
+                               encode_audio=lambda audio, key: b"")
+        self.speculate, self.max_queued = speculate, max_queued
+        self.counts = QcCounts()
+        self.lock = threading.RLock()
+        self.flights: dict = {}  # request id in flight -> its chain's ChainFlight
+        self.cancelled: set[str] = set()
+        self.live = 0  # chains not yet done
+        self.judged_frames = 0  # frames of every take judged (kept or retaken)
+        self.stage = None
+
+    def run(self, dialogues, sampling, context_from: str = "codes", low_water: float | None = None) -> list:
+        """Generate `dialogues` (lists of requests) as chains; every result the engine delivered."""
+        from synth.pipeline.chain import Chain, ChainTurn
+        from synth.pipeline.context_plan import SegmentCost
+        from synth.pipeline.qc_stage import QcStage as Stage
+        from synth.pipeline.verdicts import ChainFlight, KeepRate
+
+        cost = SegmentCost(self.engine)
+        keep_rate = KeepRate()  # as a worker bets on its takes
+        first = []
+        for turns in dialogues:
+            chain = Chain([ChainTurn(r.request_id, r.speaker, r.text, max_frames=r.max_frames, seed=r.seed)
+                           for r in turns], self.engine, cost, context_from=context_from, context_low_water=low_water)
+            self.retakes.start_chain(chain)
+            flight = ChainFlight(chain, self.retakes, speculate=self.speculate, keep_rate=keep_rate)
+            request = flight.first(_does_not_fit)
+            self.flights[request.request_id] = flight
+            first.append(request)
+        self.live = len(first)
+        self.stage = Stage(self._score, self._apply, max_queued=self.max_queued,
+                           on_error=lambda e: self.engine.close_submissions())
+        self.engine.open_submissions()
+        try:
+            results = self.engine.run(first, sampling, on_result=self)
+        finally:
+            if self.live:
+                self.engine.close_submissions()
+            self.stage.close(discard=True)
+        if self.stage.error is not None:
+            raise self.stage.error
+        return results
+
+    def __call__(self, result) -> None:
+        from synth.pipeline.audio_io import as_stored
+
+        with self.lock:
+            flight = self.flights.pop(result.request_id, None)
+            if flight is None:  # a cancelled speculative turn already on its way
+                self.counts.speculative_frames_discarded += result.num_frames
+                return None
+            audio, gain_db = as_stored(result.audio)
+            pending, take, ahead = flight.on_take(result.request_id, replace(result, audio=audio), gain_db,
+                                                  self.counts)
+            if ahead is not None:
+                self.flights[ahead.request_id] = flight
+                self.engine.submit([ahead])
+        self.stage.put((flight, pending, take))
+        return None
+
+    def _score(self, items: list) -> list:
+        live = [i for i, (_, pending, _) in enumerate(items) if not pending.discarded]
+        scored = self.scorer.score([items[i][2] for i in live]) if live else []
+        metrics: list = [None] * len(items)
+        for i, m in zip(live, scored):
+            metrics[i] = m
+        return metrics
+
+    def _apply(self, items: list, metrics: list) -> None:
+        with self.lock:
+            touched = {}
+            for (flight, pending, _), m in zip(items, metrics):
+                if m is not None and not pending.discarded:
+                    pending.metrics = m
+                    touched[id(flight)] = flight
+            for flight in touched.values():
+                verdicts = flight.decide(self.counts, "bench")
+                for request_id in verdicts.cancel:
+                    self.engine.cancel(request_id)
+                    self.flights.pop(request_id, None)
+                self.judged_frames += sum(accepted.result.num_frames + sum(t["num_frames"] for t in accepted.rejected)
+                                          for _, accepted in verdicts.accepted)
+                for request in verdicts.submit:
+                    self.flights[request.request_id] = flight
+                if verdicts.submit:
+                    self.engine.submit(verdicts.submit)
+                if verdicts.done:
+                    self.retakes.end_chain(flight.chain)
+                    self.live -= 1
+                    if self.live == 0:
+                        self.engine.close_submissions()
+
+
+def _does_not_fit(turn: int, reason: str) -> None:
+    raise ValueError(f"a dialogue's turn {turn} cannot be generated ({reason}): raise --max-positions")
+
+
 def stage_alone(scorer, takes) -> dict:
     """The stage alone: `takes` scored again in one call (no engine beside it); its cost, and how
     many cores it kept busy (CPU seconds over wall seconds: the workers' parallelism)."""
@@ -162,15 +276,24 @@ def print_qc(rows, scorer, alone: dict | None = None) -> None:
     for row in fast:
         if row.qc is None:
             print(f"| flat | {row.setting.split(' ')[0]} | off | {row.fps:.1f} | 1 | - | - | 0 | - | - | - |")
-    for row in (r for r in fast if r.qc is not None):
+    for row in (r for r in fast if r.qc is not None and "chains" not in r.setting):
         off = next((r for r in fast if r.qc is None and r.setting == row.setting.split(", QC on")[0]), None)
         cost = QcCost(**row.qc)
         ratio = f"{row.fps / off.fps:.2f}" if off is not None else "-"
         print(f"| flat | {row.setting.split(' ')[0]} | on, {row.setting.split('QC on, ')[-1]} | {row.fps:.1f} | {ratio} | "
               f"{cost.cpu_per_audio_s:.4f} | {cost.device_per_audio_s:.4f} | {cost.waited_s:.1f} | {cost.busy_s:.1f} | "
               f"{cost.takes} ({cost.audio_s:.1f}) in {cost.batches} | - |")
-    for speculation in ("off", "on"):
-        print(f"| 4-turn chains, speculation {speculation} | - | on | {NOT_YET} | | | | | | | {NOT_YET} |")
+    for row in (r for r in fast if "chains" in r.setting):
+        slots = row.setting.split(" ")[0]
+        flat_on = next((r for r in fast if r.qc is not None and "chains" not in r.setting
+                        and r.setting.startswith(f"{slots} slots") and r.setting.endswith("beside")), None)
+        cost = QcCost(**row.qc)
+        ratio = f"{row.fps / flat_on.fps:.2f} of flat QC on" if flat_on is not None else "-"
+        speculation = "on" if row.setting.endswith("speculation on") else "off"
+        print(f"| 4-turn chains, speculation {speculation} | {slots} | on, beside, retakes | {row.fps:.1f} | {ratio} | "
+              f"{cost.cpu_per_audio_s:.4f} | {cost.device_per_audio_s:.4f} | {cost.waited_s:.1f} | {cost.busy_s:.1f} | "
+              f"{cost.takes} ({cost.audio_s:.1f}) in {cost.batches} | {cost.discarded_frames} "
+              f"({cost.speculative_discarded}/{cost.speculative_turns} turns) |")
     if alone is not None:
         print(f"\nQC stage alone (the last run's {alone['takes']} turns, {alone['audio_s']:.1f} s of audio, in one call): "
               f"{alone['cpu_per_audio_s']:.4f} CPU-s and {alone['device_per_audio_s']:.4f} GPU-s per audio s, "

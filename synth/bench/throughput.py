@@ -19,7 +19,10 @@ also runs every fast-engine slot count with the QC scorer on the result path (ev
 of every turn, scored in the batches the engine finishes together; no retakes), inline (as a
 QC run scores its takes) and beside generation (`--qc-modes`), and prints issue 22's table:
 throughput with QC on against off, the QC stage's CPU- and GPU-seconds per audio second and
-the seconds the engine waited on it (`synth.bench.qc_stage`).
+the seconds the engine waited on it (`synth.bench.qc_stage`). It also runs the same turns as
+4-turn chains with QC deciding every take as a run does (retakes up to `--qc-max-takes`; the
+QC stage beside generation), with speculative next turns off and on: their frames/s count every
+take judged (retakes included; speculative takes thrown away are the discarded column).
 
 `--workload dialogue` groups the same turns into dialogues of `--turns` turns, each
 turn conditioned on the generated audio of the turns before it (the context planner
@@ -271,6 +274,33 @@ def run_fast(path, requests, sampling, *, device, dtype, num_slots, max_position
     return row
 
 
+def run_fast_qc_chains(path, dialogues, sampling, scorer, *, speculate: bool, max_takes: int, device, dtype,
+                       num_slots, max_positions, compile, options: FastEngineOptions = FastEngineOptions()) -> Row:
+    """The dialogues as chains with QC on (`synth.bench.qc_stage.QcChains`): a Row whose frames are
+    those of every take judged, and whose `qc` holds the stage's cost and the discarded work."""
+    from synth.bench.qc_stage import QcChains, QcCost
+
+    engine = _load_fast(path, device=device, dtype=dtype, num_slots=num_slots, max_positions=max_positions,
+                        compile=compile, options=options)
+    setting = (f"{num_slots} slots, {len(dialogues)} chains x {len(dialogues[0])} turns, QC max_takes {max_takes}, "
+               f"speculation {'on' if speculate else 'off'}")
+    chains = QcChains(engine, scorer, speculate=speculate, max_takes=max_takes)
+    start, discarded = asdict(scorer.stats), engine.scheduler.stats.discarded_frames
+    row, results = _timed_fast(engine, setting, device,
+                               lambda e: chains.run(dialogues, sampling, "codes", LOW_WATER))
+    now, counts = asdict(scorer.stats), chains.counts
+    row.frames = chains.judged_frames
+    row.qc = asdict(QcCost(**{k: now[k] - start[k] for k in start}, waited_s=chains.stage.waited_s,
+                           batches=len(chains.stage.batches), speculative_turns=counts.speculative_turns,
+                           speculative_discarded=counts.speculative_discarded,
+                           discarded_frames=counts.speculative_frames_discarded
+                           + engine.scheduler.stats.discarded_frames - discarded))
+    engine.close()
+    del engine, results
+    gc.collect()
+    return row
+
+
 def as_dialogues(requests: list[GenerationRequest], turns: int) -> list[list[GenerationRequest]]:
     """Consecutive requests as dialogues of `turns` turns, speakers alternating 0/1."""
     return [[replace(r, request_id=row_id(f"d{i // turns:04d}", i % turns), speaker=(i % turns) % 2)
@@ -420,6 +450,10 @@ def main(argv=None):
     parser.add_argument("--qc-modes", type=lambda s: s.split(","), default=["inline", "beside"],
                         help="--qc: how turns are scored, comma-separated: inline (the frame loop waits, as a QC run "
                         "does today) and/or beside (on a thread while generation goes on); default both")
+    parser.add_argument("--qc-max-takes", type=int, default=2, help="--qc: takes per turn in the chained runs "
+                        "(qc.max_takes; default %(default)s)")
+    parser.add_argument("--qc-chains", choices=["yes", "no"], default="yes",
+                        help="--qc: also run the turns as 4-turn chains with QC deciding, speculation off and on")
     parser.add_argument("--park-rows", type=int, help="slot caches the fast engine may park for a chain's next turn "
                         "(KV continuation; default: as many as slots)")
     parser.add_argument("--json", help="write the rows here")
@@ -482,6 +516,12 @@ def main(argv=None):
                                      max_positions=cfg["max_positions"], compile=compile, options=options,
                                      scorer=scorer if mode else None, qc_mode=mode or "inline",
                                      on_stage=stages.append))
+                print("done:", rows[-1].as_dict(frame_rate), flush=True)
+            for speculate in ((False, True) if scorer is not None and args.qc_chains == "yes" else ()):
+                rows.append(run_fast_qc_chains(path, as_dialogues(reqs, 4), sampling, scorer, speculate=speculate,
+                                               max_takes=args.qc_max_takes, device=device, dtype=dtype,
+                                               num_slots=slots, max_positions=cfg["max_positions"],
+                                               compile=compile, options=options))
                 print("done:", rows[-1].as_dict(frame_rate), flush=True)
         except torch.OutOfMemoryError as err:
             print(f"fast {slots} slots: out of memory ({err})", flush=True)

@@ -18,7 +18,9 @@ the dialogue benchmark runs its dialogues through the same class, so both measur
 produce the same thing.
 
 It drives nothing: the caller submits each request to an engine and hands the result
-back (`add_result`), then asks for the next request. It knows nothing about manifests,
+back (`add_result`), then asks for the next request. A caller that goes ahead of a decision
+(QC's speculative continuation, `synth.pipeline.verdicts`) takes a `snapshot` first and may
+`restore` it: the chain is then as it was, the engine's remembered codes included. It knows nothing about manifests,
 output files, configs or Ray, and imports neither Ray nor pydantic (the benchmark runs
 on a bare GPU box).
 """
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Callable, Literal, Sequence
+
+import numpy as np
 
 from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
 from synth.pipeline.context_plan import (
@@ -41,6 +45,20 @@ from synth.pipeline.context_plan import (
 # How a generated turn conditions later turns: its own codes, or its audio encoded again.
 ContextFrom = Literal["codes", "audio"]
 CONTEXT_FROM: tuple[ContextFrom, ...] = ("codes", "audio")
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What `Chain.restore` puts back: the chain's position and context, and the codes of its
+    generated turns (by turn key) to give the engine again."""
+
+    candidates: tuple[ContextItem, ...]
+    cursor: int
+    turn: int
+    request: GenerationRequest | None
+    plan: ContextPlan | None
+    window_start: int
+    codes: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,7 @@ class Chain:
         self.turn = -1  # the turn being generated (one at a time),
         self.request: GenerationRequest | None = None  # its request,
         self.plan: ContextPlan | None = None  # and the context chosen for it
+        self._codes: dict[str, np.ndarray] = {}  # turn key -> codes of a generated turn the engine remembers
 
     def next_request(self, skip: Callable[[int, str], None]) -> GenerationRequest | None:
         """The next turn to generate, with its context planned; None when the chain is done.
@@ -128,10 +147,31 @@ class Chain:
             return
         if self.context_from == "codes":
             self.engine.remember_codes(result.audio, result.codes)
+            self._codes[result.request_id] = result.codes
         generated = Segment(self.request.speaker, self.request.text, result.audio)
         self.candidates.append(ContextItem(result.request_id, self.turn, generated, self.cost(generated),
                                            generated=True))
         self._forget_unreachable()
+
+    def snapshot(self) -> ChainState:
+        """The chain as it is now, for `restore`."""
+        return ChainState(tuple(self.candidates), self.cursor, self.turn, self.request, self.plan,
+                          self.window_start, dict(self._codes))
+
+    def restore(self, state: ChainState) -> None:
+        """Put the chain back as it was at `snapshot`: turns added since are forgotten by the engine,
+        and the generated turns it held then are remembered again (those forgotten since, e.g.
+        out of reach of a turn that was added, or at the chain's end)."""
+        kept = {item.key for item in state.candidates}
+        self._forget([item for item in self.candidates if item.key not in kept])
+        self.candidates = list(state.candidates)
+        self.cursor, self.turn, self.request, self.plan = state.cursor, state.turn, state.request, state.plan
+        self.window_start = state.window_start
+        self._codes = dict(state.codes)
+        if self.context_from == "codes":
+            for item in self.candidates:
+                if item.generated:
+                    self.engine.remember_codes(item.segment.audio, self._codes[item.key])
 
     def _forget_unreachable(self) -> None:
         """Drop recent turns that no later context can reach (those past `max_positions` of newer
@@ -152,3 +192,4 @@ class Chain:
         for item in items:
             if item.generated and self.context_from == "codes":
                 self.engine.forget_codes(item.segment.audio)
+                self._codes.pop(item.key, None)

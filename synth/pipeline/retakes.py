@@ -1,7 +1,8 @@
 """The retake loop: every generated turn measured, retaken while it fails, every take on record.
 
-This module owns what QC does inside a run (`qc.enabled`): each finished take of a turn is
-scored (`synth.qc.scorer`, a batch of ready takes at once) and judged (`synth.qc.policy`);
+This module owns what QC decides inside a run (`qc.enabled`): each finished take of a turn,
+scored (`synth.qc.scorer`; in batches beside generation, `synth.pipeline.qc_stage`), is judged
+(`synth.qc.policy`);
 a failing take is generated again as the same request (same text and context) with a seed
 derived from the turn's seed and the take number, under its own request id, until a take
 passes or `qc.max_takes` were tried; then the first passing take, else the best by
@@ -66,10 +67,18 @@ class QcCounts:
     failed: Counter = field(default_factory=Counter)  # metric -> kept turns failing it
     takes_failed: Counter = field(default_factory=Counter)  # metric -> takes failing it
     failed_scripts: set = field(default_factory=set)
+    # speculation (`synth.pipeline.verdicts`): turns and retakes generated ahead of the verdict that needs them,
+    # those thrown away (the verdict went the other way), and the frames of their takes that
+    # had finished when thrown away (a request cancelled while decoding: its frames are the engine's count)
+    speculative_turns: int = 0
+    speculative_discarded: int = 0
+    speculative_frames_discarded: int = 0
 
     def to_dict(self) -> dict:
         return {"turns": self.turns, "passed": self.passed, "takes": self.takes, "failed": dict(self.failed),
-                "takes_failed": dict(self.takes_failed), "failed_scripts": len(self.failed_scripts)}
+                "takes_failed": dict(self.takes_failed), "failed_scripts": len(self.failed_scripts),
+                "speculative_turns": self.speculative_turns, "speculative_discarded": self.speculative_discarded,
+                "speculative_frames_discarded": self.speculative_frames_discarded}
 
 
 class Retakes:
@@ -84,7 +93,6 @@ class Retakes:
         self.measured = settings.measured()
         self._takes: dict[str, list[_Take]] = {}  # turn key -> its takes so far
         self._voices: dict[int, dict[int, np.ndarray]] = {}  # id(chain) -> speaker -> reference clip
-        self._scored: dict[int, dict] = {}  # id(result) -> metrics, scored ahead in a batch
 
     # -- references -----------------------------------------------------------------
 
@@ -107,26 +115,25 @@ class Retakes:
     def _take(self, chain: Chain, result: GenerationResult) -> Take:
         request = chain.request
         assert request is not None
-        return Take(result.audio, request.text, result.codes, self._voices[id(chain)].get(request.speaker))
+        return Take(result.audio, request.text, result.codes, self.voice(chain, request.speaker))
 
-    def score_ahead(self, ready: list[tuple[Chain, GenerationResult]]) -> None:
-        """Score a batch of takes that finished together; `on_take` then uses these metrics."""
-        if not ready:
-            return
-        metrics = self.scorer.score([self._take(chain, result) for chain, result in ready])
-        for (_, result), m in zip(ready, metrics):
-            self._scored[id(result)] = m
+    def voice(self, chain: Chain, speaker: int) -> np.ndarray | None:
+        """The speaker's reference clip in this chain so far (None: none yet)."""
+        return self._voices[id(chain)].get(speaker)
 
     # -- the decision ---------------------------------------------------------------
 
     def on_take(self, chain: Chain, result: GenerationResult, counts: QcCounts, script_id: str, *,
-                gain_db: float | None = None) -> GenerationRequest | Accepted:
+                gain_db: float | None = None, metrics: dict | None = None, request: GenerationRequest | None = None,
+                turn: int | None = None) -> GenerationRequest | Accepted:
         """A finished take of the chain's current turn (its audio as stored, `gain_db` what that took):
-        the next take's request, or the accepted take."""
-        request = chain.request
+        the next take's request, or the accepted take. metrics: the take's, scored already (else
+        scored here); request, turn: the turn's request and index when the chain has gone past it
+        (speculation), else the chain's current ones."""
+        request = request if request is not None else chain.request
+        turn = turn if turn is not None else chain.turn
         assert request is not None
         key = request.request_id
-        metrics = self._scored.pop(id(result), None)
         if metrics is None:
             metrics = self.scorer.score([self._take(chain, result)])[0]
         takes = self._takes.setdefault(key, [])
@@ -136,8 +143,7 @@ class Retakes:
         counts.takes += 1
         counts.takes_failed.update(reason_metric(r) for r in reasons)
         if reasons and number < self.settings.max_takes:
-            return replace(request, request_id=take_id(key, number + 1),  # (take 1 keeps the turn's id)
-                           seed=take_seed(request.seed, number + 1))
+            return self.retake(request, number + 1)
         del self._takes[key]
         kept = takes[pick([take_score(t.metrics, t.reasons) for t in takes])]
         counts.turns += 1
@@ -145,16 +151,41 @@ class Retakes:
         counts.failed.update(reason_metric(r) for r in kept.reasons)
         if kept.reasons:
             counts.failed_scripts.add(script_id)
-        accepted = self._accept(chain, kept, num_takes=len(takes))
-        accepted.rejected = [self._take_row(key, script_id, chain.turn, t, kept.number) for t in takes if t is not kept]
+        accepted = self._accept(request, kept, num_takes=len(takes))
+        accepted.rejected = [self._take_row(key, script_id, turn, t, kept.number) for t in takes if t is not kept]
         if accepted.result.num_frames:  # the speaker's first accepted turn: the reference of its later ones
             self._voices[id(chain)].setdefault(request.speaker, accepted.result.audio)
         return accepted
 
-    def _accept(self, chain: Chain, kept: _Take, num_takes: int) -> Accepted:
+    def retake(self, request: GenerationRequest, number: int) -> GenerationRequest:
+        """Take `number` (2, 3, ...) of the turn whose request is `request`: the same request, its own id and seed."""
+        return replace(request, request_id=take_id(request.request_id, number),
+                       seed=take_seed(request.seed, number))
+
+    def take_number(self, request: GenerationRequest) -> int:
+        """The number the turn's next take to be judged has (its takes judged so far, plus one)."""
+        return len(self._takes.get(request.request_id, ())) + 1
+
+    @property
+    def can_speculate(self) -> bool:
+        """Whether a take as it would be accepted is known before its metrics (`as_accepted`): not when
+        silence is trimmed (where to cut is the VAD's)."""
+        return not self.settings.cleanup.trim_silence
+
+    def as_accepted(self, request: GenerationRequest, result: GenerationResult) -> GenerationResult:
+        """The take (as stored) as the turn's result would be if it were kept, for a speculative
+        continuation: loudness-normalised when configured (needs `can_speculate`)."""
+        assert self.can_speculate
+        result = replace(result, request_id=request.request_id)
+        clean = self.settings.cleanup
+        if clean.loudness_lufs is not None:
+            audio, _ = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
+                                                  clean.loudness_lufs, clean.max_peak_dbfs)
+            result = replace(result, audio=audio)
+        return result
+
+    def _accept(self, request: GenerationRequest, kept: _Take, num_takes: int) -> Accepted:
         """The kept take as the turn's result, cleaned up as configured, with its QC columns."""
-        request = chain.request
-        assert request is not None
         result = replace(kept.result, request_id=request.request_id)
         clean = self.settings.cleanup
         trimmed, gain_db = None, kept.gain_db
@@ -201,4 +232,6 @@ def qc_totals(parts: list[dict]) -> dict | None:
     return {"turns": turns, "passed": passed, "pass_rate": passed / turns if turns else None,
             "takes": takes, "takes_per_turn": takes / turns if turns else None,
             "failed_by_metric": dict(sorted(failed.items())), "takes_failed_by_metric": dict(sorted(takes_failed.items())),
-            "scripts_failing_qc": sum(p["failed_scripts"] for p in parts)}
+            "scripts_failing_qc": sum(p["failed_scripts"] for p in parts),
+            **{k: sum(p.get(k, 0) for p in parts)
+               for k in ("speculative_turns", "speculative_discarded", "speculative_frames_discarded")}}

@@ -9,9 +9,13 @@ per-row problems into output rows (with the context each turn lost in `warnings`
 error rows. Every finished take's audio is converted to what the output stores before it
 is measured or written (`audio_io.as_stored`: a take louder than full scale is scaled down,
 its gain in the row's `gain_db`, never clipped); later turns hear the take QC kept as stored,
-or without QC the take as generated. With `qc.enabled`, each finished take goes through the retake loop
-(`synth.pipeline.retakes`) before it becomes a row, and a part commits its rejected takes
-with its rows. A shard's rows must be the ones the plan gave it (their ids' hash), or
+or without QC the take as generated. With `qc.enabled`, QC runs beside generation: each
+finished take goes on the QC stage's bounded queue (`synth.pipeline.qc_stage`; the engine's
+result path waits only when it is full), is scored there in a batch, and its verdict (the
+retake loop, `synth.pipeline.retakes`, applied in chain order by `synth.pipeline.verdicts`)
+hands the engine the turn's next take or the chain's next turn; with `qc.speculative` the
+next turn is generated while the verdict is pending. A part commits its rejected takes with
+its rows. The engine's result thread and the QC thread share the shard's state under one lock. A shard's rows must be the ones the plan gave it (their ids' hash), or
 nothing is generated. A shard that failed before is run again with its scripts isolated,
 one chain at a time, so that a script that makes generation fail becomes an error row
 and the rest of its part is committed. It holds one loaded engine (and QC scorer) for its
@@ -24,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -32,20 +37,23 @@ import numpy as np
 import pyarrow as pa
 
 from synth.engine.checkpoint import checkpoint_fingerprint, resolve_device
-from synth.engine.interface import Engine, GenerationRequest, GenerationResult, Segment
+from synth.engine.interface import Engine, GenerationRequest, GenerationResult, SamplingParams, Segment
 from synth.pipeline.audio_io import AudioError, as_stored, decode_clip, encode_audio
 from synth.pipeline.chain import Chain, ChainTurn
 from synth.pipeline.config import SynthConfig
-from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, SegmentCost
+from synth.pipeline.context_plan import MIN_FRAMES_TO_GENERATE, ContextItem, ContextPlan, SegmentCost
 from synth.pipeline.manifest import Manifest, RowError, Script, read_scripts
 from synth.pipeline.output import PartCommit, part_name
 from synth.pipeline.plan import Shard
 from synth.pipeline.provenance import Provenance
+from synth.pipeline.qc_stage import QcStage
 from synth.pipeline.record import OutputRow, codes_to_list, no_qc, row_id, voice_key
-from synth.pipeline.retakes import Accepted, QcCounts, Retakes
+from synth.pipeline.retakes import QcCounts, Retakes
 from synth.pipeline.spoken import spoken_text
+from synth.pipeline.verdicts import ChainFlight, KeepRate, PendingTake
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter
+from synth.qc.scorer import Take
 from synth.store import storage
 from synth.store.errors import StopRun, StoreError
 from synth.store.faults import raise_point
@@ -53,6 +61,7 @@ from synth.store.marker import Damaged
 from synth.store.store import Store
 
 CLIP_CACHE_BYTES = 256 * 2**20  # decoded context clips a worker keeps (float32 samples), least recently used out
+QC_MAX_QUEUED = 64  # finished takes waiting for the QC stage before the engine's result path waits
 
 
 def derive_seed(base_seed: int, script_id: str) -> int:
@@ -140,6 +149,8 @@ class ShardWorker:
         self._clips: OrderedDict[str, np.ndarray] = OrderedDict()  # ref -> clip, least recently used first
         self._clip_bytes = 0  # their samples' bytes, at most clip_cache_bytes
         self.clip_cache_bytes = CLIP_CACHE_BYTES
+        self.qc_max_queued = QC_MAX_QUEUED
+        self.keep_rate = KeepRate()  # when speculating on a take pays (`synth.pipeline.verdicts`), learnt over the worker's life
         self.voices = VoiceLibrary(config.voices, self.store, engine, self._clip)
         self.model_id = config.model.resolved_id
         self.model_weights = checkpoint_fingerprint(self.model_id)
@@ -213,12 +224,12 @@ class ShardWorker:
 
     # -- one shard ------------------------------------------------------------------
 
-    def output_row(self, script: Script, chain: Chain, result: GenerationResult, shard: Shard,
-                   qc_columns: dict | None = None) -> dict:
-        """The output row of the chain's current turn; qc_columns: its QC decision and metrics
-        (the kept take's seed among them) and `gain_db`, or None for a row without QC or gain."""
-        turn_index, request, plan = chain.turn, chain.request, chain.plan
-        assert request is not None and plan is not None
+    def output_row(self, script: Script, turn_index: int, request: GenerationRequest, plan: ContextPlan | None,
+                   result: GenerationResult, shard: Shard, qc_columns: dict | None = None) -> dict:
+        """The output row of turn `turn_index`, generated from `request` with `plan`'s context;
+        qc_columns: its QC decision and metrics (the kept take's seed among them) and `gain_db`,
+        or None for a row without QC or gain."""
+        assert plan is not None
         turn = script.turns[turn_index]
         qc = dict(qc_columns or no_qc())
         seed = qc.pop("seed", request.seed)  # with QC, the kept take's
@@ -261,13 +272,13 @@ class ShardWorker:
         if not isolate:
             first = [request for index in range(run.num_parts) for request in run.start_part(index)]
             if first:
-                self.engine.run(first, params, on_result=run)
+                run.generate(first, params)
             return run.finished()
         for index in range(run.num_parts):
             for request in run.start_part(index):
                 who = run.chains[request.request_id]
                 try:
-                    self.engine.run([request], params, on_result=run)
+                    run.generate([request], params)
                 except StopRun:
                     raise
                 except Exception as e:  # this script's own failure: an error row, and the part goes on
@@ -275,13 +286,28 @@ class ShardWorker:
         return run.finished()
 
 
+@dataclass
+class _Queued:
+    """A take on the QC stage's queue: whose it is, its record awaiting a verdict, and what to score."""
+
+    part: _Part
+    script: Script
+    chain: Chain
+    pending: PendingTake
+    take: Take
+
+
 class _ShardRun:
     """One shard in flight: its parts, the chains generating their scripts, and the commits.
 
-    The engine interleaves the turns of every chain; the run is the engine's `on_result`: it
-    takes each finished turn (with QC, each take: `prepare` scores the takes that finished
-    together in one batch first), adds its row to its part, and returns the chain's next
-    turn (or the turn's next take). A part is committed the moment its last chain finishes."""
+    The engine interleaves the turns of every chain; the run is the engine's `on_result`.
+    Without QC it takes each finished turn, adds its row to its part, and returns the chain's
+    next turn. With QC (`generate` runs a `QcStage` beside the engine) it puts each finished
+    take on the stage's queue and returns at once (a speculative next turn, if any, handed to
+    the engine); the stage's thread scores a batch and applies the verdicts (`_apply`): kept
+    takes become rows, retakes and next turns go to the engine (`Engine.submit`), discarded
+    speculation is cancelled. A part is committed the moment its last chain finishes. Both
+    threads change the run's state only under `lock`."""
 
     def __init__(self, worker: ShardWorker, shard: Shard, items: list[Script | RowError]):
         self.worker, self.shard, self.items = worker, shard, items
@@ -290,8 +316,45 @@ class _ShardRun:
         self.commits: dict[int, PartCommit] = {}
         self.parts: dict[int, _Part] = {}  # parts not yet committed
         self.chains: dict[str, tuple[_Part, Script, Chain]] = {}  # request id -> who generates it
-        self.stored: dict[str, tuple[GenerationResult, float | None]] = {}  # prepared: request id -> (as stored, gain)
+        self.flights: dict[int, ChainFlight] = {}  # QC on: id(chain) -> its takes awaiting verdicts
+        self.cancelled: dict[str, _Part] = {}  # QC on: speculative requests cancelled -> their part
+        self.lock = threading.RLock()
+        self.stage: QcStage | None = None
+        self._open = False  # QC on: the engine's submissions are open (closed when no chain of the run is left)
+        self._live = 0  # QC on: chains of the `generate` under way not yet finished
         self.t0 = time.perf_counter()
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> None:
+        """Run the engine on `requests` and everything that follows from them; with QC, the QC stage
+        beside it, until no chain is left. An error on the QC thread ends the run and is raised here."""
+        engine, retakes = self.worker.engine, self.worker.retakes
+        if retakes is None:
+            engine.run(requests, params, on_result=self)
+            return
+        self.stage = QcStage(self._score, self._apply, max_queued=self.worker.qc_max_queued,
+                             on_error=lambda e: self._close_submissions())
+        with self.lock:
+            self._open, self._live = True, len(requests)  # one first request per chain
+            engine.open_submissions()
+        try:
+            engine.run(requests, params, on_result=self)
+        except BaseException:
+            self._close_submissions()
+            self.stage.close(discard=True)
+            if self.stage.error is not None:  # the engine saw the stage's failure: raise the failure itself
+                raise self.stage.error from None
+            raise
+        self._close_submissions()  # closed already unless the QC thread failed
+        self.stage.close()
+        if self.stage.error is not None:
+            raise self.stage.error
+        assert self._live == 0, "the engine ran out of work while a chain awaited a verdict"
+
+    def _close_submissions(self) -> None:
+        with self.lock:
+            if self._open:
+                self._open = False
+                self.worker.engine.close_submissions()
 
     def start_part(self, index: int) -> list[GenerationRequest]:
         """Start every script of part `index` (unless committed before); returns their first requests."""
@@ -305,14 +368,24 @@ class _ShardRun:
         chunk = self.items[index * self.per_part : (index + 1) * self.per_part]
         part = self.parts[index] = _Part(index, scripts=len(chunk))
         first = []
+        retakes = self.worker.retakes
         for item in chunk:
             chain = self.worker.chain_for(item) if isinstance(item, Script) else item
             if isinstance(chain, RowError):
                 part.errors.append(chain)
                 continue
-            if self.worker.retakes is not None:
-                self.worker.retakes.start_chain(chain)
-            request = self._next(part, item, chain)
+            if retakes is not None:
+                retakes.start_chain(chain)
+                flight = ChainFlight(chain, retakes, speculate=self.worker.config.qc.speculative,
+                                     keep_rate=self.worker.keep_rate)
+                request = flight.first(self._skip(part, item))
+                if request is not None:
+                    self.flights[id(chain)] = flight
+                    self.chains[request.request_id] = (part, item, chain)
+                else:
+                    retakes.end_chain(chain)
+            else:
+                request = self._next(part, item, chain)
             if request is not None:
                 first.append(request)
                 part.running += 1
@@ -320,51 +393,111 @@ class _ShardRun:
             self._commit(part)
         return first
 
-    def prepare(self, results: list[GenerationResult]) -> None:
-        """Takes that finished together: their audio as stored, then (QC on) scored in one batch."""
-        ready = [self._stored(r) for r in results if r.request_id in self.chains]
-        self.stored.update({r.request_id: (r, gain) for r, gain in ready})
-        retakes = self.worker.retakes
-        if retakes is not None:
-            retakes.score_ahead([(self.chains[r.request_id][2], r) for r, _ in ready])
-
     def _stored(self, result: GenerationResult) -> tuple[GenerationResult, float | None]:
         """The result with its audio as the output will store it (`as_stored`: scaled, never clipped,
         if it is louder than full scale; 16-bit), so QC measures, later turns hear and the row holds
         the same samples; and the gain in dB (None: none)."""
-        kept = self.stored.pop(result.request_id, None)
-        if kept is not None:
-            return kept
         audio, gain_db = as_stored(result.audio)
         return replace(result, audio=audio), gain_db
 
     def __call__(self, result: GenerationResult) -> list[GenerationRequest]:
-        """A finished turn (or take): its row, then its chain's next turn (or the chain's end)."""
+        """A finished turn (or take): without QC, its row and its chain's next turn (or the chain's
+        end); with QC, queued for the QC stage."""
+        if self.worker.retakes is not None:
+            self._on_take(result)
+            return []
         part, script, chain = self.chains.pop(result.request_id)
         raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
         generated = result
         result, gain_db = self._stored(result)
-        retakes, columns = self.worker.retakes, {**no_qc(), "gain_db": gain_db}
-        if retakes is not None:
-            outcome = retakes.on_take(chain, result, part.qc, script.id, gain_db=gain_db)
-            if not isinstance(outcome, Accepted):  # the turn's next take
-                self.chains[outcome.request_id] = (part, script, chain)
-                return [outcome]
-            result, columns = outcome.result, outcome.columns
-            part.takes += outcome.rejected
-        part.rows.append(self.worker.output_row(script, chain, result, self.shard, columns))
+        row = self.worker.output_row(script, chain.turn, chain.request, chain.plan, result, self.shard,
+                                     {**no_qc(), "gain_db": gain_db})
+        part.rows.append(row)
         part.manifest_rows[result.request_id] = script.row
-        # later turns hear the take QC kept, as stored and cleaned up; without QC, the take as generated
-        chain.add_result(result if retakes is not None else generated)
+        chain.add_result(generated)  # later turns hear the take as generated (without QC)
         request = self._next(part, script, chain)
         if request is not None:
             return [request]
-        if retakes is not None:
-            retakes.end_chain(chain)
+        self._end_chain(part, chain)
+        return []
+
+    # -- QC: the engine's side ------------------------------------------------------
+
+    def _on_take(self, result: GenerationResult) -> None:
+        """A finished take: recorded, maybe continued ahead of its verdict, and queued for scoring
+        (outside the lock: a full queue holds the engine's result path back, not the QC thread)."""
+        with self.lock:
+            who = self.chains.pop(result.request_id, None)
+            if who is None:  # a speculative turn cancelled when it was already on its way here
+                part = self.cancelled.pop(result.request_id, None)
+                if part is not None and part.index in self.parts:
+                    part.qc.speculative_frames_discarded += result.num_frames
+                return
+            part, script, chain = who
+            raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
+            stored, gain_db = self._stored(result)
+            pending, take, ahead = self.flights[id(chain)].on_take(result.request_id, stored, gain_db, part.qc)
+            if ahead is not None:
+                self.chains[ahead.request_id] = who
+                self.worker.engine.submit([ahead])
+        self.stage.put(_Queued(part, script, chain, pending, take))
+
+    # -- QC: the stage's side -------------------------------------------------------
+
+    def _score(self, items: list[_Queued]) -> list[dict | None]:
+        """Metrics of the queued takes still wanted (None for those discarded meanwhile), in one batch."""
+        live = [i for i, item in enumerate(items) if not item.pending.discarded]
+        scored = self.worker.retakes.scorer.score([items[i].take for i in live]) if live else []
+        metrics: list[dict | None] = [None] * len(items)
+        for i, m in zip(live, scored):
+            metrics[i] = m
+        return metrics
+
+    def _apply(self, items: list[_Queued], metrics: list[dict | None]) -> None:
+        """The verdicts the batch makes possible, chain by chain, in each chain's order."""
+        with self.lock:
+            touched: dict[int, _Queued] = {}
+            for item, m in zip(items, metrics):
+                if m is not None and not item.pending.discarded:
+                    item.pending.metrics = m
+                    touched.setdefault(id(item.chain), item)
+            for item in touched.values():
+                if id(item.chain) in self.flights:
+                    self._decide(item.part, item.script, item.chain)
+
+    def _decide(self, part: _Part, script: Script, chain: Chain) -> None:
+        verdicts = self.flights[id(chain)].decide(part.qc, script.id)
+        engine = self.worker.engine
+        for request_id in verdicts.cancel:
+            engine.cancel(request_id)
+            self.chains.pop(request_id, None)
+            self.cancelled[request_id] = part
+        for pending, accepted in verdicts.accepted:
+            part.takes += accepted.rejected
+            part.rows.append(self.worker.output_row(script, pending.turn, pending.request, pending.plan,
+                                                    accepted.result, self.shard, accepted.columns))
+            part.manifest_rows[accepted.result.request_id] = script.row
+        for turn, reason in verdicts.skipped:
+            part.errors.append(RowError(script.row, script.id, "validate", reason, turn))
+        for request in verdicts.submit:
+            self.chains[request.request_id] = (part, script, chain)
+        if verdicts.submit:
+            engine.submit(verdicts.submit)
+        if verdicts.done:
+            self._end_chain(part, chain)
+
+    # -- chains and parts -----------------------------------------------------------
+
+    def _end_chain(self, part: _Part, chain: Chain) -> None:
+        if self.worker.retakes is not None:
+            self.worker.retakes.end_chain(chain)
+            self.flights.pop(id(chain), None)
         part.running -= 1
         if part.running == 0:
             self._commit(part)
-        return []
+        self._live -= 1
+        if self._live <= 0:
+            self._close_submissions()
 
     def fail_chain(self, part: _Part, script: Script, chain: Chain, error: Exception) -> None:
         """The script made generation raise (run alone): its rows and takes are dropped, one error
@@ -375,23 +508,22 @@ class _ShardRun:
         part.takes = [t for t in part.takes if t["script_id"] != script.id]
         reason = f"generation failed: {error.__class__.__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
         part.errors.append(RowError(script.row, script.id, "generate", reason, chain.turn))
-        if self.worker.retakes is not None:
-            self.worker.retakes.end_chain(chain)
         self.worker.log(f"shard {self.shard.index}: row {script.row} ({script.id!r}) failed on its own: {reason}")
-        part.running -= 1
-        if part.running == 0:
-            self._commit(part)
+        self._end_chain(part, chain)
 
     def finished(self) -> list[PartCommit]:
         assert not self.parts and not self.chains, "a part was left uncommitted"
         return [self.commits[i] for i in range(self.num_parts)]
 
-    def _next(self, part: _Part, script: Script, chain: Chain) -> GenerationRequest | None:
-        """The chain's next request (registered as in flight); skipped turns become error rows."""
+    def _skip(self, part: _Part, script: Script):
+        """skip(turn, reason): a turn that cannot be generated, as an error row."""
         def skip(turn: int, reason: str) -> None:
             part.errors.append(RowError(script.row, script.id, "validate", reason, turn))
+        return skip
 
-        request = chain.next_request(skip)
+    def _next(self, part: _Part, script: Script, chain: Chain) -> GenerationRequest | None:
+        """The chain's next request (registered as in flight); skipped turns become error rows."""
+        request = chain.next_request(self._skip(part, script))
         if request is not None:
             self.chains[request.request_id] = (part, script, chain)
         return request
@@ -409,6 +541,8 @@ class _ShardRun:
             f"{done.audio_seconds:.1f} s audio, {done.errors} errors"
             + (f", {warned} turns with `warnings` (context left out)" if warned else "")
             + (f", QC passed {part.qc.passed}/{part.qc.turns} turns in {part.qc.takes} takes" if qc else "")
+            + (f", {part.qc.speculative_discarded}/{part.qc.speculative_turns} speculative requests discarded"
+               if qc and part.qc.speculative_turns else "")
             + f" ({time.perf_counter() - self.t0:.1f} s into the shard)"
         )
         self.commits[part.index] = done

@@ -113,7 +113,9 @@ class QcSettings:
     before the best failing one is kept. count_failures_as_errors: a script whose kept take
     fails counts toward `job.max_error_rate`. keep_take_audio: rejected takes keep their audio
     in takes/ (their codes are always kept). num_workers: threads that compute the CPU metrics of
-    a batch in parallel (how a run executes, not what it computes: not part of `identity`)."""
+    a batch in parallel. speculative: a chain's next turn is generated while its take awaits the
+    verdict, and generated again if the take is not kept (`synth.pipeline.verdicts`; the same
+    output either way). Neither changes what is computed: not part of `identity`."""
 
     __pydantic_config__ = _FORBID
 
@@ -126,6 +128,7 @@ class QcSettings:
     count_failures_as_errors: bool = False
     keep_take_audio: bool = True
     num_workers: int = 2
+    speculative: bool = True
 
     def __post_init__(self):
         unknown = [m for m in self.metrics if m not in METRIC_COLUMNS]
@@ -143,8 +146,8 @@ class QcSettings:
 
     def identity(self) -> dict:
         """The settings that decide what QC computes (a run's plan.json, a rescore's markers): all
-        but how it executes (`num_workers`)."""
-        return {k: v for k, v in self.to_dict().items() if k != "num_workers"}
+        but how it executes (`num_workers`, `speculative`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("num_workers", "speculative")}
 
     def measured(self) -> set[str]:
         """The metric columns this policy computes."""

@@ -66,3 +66,32 @@ def test_every_turn_is_scored_once_as_stored_with_its_speakers_first_turn_as_ref
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="QC mode 'later'"):
         QcStage(SlowScorer(0), [], "later")
+
+
+def test_chains_with_qc_judge_the_same_takes_with_speculation_on_and_off(tiny_checkpoint):
+    """`synth bench --qc`'s chained rows (`QcChains`), on the tiny CSM with the real level metric
+    splitting its takes: speculation changes the order work is done in, not which takes are judged;
+    when on, turns go ahead of their verdicts and some are thrown away, their frames counted."""
+    from synth.bench.qc_stage import QcChains
+    from synth.bench.throughput import SAMPLING, as_dialogues, workload
+    from synth.engine.fast_engine import FastEngine
+    from synth.qc.policy import QcSettings, Thresholds
+    from synth.qc.scorer import TakeScorer
+
+    engine = FastEngine.load(tiny_checkpoint, device="cpu", dtype="float32", num_slots=4, max_positions=256,
+                             compile=False, warmup=False)
+    settings = QcSettings(enabled=True, metrics=("level",), thresholds=Thresholds(min_loudness_lufs=-13.2))
+    scorer = TakeScorer(settings, engine.sample_rate_hz).load()
+    dialogues = as_dialogues(workload(12, max_cap=12), 4)
+    runs = {}
+    for speculate in (False, True):
+        chains = QcChains(engine, scorer, speculate=speculate, max_takes=2)
+        chains.run(dialogues, SAMPLING)
+        runs[speculate] = chains
+    off, on = runs[False], runs[True]
+    assert off.counts.turns == on.counts.turns == 12 and off.live == on.live == 0
+    assert 12 < off.counts.takes == on.counts.takes < 24  # some turns retaken, not all
+    assert (off.counts.passed, off.judged_frames) == (on.counts.passed, on.judged_frames)
+    assert off.counts.speculative_turns == 0 and on.counts.speculative_turns >= 9
+    assert on.counts.speculative_discarded > 0
+    engine.close()

@@ -38,7 +38,9 @@ JOB_TIMEOUT_S = 240
 
 
 class ObservedEngine:
-    """The real engine, with every result and every follow-up request it was handed on record."""
+    """The real engine, with every result and every request it was handed (up front, as a follow-up
+    or submitted from the QC stage) on record. A request id handed twice (a speculative turn
+    cancelled, then generated again) keeps its last request and result."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -47,21 +49,21 @@ class ObservedEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
+    def submit(self, requests):
+        self.requests.update({r.request_id: r for r in requests})
+        self.engine.submit(requests)
+
     def run(self, requests, sampling, on_result=None):
         observer = self
 
-        class Observed:
-            def prepare(self, results):
-                on_result.prepare(results)
-
-            def __call__(self, result):
-                observer.results[result.request_id] = result
-                follow = list(on_result(result) or ())
-                observer.requests.update({r.request_id: r for r in follow})
-                return follow
+        def observed(result):
+            observer.results[result.request_id] = result
+            follow = list(on_result(result) or ())
+            observer.requests.update({r.request_id: r for r in follow})
+            return follow
 
         self.requests.update({r.request_id: r for r in requests})
-        return self.engine.run(requests, sampling, on_result=Observed())
+        return self.engine.run(requests, sampling, on_result=observed)
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,11 @@ def test_num_workers_is_how_qc_runs_not_what_it_computes():
     assert on.qc.num_workers == 4 and QcSettings().num_workers == 2
     assert on.qc.identity() == load_config(None, ["qc.enabled=true"]).qc.identity()
     assert "num_workers" not in on.qc.identity() and on.qc.identity()["asr"]["num_beams"] == 1
+
+
+def test_speculation_is_how_qc_runs_not_what_it_computes():
+    """qc.speculative (on by default) can be turned off between a run and its relaunch: no recorded setting changes."""
+    off = load_config(None, ["qc.enabled=true", "qc.speculative=false"])
+    assert off.qc.speculative is False and QcSettings().speculative is True
+    assert off.qc.identity() == load_config(None, ["qc.enabled=true"]).qc.identity()
+    assert "speculative" not in off.qc.identity()
