@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from synth.bench.checkpoints import add_checkpoint_args, bench_checkpoint, build_dir_of
 from synth.bench.throughput import SAMPLING
 from synth.engine.interface import GenerationRequest
 
@@ -104,8 +104,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synth bench-loop", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
-    parser.add_argument("--checkpoint", help="a checkpoint to load instead of the config's own")
-    parser.add_argument("--build-dir", help="build the config's checkpoint here, or reuse the one built here before")
+    add_checkpoint_args(parser)
     parser.add_argument("--slots", type=int, help="as fast_engine.num_slots")
     parser.add_argument("--held", type=_ints, default=[0, 1024, 16384], help="held caches (default %(default)s)")
     parser.add_argument("--queued", type=_ints, default=[0, 1024, 16384], help="queued rows (default %(default)s)")
@@ -116,14 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CONFIGS[args.config]
     if args.threads:
         torch.set_num_threads(args.threads)
-    import tempfile
-
-    from synth.bench.throughput import bench_checkpoint
     from synth.engine.fast_engine import FastEngine
     from synth.engine.options import FastEngineOptions
 
-    checkpoint = bench_checkpoint(args.checkpoint, cfg["device"],
-                                  Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-")))
+    checkpoint = bench_checkpoint(args.checkpoint, cfg["device"], build_dir_of(args))
     slots = args.slots or cfg["slots"]
     # Rows in their given order (not longest first), so their caps are mixed and a few end every frame.
     engine = FastEngine.load(checkpoint, device=cfg["device"], dtype=cfg["dtype"], num_slots=slots,

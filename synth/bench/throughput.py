@@ -44,7 +44,6 @@ import json
 import math
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synth.bench.checkpoints import add_checkpoint_args, bench_checkpoint, build_dir_of
 from synth.engine.interface import GenerationRequest, SamplingParams
 from synth.engine.options import COMPILE_MODES, FastEngineOptions
 from synth.pipeline.chain import CONTEXT_FROM, Chain, ChainTurn, ContextFrom
@@ -122,20 +122,6 @@ class Row:
         return {**self.__dict__, "frames_per_s": self.fps, "x_real_time": self.fps / frame_rate_hz,
                 "frames_per_cpu_s": self.frames / max(self.cpu_s, 1e-9),
                 "useful_fraction": self.frames / max(self.slot_frames, 1)}
-
-
-def bench_checkpoint(checkpoint: str | None, device: str, build_dir: Path) -> str:
-    """The model a benchmark loads: `checkpoint` if given, else the tiny checkpoint (CPU) or random
-    weights at CSM-1B's size (CUDA), built under `build_dir` once and reused there."""
-    if checkpoint:
-        return checkpoint
-    if device == "cpu":
-        from synth.engine.tiny_checkpoint import ensure_tiny_checkpoint
-
-        return str(ensure_tiny_checkpoint(build_dir / "tiny-csm"))
-    from synth.engine.tiny_checkpoint import build_csm1b_random
-
-    return str(build_csm1b_random(build_dir / "csm1b-random", device))
 
 
 def sync(device):
@@ -406,9 +392,7 @@ CONFIGS = {
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="synth bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
-    parser.add_argument("--checkpoint", help="a checkpoint dir or hub id to load instead of the config's own")
-    parser.add_argument("--build-dir", help="build the config's own checkpoint here, or reuse the one built "
-                        "here before (default: a fresh temp dir)")
+    add_checkpoint_args(parser)
     parser.add_argument("--requests", type=int, help="workload size")
     parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], help="fast-engine slot counts (as fast_engine.num_slots)")
     parser.add_argument("--ref-batch", type=int, help="the transformers engine's rows per generate call "
@@ -476,7 +460,7 @@ def main(argv=None):
                                 status_lag=args.status_lag, compile_mode=args.compile_mode,
                                 num_kv_buckets=args.kv_buckets, park_rows=args.park_rows)
 
-    build_dir = Path(args.build_dir) if args.build_dir else Path(tempfile.mkdtemp(prefix="synth-bench-"))
+    build_dir = build_dir_of(args)
     path = bench_checkpoint(args.checkpoint, device, build_dir)
 
     from transformers import CsmConfig

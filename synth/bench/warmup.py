@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from synth.bench.checkpoints import add_checkpoint_args, bench_checkpoint, build_dir_of
 
 
 def start(args: argparse.Namespace) -> None:
@@ -72,8 +73,7 @@ CONFIGS = {  # name: device, dtype, slots, positions (as `synth bench`'s configs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synth bench-warmup", description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-cpu")
-    parser.add_argument("--checkpoint", help="a checkpoint to load instead of the config's own")
-    parser.add_argument("--build-dir", help="build the config's checkpoint here, or reuse the one built here before")
+    add_checkpoint_args(parser)
     parser.add_argument("--slots", type=int, help="as fast_engine.num_slots")
     parser.add_argument("--max-positions", type=int, help="as fast_engine.max_positions")
     parser.add_argument("--starts", type=int, default=2, help="starts with the compile cache: the first cold, "
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args.max_positions = args.max_positions or cfg["max_positions"]
     if args.threads is None and args.device == "cpu":
         args.threads = 1
-    from synth.bench.throughput import bench_checkpoint
-
-    checkpoint = bench_checkpoint(args.checkpoint, args.device,
-                                  Path(args.build_dir or tempfile.mkdtemp(prefix="synth-bench-")))
+    checkpoint = bench_checkpoint(args.checkpoint, args.device, build_dir_of(args))
     cache = args.cache_dir or tempfile.mkdtemp(prefix="synth-compile-cache-")
     print(f"# bench-warmup {args.config}: {args.slots} slots x {args.max_positions} positions, {args.dtype} on "
           f"{args.device}, compile cache {cache}; each start a fresh process with an empty inductor cache"
