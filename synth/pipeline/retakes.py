@@ -176,13 +176,17 @@ class Retakes:
         """The take (as stored) as the turn's result would be if it were kept, for a speculative
         continuation: loudness-normalised when configured (needs `can_speculate`)."""
         assert self.can_speculate
-        result = replace(result, request_id=request.request_id)
+        return self._normalized(replace(result, request_id=request.request_id))[0]
+
+    def _normalized(self, result: GenerationResult) -> tuple[GenerationResult, float | None]:
+        """The result loudness-normalised as `qc.cleanup` asks (unchanged when it does not), and the
+        gain that took in dB (None: none)."""
         clean = self.settings.cleanup
-        if clean.loudness_lufs is not None:
-            audio, _ = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
-                                                  clean.loudness_lufs, clean.max_peak_dbfs)
-            result = replace(result, audio=audio)
-        return result
+        if clean.loudness_lufs is None:
+            return result, None
+        audio, normalized_db = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
+                                                          clean.loudness_lufs, clean.max_peak_dbfs)
+        return replace(result, audio=audio), normalized_db
 
     def _accept(self, request: GenerationRequest, kept: _Take, num_takes: int) -> Accepted:
         """The kept take as the turn's result, cleaned up as configured, with its QC columns."""
@@ -196,12 +200,9 @@ class Retakes:
             audio, codes = cleanup.trim(result.audio, result.codes, cut, self.samples_per_frame)
             result = replace(result, audio=audio, codes=codes)
             trimmed = list(cut)
-        if clean.loudness_lufs is not None:
-            audio, normalized_db = cleanup.normalize_loudness(result.audio, self.scorer.sample_rate_hz,
-                                                              clean.loudness_lufs, clean.max_peak_dbfs)
-            result = replace(result, audio=audio)
-            if normalized_db is not None:  # the row's gain: generation to storage, both steps
-                gain_db = normalized_db + (gain_db or 0.0)
+        result, normalized_db = self._normalized(result)
+        if normalized_db is not None:  # the row's gain: generation to storage, both steps
+            gain_db = normalized_db + (gain_db or 0.0)
         columns = {"qc_pass": not kept.reasons, "qc_reasons": list(kept.reasons), "take": kept.number,
                    "num_takes": num_takes, "seed": kept.seed, **kept.metrics,
                    "trimmed_frames": trimmed, "gain_db": gain_db}
