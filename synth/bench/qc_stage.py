@@ -169,10 +169,10 @@ class QcChains:
                            for r in turns], self.engine, cost, context_from=context_from, context_low_water=low_water)
             self.retakes.start_chain(chain)
             flight = ChainFlight(chain, self.retakes, speculate=self.speculate, keep_rate=keep_rate)
-            request = flight.first(_does_not_fit)
-            self.flights[request.request_id] = flight
-            first.append(request)
-        self.live = len(first)
+            requests = flight.first(_does_not_fit, self.counts)
+            self.flights.update((r.request_id, flight) for r in requests)
+            first += requests
+        self.live = len(dialogues)
         self.stage = Stage(self._score, self._apply, max_queued=self.max_queued,
                            on_error=lambda e: self.engine.close_submissions())
         self.engine.open_submissions()
@@ -195,12 +195,12 @@ class QcChains:
                 self.counts.speculative_frames_discarded += result.num_frames
                 return None
             audio, gain_db = as_stored(result.audio)
-            pending, take, ahead = flight.on_take(result.request_id, replace(result, audio=audio), gain_db,
-                                                  self.counts)
-            if ahead is not None:
-                self.flights[ahead.request_id] = flight
-                self.engine.submit([ahead])
-        self.stage.put((flight, pending, take))
+            ready, ahead = flight.on_take(result.request_id, replace(result, audio=audio), gain_db, self.counts)
+            if ahead:
+                self.flights.update((r.request_id, flight) for r in ahead)
+                self.engine.submit(ahead)
+        for pending, take in ready:
+            self.stage.put((flight, pending, take))
         return None
 
     def _score(self, items: list) -> list:

@@ -7,7 +7,9 @@ that finished and await their verdict, in chain order, and the speculative conti
 as stored, loudness-normalised if configured), on the assumption that it will be kept; and
 so on past takes whose verdicts are still to come; or, when the take is likely to fail, the
 turn's next take (the same request with the next take's seed, as the retake loop would ask
-for it). Verdicts are applied in chain order
+for it); where the bet is placed before the take is even generated (its take number has been
+failing), the turn's next takes are requested beside it from the start, so they are scored
+together. Verdicts are applied in chain order
 (`decide`), through `Retakes.on_take` exactly as the plain order applies them: a kept take
 whose continuation was speculated lets that continuation stand; a retake, or another take
 kept, discards what was speculated past it (the requests to cancel, the finished takes'
@@ -108,19 +110,37 @@ class ChainFlight:
         self.speculate_takes = speculate and keep_rate is not None  # the next take, on a take that would fail
         self.keep_rate = keep_rate
         self.pending: list[PendingTake] = []  # in chain order: the head is the next verdict to apply
-        self.in_flight: str | None = None  # the request generating now (a chain generates one at a time)
-        self.in_flight_speculative = False
+        # the requests generating now, in chain order: one, or a turn's takes side by side (the bet said the
+        # first would fail); those made ahead of a verdict; takes that finished before an earlier one of the list
+        self.in_flight: list[str] = []
+        self.speculative: set[str] = set()
+        self._early: dict[str, tuple[GenerationResult, float | None]] = {}
 
-    def first(self, skip: Callable[[int, str], None]) -> GenerationRequest | None:
-        """The chain's first request (None: nothing to generate)."""
-        return self._issue(self.chain.next_request(skip))
+    def first(self, skip: Callable[[int, str], None], counts: QcCounts) -> list[GenerationRequest]:
+        """The chain's first requests (its first turn, and that turn's next takes where the bet says
+        the first will fail); empty: nothing to generate."""
+        return self._issue(self.chain.next_request(skip), 1, counts)
 
     def on_take(self, engine_id: str, result: GenerationResult, gain_db: float | None,
-                counts: QcCounts) -> tuple[PendingTake, Take, GenerationRequest | None]:
-        """A finished take (its audio as stored): its record, the take to score, and what is requested
-        ahead of its verdict (None: nothing): the chain's next turn when the take is likely to be
-        kept, else the turn's next take."""
-        assert engine_id == self.in_flight, (engine_id, self.in_flight)
+                counts: QcCounts) -> tuple[list[tuple[PendingTake, Take]], list[GenerationRequest]]:
+        """A finished take (its audio as stored): the takes now ready to score with their records (in
+        chain order; none while an earlier take of its turn still generates beside it), and what is
+        requested ahead of their verdicts: the chain's next turn when the last is likely to be kept,
+        else the turn's next take."""
+        assert engine_id in self.in_flight, (engine_id, self.in_flight)
+        self._early[engine_id] = (result, gain_db)
+        ready, ahead = [], []
+        while self.in_flight and self.in_flight[0] in self._early:
+            head = self.in_flight.pop(0)
+            self.speculative.discard(head)
+            pending, take, more = self._finished(head, *self._early.pop(head), counts)
+            ready.append((pending, take))
+            ahead += more
+        return ready, ahead
+
+    def _finished(self, engine_id: str, result: GenerationResult, gain_db: float | None,
+                  counts: QcCounts) -> tuple[PendingTake, Take, list[GenerationRequest]]:
+        """The next take in chain order: its record, the take to score, and what is requested ahead."""
         chain, request = self.chain, self.chain.request
         assert request is not None
         take = Take(result.audio, request.text, result.codes, self._voice(request.speaker))
@@ -129,21 +149,22 @@ class ChainFlight:
         pending = PendingTake(request, chain.turn, chain.plan, engine_id, result, gain_db, chain.snapshot(),
                               number=number)
         self.pending.append(pending)
-        self.in_flight = None
+        if self.in_flight:  # the turn's next takes generate beside this one: the bet was placed already
+            return pending, take, []
         bet = self.keep_rate is None or self.keep_rate.worth_it(pending.number)
         if not bet and self.speculate_takes and number < self.retakes.settings.max_takes:
-            counts.speculative_turns += 1  # the verdict will likely ask for it: the same request, the next seed
-            return pending, take, self._issue(replace(self.retakes.retake(request, number + 1), speculative=True))
+            # the verdict will likely ask for it: the same request, the next seed
+            retake = replace(self.retakes.retake(request, number + 1), speculative=True)
+            return pending, take, self._issue(retake, number + 1, counts)
         if not (self.speculate_turns and request.followed and bet):
-            return pending, take, None
+            return pending, take, []
         pending.assumed = self.retakes.as_accepted(request, result)
         chain.add_result(pending.assumed)
         ahead = chain.next_request(lambda turn, reason: pending.skipped.append((turn, reason)))
         if ahead is None:
             pending.ends = True
-            return pending, take, None
-        counts.speculative_turns += 1
-        return pending, take, self._issue(replace(ahead, speculative=True))
+            return pending, take, []
+        return pending, take, self._issue(replace(ahead, speculative=True), 1, counts)
 
     def decide(self, counts: QcCounts, script_id: str) -> Verdicts:
         """Apply the verdicts that can be applied: the head's, while it is scored, in chain order."""
@@ -168,13 +189,12 @@ class ChainFlight:
             self._roll_back(head, out, counts)
             if isinstance(outcome, Accepted):
                 self.chain.add_result(outcome.result)
-                request = self._issue(self.chain.next_request(lambda turn, reason: out.skipped.append((turn, reason))))
-            else:
-                request = self._issue(outcome)  # the turn's next take
-            if request is None:
-                out.done = True
-            else:
-                out.submit.append(request)
+                requests = self._issue(self.chain.next_request(lambda turn, reason: out.skipped.append((turn, reason))),
+                                       1, counts)
+            else:  # the turn's next take
+                requests = self._issue(outcome, self.retakes.take_number(head.request), counts)
+            out.submit += requests
+            out.done = not requests
             return out
         return out
 
@@ -182,15 +202,25 @@ class ChainFlight:
         """Whether the request was made ahead of the verdict that asks for it (then it is no longer a bet)."""
         if self.pending:
             return self.pending[0].engine_id == request_id
-        if self.in_flight == request_id:
-            self.in_flight_speculative = False
+        if self.in_flight and self.in_flight[0] == request_id:
+            self.speculative.discard(request_id)
             return True
         return False
 
-    def _issue(self, request: GenerationRequest | None) -> GenerationRequest | None:
-        self.in_flight = request.request_id if request is not None else None
-        self.in_flight_speculative = request is not None and request.speculative
-        return request
+    def _issue(self, request: GenerationRequest | None, number: int, counts: QcCounts) -> list[GenerationRequest]:
+        """`request` (take `number` of the chain's current turn) and, while the bet says a take will fail,
+        the turn's next takes beside it (up to `qc.max_takes`): registered as generating, counted when
+        made ahead of a verdict."""
+        if request is None:
+            return []
+        requests = [request]
+        while self.speculate_takes and number < self.retakes.settings.max_takes and not self.keep_rate.worth_it(number):
+            number += 1
+            requests.append(replace(self.retakes.retake(self.chain.request, number), speculative=True))
+        self.in_flight += [r.request_id for r in requests]
+        self.speculative |= {r.request_id for r in requests if r.speculative}
+        counts.speculative_turns += sum(r.speculative for r in requests)
+        return requests
 
     def _roll_back(self, head: PendingTake, out: Verdicts, counts: QcCounts) -> None:
         """Discard what was speculated past `head` and put the chain back as it was at its take."""
@@ -198,10 +228,14 @@ class ChainFlight:
             later.discarded = True
             counts.speculative_frames_discarded += later.result.num_frames
         counts.speculative_discarded += len(self.pending)
-        if self.in_flight is not None and self.in_flight_speculative:
-            out.cancel.append(self.in_flight)
-            counts.speculative_discarded += 1
-        self.pending, self.in_flight = [], None
+        for request_id in self.in_flight:
+            if request_id in self._early:  # finished, waiting for an earlier take of its turn
+                counts.speculative_frames_discarded += self._early.pop(request_id)[0].num_frames
+                counts.speculative_discarded += 1
+            elif request_id in self.speculative:
+                out.cancel.append(request_id)
+                counts.speculative_discarded += 1
+        self.pending, self.in_flight, self.speculative = [], [], set()
         self.chain.restore(head.before)
 
     def _voice(self, speaker: int) -> np.ndarray | None:

@@ -275,10 +275,13 @@ class ShardWorker:
                 run.generate(first, params)
             return run.finished()
         for index in range(run.num_parts):
+            by_chain: dict[int, list[GenerationRequest]] = {}  # a chain's first requests (its takes side by side)
             for request in run.start_part(index):
-                who = run.chains[request.request_id]
+                by_chain.setdefault(id(run.chains[request.request_id][2]), []).append(request)
+            for requests in by_chain.values():
+                who = run.chains[requests[0].request_id]
                 try:
-                    run.generate([request], params)
+                    run.generate(requests, params)
                 except StopRun:
                     raise
                 except Exception as e:  # this script's own failure: an error row, and the part goes on
@@ -334,7 +337,7 @@ class _ShardRun:
         self.stage = QcStage(self._score, self._apply, max_queued=self.worker.qc_max_queued,
                              on_error=lambda e: self._close_submissions())
         with self.lock:
-            self._open, self._live = True, len(requests)  # one first request per chain
+            self._open, self._live = True, len({id(self.chains[r.request_id][2]) for r in requests})  # chains
             engine.open_submissions()
         try:
             engine.run(requests, params, on_result=self)
@@ -378,16 +381,17 @@ class _ShardRun:
                 retakes.start_chain(chain)
                 flight = ChainFlight(chain, retakes, speculate=self.worker.config.qc.speculative,
                                      keep_rate=self.worker.keep_rate)
-                request = flight.first(self._skip(part, item))
-                if request is not None:
+                requests = flight.first(self._skip(part, item), part.qc)
+                if requests:
                     self.flights[id(chain)] = flight
-                    self.chains[request.request_id] = (part, item, chain)
+                    self.chains.update((r.request_id, (part, item, chain)) for r in requests)
                 else:
                     retakes.end_chain(chain)
             else:
                 request = self._next(part, item, chain)
-            if request is not None:
-                first.append(request)
+                requests = [request] if request is not None else []
+            if requests:
+                first += requests
                 part.running += 1
         if part.running == 0:
             self._commit(part)
@@ -436,11 +440,12 @@ class _ShardRun:
             part, script, chain = who
             raise_point("generate", script.id)  # fault-injection tests: a script whose generation fails
             stored, gain_db = self._stored(result)
-            pending, take, ahead = self.flights[id(chain)].on_take(result.request_id, stored, gain_db, part.qc)
-            if ahead is not None:
-                self.chains[ahead.request_id] = who
-                self.worker.engine.submit([ahead])
-        self.stage.put(_Queued(part, script, chain, pending, take))
+            ready, ahead = self.flights[id(chain)].on_take(result.request_id, stored, gain_db, part.qc)
+            if ahead:
+                self.chains.update((r.request_id, who) for r in ahead)
+                self.worker.engine.submit(ahead)
+        for pending, take in ready:
+            self.stage.put(_Queued(part, script, chain, pending, take))
 
     # -- QC: the stage's side -------------------------------------------------------
 

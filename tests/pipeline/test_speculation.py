@@ -26,7 +26,7 @@ from synth.pipeline.retakes import QcCounts, Retakes, qc_totals
 from synth.pipeline.verdicts import ChainFlight, KeepRate
 from synth.pipeline.worker import ShardWorker, load_engine
 from synth.qc.policy import QcSettings, Thresholds
-from synth.qc.scorer import TakeScorer
+from synth.qc.scorer import Take, TakeScorer
 
 pytestmark = pytest.mark.slow  # whole shards with QC on the tiny CSM
 
@@ -180,15 +180,15 @@ def test_a_failed_parent_discards_its_finished_continuation_and_the_chain_goes_b
     retakes.start_chain(chain)
     flight = ChainFlight(chain, retakes, speculate=True)
     counts, sampling = QcCounts(), SamplingParams()
-    first = flight.first(lambda turn, reason: pytest.fail(reason))
+    (first,) = flight.first(lambda turn, reason: pytest.fail(reason), counts)
     (take,) = engine.generate([first], sampling)
-    pending, scored, ahead = flight.on_take(first.request_id, take, None, counts)
-    assert ahead is not None and ahead.speculative and ahead.request_id == "t:1" and counts.speculative_turns == 1
+    [(pending, scored)], (ahead,) = flight.on_take(first.request_id, take, None, counts)
+    assert ahead.speculative and ahead.request_id == "t:1" and counts.speculative_turns == 1
     assert np.array_equal(ahead.context[-1].audio, take.audio)  # conditioned on the take, as it would be kept
     (continuation,) = engine.generate([ahead], sampling)
     # finished before its parent's verdict, and continued in turn (t:2, still generating)
-    _, _, further = flight.on_take(ahead.request_id, continuation, None, counts)
-    assert further is not None and further.request_id == "t:2" and counts.speculative_turns == 2
+    _, (further,) = flight.on_take(ahead.request_id, continuation, None, counts)
+    assert further.request_id == "t:2" and counts.speculative_turns == 2
     pending.metrics = retakes.scorer.score([scored])[0]
     verdicts = flight.decide(counts, "t")
     assert not verdicts.accepted and verdicts.cancel == ["t:2"]  # what is still generating is cancelled
@@ -197,7 +197,73 @@ def test_a_failed_parent_discards_its_finished_continuation_and_the_chain_goes_b
     # both speculative turns discarded; the finished one's frames counted (the cancelled one's are the engine's)
     assert counts.speculative_discarded == 2 and counts.speculative_frames_discarded == continuation.num_frames > 0
     assert chain.turn == 0 and chain.request == first and [i.key for i in chain.candidates] == []
-    assert not flight.pending and flight.in_flight == retake.request_id
+    assert not flight.pending and flight.in_flight == [retake.request_id]
+
+
+def _failing_flight(engine, max_takes: int = 2):
+    """A 3-turn chain whose takes all fail (nothing is this loud), its retakes, and a keep rate that
+    has seen takes 1 and 2 not kept: take 2 is bet on before take 1 is generated, and no next turn
+    is bet on either."""
+    settings = QcSettings(enabled=True, metrics=("level",), max_takes=max_takes,
+                          thresholds=Thresholds(min_loudness_lufs=0.0))
+    retakes = Retakes(settings, TakeScorer(settings, engine.sample_rate_hz).load(),
+                      samples_per_frame=engine.samples_per_frame, encode_audio=lambda a, key: b"")
+    chain = Chain([ChainTurn(f"t:{i}", i % 2, f"Turn number {i}.", max_frames=6, seed=i) for i in range(3)],
+                  engine, SegmentCost(engine))
+    retakes.start_chain(chain)
+    rate = KeepRate()
+    rate.record(1, False)
+    rate.record(2, False)
+    return retakes, chain, ChainFlight(chain, retakes, speculate=True, keep_rate=rate)
+
+
+def test_a_take_bet_to_fail_is_generated_beside_its_retake_and_both_are_scored_together(setup):
+    """With take 1 failing lately, a turn's takes 1 and 2 are requested together; a take 2 that finishes
+    first waits for take 1, both go to scoring in chain order, and the verdicts keep one of them and
+    request the next turn's two takes at once."""
+    _, engine, _, _ = setup
+    retakes, chain, flight = _failing_flight(engine)
+    counts, sampling = QcCounts(), SamplingParams()
+    first, second = flight.first(lambda turn, reason: pytest.fail(reason), counts)
+    assert (first.request_id, second.request_id) == ("t:0", "t:0#take2") and second.speculative
+    assert not first.speculative and second.context == first.context and second.seed != first.seed
+    assert counts.speculative_turns == 1 and flight.in_flight == ["t:0", "t:0#take2"]
+    take1, take2 = engine.generate([first, second], sampling)
+    assert flight.on_take(second.request_id, take2, None, counts) == ([], [])  # take 1 still generating
+    ready, ahead = flight.on_take(first.request_id, take1, None, counts)
+    assert [p.engine_id for p, _ in ready] == ["t:0", "t:0#take2"] and [p.number for p, _ in ready] == [1, 2]
+    assert ahead == [] and flight.in_flight == []
+    for pending, metrics in zip((p for p, _ in ready), retakes.scorer.score([t for _, t in ready])):
+        pending.metrics = metrics
+    verdicts = flight.decide(counts, "t")
+    (accepted,) = verdicts.accepted
+    assert accepted[1].columns["num_takes"] == 2 and len(accepted[1].rejected) == 1
+    assert [r.request_id for r in verdicts.submit] == ["t:1", "t:1#take2"] and not verdicts.cancel
+    assert counts.speculative_discarded == 0 and chain.turn == 1
+
+
+def test_a_take_bet_to_fail_that_passes_discards_its_retake_beside_it(setup):
+    """The bet lost: take 1 is kept, so the take 2 generated beside it is thrown away: cancelled while
+    it generates, or its frames counted when it had finished first; the chain goes on from take 1."""
+    _, engine, _, _ = setup
+    for finished_first in (False, True):
+        retakes, chain, flight = _failing_flight(engine)
+        counts, sampling = QcCounts(), SamplingParams()
+        first, second = flight.first(lambda turn, reason: pytest.fail(reason), counts)
+        take1, take2 = engine.generate([first, second], sampling)
+        if finished_first:
+            flight.on_take(second.request_id, take2, None, counts)
+        ready, _ = flight.on_take(first.request_id, take1, None, counts)  # take 2 with it if it had finished
+        assert len(ready) == 1 + finished_first
+        pending = ready[0][0]
+        pending.metrics = {**retakes.scorer.score([Take(take1.audio, first.text, take1.codes, None)])[0],
+                           "loudness_lufs": 0.0, "clipped_fraction": 0.0}  # as loud as asked, unclipped: kept
+        verdicts = flight.decide(counts, "t")
+        assert [p.engine_id for p, _ in verdicts.accepted] == ["t:0"]
+        assert verdicts.cancel == ([] if finished_first else ["t:0#take2"])
+        assert counts.speculative_discarded == 1
+        assert counts.speculative_frames_discarded == (take2.num_frames if finished_first else 0)
+        assert chain.turn == 1 and [r.request_id for r in verdicts.submit][0] == "t:1"
 
 
 def test_isolated_with_qc_a_failing_script_is_an_error_row_and_the_rest_is_the_same(setup, tiny_checkpoint, plain,
