@@ -263,7 +263,7 @@ def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: s
         asr_model = str(build_tiny_whisper(build_dir / "tiny-whisper"))
     settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model), num_workers=num_workers,
                           **({"metrics": metrics} if metrics else {}))
-    return TakeScorer(settings, sample_rate_hz, device=device).load()
+    return TakeScorer(settings, sample_rate_hz, device=device).load().warm_up()
 
 
 def print_qc(rows, scorer, alone: dict | None = None) -> None:

@@ -170,7 +170,7 @@ class ShardWorker:
             return None
         from synth.qc.scorer import TakeScorer
 
-        scorer = TakeScorer(config.qc, engine.sample_rate_hz, device=resolve_device(config.model.device)).load()
+        scorer = TakeScorer(config.qc, engine.sample_rate_hz, device=resolve_device(config.model.device)).load().warm_up()
         return Retakes(config.qc, scorer, samples_per_frame=engine.samples_per_frame, encode_audio=self.encode)
 
     # -- inputs ---------------------------------------------------------------------

@@ -7,13 +7,16 @@ silence), peak level in dBFS and the fraction of samples at full scale. DNSMOS r
 windows stacked in a batch: on the CPU through onnxruntime (its session is shared by the
 scorer's worker threads), or on a GPU through `onnx2torch`'s conversion of the same graph
 where that converts and agrees with onnxruntime at load (`Dnsmos.placement` says which,
-and why). Only the model OVRL comes from is run: speechmos also runs its P.808 model, whose
+and why). On the CPU a clip shorter than the window, of whole 80 ms frames, is scored from
+one period of its repeated window and the window's edges (`synth.qc.dnsmos_periods`: the
+same value for a fraction of the cost; needs `onnx`). Only the model OVRL comes from is run: speechmos also runs its P.808 model, whose
 score synth does not use. It knows nothing about thresholds (`synth.qc.policy`) or where
 clips come from.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from typing import Sequence
@@ -21,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from synth.qc.deps import require
+from synth.qc.dnsmos_periods import FeatureGraph, plan
 
 MOS_RATE_HZ = 16000  # DNSMOS's rate
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (16-bit full scale, less rounding)
@@ -43,8 +47,15 @@ class Dnsmos:
         options.intra_op_num_threads = options.inter_op_num_threads = max(1, threads)
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.window = math.ceil(self._speechmos.INPUT_LENGTH * MOS_RATE_HZ)  # samples of one window (9.01 s)
+        self.periods = None  # the graph for short clips by their period (None: `onnx` is missing)
+        try:
+            onnx = importlib.import_module("onnx")
+        except ImportError:
+            pass
+        else:
+            self.periods = FeatureGraph(self.path, options, onnx)
         self.module, self.device = None, "cpu"
-        self.placement = "cpu (onnxruntime)"
+        self.placement = "cpu (onnxruntime" + ("; short clips by their period)" if self.periods else ")")
         if device != "cpu":
             self.module, self.placement = _on_device(self, device)
             self.device = device if self.module is not None else "cpu"
@@ -78,15 +89,37 @@ class Dnsmos:
             return np.concatenate([self.module(torch.from_numpy(windows[i : i + DEVICE_ROWS]).to(self.device))
                                    .float().cpu().numpy() for i in range(0, len(windows), DEVICE_ROWS)])
 
+    def ovrl_clips(self, clips_16k: Sequence[np.ndarray]) -> list[float | None]:
+        """DNSMOS overall quality (1..5) of 16 kHz clips on the CPU: a short clip of whole 80 ms frames
+        through one period of its window (`dnsmos_periods.plan`), the others by their windows in one
+        pass (`ovrl_batch`); None for an empty clip or pure silence."""
+        out: list[float | None] = [None] * len(clips_16k)
+        whole: list[tuple[int, np.ndarray]] = []
+        for i, clip in enumerate(clips_16k):
+            windows = self.windows_of(clip)
+            if windows is None:
+                continue
+            stretches = plan(len(clip)) if self.periods is not None and len(clip) < self.window else None
+            if stretches is None:
+                whole.append((i, windows))
+            else:
+                out[i] = float(self._ovrl(self.periods.raw(windows[0], stretches)[None])[0])
+        for (i, _), value in zip(whole, self.ovrl_batch([w for _, w in whole], on_cpu=True)):
+            out[i] = value
+        return out
+
+    def _ovrl(self, raw: np.ndarray) -> np.ndarray:
+        """OVRL [B] from raw (signal, background, overall) [B, 3]: speechmos's own polynomial fit (not
+        personalised; `self` is unused there)."""
+        return self._speechmos.DNSMOS.get_polyfit_val(None, raw[:, 0], raw[:, 1], raw[:, 2], False)[2]
+
     def ovrl_batch(self, stacks: Sequence[np.ndarray | None], *, on_cpu: bool = False) -> list[float | None]:
         """DNSMOS overall quality (1..5) of clips given by their windows (`windows_of`; None stays None):
         every window of the batch in one pass, each clip's score the mean over its windows."""
         present = [w for w in stacks if w is not None]
         if not present:
             return [None] * len(stacks)
-        raw = self.raw(np.concatenate(present), on_cpu=on_cpu)
-        # speechmos's own polynomial fit of its raw scores (not personalised; `self` is unused there)
-        ovrl = self._speechmos.DNSMOS.get_polyfit_val(None, raw[:, 0], raw[:, 1], raw[:, 2], False)[2]
+        ovrl = self._ovrl(self.raw(np.concatenate(present), on_cpu=on_cpu))
         out, at = [], 0
         for w in stacks:
             out.append(None if w is None else float(np.mean(ovrl[at : at + len(w)])))
@@ -95,14 +128,14 @@ class Dnsmos:
 
     def ovrl(self, clip_16k: np.ndarray) -> float | None:
         """DNSMOS overall quality (1..5) of one 16 kHz clip; None for an empty clip or pure silence."""
+        if self.module is None:
+            return self.ovrl_clips([clip_16k])[0]
         return self.ovrl_batch([self.windows_of(clip_16k)])[0]
 
 
 def _on_device(dnsmos: Dnsmos, device: str):
     """(the converted DNSMOS graph on `device`, its placement) where `onnx2torch` converts it and it
     agrees with onnxruntime on two fixed windows; else (None, the CPU placement and why)."""
-    import importlib
-
     try:
         onnx, onnx2torch = importlib.import_module("onnx"), importlib.import_module("onnx2torch")
         module = onnx2torch.convert(onnx.load(dnsmos.path)).eval().to(device)

@@ -254,7 +254,7 @@ def test_the_scorer_keeps_torch_threads_and_its_models_where_it_says(scorer):
     scorer.score([Take(np.zeros(RATE, np.float32), TEXT)])
     assert torch.get_num_threads() == before  # importing silero_vad set it to 1 for the whole process
     assert scorer.placement == {"asr": "cpu (Whisper, batched)", "speaker": scorer.placement["speaker"],
-                                "dnsmos": "cpu (onnxruntime)", "timing": "cpu workers (Silero VAD, batched)",
+                                "dnsmos": "cpu (onnxruntime; short clips by their period)", "timing": "cpu workers (Silero VAD, batched)",
                                 "level": "cpu workers (pyloudnorm)", "repetition": "cpu (from the codes)"}
     assert scorer.stats.cpu_s > 0 and scorer.stats.device_s == 0 and scorer.num_workers == 2
 
@@ -269,3 +269,17 @@ def test_asr_decodes_greedily_unless_told(tiny_whisper, clips, scorer):
         asr.transcribe([scorer._at_16k(clips["speech"])])
     assert seen == [1, 2]
     assert QcSettings().asr.num_beams == 1
+
+
+def test_warm_up_runs_every_model_once_and_counts_nothing(scorer, monkeypatch):
+    """The first calls (Whisper's generate, the speaker encoder) are paid at load, not by the first
+    batch beside generation; the warm-up's take is in neither the stats nor the reference cache."""
+    from synth.qc.scorer import ScorerStats
+
+    calls = []
+    for model, method in ((scorer._asr, "transcribe"), (scorer._speaker, "embed_batch")):
+        original = getattr(model, method)
+        monkeypatch.setattr(model, method, lambda *a, _m=method, _f=original: calls.append(_m) or _f(*a))
+    assert scorer.warm_up() is scorer
+    assert sorted(calls) == ["embed_batch", "transcribe"]
+    assert scorer.stats == ScorerStats() and not scorer._references
