@@ -37,7 +37,7 @@ from synth.qc.speaker import SpeakerEncoder, cosine
 from synth.qc.timing import VoiceActivity
 
 MAX_REFERENCES = 256  # reference embeddings a scorer keeps (a run's voices, a script's speakers)
-JOB_CLIPS = 4  # clips per DNSMOS or spectrogram job: small jobs keep every worker busy to the end
+JOB_CLIPS = 4  # at most this many clips per DNSMOS or spectrogram job: small jobs keep every worker busy to the end
 
 
 @dataclass(frozen=True)
@@ -185,13 +185,15 @@ class TakeScorer:
             return self._pool.submit(self._timed, fn, *args)
 
         by_length = sorted(range(len(takes)), key=lambda i: len(clips[i]))  # like lengths batch with little padding
+        # a small batch (a chain's take or two) spread over every worker: its verdict waits for the slowest job
+        job_clips = max(1, min(JOB_CLIPS, -(-len(takes) // self.num_workers)))
         if "timing" in self.groups:
             groups = _balanced(by_length, [len(c) for c in clips], len(self._vads))
             jobs["timing"] = [(g, submit(_timing_job, vad, [clips[i] for i in g], [takes[i].text for i in g]))
                               for vad, g in zip(self._vads, groups)]
         if "dnsmos" in self.groups and self._dnsmos is not None and self._dnsmos.module is None:
             jobs["dnsmos"] = [(g, submit(_dnsmos_job, self._dnsmos, [clips[i] for i in g]))
-                              for g in _chunks(by_length, JOB_CLIPS)]
+                              for g in _chunks(by_length, job_clips)]
         if "level" in self.groups:
             jobs["level"] = [(g, submit(_level_job, [takes[i].audio for i in g], self.sample_rate_hz))
                              for g in _chunks(by_length, max(1, -(-len(takes) // self.num_workers)))]
@@ -200,7 +202,7 @@ class TakeScorer:
             spectrograms = self._speaker.partials
             with_reference = [i for i in range(len(takes)) if takes[i].reference is not None]
             jobs["partials"] = [(g, submit(lambda cs: [spectrograms(c) for c in cs], [clips[i] for i in g]))
-                                for g in _chunks(with_reference, JOB_CLIPS)]
+                                for g in _chunks(with_reference, job_clips)]
         return jobs
 
     def _speaker_sims(self, takes: Sequence[Take], partial_jobs, rows: list[dict]) -> None:
