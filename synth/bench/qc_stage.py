@@ -221,7 +221,7 @@ class QcChains:
             for flight in touched.values():
                 verdicts = flight.decide(self.counts, "bench")
                 for request_id in verdicts.cancel:
-                    self.engine.cancel(request_id)
+                    self.engine.cancel(request_id, self._cancelled)
                     self.flights.pop(request_id, None)
                 self.judged_frames += sum(accepted.result.num_frames + sum(t["num_frames"] for t in accepted.rejected)
                                           for _, accepted in verdicts.accepted)
@@ -234,6 +234,11 @@ class QcChains:
                     self.live -= 1
                     if self.live == 0:
                         self.engine.close_submissions()
+
+
+    def _cancelled(self, frames: int) -> None:
+        with self.lock:
+            self.counts.speculative_frames_discarded += frames
 
 
 def _does_not_fit(turn: int, reason: str) -> None:

@@ -271,7 +271,7 @@ def run_fast_qc_chains(path, dialogues, sampling, scorer, *, speculate: bool, ma
     setting = (f"{num_slots} slots, {len(dialogues)} chains x {len(dialogues[0])} turns, QC max_takes {max_takes}, "
                f"speculation {'on' if speculate else 'off'}")
     chains = QcChains(engine, scorer, speculate=speculate, max_takes=max_takes)
-    start, discarded = asdict(scorer.stats), engine.scheduler.stats.discarded_frames
+    start = asdict(scorer.stats)
     row, results = _timed_fast(engine, setting, device,
                                lambda e: chains.run(dialogues, sampling, "codes", LOW_WATER))
     now, counts = asdict(scorer.stats), chains.counts
@@ -279,8 +279,7 @@ def run_fast_qc_chains(path, dialogues, sampling, scorer, *, speculate: bool, ma
     row.qc = asdict(QcCost(**{k: now[k] - start[k] for k in start}, waited_s=chains.stage.waited_s,
                            batches=len(chains.stage.batches), speculative_turns=counts.speculative_turns,
                            speculative_discarded=counts.speculative_discarded,
-                           discarded_frames=counts.speculative_frames_discarded
-                           + engine.scheduler.stats.discarded_frames - discarded))
+                           discarded_frames=counts.speculative_frames_discarded))
     engine.close()
     del engine, results
     gc.collect()

@@ -51,6 +51,7 @@ from synth.engine.interface import (
     EngineInfo,
     GenerationRequest,
     GenerationResult,
+    OnCancelled,
     OnResult,
     ResultInfo,
     SamplingParams,
@@ -350,13 +351,14 @@ class FastEngine:
         generates them as if its `on_result` had returned them, and delivers their results there."""
         self._inbox.put("submit", list(requests))
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, on_cancelled: OnCancelled | None = None) -> None:
         """Drop a request from any thread, wherever it is: queued, decoding (its slot is free for the
         next frame's admission) or finished but not yet handed to `on_result`. Nothing of it is
-        delivered; the frames it had generated are counted as discarded (`scheduler.stats`). A
-        request whose result has been handed over already is not affected. Takes effect between
-        two frames of the `run` under way, in order with `submit`."""
-        self._inbox.put("cancel", request_id)
+        delivered; the frames it had generated are counted as discarded (`scheduler.stats`) and
+        handed to `on_cancelled` (on the frame loop's thread; 0 for a request whose result has
+        been handed over already, which is not affected). Takes effect between two frames of the
+        `run` under way, in order with `submit`."""
+        self._inbox.put("cancel", (request_id, on_cancelled))
 
     def open_submissions(self) -> None:
         """Say that more work will be handed over (`submit`) from another thread: `run` does not end
@@ -461,25 +463,30 @@ class _ResultPipeline:
             if kind == "submit":
                 for job in self.engine._jobs(value, self.sampling):
                     self.engine.scheduler.submit(job)
-            elif self.engine.scheduler.cancel(value) is None:
-                self.cancel(value)
+            else:
+                key, on_cancelled = value
+                cancelled = self.engine.scheduler.cancel(key)
+                frames = cancelled.frames if cancelled is not None else self.cancel(key)
+                if on_cancelled is not None:
+                    on_cancelled(frames)
         return bool(items)
 
-    def cancel(self, key) -> bool:
+    def cancel(self, key) -> int:
         """Drop a finished row not yet handed to `on_result`: waiting to be decoded, or being finished
-        (then `finish_rows` drops it). False when there is none (delivered, or never here)."""
+        (then `finish_rows` drops it); its frames (0 when there is none: delivered, or never here)."""
         policy = self.engine.scheduler.policy
         index = next((i for i, f in enumerate(self.to_decode) if f.key == key), None)
         if index is not None:
-            policy.discard(len(self.to_decode.pop(index).codes))
-            return True
+            frames = len(self.to_decode.pop(index).codes)
+            policy.discard(frames)
+            return frames
         with self.lock:
             frames = self.in_finishing.pop(key, None)
             if frames is None:
-                return False
+                return 0
             self.cancelled.add(key)
         policy.discard(frames)
-        return True
+        return frames
 
     def flush(self) -> None:
         """Send the rows waiting in `to_decode` to Mimi as one batch."""

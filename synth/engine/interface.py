@@ -125,6 +125,7 @@ class GenerationResult:
 # An `on_result` object may also have a `prepare(results)` method: engines call it with every result
 # that became ready together, before `on_result` sees each of them (`prepare_results`).
 OnResult = Callable[[GenerationResult], Iterable[GenerationRequest] | None]
+OnCancelled = Callable[[int], None]  # `Engine.cancel`'s acknowledgement: the frames thrown away
 
 
 def prepare_results(on_result: OnResult | None, results: Sequence[GenerationResult]) -> None:
@@ -198,8 +199,11 @@ class Engine(Protocol):
         if its `on_result` had returned them."""
         ...
 
-    def cancel(self, request_id: str) -> None:
-        """Drop a request from any thread, wherever it is short of being handed to `on_result`."""
+    def cancel(self, request_id: str, on_cancelled: OnCancelled | None = None) -> None:
+        """Drop a request from any thread, wherever it is short of being handed to `on_result`.
+        on_cancelled(frames), on the engine's thread once the cancel is applied (before the `run`
+        under way returns): the frames the request had generated, now thrown away (0 when it had
+        none, or when its result had been handed to `on_result` already)."""
         ...
 
     def open_submissions(self) -> None:

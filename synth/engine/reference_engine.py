@@ -201,8 +201,12 @@ class TransformersEngine:
             if kind == "submit":
                 waiting += value
                 continue
+            key, on_cancelled = value
+            frames = sum(x.num_frames for x in done if x.request_id == key)  # generated this round
             for queue in (waiting, done):
-                queue[:] = [x for x in queue if x.request_id != value]
+                queue[:] = [x for x in queue if x.request_id != key]
+            if on_cancelled is not None:
+                on_cancelled(frames)
         return bool(items)
 
     def submit(self, requests: Sequence[GenerationRequest]) -> None:
@@ -210,10 +214,11 @@ class TransformersEngine:
         in its next round, as if `on_result` had returned them."""
         self._inbox.put("submit", list(requests))
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, on_cancelled: interface.OnCancelled | None = None) -> None:
         """Drop a request from any thread: waiting for its round, or generated and not yet handed to
-        `on_result` (a round under way still computes it, padded batches being what they are)."""
-        self._inbox.put("cancel", request_id)
+        `on_result` (a round under way still computes it, padded batches being what they are);
+        `on_cancelled(frames)` once applied (see `Engine.cancel`)."""
+        self._inbox.put("cancel", (request_id, on_cancelled))
 
     def open_submissions(self) -> None:
         """More work will be handed over: `run` waits for it (see `FastEngine.open_submissions`)."""

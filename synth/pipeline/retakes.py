@@ -68,8 +68,8 @@ class QcCounts:
     takes_failed: Counter = field(default_factory=Counter)  # metric -> takes failing it
     failed_scripts: set = field(default_factory=set)
     # speculation (`synth.pipeline.verdicts`): turns and retakes generated ahead of the verdict that needs them,
-    # those thrown away (the verdict went the other way), and the frames of their takes that
-    # had finished when thrown away (a request cancelled while decoding: its frames are the engine's count)
+    # those thrown away (the verdict went the other way), and the frames they had generated (a finished
+    # take's; a cancelled request's as the engine reports them, `Engine.cancel`'s on_cancelled)
     speculative_turns: int = 0
     speculative_discarded: int = 0
     speculative_frames_discarded: int = 0

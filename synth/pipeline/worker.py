@@ -25,6 +25,7 @@ tests drive it directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -125,6 +126,7 @@ class _Part:
     takes: list[dict] = field(default_factory=list)  # rows of rejected takes (QC on)
     qc: QcCounts = field(default_factory=QcCounts)
     running: int = 0  # chains not yet finished
+    cancelling: int = 0  # QC on: speculative requests cancelled whose frames the engine has yet to report
     manifest_rows: dict[str, int] = field(default_factory=dict)  # row id -> its script's manifest row
 
 
@@ -474,7 +476,8 @@ class _ShardRun:
         verdicts = self.flights[id(chain)].decide(part.qc, script.id)
         engine = self.worker.engine
         for request_id in verdicts.cancel:
-            engine.cancel(request_id)
+            part.cancelling += 1
+            engine.cancel(request_id, functools.partial(self._cancelled, part))
             self.chains.pop(request_id, None)
             self.cancelled[request_id] = part
         for pending, accepted in verdicts.accepted:
@@ -491,6 +494,15 @@ class _ShardRun:
         if verdicts.done:
             self._end_chain(part, chain)
 
+    def _cancelled(self, part: _Part, frames: int) -> None:
+        """The engine applied a cancel of the part's (on its thread): the frames it had generated
+        count as discarded; the part commits if it only waited for that."""
+        with self.lock:
+            part.qc.speculative_frames_discarded += frames
+            part.cancelling -= 1
+            if part.running == 0 and part.cancelling == 0:
+                self._commit(part)
+
     # -- chains and parts -----------------------------------------------------------
 
     def _end_chain(self, part: _Part, chain: Chain) -> None:
@@ -498,7 +510,7 @@ class _ShardRun:
             self.worker.retakes.end_chain(chain)
             self.flights.pop(id(chain), None)
         part.running -= 1
-        if part.running == 0:
+        if part.running == 0 and part.cancelling == 0:  # else the last cancel's report commits it
             self._commit(part)
         self._live -= 1
         if self._live <= 0:

@@ -32,17 +32,19 @@ def _engine(path, num_slots: int, **options) -> FastEngine:
                            compile=False, warmup=False, options=FastEngineOptions(**options))
 
 
-def _cancel_at(engine: FastEngine, frame: int, request_id: str) -> None:
+def _cancel_at(engine: FastEngine, frame: int, request_id: str) -> dict[str, int]:
     """Call `engine.cancel(request_id)` once `frame` frames have run, from inside the frame loop,
-    as another thread's call would land between two frames."""
+    as another thread's call would land between two frames; the frames it reports, by request id."""
     run_frame = engine.scheduler.run_frame
+    reported: dict[str, int] = {}
 
     def frame_then_cancel(sample, kv_len=None):
         run_frame(sample, kv_len)
         if engine.scheduler.stats.frames + 1 == frame:
-            engine.cancel(request_id)
+            engine.cancel(request_id, lambda frames: reported.__setitem__(request_id, frames))
 
     engine.scheduler.run_frame = frame_then_cancel
+    return reported
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +56,14 @@ def alone(tiny_checkpoint):
 
 def test_a_cancelled_decoding_row_delivers_nothing_and_its_slot_takes_the_next(tiny_checkpoint, alone):
     engine = _engine(tiny_checkpoint, 1)
-    _cancel_at(engine, 10, "long")
+    reported = _cancel_at(engine, 10, "long")
     seen = []
     results = engine.run([LONG, NEXT], GREEDY, on_result=lambda r: seen.append(r.request_id))
     assert [r.request_id for r in results] == seen == ["next"]
     np.testing.assert_array_equal(results[0].codes, alone["next"])
     stats = engine.scheduler.stats
     assert (stats.cancelled_rows, stats.discarded_frames) == (1, 10)
+    assert reported == {"long": 10}  # the caller hears what was thrown away (a QC run's run.json counts it)
     # the slot went to "next" at once: 10 frames of "long", then its own
     assert stats.frames == 10 + NEXT.max_frames and stats.useful_frames == NEXT.max_frames
 
@@ -69,22 +72,26 @@ def test_cancels_of_queued_and_finished_but_undelivered_rows(tiny_checkpoint, al
     """A queued request and a finished one still waiting to be decoded (rows are decoded in
     batches) are dropped too; a cancel of a request already delivered, or unknown, changes nothing."""
     engine = _engine(tiny_checkpoint, 2, decode_interval_frames=50)
-    _cancel_at(engine, 8, "next")  # "next" ended after 6 frames; it waits for a batch
-    engine.cancel("later-a")  # handed over before the call: taken before the call's own requests, it finds none
+    reported = _cancel_at(engine, 8, "next")  # "next" ended after 6 frames; it waits for a batch
+    # handed over before the call: taken before the call's own requests, it finds none
+    engine.cancel("later-a", lambda frames: reported.__setitem__("later-a", frames))
     results = engine.run([LONG, NEXT, LATER[0]], GREEDY)
     assert {r.request_id for r in results} == {"long", "later-a"}
     stats = engine.scheduler.stats
     assert (stats.cancelled_rows, stats.discarded_frames) == (1, NEXT.max_frames)
     assert stats.useful_frames == sum(len(r.codes) for r in results)
-    engine.cancel("long")  # delivered already: nothing happens
+    assert reported == {"next": NEXT.max_frames, "later-a": 0}
+    engine.cancel("long", lambda frames: reported.__setitem__("long", frames))  # delivered already: nothing happens
     [again] = engine.generate([NEXT], GREEDY)
     np.testing.assert_array_equal(again.codes, alone["next"])
+    assert reported["long"] == 0  # applied at the next call's start, before its work
 
     queued = _engine(tiny_checkpoint, 1)
-    _cancel_at(queued, 2, "later-b")
+    reported = _cancel_at(queued, 2, "later-b")
     results = queued.run([LONG, *LATER], GREEDY, on_result=lambda r: None)
     assert {r.request_id for r in results} == {"long", "later-a"}
     assert (queued.scheduler.stats.cancelled_rows, queued.scheduler.stats.discarded_frames) == (1, 0)
+    assert reported == {"later-b": 0}
 
 
 @pytest.mark.parametrize("result_thread", [False, True])
@@ -150,9 +157,11 @@ def test_the_reference_engine_takes_submissions_and_cancels_too(tiny_checkpoint,
 
     engine = TransformersEngine.load(tiny_checkpoint, device="cpu", dtype="float64", compile=False)
 
+    reported = []
+
     def verdicts():
         engine.submit(LATER)
-        engine.cancel("later-b")
+        engine.cancel("later-b", reported.append)
         engine.close_submissions()
 
     def on_result(result):
@@ -161,6 +170,6 @@ def test_the_reference_engine_takes_submissions_and_cancels_too(tiny_checkpoint,
 
     engine.open_submissions()
     results = engine.run([NEXT], GREEDY, on_result=on_result)
-    assert sorted(r.request_id for r in results) == ["later-a", "next"]
+    assert sorted(r.request_id for r in results) == ["later-a", "next"] and reported == [0]  # dropped while waiting
     for r in results:
         np.testing.assert_array_equal(r.codes, alone[r.request_id], err_msg=r.request_id)

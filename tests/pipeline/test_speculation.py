@@ -65,10 +65,16 @@ def _run(setup, tiny_checkpoint, name: str, *extra: str, max_queued: int | None 
     # min_rate 0: bet that every take is kept (the next turn ahead: the most to roll back); 1: once a take
     # number failed, bet that it fails (the next take ahead)
     worker.keep_rate = KeepRate(min_rate=min_rate)
+    stats = engine.scheduler.stats
+    before = stats.useful_frames + stats.discarded_frames
     commits = _in_time(lambda: worker.run_shard(shard))
     data = pq.read_table(work / name / "data").to_pylist()
     takes = pq.read_table(work / name / "takes").to_pylist()
+    _frames_generated[name] = stats.useful_frames + stats.discarded_frames - before
     return commits, {r["id"]: r for r in data}, {(t["id"], t["take"]): t for t in takes}
+
+
+_frames_generated: dict[str, int] = {}  # output name -> frames the engine generated for it (kept, rejected, discarded)
 
 
 def _in_time(fn):
@@ -127,6 +133,18 @@ def test_speculation_gives_the_plain_order_rows_and_takes_bit_for_bit(plain, spe
     assert sum(q["speculative_turns"] for q in spec) >= 12  # every followed turn's first take at least
     assert sum(q["speculative_discarded"] for q in spec) > 0  # some parents failed: their continuations went
     assert qc_totals(spec) == {**qc_totals(plain_qc), **{k: v for k, v in qc_totals(spec).items() if "speculative" in k}}
+
+
+@pytest.mark.parametrize("name", ["plain", "speculative", "retaking-ahead"])
+def test_every_generated_frame_is_a_row_a_take_or_counted_as_discarded(plain, speculative, retaking_ahead, name):
+    """The frames the engine generated for a run are the kept takes', the rejected takes', and the
+    markers' (so run.json's) speculative_frames_discarded: finished takes thrown away and requests
+    cancelled while they generated or waited to be decoded, reported by the engine."""
+    commits, data, takes = {"plain": plain, "speculative": speculative, "retaking-ahead": retaking_ahead}[name]
+    discarded = sum(c.qc["speculative_frames_discarded"] for c in commits)
+    kept, rejected = sum(r["num_frames"] for r in data.values()), sum(t["num_frames"] for t in takes.values())
+    assert kept + rejected + discarded == _frames_generated[name]
+    assert (discarded == 0) == (name == "plain")
 
 
 def test_retakes_generated_ahead_of_their_verdicts_give_the_plain_order_output(plain, retaking_ahead):
