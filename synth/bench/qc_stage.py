@@ -234,6 +234,13 @@ class QcChains:
                     self.live -= 1
                     if self.live == 0:
                         self.engine.close_submissions()
+            submit = []  # takes generating alone whose bet has turned since: their siblings, as a run does
+            for flight in {id(f): f for f in self.flights.values()}.values():
+                for request in flight.bet_again(self.counts):
+                    self.flights[request.request_id] = flight
+                    submit.append(request)
+            if submit:
+                self.engine.submit(submit)
 
 
     def _cancelled(self, frames: int) -> None:

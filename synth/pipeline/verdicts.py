@@ -37,6 +37,7 @@ import numpy as np
 from synth.engine.interface import GenerationRequest, GenerationResult
 from synth.pipeline.chain import Chain, ChainState
 from synth.pipeline.context_plan import ContextPlan
+from synth.pipeline.record import take_id
 from synth.pipeline.retakes import Accepted, QcCounts, Retakes
 from synth.qc.scorer import Take
 
@@ -166,6 +167,18 @@ class ChainFlight:
             return pending, take, []
         return pending, take, self._issue(replace(ahead, speculative=True), 1, counts)
 
+    def bet_again(self, counts: QcCounts) -> list[GenerationRequest]:
+        """The turn's next takes, to generate beside the take now generating alone, where the bet has
+        turned since it was requested (its take number now fails often enough; e.g. the first takes
+        of a run, requested before any verdict); empty when nothing changes."""
+        if self.pending or len(self.in_flight) != 1 or not self.speculate_takes:
+            return []
+        request = self.chain.request
+        number = self.retakes.take_number(request)  # the take generating now (none awaits a verdict)
+        if self.in_flight[0] != (request.request_id if number == 1 else take_id(request.request_id, number)):
+            return []
+        return self._register(self._siblings(number), counts)
+
     def decide(self, counts: QcCounts, script_id: str) -> Verdicts:
         """Apply the verdicts that can be applied: the head's, while it is scored, in chain order."""
         out = Verdicts()
@@ -208,15 +221,21 @@ class ChainFlight:
         return False
 
     def _issue(self, request: GenerationRequest | None, number: int, counts: QcCounts) -> list[GenerationRequest]:
-        """`request` (take `number` of the chain's current turn) and, while the bet says a take will fail,
-        the turn's next takes beside it (up to `qc.max_takes`): registered as generating, counted when
-        made ahead of a verdict."""
-        if request is None:
-            return []
-        requests = [request]
+        """`request` (take `number` of the chain's current turn) and the turn's next takes beside it
+        where the bet says it will fail (`_siblings`), registered as generating."""
+        return [] if request is None else self._register([request, *self._siblings(number)], counts)
+
+    def _siblings(self, number: int) -> list[GenerationRequest]:
+        """The current turn's takes after take `number`, while the bet says the one before each will
+        fail (up to `qc.max_takes`): the same request with each take's id and seed, speculative."""
+        siblings = []
         while self.speculate_takes and number < self.retakes.settings.max_takes and not self.keep_rate.worth_it(number):
             number += 1
-            requests.append(replace(self.retakes.retake(self.chain.request, number), speculative=True))
+            siblings.append(replace(self.retakes.retake(self.chain.request, number), speculative=True))
+        return siblings
+
+    def _register(self, requests: list[GenerationRequest], counts: QcCounts) -> list[GenerationRequest]:
+        """Note `requests` as generating (those made ahead of a verdict counted); returns them."""
         self.in_flight += [r.request_id for r in requests]
         self.speculative |= {r.request_id for r in requests if r.speculative}
         counts.speculative_turns += sum(r.speculative for r in requests)

@@ -327,6 +327,7 @@ class _ShardRun:
         self.stage: QcStage | None = None
         self._open = False  # QC on: the engine's submissions are open (closed when no chain of the run is left)
         self._live = 0  # QC on: chains of the `generate` under way not yet finished
+        self._generating: set[int] = set()  # QC on: id() of the chains of the `generate` under way
         self.t0 = time.perf_counter()
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> None:
@@ -339,7 +340,8 @@ class _ShardRun:
         self.stage = QcStage(self._score, self._apply, max_queued=self.worker.qc_max_queued,
                              on_error=lambda e: self._close_submissions())
         with self.lock:
-            self._open, self._live = True, len({id(self.chains[r.request_id][2]) for r in requests})  # chains
+            self._generating = {id(self.chains[r.request_id][2]) for r in requests}  # the chains of this call
+            self._open, self._live = True, len(self._generating)
             engine.open_submissions()
         try:
             engine.run(requests, params, on_result=self)
@@ -471,6 +473,21 @@ class _ShardRun:
             for item in touched.values():
                 if id(item.chain) in self.flights:
                     self._decide(item.part, item.script, item.chain)
+            self._bet_again()
+
+    def _bet_again(self) -> None:
+        """Takes generating alone whose bet has turned since (e.g. a run's first takes, requested before
+        any verdict) get the turn's next takes beside them (`ChainFlight.bet_again`)."""
+        submit: list[GenerationRequest] = []
+        for key in self._generating & self.flights.keys():  # not the chains waiting for a run of their own
+            flight = self.flights[key]
+            who = self.chains.get(flight.in_flight[0]) if len(flight.in_flight) == 1 else None
+            if who is not None:
+                siblings = flight.bet_again(who[0].qc)
+                self.chains.update((r.request_id, who) for r in siblings)
+                submit += siblings
+        if submit:
+            self.worker.engine.submit(submit)
 
     def _decide(self, part: _Part, script: Script, chain: Chain) -> None:
         verdicts = self.flights[id(chain)].decide(part.qc, script.id)

@@ -260,6 +260,32 @@ def test_a_take_bet_to_fail_is_generated_beside_its_retake_and_both_are_scored_t
     assert counts.speculative_discarded == 0 and chain.turn == 1
 
 
+def test_a_take_generating_alone_gets_its_retake_beside_it_once_the_bet_turns(setup):
+    """A run's first takes are requested before any verdict (bet kept); once take 1 fails often enough,
+    a take 1 still generating alone gets take 2 beside it, once, and the verdicts go on as before."""
+    _, engine, _, _ = setup
+    retakes, chain, flight = _failing_flight(engine)
+    flight.keep_rate = KeepRate()  # nothing seen yet: take 1 is bet kept
+    counts, sampling = QcCounts(), SamplingParams()
+    (first,) = flight.first(lambda turn, reason: pytest.fail(reason), counts)
+    assert flight.bet_again(counts) == []  # the bet has not turned
+    flight.keep_rate.record(1, False)
+    flight.keep_rate.record(2, False)
+    (second,) = flight.bet_again(counts)
+    assert second.request_id == "t:0#take2" and second.speculative and second.seed != first.seed
+    assert second.context == first.context and counts.speculative_turns == 1
+    assert flight.bet_again(counts) == [] and flight.in_flight == ["t:0", "t:0#take2"]  # once
+    take1, take2 = engine.generate([first, second], sampling)
+    ready, ahead = flight.on_take(first.request_id, take1, None, counts)
+    assert ready and ahead == []  # take 2 still generating beside it: no bet on take 1
+    assert flight.bet_again(counts) == []  # a take awaits its verdict: nothing to add
+    ready += flight.on_take(second.request_id, take2, None, counts)[0]
+    for (pending, _), metrics in zip(ready, retakes.scorer.score([t for _, t in ready])):
+        pending.metrics = metrics
+    verdicts = flight.decide(counts, "t")
+    assert len(verdicts.accepted) == 1 and [r.request_id for r in verdicts.submit] == ["t:1", "t:1#take2"]
+
+
 def test_a_take_bet_to_fail_that_passes_discards_its_retake_beside_it(setup):
     """The bet lost: take 1 is kept, so the take 2 generated beside it is thrown away: cancelled while
     it generates, or its frames counted when it had finished first; the chain goes on from take 1."""
