@@ -149,7 +149,6 @@ class QcChains:
         self.counts = QcCounts()
         self.lock = threading.RLock()
         self.flights: dict = {}  # request id in flight -> its chain's ChainFlight
-        self.cancelled: set[str] = set()
         self.live = 0  # chains not yet done
         self.judged_frames = 0  # frames of every take judged (kept or retaken)
         self.stage = None
@@ -204,12 +203,9 @@ class QcChains:
         return None
 
     def _score(self, items: list) -> list:
-        live = [i for i, (_, pending, _) in enumerate(items) if not pending.discarded]
-        scored = self.scorer.score([items[i][2] for i in live]) if live else []
-        metrics: list = [None] * len(items)
-        for i, m in zip(live, scored):
-            metrics[i] = m
-        return metrics
+        from synth.pipeline.verdicts import score_wanted
+
+        return score_wanted(self.scorer, [(pending, take) for _, pending, take in items])
 
     def _apply(self, items: list, metrics: list) -> None:
         with self.lock:

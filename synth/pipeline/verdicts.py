@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -80,6 +80,16 @@ class Verdicts:
     skipped: list[tuple[int, str]] = field(default_factory=list)
     submit: list[GenerationRequest] = field(default_factory=list)
     done: bool = False
+
+
+def score_wanted(scorer, queued: Sequence[tuple[PendingTake, Take]]) -> list[dict | None]:
+    """Metrics of queued takes in one batch (`TakeScorer.score`); None for those discarded while they
+    waited (a roll back), which are not scored."""
+    wanted = [i for i, (pending, _) in enumerate(queued) if not pending.discarded]
+    metrics: list[dict | None] = [None] * len(queued)
+    for i, m in zip(wanted, scorer.score([queued[i][1] for i in wanted]) if wanted else []):
+        metrics[i] = m
+    return metrics
 
 
 class KeepRate:
@@ -152,11 +162,10 @@ class ChainFlight:
         self.pending.append(pending)
         if self.in_flight:  # the turn's next takes generate beside this one: the bet was placed already
             return pending, take, []
-        bet = self.keep_rate is None or self.keep_rate.worth_it(pending.number)
-        if not bet and self.speculate_takes and number < self.retakes.settings.max_takes:
-            # the verdict will likely ask for it: the same request, the next seed
-            retake = replace(self.retakes.retake(request, number + 1), speculative=True)
-            return pending, take, self._issue(retake, number + 1, counts)
+        retakes = self._siblings(number)  # the verdict will likely ask for them: the same request, the next seeds
+        if retakes:
+            return pending, take, self._register(retakes, counts)
+        bet = self.keep_rate is None or self.keep_rate.worth_it(number)
         if not (self.speculate_turns and request.followed and bet):
             return pending, take, []
         pending.assumed = self.retakes.as_accepted(request, result)

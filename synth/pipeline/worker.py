@@ -51,7 +51,7 @@ from synth.pipeline.qc_stage import QcStage
 from synth.pipeline.record import OutputRow, codes_to_list, no_qc, row_id, voice_key
 from synth.pipeline.retakes import QcCounts, Retakes
 from synth.pipeline.spoken import spoken_text
-from synth.pipeline.verdicts import ChainFlight, KeepRate, PendingTake
+from synth.pipeline.verdicts import ChainFlight, KeepRate, PendingTake, score_wanted
 from synth.pipeline.voices import VoiceLibrary
 from synth.pipeline.writer import DatasetWriter
 from synth.qc.scorer import Take
@@ -455,12 +455,7 @@ class _ShardRun:
 
     def _score(self, items: list[_Queued]) -> list[dict | None]:
         """Metrics of the queued takes still wanted (None for those discarded meanwhile), in one batch."""
-        live = [i for i, item in enumerate(items) if not item.pending.discarded]
-        scored = self.worker.retakes.scorer.score([items[i].take for i in live]) if live else []
-        metrics: list[dict | None] = [None] * len(items)
-        for i, m in zip(live, scored):
-            metrics[i] = m
-        return metrics
+        return score_wanted(self.worker.retakes.scorer, [(item.pending, item.take) for item in items])
 
     def _apply(self, items: list[_Queued], metrics: list[dict | None]) -> None:
         """The verdicts the batch makes possible, chain by chain, in each chain's order."""
