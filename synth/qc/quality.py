@@ -47,18 +47,21 @@ class Dnsmos:
         options.intra_op_num_threads = options.inter_op_num_threads = max(1, threads)
         self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.window = math.ceil(self._speechmos.INPUT_LENGTH * MOS_RATE_HZ)  # samples of one window (9.01 s)
-        self.periods = None  # the graph for short clips by their period (None: `onnx` is missing)
-        try:
-            onnx = importlib.import_module("onnx")
-        except ImportError:
-            pass
-        else:
-            self.periods = FeatureGraph(self.path, options, onnx)
         self.module, self.device = None, "cpu"
-        self.placement = "cpu (onnxruntime" + ("; short clips by their period)" if self.periods else ")")
+        self.placement = "cpu (onnxruntime)"
         if device != "cpu":
             self.module, self.placement = _on_device(self, device)
             self.device = device if self.module is not None else "cpu"
+        self.periods = None  # the CPU path's graph for short clips by their period (None: on a GPU, or no `onnx`)
+        if self.module is None:
+            try:
+                onnx = importlib.import_module("onnx")
+            except ImportError:
+                pass
+            else:
+                self.periods = FeatureGraph(self.path, options, onnx)
+                if device == "cpu":
+                    self.placement = "cpu (onnxruntime; short clips by their period)"
 
     def windows_of(self, clip_16k: np.ndarray) -> np.ndarray | None:
         """The windows DNSMOS scores for a 16 kHz clip [H, window], as speechmos cuts them; None for
