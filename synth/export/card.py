@@ -167,8 +167,9 @@ def _model_lines(stats: OutputStats) -> str:
     return "\n".join(lines) or "- (no rows)"
 
 
-def _qc_section(stats: OutputStats, numbers: dict) -> str:
-    """The QC rows of the statistics table, failures by metric, and where the verdicts came from."""
+def _qc_section(stats: OutputStats, numbers: dict, models: dict | None = None) -> str:
+    """The QC rows of the statistics table, failures by metric, where the verdicts came from, and
+    where the run's QC models ran (run.json's qc.models: a device, a precision, a shortcut)."""
     if not stats.has_qc:
         return "| QC | not measured (no `qc_pass` values, in data/ or from `synth rescore`) |\n"
     failed = ", ".join(f"{metric} {n}" for metric, n in numbers["qc_failed_by_metric"].items()) or "none"
@@ -180,6 +181,9 @@ def _qc_section(stats: OutputStats, numbers: dict) -> str:
                        for k, n in stats.qc_rescore_settings.most_common())
         lines.append(f"| QC verdicts from | the run's QC (data/): {own} rows; `synth rescore` (qc/, used where data/ "
                      f"has none; a part's newest scores win): {stats.qc_rescored_rows} rows ({by}) |")
+    if models:
+        lines.append("| QC models (the run's) | " + "; ".join(f"{group}: {' or '.join(where)}"
+                                                        for group, where in models.items()) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -295,7 +299,7 @@ def card_text(output: Store, stats: OutputStats, *, license_id: str = "other") -
 | error rows | {stats.error_rows} |
 | speakers | {numbers['speakers']} ({speakers or 'none'}) |
 | voices | {numbers['voices']} |
-{_qc_section(stats, numbers)}{run_note}
+{_qc_section(stats, numbers, ((output.read_record(RUN_RECORD) or {}).get("qc") or {}).get("models"))}{run_note}
 ## Loading
 
 ```python

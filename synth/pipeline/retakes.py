@@ -220,7 +220,8 @@ class Retakes:
 
 
 def qc_totals(parts: list[dict]) -> dict | None:
-    """run.json's QC totals from the parts' `QcCounts` records; None when no part was checked."""
+    """run.json's QC totals from the parts' `QcCounts` records (and `models`: each metric group's
+    placements, `TakeScorer.placement`, as the parts' actors reported them); None when no part was checked."""
     parts = [p for p in parts if p]
     if not parts:
         return None
@@ -230,9 +231,14 @@ def qc_totals(parts: list[dict]) -> dict | None:
         failed.update(p["failed"])
         takes_failed.update(p["takes_failed"])
     passed = sum(p["passed"] for p in parts)
+    models: dict[str, set] = {}  # metric group -> every placement a part's scorer reported (actors may differ)
+    for p in parts:
+        for group, where in p.get("models", {}).items():
+            models.setdefault(group, set()).add(where)
     return {"turns": turns, "passed": passed, "pass_rate": passed / turns if turns else None,
             "takes": takes, "takes_per_turn": takes / turns if turns else None,
             "failed_by_metric": dict(sorted(failed.items())), "takes_failed_by_metric": dict(sorted(takes_failed.items())),
             "scripts_failing_qc": sum(p["failed_scripts"] for p in parts),
+            "models": {group: sorted(where) for group, where in models.items()},
             **{k: sum(p.get(k, 0) for p in parts)
                for k in ("speculative_turns", "speculative_discarded", "speculative_frames_discarded")}}

@@ -560,7 +560,9 @@ class _ShardRun:
     def _commit(self, part: _Part) -> None:
         del self.parts[part.index]
         part.rows.sort(key=lambda r: (r["script_id"], r["turn"]))
-        qc = part.qc.to_dict() if self.worker.retakes is not None else None
+        retakes = self.worker.retakes
+        # the counts, and where (and in what precision) each QC model ran: run.json's qc.models
+        qc = {**part.qc.to_dict(), "models": retakes.scorer.placement} if retakes is not None else None
         done = self.worker.writer.commit_part(self.shard.index, part.index, part.rows, part.errors,
                                               scripts=part.scripts, takes=part.takes, qc=qc,
                                               manifest_rows=part.manifest_rows)

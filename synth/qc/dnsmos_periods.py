@@ -12,7 +12,8 @@ frames either side, `HALO_ROWS` rows) stays inside the window has the value of t
 period earlier. So the global maximum is the maximum over the first `HALO_ROWS` rows, one
 period of rows after them and the last `HALO_ROWS` rows: computed from two short stretches of
 the window (`plan`), through the same graph cut before its global maximum and given a free
-length (`FeatureGraph`), with the dense head in numpy. Same values as the whole window within
+length (`FeatureGraph` in onnxruntime, or its torch rebuild `synth.qc.dnsmos_net.FeatureNet`),
+with the dense head in numpy (`raw`; the whole window is the one stretch `WHOLE`). Same values as the whole window within
 float rounding (tests/qc/test_dnsmos_periods.py: within 1e-5 of onnxruntime on the window);
 a 1 s clip costs a quarter of the window, a 4 s one two thirds; clips of another length or too
 long to gain go through the whole window. Editing the graph needs `onnx`; without it the
@@ -22,6 +23,7 @@ caller keeps the whole window. It knows nothing about the scorer or thresholds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -66,9 +68,40 @@ def plan(num_samples: int) -> tuple[Stretch, Stretch] | None:
     return head, tail
 
 
+WHOLE = Stretch(0, HOP * (FRAMES + 1), 0, ROWS)  # the whole window as one stretch: every row true
+
+
+def load_weights(path: str, onnx) -> dict[str, np.ndarray]:
+    """The graph's weights (initializers) by name; onnx: the `onnx` module."""
+    from onnx import numpy_helper
+
+    return {w.name: numpy_helper.to_array(w) for w in onnx.load(path).graph.initializer}
+
+
+def dense_head(weights: dict[str, np.ndarray]) -> dict[tuple[str, str], np.ndarray]:
+    """The three dense layers after the global maximum, by (layer, part)."""
+    return {(layer, part): weights[DENSE.format(layer, part)] for layer in ("", "_1", "_3") for part in ("MatMul", "BiasAdd")}
+
+
+def raw(features: Callable[[np.ndarray], np.ndarray], head: dict, windows: np.ndarray,
+        stretches: Sequence[Stretch]) -> np.ndarray:
+    """The model's raw (signal, background, overall) [B, 3] of filled windows [B, FRAMES * HOP + HOP]
+    from their stretches (the same for every window); features: samples [B, S] -> [B, 64, rows, 20]
+    (`FeatureGraph`, or `synth.qc.dnsmos_net.FeatureNet`)."""
+    peak = None
+    for s in stretches:
+        rows = features(windows[:, s.start : s.stop])  # [B, 64, rows, 20]
+        assert rows.shape[2] >= s.stop_row, (rows.shape, s)
+        top = rows[:, :, s.first_row : s.stop_row].max(axis=(2, 3))  # [B, 64]
+        peak = top if peak is None else np.maximum(peak, top)
+    x = np.maximum(peak @ head["", "MatMul"] + head["", "BiasAdd"], 0)
+    x = np.maximum(x @ head["_1", "MatMul"] + head["_1", "BiasAdd"], 0)
+    return x @ head["_3", "MatMul"] + head["_3", "BiasAdd"]
+
+
 class FeatureGraph:
-    """The DNSMOS graph cut before its global maximum, on any whole number of STFT frames, and its
-    dense head: `raw` of a filled window through its `plan`."""
+    """The DNSMOS graph cut before its global maximum, on any whole number of STFT frames, run by
+    onnxruntime: samples [B, S] -> features [B, 64, rows, 20]."""
 
     def __init__(self, path: str, session_options, onnx):
         """path: speechmos's sig_bak_ovr.onnx; onnx: the `onnx` module (the graph is edited in memory)."""
@@ -90,8 +123,6 @@ class FeatureGraph:
         length = graph.input[0].type.tensor_type.shape.dim[1]
         length.ClearField("dim_value")
         length.dim_param = "samples"
-        self.head = {(layer, part): numpy_helper.to_array(weights[DENSE.format(layer, part)])
-                     for layer in ("", "_1", "_3") for part in ("MatMul", "BiasAdd")}  # the dense layers
         kept = []
         for node in graph.node:
             kept.append(node)
@@ -110,16 +141,5 @@ class FeatureGraph:
         self.session = ort.InferenceSession(model.SerializeToString(), session_options,
                                             providers=["CPUExecutionProvider"])
 
-    def raw(self, window: np.ndarray, stretches: tuple[Stretch, Stretch]) -> np.ndarray:
-        """The model's raw (signal, background, overall) [3] of a filled window [FRAMES * HOP + HOP]
-        from its two stretches."""
-        peak = None
-        for s in stretches:
-            rows = self.session.run(None, {"input_1": window[None, s.start : s.stop]})[0]  # [1, 64, rows, 20]
-            assert rows.shape[2] >= s.stop_row, (rows.shape, s)
-            top = rows[0, :, s.first_row : s.stop_row].max(axis=(1, 2))  # [64]
-            peak = top if peak is None else np.maximum(peak, top)
-        h = self.head
-        x = np.maximum(peak @ h["", "MatMul"] + h["", "BiasAdd"], 0)
-        x = np.maximum(x @ h["_1", "MatMul"] + h["_1", "BiasAdd"], 0)
-        return x @ h["_3", "MatMul"] + h["_3", "BiasAdd"]
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input_1": np.ascontiguousarray(samples, np.float32)})[0]

@@ -28,6 +28,8 @@ METRIC_COLUMNS = {
 METRICS = tuple(c for cols in METRIC_COLUMNS.values() for c in cols)  # every metric column, in order
 _FORBID = {"extra": "forbid"}  # a plain dict: this layer does not import pydantic
 MAX_WORKERS = 64  # qc.num_workers: more threads than any actor has cores
+DNSMOS_PRECISIONS = ("auto", "float32", "bfloat16")  # qc.dnsmos_precision
+EXECUTION = ("num_workers", "dnsmos_precision", "speculative")  # settings of how QC runs, not what it computes
 
 
 def _check(condition: bool, message: str) -> None:
@@ -113,9 +115,12 @@ class QcSettings:
     before the best failing one is kept. count_failures_as_errors: a script whose kept take
     fails counts toward `job.max_error_rate`. keep_take_audio: rejected takes keep their audio
     in takes/ (their codes are always kept). num_workers: threads that compute the CPU metrics of
-    a batch in parallel. speculative: a chain's next turn is generated while its take awaits the
+    a batch in parallel. dnsmos_precision: DNSMOS's convolutions on a CPU (`DNSMOS_PRECISIONS`;
+    auto: bfloat16 where the CPU computes it natively, within 0.01 MOS of float32, checked at
+    load; a GPU runs float32). speculative: a chain's next turn is generated while its take awaits the
     verdict, and generated again if the take is not kept (`synth.pipeline.verdicts`; the same
-    output either way). Neither changes what is computed: not part of `identity`."""
+    output either way). None of these three changes what is computed beyond float rounding (as
+    the device DNSMOS runs on does not): not part of `identity`."""
 
     __pydantic_config__ = _FORBID
 
@@ -128,6 +133,7 @@ class QcSettings:
     count_failures_as_errors: bool = False
     keep_take_audio: bool = True
     num_workers: int = 2
+    dnsmos_precision: str = "auto"
     speculative: bool = True
 
     def __post_init__(self):
@@ -136,6 +142,8 @@ class QcSettings:
         _check(self.max_takes >= 1, f"qc.max_takes must be >= 1, got {self.max_takes}")
         _check(1 <= self.num_workers <= MAX_WORKERS,
                f"qc.num_workers must be between 1 and {MAX_WORKERS}, got {self.num_workers}")
+        _check(self.dnsmos_precision in DNSMOS_PRECISIONS,
+               f"qc.dnsmos_precision must be one of {list(DNSMOS_PRECISIONS)}, got {self.dnsmos_precision!r}")
         _check(not self.cleanup.trim_silence or "timing" in self.metrics,
                "qc.cleanup.trim_silence needs the `timing` metrics (the VAD finds the silence) in qc.metrics")
 
@@ -146,8 +154,8 @@ class QcSettings:
 
     def identity(self) -> dict:
         """The settings that decide what QC computes (a run's plan.json, a rescore's markers): all
-        but how it executes (`num_workers`, `speculative`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("num_workers", "speculative")}
+        but how it executes (`num_workers`, `dnsmos_precision`, `speculative`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION}
 
     def measured(self) -> set[str]:
         """The metric columns this policy computes."""

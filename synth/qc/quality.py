@@ -19,27 +19,35 @@ from __future__ import annotations
 import importlib
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from synth.qc.deps import require
-from synth.qc.dnsmos_periods import FeatureGraph, plan
+from synth.qc.dnsmos_net import FeatureNet, native_bfloat16
+from synth.qc.dnsmos_periods import WHOLE, FeatureGraph, dense_head, load_weights, plan
+from synth.qc.dnsmos_periods import raw as periods_raw
+from synth.qc.policy import DNSMOS_PRECISIONS
 
 MOS_RATE_HZ = 16000  # DNSMOS's rate
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (16-bit full scale, less rounding)
 MIN_LOUDNESS_S = 0.4  # BS.1770's gating block: pyloudnorm refuses shorter clips
 CPU_ROWS = 2  # windows per onnxruntime call on the CPU: larger batches only add memory traffic there
 DEVICE_ROWS = 64  # windows per call on a GPU (64 x 9 s)
-DEVICE_TOLERANCE = 0.01  # most |OVRL| difference between the GPU path and onnxruntime at load
+TOLERANCE = 0.01  # most |OVRL| difference from onnxruntime's float32 at load, of the GPU or bfloat16 path
 
 
 class Dnsmos:
     """speechmos's DNSMOS primary model (signal, background, overall), loaded once. On the CPU,
-    onnxruntime held to `threads` threads per call (the scorer calls it from its worker threads);
-    with `device` a GPU, the converted graph there if it agrees with onnxruntime."""
+    onnxruntime held to `threads` threads per call (the scorer calls it from its worker threads),
+    or with `precision` bfloat16 the torch rebuild of its convolutions (`synth.qc.dnsmos_net`) if it
+    agrees with onnxruntime at load; with `device` a GPU, the converted graph there if it agrees."""
 
-    def __init__(self, threads: int = 1, device: str = "cpu"):
+    def __init__(self, threads: int = 1, device: str = "cpu", precision: str = "auto"):
+        """precision: the CPU path's, one of `DNSMOS_PRECISIONS` (auto: bfloat16 where the CPU computes it
+        natively, `dnsmos_net.native_bfloat16`; else float32); a GPU's graph is float32."""
+        if precision not in DNSMOS_PRECISIONS:
+            raise ValueError(f"DNSMOS precision {precision!r}: expected one of {DNSMOS_PRECISIONS}")
         self._speechmos = require("speechmos.dnsmos")
         ort = require("onnxruntime")
         self.path = os.path.join(os.path.dirname(self._speechmos.__file__), "dnsmos_models", "sig_bak_ovr.onnx")
@@ -52,16 +60,35 @@ class Dnsmos:
         if device != "cpu":
             self.module, self.placement = _on_device(self, device)
             self.device = device if self.module is not None else "cpu"
-        self.periods = None  # the CPU path's graph for short clips by their period (None: on a GPU, or no `onnx`)
-        if self.module is None:
-            try:
-                onnx = importlib.import_module("onnx")
-            except ImportError:
-                pass
-            else:
-                self.periods = FeatureGraph(self.path, options, onnx)
-                if device == "cpu":
-                    self.placement = "cpu (onnxruntime; short clips by their period)"
+        # the CPU path's features of any stretch of a window (`dnsmos_periods`): short clips by their period,
+        # and in bfloat16 every window; None on a GPU, or without `onnx`
+        self.features: Callable[[np.ndarray], np.ndarray] | None = None
+        self.head: dict = {}
+        if self.module is not None:
+            return
+        try:
+            onnx = importlib.import_module("onnx")
+        except ImportError:
+            return
+        weights = load_weights(self.path, onnx)
+        self.head = dense_head(weights)
+        why_not = ""
+        if precision == "bfloat16" or (precision == "auto" and native_bfloat16()):
+            self.features = FeatureNet(weights, "bfloat16")
+            gap = _gap(self, lambda w: self._ovrl(periods_raw(self.features, self.head, w, (WHOLE,))))
+            if gap <= TOLERANCE:
+                self.placement = (f"cpu (torch, convolutions in bfloat16, within {gap:.1g} MOS of onnxruntime; "
+                                  "short clips by their period)")
+                return
+            why_not = f"; bfloat16 differs by {gap:.3g} MOS"
+        self.features = FeatureGraph(self.path, options, onnx)
+        if device == "cpu":
+            self.placement = f"cpu (onnxruntime; short clips by their period{why_not})"
+
+    @property
+    def bfloat16(self) -> bool:
+        """Whether the CPU path runs its convolutions in bfloat16."""
+        return isinstance(self.features, FeatureNet)
 
     def windows_of(self, clip_16k: np.ndarray) -> np.ndarray | None:
         """The windows DNSMOS scores for a 16 kHz clip [H, window], as speechmos cuts them; None for
@@ -94,19 +121,22 @@ class Dnsmos:
 
     def ovrl_clips(self, clips_16k: Sequence[np.ndarray]) -> list[float | None]:
         """DNSMOS overall quality (1..5) of 16 kHz clips on the CPU: a short clip of whole 80 ms frames
-        through one period of its window (`dnsmos_periods.plan`), the others by their windows in one
-        pass (`ovrl_batch`); None for an empty clip or pure silence."""
+        through one period of its window (`dnsmos_periods.plan`); the others by their windows, in
+        bfloat16 one clip at a time, else in one onnxruntime pass (`ovrl_batch`); None for an empty
+        clip or pure silence."""
         out: list[float | None] = [None] * len(clips_16k)
         whole: list[tuple[int, np.ndarray]] = []
         for i, clip in enumerate(clips_16k):
             windows = self.windows_of(clip)
             if windows is None:
                 continue
-            stretches = plan(len(clip)) if self.periods is not None and len(clip) < self.window else None
+            stretches = plan(len(clip)) if self.features is not None and len(clip) < self.window else None
+            if stretches is None and self.bfloat16:
+                stretches = (WHOLE,)
             if stretches is None:
                 whole.append((i, windows))
             else:
-                out[i] = float(self._ovrl(self.periods.raw(windows[0], stretches)[None])[0])
+                out[i] = float(np.mean(self._ovrl(periods_raw(self.features, self.head, windows, stretches))))
         for (i, _), value in zip(whole, self.ovrl_batch([w for _, w in whole], on_cpu=True)):
             out[i] = value
         return out
@@ -144,12 +174,19 @@ def _on_device(dnsmos: Dnsmos, device: str):
         module = onnx2torch.convert(onnx.load(dnsmos.path)).eval().to(device)
     except Exception as err:  # a missing or failing converter: the CPU path, with the reason on record
         return None, f"cpu (onnxruntime; no {device} path: {type(err).__name__}: {str(err)[:120]})"
-    probe = [(np.random.default_rng(i).standard_normal((1, dnsmos.window)) * 0.1).astype(np.float32) for i in (0, 1)]
     dnsmos.module, dnsmos.device = module, device
-    gap = max(abs(a - b) for a, b in zip(dnsmos.ovrl_batch(probe), dnsmos.ovrl_batch(probe, on_cpu=True)))
-    if gap > DEVICE_TOLERANCE:
+    gap = _gap(dnsmos, lambda w: dnsmos._ovrl(dnsmos.raw(w)))
+    if gap > TOLERANCE:
         return None, f"cpu (onnxruntime; the {device} conversion differs by {gap:.3g} MOS)"
     return module, f"{device} (onnx2torch, within {gap:.1g} MOS of onnxruntime)"
+
+
+def _gap(dnsmos: Dnsmos, ovrl: Callable[[np.ndarray], np.ndarray]) -> float:
+    """The most |OVRL| difference between `ovrl` (of windows [B, window]) and onnxruntime's whole graph
+    on two fixed windows of noise."""
+    probe = np.concatenate([(np.random.default_rng(i).standard_normal((1, dnsmos.window)) * 0.1).astype(np.float32)
+                            for i in (0, 1)])
+    return float(np.max(np.abs(ovrl(probe) - dnsmos._ovrl(dnsmos.raw(probe, on_cpu=True)))))
 
 
 def loudness_lufs(clip: np.ndarray, rate_hz: int) -> float | None:

@@ -98,7 +98,7 @@ class TakeScorer:
         if "timing" in self.groups and not self._vads:
             self._vads = [VoiceActivity() for _ in range(self.num_workers)]
         if "dnsmos" in self.groups and self._dnsmos is None:
-            self._dnsmos = quality.Dnsmos(threads=1, device=self.device)
+            self._dnsmos = quality.Dnsmos(threads=1, device=self.device, precision=self.settings.dnsmos_precision)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="synth-qc")
         return self

@@ -84,7 +84,10 @@ def test_card_with_qc_columns_and_a_users_readme(qc_output, tmp_path):
     assert numbers["qc_failed_by_metric"] == qc["failed_by_metric"] == dict(
         Counter(reason.split(":")[0] for r in rows.values() for reason in r["qc_reasons"]))
     assert numbers["qc_rescored_rows"] == 0
-    assert f"| QC pass rate | {passed / len(rows):.1%} ({passed} of {len(rows)}) |" in open(os.path.join(out, CARD_FILE)).read()
+    card = open(os.path.join(out, CARD_FILE)).read()
+    assert f"| QC pass rate | {passed / len(rows):.1%} ({passed} of {len(rows)}) |" in card
+    # where the run's QC models ran, from run.json (e.g. DNSMOS's path and precision)
+    assert qc["models"] and all(f"{group}: {' or '.join(where)}" in card for group, where in qc["models"].items())
     ds = load_through_card(out, tmp_path / "cache")
     assert "qc_pass" in ds.features and sorted(ds["id"]) == sorted(ids)
     # a README.md synth did not write (an adopted directory's, or one whose mark was removed) stays as it is

@@ -208,6 +208,9 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     assert qc["turns"] == len(ids) and qc["takes"] == 2 * len(ids) and qc["takes_per_turn"] == 2.0
     assert qc["pass_rate"] == 0 and qc["failed_by_metric"]["wer"] == len(ids)
     assert set(METRICS) >= set(qc["takes_failed_by_metric"])
+    # where each model ran, as the actors' scorers said (one actor kind here: one placement each)
+    assert qc["models"] == {"asr": ["cpu (Whisper, batched)"], **{g: qc["models"][g] for g in ("speaker", "level", "timing")},
+                            "repetition": ["cpu (from the codes)"]}
     # a turn that keeps failing counts toward job.max_error_rate (0 here) only if the config says so
     strict = JobProcess([*args, "--set", "qc.count_failures_as_errors=true", "--allow-changes"], ray_env,
                         str(tmp_path / "strict.log"))

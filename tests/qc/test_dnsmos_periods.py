@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synth.qc.dnsmos_periods import FRAMES, HOP, MAX_SHARE, PERIOD_SAMPLES, plan
+from synth.qc.dnsmos_periods import FRAMES, HOP, MAX_SHARE, PERIOD_SAMPLES, WHOLE, plan, raw
 
 pytest.importorskip("speechmos")
 pytest.importorskip("onnx")
@@ -19,8 +19,8 @@ pytest.importorskip("onnx")
 def dnsmos():
     from synth.qc.quality import Dnsmos
 
-    model = Dnsmos()
-    assert model.periods is not None and "by their period" in model.placement
+    model = Dnsmos(precision="float32")  # onnxruntime's float32 graph: the exact path
+    assert model.features is not None and "by their period" in model.placement
     return model
 
 
@@ -43,7 +43,7 @@ def test_a_short_clip_by_its_period_scores_as_the_whole_window(dnsmos, rows):
     (by_period,) = dnsmos.ovrl_clips([clip])
     assert by_period == pytest.approx(whole, abs=1e-5)
     raw_whole = dnsmos.raw(dnsmos.windows_of(clip), on_cpu=True)[0]
-    raw_period = dnsmos.periods.raw(dnsmos.windows_of(clip)[0], stretches)
+    raw_period = raw(dnsmos.features, dnsmos.head, dnsmos.windows_of(clip), stretches)[0]
     np.testing.assert_allclose(raw_period, raw_whole, atol=1e-5)
 
 
@@ -64,3 +64,11 @@ def test_a_batch_mixes_both_paths_and_keeps_its_order(dnsmos):
     assert scores[1] is None and scores[4] is None  # silence, empty
     for got, want in zip(scores, expected):
         assert (got is None and want is None) or got == pytest.approx(want, abs=1e-5)
+
+
+def test_the_whole_window_as_one_stretch_is_the_whole_graph(dnsmos):
+    """`WHOLE` through the cut graph and the numpy head: the model's own output on the window."""
+    clip = _clip(10 * 16000, 4)
+    windows = dnsmos.windows_of(clip)  # two windows, a hop apart
+    np.testing.assert_allclose(raw(dnsmos.features, dnsmos.head, windows, (WHOLE,)), dnsmos.raw(windows, on_cpu=True),
+                               atol=1e-5)
