@@ -260,10 +260,12 @@ def stage_alone(scorer, takes) -> dict:
 
 
 def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: str, num_workers: int,
-                 metrics: tuple[str, ...] | None = None):
-    """The QC scorer with `metrics` (default every group) on and its models loaded (outside any timing)."""
+                 metrics: tuple[str, ...] | None = None, own_process: bool = True):
+    """The QC scorer with `metrics` (default every group) on and its models loaded (outside any timing):
+    in its own process (`ScorerProcess`, as a run's actor scores) or, with `own_process` off, in this one."""
     from synth.qc.policy import AsrSettings, QcSettings
     from synth.qc.scorer import TakeScorer
+    from synth.qc.scorer_process import ScorerProcess
 
     if asr_model == "tiny":
         from synth.qc.tiny_whisper import build_tiny_whisper
@@ -271,6 +273,8 @@ def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: s
         asr_model = str(build_tiny_whisper(build_dir / "tiny-whisper"))
     settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model), num_workers=num_workers,
                           **({"metrics": metrics} if metrics else {}))
+    if own_process:
+        return ScorerProcess(settings, sample_rate_hz, device=device)
     return TakeScorer(settings, sample_rate_hz, device=device).load().warm_up()
 
 

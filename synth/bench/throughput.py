@@ -437,6 +437,9 @@ def main(argv=None):
                         "(qc.max_takes; default %(default)s)")
     parser.add_argument("--qc-chains", choices=["yes", "no"], default="yes",
                         help="--qc: also run the turns as 4-turn chains with QC deciding, speculation off and on")
+    parser.add_argument("--qc-process", choices=["yes", "no"], default="yes",
+                        help="--qc: the scorer in its own process at a lower CPU priority, as a run's actor runs it "
+                             "(qc.own_process), or on threads of this one")
     parser.add_argument("--park-rows", type=int, help="slot caches the fast engine may park for a chain's next turn "
                         "(KV continuation; default: as many as slots)")
     parser.add_argument("--json", help="write the rows here")
@@ -477,7 +480,8 @@ def main(argv=None):
     if args.qc:
         from synth.bench.qc_stage import build_scorer
 
-        scorer = build_scorer(args.qc, build_dir, codec.sampling_rate, device, args.qc_workers, args.qc_metrics)
+        scorer = build_scorer(args.qc, build_dir, codec.sampling_rate, device, args.qc_workers, args.qc_metrics,
+                              own_process=args.qc_process == "yes")
     rows: list[Row] = []
     stages: list = []  # the QC runs' stages (--qc)
     if args.workload == "dialogue":

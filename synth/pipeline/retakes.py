@@ -35,6 +35,7 @@ from synth.qc.policy import (
     take_seed,
 )
 from synth.qc.scorer import Take, TakeScorer
+from synth.qc.scorer_process import ScorerProcess
 
 
 @dataclass
@@ -84,7 +85,8 @@ class QcCounts:
 class Retakes:
     """The retake loop of one worker; see the module docstring."""
 
-    def __init__(self, settings: QcSettings, scorer: TakeScorer, *, samples_per_frame: int, encode_audio):
+    def __init__(self, settings: QcSettings, scorer: TakeScorer | ScorerProcess, *, samples_per_frame: int,
+                 encode_audio):
         """encode_audio: (samples, take key) -> bytes in the output's format, marked (rejected takes' audio)."""
         self.settings = settings
         self.scorer = scorer

@@ -167,13 +167,24 @@ class ShardWorker:
                             self.provenance.audio_tags(key))
 
     def _retakes(self, config: SynthConfig, engine: Engine) -> Retakes | None:
-        """The retake loop with its scorer's models loaded (once, here), or None with QC off."""
+        """The retake loop with its scorer's models loaded (once, here; in their own process with
+        `qc.own_process`), or None with QC off."""
         if not config.qc.enabled:
             return None
         from synth.qc.scorer import TakeScorer
+        from synth.qc.scorer_process import ScorerProcess
 
-        scorer = TakeScorer(config.qc, engine.sample_rate_hz, device=resolve_device(config.model.device)).load().warm_up()
+        device = resolve_device(config.model.device)
+        if config.qc.own_process:
+            scorer = ScorerProcess(config.qc, engine.sample_rate_hz, device=device)
+        else:
+            scorer = TakeScorer(config.qc, engine.sample_rate_hz, device=device).load().warm_up()
         return Retakes(config.qc, scorer, samples_per_frame=engine.samples_per_frame, encode_audio=self.encode)
+
+    def close(self) -> None:
+        """Stop the QC scorer's workers (and its process, with `qc.own_process`); the engine stays."""
+        if self.retakes is not None:
+            self.retakes.scorer.close()
 
     # -- inputs ---------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ METRICS = tuple(c for cols in METRIC_COLUMNS.values() for c in cols)  # every me
 _FORBID = {"extra": "forbid"}  # a plain dict: this layer does not import pydantic
 MAX_WORKERS = 64  # qc.num_workers: more threads than any actor has cores
 DNSMOS_PRECISIONS = ("auto", "float32", "bfloat16")  # qc.dnsmos_precision
-EXECUTION = ("num_workers", "dnsmos_precision", "speculative")  # settings of how QC runs, not what it computes
+EXECUTION = ("num_workers", "dnsmos_precision", "own_process", "speculative")  # settings of how QC runs, not what it computes
 
 
 def _check(condition: bool, message: str) -> None:
@@ -117,9 +117,10 @@ class QcSettings:
     in takes/ (their codes are always kept). num_workers: threads that compute the CPU metrics of
     a batch in parallel. dnsmos_precision: DNSMOS's convolutions on a CPU (`DNSMOS_PRECISIONS`;
     auto: bfloat16 where the CPU computes it natively, within 0.01 MOS of float32, checked at
-    load; a GPU runs float32). speculative: a chain's next turn is generated while its take awaits the
+    load; a GPU runs float32). own_process: a generating actor scores in a child process at a
+    lower CPU priority (`synth.qc.scorer_process`), not on threads beside its frame loop. speculative: a chain's next turn is generated while its take awaits the
     verdict, and generated again if the take is not kept (`synth.pipeline.verdicts`; the same
-    output either way). None of these three changes what is computed beyond float rounding (as
+    output either way). None of these four changes what is computed beyond float rounding (as
     the device DNSMOS runs on does not): not part of `identity`."""
 
     __pydantic_config__ = _FORBID
@@ -134,6 +135,7 @@ class QcSettings:
     keep_take_audio: bool = True
     num_workers: int = 2
     dnsmos_precision: str = "auto"
+    own_process: bool = True
     speculative: bool = True
 
     def __post_init__(self):
@@ -154,7 +156,7 @@ class QcSettings:
 
     def identity(self) -> dict:
         """The settings that decide what QC computes (a run's plan.json, a rescore's markers): all
-        but how it executes (`num_workers`, `dnsmos_precision`, `speculative`)."""
+        but how it executes (`EXECUTION`)."""
         return {k: v for k, v in self.to_dict().items() if k not in EXECUTION}
 
     def measured(self) -> set[str]:

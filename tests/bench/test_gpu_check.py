@@ -149,7 +149,7 @@ def test_the_summary_holds_every_step_and_its_numbers(cpu_run):
     assert beside["generate_audio_s_per_s"] > 0 and beside["beside_generate_audio_s_per_s"] > 0
     assert qc["gpus_of_generation_per_qc"] == pytest.approx(
         qc["alone"]["audio_s_per_s"] / beside["generate_audio_s_per_s"])
-    assert "keeps up with" in qc["headline"] and qc["placement"]["dnsmos"].startswith("cpu (onnxruntime")
+    assert "keeps up with" in qc["headline"] and qc["placement"]["dnsmos"].startswith("cpu (")  # onnxruntime, or torch in bfloat16
 
     figures = summary["key_figures"]
     assert set(figures) >= {"attention", "memory", "throughput", "frame", "qc", "graph_vs_eager", "result_thread"}

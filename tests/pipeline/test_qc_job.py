@@ -86,7 +86,10 @@ def qc_shard(tmp_path_factory, speech_clip, tiny_checkpoint, tiny_whisper):
     manifest = open_manifest(path)
     (shard,) = plan_shards(manifest, 100).shards
     worker = ShardWorker(config, engine, manifest, dataset_store(work / "out"), log=lambda m: None)
-    commits = worker.run_shard(shard)
+    try:
+        commits = worker.run_shard(shard)  # the scorer in its own process (qc.own_process, the default)
+    finally:
+        worker.close()
     data = pq.read_table(work / "out" / "data").to_pylist()
     takes = pq.read_table(work / "out" / "takes").to_pylist()
     return engine, commits, {r["id"]: r for r in data}, takes

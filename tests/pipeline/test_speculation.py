@@ -38,7 +38,7 @@ def _settings(tiny_checkpoint: str, *extra: str):
     return load_config(None, [
         f"model.id={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu", "generation.batch_size=4",
         "generation.max_audio_seconds=1.2", "output.commit_every_scripts=2", "sampling.do_sample=true",
-        "qc.enabled=true", "qc.max_takes=2", "qc.metrics=[level,repetition]",
+        "qc.enabled=true", "qc.max_takes=2", "qc.metrics=[level,repetition]", "qc.own_process=false",
         f"qc.thresholds.min_loudness_lufs={LOUDNESS_SPLIT_LUFS}", "qc.cleanup.loudness_lufs=-20", *extra])
 
 
@@ -67,7 +67,10 @@ def _run(setup, tiny_checkpoint, name: str, *extra: str, max_queued: int | None 
     worker.keep_rate = KeepRate(min_rate=min_rate)
     stats = engine.scheduler.stats
     before = stats.useful_frames + stats.discarded_frames
-    commits = _in_time(lambda: worker.run_shard(shard))
+    try:
+        commits = _in_time(lambda: worker.run_shard(shard))
+    finally:
+        worker.close()
     data = pq.read_table(work / name / "data").to_pylist()
     takes = pq.read_table(work / name / "takes").to_pylist()
     _frames_generated[name] = stats.useful_frames + stats.discarded_frames - before
@@ -103,7 +106,8 @@ def plain(setup, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def speculative(setup, tiny_checkpoint):
-    return _run(setup, tiny_checkpoint, "speculative", "qc.speculative=true")
+    # and scored in the scorer's own process (qc.own_process): the plain order's rows, scored on threads
+    return _run(setup, tiny_checkpoint, "speculative", "qc.speculative=true", "qc.own_process=true")
 
 
 @pytest.fixture(scope="module")
