@@ -2,13 +2,14 @@
 
 This module owns `synth bench --qc`'s side of the benchmark (`synth.bench.throughput` runs
 the engines): `QcStage`, an engine's `on_result` that scores every finished turn with every
-QC metric (`synth.qc.scorer.TakeScorer`; each turn's audio as the output stores it, each
+QC metric (`synth.qc.scorer.TakeScorer`, in its own process as a run's actor has it unless
+`--qc-process no`: `synth.qc.scorer_process`; each turn's audio as the output stores it, each
 speaker's first turn the reference voice of its later ones, as the retake loop does; no
 retakes), in one of two ways:
 
 - `inline`: each batch of turns the engine finishes together is scored before the frame loop
   goes on, as a QC run scores its takes today (the retake decision needs the verdict);
-- `beside`: finished turns queue for a thread that scores them while generation goes on, all
+- `beside`: finished turns queue for a thread that has them scored while generation goes on, all
   that queued while it was busy in one batch (the engine mostly finishes rows one or two at a
   time, and a Whisper call costs its decoding steps whatever its batch), and the run ends when
   the last is scored: what flat rows will get once the engine takes requests from another
@@ -310,5 +311,8 @@ def print_qc(rows, scorer, alone: dict | None = None) -> None:
         print(f"\nQC stage alone (the last run's {alone['takes']} turns, {alone['audio_s']:.1f} s of audio, in one call): "
               f"{alone['cpu_per_audio_s']:.4f} CPU-s and {alone['device_per_audio_s']:.4f} GPU-s per audio s, "
               f"{alone['busy_s']:.1f} s wall ({alone['cores_busy']:.1f} cores busy on average)")
+    from synth.qc.scorer_process import NICE, ScorerProcess
+
+    scorer_at = f"in its own process at nice +{NICE}" if isinstance(scorer, ScorerProcess) else "on threads of this process"
     print("\nQC models: " + "; ".join(f"{group}: {where}" for group, where in scorer.placement.items())
-          + f"; {scorer.num_workers} worker threads")
+          + f"; {scorer.num_workers} worker threads, the scorer {scorer_at}")
