@@ -275,7 +275,7 @@ def build_scorer(asr_model: str, build_dir: Path, sample_rate_hz: int, device: s
     settings = QcSettings(enabled=True, asr=AsrSettings(model=asr_model), num_workers=num_workers,
                           **({"metrics": metrics} if metrics else {}))
     if own_process:
-        return ScorerProcess(settings, sample_rate_hz, device=device)
+        return ScorerProcess(settings, sample_rate_hz, device=device).load()
     return TakeScorer(settings, sample_rate_hz, device=device).load().warm_up()
 
 

@@ -5,12 +5,15 @@ models shipped in its wheel; 16 kHz; clean espeak speech about 2.7, noise about 
 integrated loudness in LUFS (`pyloudnorm`, ITU-R BS.1770; undefined under 0.4 s or on
 silence), peak level in dBFS and the fraction of samples at full scale. DNSMOS runs on
 windows stacked in a batch: on the CPU through onnxruntime (its session is shared by the
-scorer's worker threads), or on a GPU through `onnx2torch`'s conversion of the same graph
-where that converts and agrees with onnxruntime at load (`Dnsmos.placement` says which,
-and why). On the CPU a clip shorter than the window, of whole 80 ms frames, is scored from
-one period of its repeated window and the window's edges (`synth.qc.dnsmos_periods`: the
-same value for a fraction of the cost; needs `onnx`). Only the model OVRL comes from is run: speechmos also runs its P.808 model, whose
-score synth does not use. It knows nothing about thresholds (`synth.qc.policy`) or where
+scorer's worker threads), or with its convolutions in bfloat16 through their torch rebuild
+(`synth.qc.dnsmos_net`; `qc.dnsmos_precision`, bfloat16 where the CPU computes it natively,
+within 0.01 MOS of onnxruntime, checked at load), or on a GPU through `onnx2torch`'s conversion
+of the same graph where that converts and agrees with onnxruntime at load (`Dnsmos.placement`
+says which, and why). On the CPU a clip shorter than the window, of whole 80 ms frames, is
+scored from one period of its repeated window and the window's edges
+(`synth.qc.dnsmos_periods`: the same value for a fraction of the cost; needs `onnx`). Only the
+model OVRL comes from is run: speechmos also runs its P.808 model, whose score synth does not
+use. It knows nothing about thresholds (`synth.qc.policy`) or where
 clips come from.
 """
 
@@ -77,8 +80,9 @@ class Dnsmos:
             self.features = FeatureNet(weights, "bfloat16")
             gap = _gap(self, lambda w: self._ovrl(periods_raw(self.features, self.head, w, (WHOLE,))))
             if gap <= TOLERANCE:
-                self.placement = (f"cpu (torch, convolutions in bfloat16, within {gap:.1g} MOS of onnxruntime; "
-                                  "short clips by their period)")
+                where = (f"cpu (torch, convolutions in bfloat16, within {gap:.1g} MOS of onnxruntime; "
+                         "short clips by their period)")
+                self.placement = where if device == "cpu" else f"{where}; {self.placement}"  # and why not the GPU
                 return
             why_not = f"; bfloat16 differs by {gap:.3g} MOS"
         self.features = FeatureGraph(self.path, options, onnx)

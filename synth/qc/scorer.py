@@ -16,7 +16,8 @@ Whisper (batched, greedy, half precision on a GPU), the speaker encoder (every p
 every clip in one call), and DNSMOS where its graph converts to the GPU. A reference voice
 is embedded once per scorer (while its array lives), not once per take. `placement` says
 which model runs where; `stats` counts what was scored and what it cost (wall, CPU and GPU
-seconds), for the QC stage's rate. It knows nothing about outputs, the policy's decision or Ray.
+seconds), for the QC stage's rate. A generating actor runs it in a process of its own
+(`synth.qc.scorer_process`). It knows nothing about outputs, the policy's decision or Ray.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ process*). And only a process can be given a lower priority: the OS then gives g
 cores it asks for and QC every cycle left, where a lowered thread would stall the frame loop
 each time the OS preempted it holding the GIL.
 
-Takes go to the child pickled over a pipe (a batch of 6 s takes is a few MB); a reference voice
+The child loads and warms up its models while its parent goes on (an actor loading its engine,
+generating its first frames); the first batch waits for what is left. Takes go to the child
+pickled over a pipe (a batch of 6 s takes is a few MB); a reference voice
 crosses once, under a key, and the child keeps it (so its embedding is kept there, as
 `TakeScorer` keeps it by the array). A failure in the child comes back with its traceback as
 `ScorerProcessError`; a child that dies (killed, out of memory) is one too, with its exit code.
@@ -48,7 +50,8 @@ class ScorerProcess:
     """A `TakeScorer` in a child process; see the module docstring."""
 
     def __init__(self, settings: QcSettings, sample_rate_hz: int, *, device: str = "cpu", nice: int = NICE):
-        """Start the child and wait until its models are loaded and warmed up (`TakeScorer.warm_up`)."""
+        """Start the child, which loads and warms up its models (`TakeScorer.warm_up`) while the caller
+        goes on: the first `score` (or `placement`, `load`) waits for it."""
         self.settings, self.sample_rate_hz, self.device = settings, sample_rate_hz, device
         self.num_workers = settings.num_workers
         self.stats = ScorerStats()
@@ -62,16 +65,32 @@ class ScorerProcess:
         theirs.close()  # the child's end lives in the child only: its exit shows here as EOF
         self._conn = Connection(mine.detach())
         self._send((settings, sample_rate_hz, device, nice))
-        self.placement: dict[str, str] = self._reply()
+        self._placement: dict[str, str] | None = None  # the child's first reply: it is loaded and warmed up
+
+    @property
+    def placement(self) -> dict[str, str]:
+        """Where each model runs (`TakeScorer.placement`), once the child has loaded them."""
+        self._ready()
+        assert self._placement is not None
+        return self._placement
+
+    def _ready(self) -> None:
+        """Wait for the child's models (the first call waits; the actor's own start-up, its engine's
+        warm-up and its first frames went on meanwhile)."""
+        if self._placement is None:
+            self._placement = self._reply()
 
     def load(self) -> "ScorerProcess":
-        return self  # loaded in the child at start
+        """Wait until the child has loaded and warmed up its models; returns self."""
+        self._ready()
+        return self
 
     def warm_up(self) -> "ScorerProcess":
-        return self  # warmed up in the child at start
+        return self.load()  # the child warms up as it loads
 
     def score(self, takes: Sequence[Take]) -> list[dict]:
         """`TakeScorer.score` in the child: one dict of every metric column per take, in order."""
+        self._ready()
         new: dict[int, object] = {}
         if len(self._references) + len({id(t.reference) for t in takes}) > MAX_REFERENCES:
             self._references.clear()  # the child forgets its own with the `forget` flag below

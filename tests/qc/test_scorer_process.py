@@ -27,7 +27,7 @@ def settings(tiny_whisper):
 
 @pytest.fixture(scope="module")
 def child(settings):
-    scorer = ScorerProcess(settings, RATE)
+    scorer = ScorerProcess(settings, RATE)  # loads while the test goes on; its first call waits
     yield scorer
     scorer.close()
 
@@ -52,15 +52,12 @@ def test_the_child_scores_as_the_scorer_on_threads_and_at_a_lower_priority(child
     here.close()
 
 
-def test_a_failure_in_the_child_comes_back_with_its_traceback(child):
+def test_a_failure_comes_back_with_its_traceback_and_a_death_with_its_exit_code(child):
+    """Last in the module: it kills the module's child."""
     with pytest.raises(ScorerProcessError, match="Traceback"):
         child.score([Take(np.zeros((2, 2, 2), np.float32), "not a clip")])
     assert child.score([Take(np.zeros(RATE, np.float32), "silence")])[0]["dnsmos"] is None  # and it goes on
-
-
-def test_a_child_that_dies_is_reported_with_its_exit_code(settings):
-    scorer = ScorerProcess(settings, RATE)
-    os.kill(scorer._process.pid, signal.SIGKILL)
+    os.kill(child._process.pid, signal.SIGKILL)
     with pytest.raises(ScorerProcessError, match="died, exit code -9"):
-        scorer.score(_takes(2, None))
-    scorer.close()
+        child.score(_takes(2, None))
+    child.close()  # a dead child closes without a word
