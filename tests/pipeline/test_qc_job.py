@@ -172,7 +172,10 @@ def test_qc_job_killed_mid_commit_resumes_exactly_once_takes_included(tmp_path, 
     out = str(tmp_path / "out")
     args = job_args(path, out, tiny_checkpoint, "--set", "output.scripts_per_shard=4",
                     "--set", "output.commit_every_scripts=1", *[a for o in QC_ON for a in ("--set", o)],
-                    "--set", f"qc.asr.model={tiny_whisper}", "--set", "qc.metrics=[asr,speaker,level,timing,repetition]")
+                    "--set", f"qc.asr.model={tiny_whisper}", "--set", "qc.metrics=[asr,speaker,level,timing,repetition]",
+                    # on the actor's threads: the QC process (tests/qc/test_scorer_process.py, the card's job in
+                    # tests/export) would only add its start to each of this test's actors
+                    "--set", "qc.own_process=false")
     token = str(tmp_path / "torn-commit")
     # the actor dies as `kill -9` leaves it after the second part's data and takes, before its marker;
     # then the whole job (driver and its local Ray) is killed with SIGKILL before Ray can retry the shard
