@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from synth.qc.deps import require
-from synth.qc.dnsmos_net import FeatureNet, native_bfloat16
 from synth.qc.dnsmos_periods import WHOLE, FeatureGraph, dense_head, load_weights, plan
 from synth.qc.dnsmos_periods import raw as periods_raw
 from synth.qc.policy import DNSMOS_PRECISIONS
@@ -67,6 +66,7 @@ class Dnsmos:
         # and in bfloat16 every window; None on a GPU, or without `onnx`
         self.features: Callable[[np.ndarray], np.ndarray] | None = None
         self.head: dict = {}
+        self.bfloat16 = False  # whether the CPU path runs its convolutions in bfloat16
         if self.module is not None:
             return
         try:
@@ -76,6 +76,8 @@ class Dnsmos:
         weights = load_weights(self.path, onnx)
         self.head = dense_head(weights)
         why_not = ""
+        from synth.qc.dnsmos_net import FeatureNet, native_bfloat16  # here: torch only where DNSMOS runs
+
         if precision == "bfloat16" or (precision == "auto" and native_bfloat16()):
             self.features = FeatureNet(weights, "bfloat16")
             gap = _gap(self, lambda w: self._ovrl(periods_raw(self.features, self.head, w, (WHOLE,))))
@@ -83,16 +85,12 @@ class Dnsmos:
                 where = (f"cpu (torch, convolutions in bfloat16, within {gap:.1g} MOS of onnxruntime; "
                          "short clips by their period)")
                 self.placement = where if device == "cpu" else f"{where}; {self.placement}"  # and why not the GPU
+                self.bfloat16 = True
                 return
             why_not = f"; bfloat16 differs by {gap:.3g} MOS"
         self.features = FeatureGraph(self.path, options, onnx)
         if device == "cpu":
             self.placement = f"cpu (onnxruntime; short clips by their period{why_not})"
-
-    @property
-    def bfloat16(self) -> bool:
-        """Whether the CPU path runs its convolutions in bfloat16."""
-        return isinstance(self.features, FeatureNet)
 
     def windows_of(self, clip_16k: np.ndarray) -> np.ndarray | None:
         """The windows DNSMOS scores for a 16 kHz clip [H, window], as speechmos cuts them; None for

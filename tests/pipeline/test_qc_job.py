@@ -81,13 +81,13 @@ def qc_shard(tmp_path_factory, speech_clip, tiny_checkpoint, tiny_whisper):
     config = load_config(None, [
         f"model.id={tiny_checkpoint}", "model.dtype=float32", "model.device=cpu", "fast_engine.num_slots=4",
         "generation.max_audio_seconds=1.2", "output.commit_every_scripts=1", *QC_ON,
-        f"qc.asr.model={tiny_whisper}", "qc.cleanup.loudness_lufs=-20"])
+        f"qc.asr.model={tiny_whisper}", "qc.cleanup.loudness_lufs=-20", "qc.own_process=false"])
     engine = ObservedEngine(load_engine(config))
     manifest = open_manifest(path)
     (shard,) = plan_shards(manifest, 100).shards
     worker = ShardWorker(config, engine, manifest, dataset_store(work / "out"), log=lambda m: None)
     try:
-        commits = worker.run_shard(shard)  # the scorer in its own process (qc.own_process, the default)
+        commits = worker.run_shard(shard)  # the scorer on threads (its process: tests/qc/test_scorer_process.py)
     finally:
         worker.close()
     data = pq.read_table(work / "out" / "data").to_pylist()
