@@ -92,11 +92,10 @@ class ScorerProcess:
         """`TakeScorer.score` in the child: one dict of every metric column per take, in order."""
         self._ready()
         new: dict[int, object] = {}
-        if len(self._references) + len({id(t.reference) for t in takes}) > MAX_REFERENCES:
-            self._references.clear()  # the child forgets its own with the `forget` flag below
-            forget = True
-        else:
-            forget = False
+        # past the bound both sides start again: the child forgets its own with this flag
+        forget = len(self._references) + len({id(t.reference) for t in takes}) > MAX_REFERENCES
+        if forget:
+            self._references.clear()
         wire = []
         for take in takes:
             key = None
